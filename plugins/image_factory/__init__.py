@@ -1,0 +1,1 @@
+"""Image Factory: server images built as code, one Airflow DAG per YAML image spec."""

@@ -1,0 +1,87 @@
+"""One build of one spec: its id, the tags on everything it creates, and how it reports what it did.
+
+Every resource a build creates is tagged in its create call with the spec name and the build id, so that
+teardown and the sweeper find it by tag even when the step that made it died before recording it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from image_factory.settings import Settings
+from image_factory.spec import ImageSpec
+
+log = logging.getLogger("image_factory")
+
+TAG_SPEC = "image-factory:spec"
+TAG_BUILD = "image-factory:build-id"
+TAG_RUN = "image-factory:dag-run-id"
+TAG_CREATED_AT = "image-factory:created-at"
+# Lineage, on images only.
+TAG_SPEC_HASH = "image-factory:spec-hash"
+TAG_ORIGIN = "image-factory:origin-ami"
+TAG_ROLE = "image-factory:server-role"
+#: Set on an image once it is available; teardown deregisters an image of a build that lacks it.
+TAG_COMPLETE = "image-factory:complete"
+
+
+def build_id_for(dag_id: str, run_id: str) -> str:
+    """A short id, the same for every task and every try of one DAG run."""
+    return "b" + hashlib.sha256(f"{dag_id}\n{run_id}".encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Build:
+    spec: ImageSpec
+    spec_hash: str
+    run_id: str
+    settings: Settings
+    build_id: str = field(default="")
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self):
+        if not self.build_id:
+            object.__setattr__(self, "build_id", build_id_for(self.spec.name, self.run_id))
+
+    @property
+    def region(self) -> str:
+        return self.spec.region
+
+    @property
+    def resource_name(self) -> str:
+        """Prefix of the names of this build's resources (security group, key pair, ...)."""
+        return f"image-factory-{self.build_id}"
+
+    def tags(self, **extra: str) -> dict[str, str]:
+        return {
+            "Name": f"{self.spec.name} builder {self.build_id}",
+            TAG_SPEC: self.spec.name,
+            TAG_BUILD: self.build_id,
+            TAG_RUN: self.run_id,
+            TAG_CREATED_AT: self.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **extra,
+        }
+
+    def tag_specifications(self, *resource_types: str, tags: dict[str, str] | None = None) -> list[dict]:
+        tag_list = [{"Key": k, "Value": v} for k, v in (tags or self.tags()).items()]
+        return [{"ResourceType": rt, "Tags": tag_list} for rt in resource_types]
+
+    def build_filter(self) -> list[dict]:
+        """The EC2 filter that finds this build's resources."""
+        return [{"Name": f"tag:{TAG_BUILD}", "Values": [self.build_id]}]
+
+
+def created(kind: str, resource_id: str, **details) -> None:
+    extra = "".join(f" {k}={v}" for k, v in details.items())
+    log.info("created %s %s%s", kind, resource_id, extra)
+
+
+def deleted(kind: str, resource_id: str) -> None:
+    log.info("deleted %s %s", kind, resource_id)
+
+
+def tag_dict(tags: list[dict] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}

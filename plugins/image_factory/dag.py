@@ -1,0 +1,201 @@
+"""One spec -> one Airflow DAG. This module only wires the steps (plain functions) to tasks.
+
+resolve_origin -> create_builder_infrastructure (setup) -> launch_builder_instance -> wait_for_ssh
+-> configure -> register_image -> tear_down (teardown of the setup: runs whatever failed)
+
+Nothing here makes a network call or reads a Variable at parse time: all of that happens inside tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param, Variable, get_current_context, setup, task, teardown
+
+from image_factory import aws, parameters, remote, settings, tools
+from image_factory.build import Build, build_id_for
+from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
+from image_factory.steps import image, infrastructure, instance, origin, teardown as teardown_step
+
+log = logging.getLogger("image_factory")
+
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def _variable(name: str) -> str | None:
+    return Variable.get(name, default=None)
+
+
+class BuildRuntime:
+    """Turns a task's context into a :class:`Build` of the spec, its parameters resolved."""
+
+    def __init__(self, loaded: LoadedSpec):
+        self.loaded = loaded
+
+    def build(self, outputs: dict[str, str] | None = None, fields: tuple[str, ...] | None = None) -> Build:
+        context = get_current_context()
+        dag_run = context["dag_run"]
+        trigger = {**(context.get("params") or {}), **(dag_run.conf or {})}
+        lookup = parameters.chain(outputs or {}, trigger, _variable, os.environ)
+        spec = self.loaded.image
+        data = spec.model_dump(exclude_none=True)
+        if outputs is None and fields is None:
+            # Before the builder infrastructure exists, leave the fields that need its outputs for later.
+            fields = tuple(k for k, v in data.items() if not parameters.parameter_names(v) & set(BUILDER_OUTPUTS))
+        resolved = parameters.resolve(spec, lookup, fields)
+        return Build(spec=resolved, spec_hash=self.loaded.content_hash, run_id=dag_run.run_id,
+                     settings=settings.load(), build_id=build_id_for(spec.name, dag_run.run_id))
+
+
+def _doc(loaded: LoadedSpec) -> str:
+    spec = loaded.image
+    role = (f"`{spec.configure.server_role}` applied with `{spec.configure.tool}`" if spec.configure
+            else "none (a copy of the origin)")
+    origin_text = spec.origin if isinstance(spec.origin, str) else f"newest `{spec.origin.name}` of {spec.origin.owners}"
+    return "\n".join([
+        f"# {spec.name}",
+        spec.description or "",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| builds | an AMI named `{spec.name}-<time>-<build id>` in `{spec.region}` |",
+        f"| from | `{origin_text}` |",
+        f"| server role | {role} |",
+        f"| builder instance | `{instance_type(spec.instance_size)}` ({spec.instance_size}) |",
+        f"| schedule | `{spec.schedule or 'manual only'}` |",
+        f"| spec | `{loaded.path.name}` (sha256 `{loaded.content_hash}`) |",
+        "",
+        "Creates for each build, and deletes in `tear_down` whatever happens: "
+        + ("a subnet (in the builder VPC, or a VPC of its own), " if spec.wants_builder_subnet else "")
+        + "a security group (SSH in from the provisioner only), an ephemeral key pair, the builder instance.",
+    ])
+
+
+def build_dag(loaded: LoadedSpec) -> DAG:
+    spec = loaded.image
+    runtime = BuildRuntime(loaded)
+    trigger_params = {
+        name: Param(None, type=["null", "string"], description=f"Value of ${{{name}}} in the spec")
+        for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS))
+    }
+    dag = DAG(
+        dag_id=spec.name,
+        description=f"Build the {spec.name} image in {spec.region}",
+        schedule=spec.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        params=trigger_params,
+        tags=["image-build", spec.platform] + ([f"role:{spec.configure.server_role}"] if spec.configure else []),
+        doc_md=_doc(loaded),
+        default_args={"owner": "image-factory", "retries": 0, "retry_delay": timedelta(seconds=10)},
+    )
+
+    def cloud(build: Build) -> aws.Clients:
+        return aws.clients(build.spec.aws_conn_id, build.spec.region)
+
+    with dag:
+
+        @task(task_id="resolve_origin")
+        def resolve_origin() -> str:
+            build = runtime.build()
+            c = cloud(build)
+            return origin.resolve_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+
+        @setup
+        def create_builder_infrastructure() -> dict:
+            build = runtime.build()
+            c = cloud(build)
+            try:
+                infra = infrastructure.create(c.ec2, c.ssm, build)
+            except BaseException:
+                # The teardown task only runs after a successful setup: clean up what this try made.
+                log.error("creating the builder infrastructure failed; deleting what was made")
+                teardown_step.tear_down(c.ec2, c.ssm, build.build_id, build.settings.poll_interval)
+                raise
+            log.info("builder infrastructure ready: %s", infra.outputs())
+            return infra.to_dict()
+
+        def with_outputs(infra: dict) -> Build:
+            return runtime.build(infrastructure.BuilderInfrastructure(**infra).outputs())
+
+        @task(task_id="launch_builder_instance")
+        def launch_builder_instance(origin_ami: str, infra: dict) -> str:
+            build = with_outputs(infra)
+            c = cloud(build)
+            return instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"])
+
+        def ssh_target(build: Build, c: aws.Clients, instance_id: str) -> tuple[str, int, str]:
+            if c.emulated and not build.settings.ssh_host:
+                raise settings.SettingsError(
+                    "the AWS connection points at an emulator, whose instances' addresses are not reachable: "
+                    "set [image_factory] ssh_host (AIRFLOW__IMAGE_FACTORY__SSH_HOST)")
+            host = instance.address(c.ec2, instance_id, build)
+            return host, build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
+
+        @task(task_id="wait_for_ssh")
+        def wait_for_ssh(instance_id: str, infra: dict) -> None:
+            build = with_outputs(infra)
+            c = cloud(build)
+            host, port, user = ssh_target(build, c, instance_id)
+            key = infrastructure.private_key(c.ssm, build)
+            remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout,
+                                    interval=build.settings.poll_interval)
+
+        @task(task_id="configure")
+        def configure(instance_id: str, infra: dict) -> None:
+            build = with_outputs(infra)
+            if build.spec.configure is None:
+                log.info("the spec has no configure section: the image is a copy of its origin")
+                return
+            c = cloud(build)
+            host, port, user = ssh_target(build, c, instance_id)
+            hook = remote.connect(host, port, user, infrastructure.private_key(c.ssm, build))
+            lines = tools.apply(hook, build.spec.configure, build)
+            log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
+                     len(lines))
+
+        @task(task_id="register_image")
+        def register_image(instance_id: str, origin_ami: str, infra: dict) -> dict:
+            build = with_outputs(infra)
+            c = cloud(build)
+            logical = get_current_context()["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
+            described = image.register(c.ec2, build, instance_id, origin_ami, image.image_name(build, logical))
+            return {
+                "image_id": described["ImageId"],
+                "name": described["Name"],
+                "region": build.region,
+                "origin": origin_ami,
+                "server_role": build.spec.configure.server_role if build.spec.configure else None,
+                "build_id": build.build_id,
+            }
+
+        # The run's state is the build's: a teardown is not a leaf, so its success cannot turn a failed
+        # build green (and a failed teardown shows red on its own task; the sweeper catches its leftovers).
+        @teardown
+        def tear_down() -> list[str]:
+            context = get_current_context()
+            build_id = build_id_for(spec.name, context["dag_run"].run_id)
+            # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
+            build = runtime.build(fields=parameters.EARLY_FIELDS)
+            c = cloud(build)
+            removed = teardown_step.tear_down(c.ec2, c.ssm, build_id, build.settings.poll_interval)
+            log.info("tear_down: deleted %d builder resources of build %s", len(removed), build_id)
+            return removed
+
+        origin_ami = resolve_origin()
+        infra = create_builder_infrastructure()
+        origin_ami >> infra
+        launched = launch_builder_instance(origin_ami, infra)
+        ready = wait_for_ssh(launched, infra)
+        configured = configure(launched, infra)
+        registered = register_image(launched, origin_ami, infra)
+        ready >> configured >> registered
+        removed = tear_down()
+        registered >> removed
+        removed.as_teardown(setups=infra)
+
+    return dag

@@ -1,0 +1,117 @@
+"""``${NAME}`` parameters in spec values, resolved at run time, never at parse time.
+
+Sources, first match wins: the builder-infrastructure outputs, the trigger's params, Airflow Variables,
+the environment. A value found in a source may itself hold ``${OTHER}``; a name that refers back to itself,
+directly or through others, is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from image_factory.spec import ImageSpec
+
+PARAMETER_PATTERN = re.compile(r"\$\{([^}]*)\}")
+NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+#: Fields read before the builder infrastructure exists: they cannot use its outputs.
+EARLY_FIELDS = ("origin", "region", "aws_conn_id")
+
+Lookup = Callable[[str], "str | None"]
+
+
+class ParameterError(Exception):
+    """A parameter that cannot be resolved; names the spec, the field and the parameter."""
+
+
+def _strings(value: Any, path: str = ""):
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+def parameter_names(data: Any) -> set[str]:
+    return {m for _, text in _strings(data) for m in PARAMETER_PATTERN.findall(text)}
+
+
+def check_parameters(spec: ImageSpec) -> list[tuple[str, str]]:
+    """Parse-time checks: well-formed names, and no builder output where it cannot exist yet."""
+    from image_factory.spec import BUILDER_OUTPUTS
+
+    problems = []
+    data = spec.model_dump(exclude_none=True)
+    for path, text in _strings(data):
+        for name in PARAMETER_PATTERN.findall(text):
+            if not NAME.match(name):
+                problems.append((f"image.{path}", f"parameter ${{{name}}}: names are upper-case letters, "
+                                                  "digits and '_'"))
+            elif name in BUILDER_OUTPUTS and path.split(".")[0] in EARLY_FIELDS:
+                problems.append((f"image.{path}", f"${{{name}}} is made by the builder-infrastructure step, "
+                                                  "which runs after this field is needed"))
+        if "${" in PARAMETER_PATTERN.sub("", text):
+            problems.append((f"image.{path}", "unterminated '${' (write parameters as ${NAME})"))
+    return problems
+
+
+def chain(*sources: Mapping[str, Any] | Lookup) -> Lookup:
+    """One lookup over several sources; a source is a mapping or a function returning None when unset."""
+
+    def lookup(name: str) -> str | None:
+        for source in sources:
+            value = source(name) if callable(source) else source.get(name)
+            if value not in (None, ""):
+                return str(value)
+        return None
+
+    return lookup
+
+
+def resolve_text(text: str, lookup: Lookup, *, spec_name: str, field: str, _seen: tuple[str, ...] = ()) -> str:
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        if name in _seen:
+            cycle = " -> ".join((*_seen, name))
+            raise ParameterError(f"spec {spec_name!r}, field image.{field}: parameter ${{{name}}} refers to "
+                                 f"itself ({cycle})")
+        value = lookup(name)
+        if value is None:
+            raise ParameterError(
+                f"spec {spec_name!r}, field image.{field}: parameter ${{{name}}} is not set (looked in the "
+                "builder-infrastructure outputs, the trigger params, Airflow Variables and the environment)")
+        return resolve_text(value, lookup, spec_name=spec_name, field=field, _seen=(*_seen, name))
+
+    return PARAMETER_PATTERN.sub(substitute, text)
+
+
+def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = None) -> ImageSpec:
+    """A copy of ``spec`` with every parameter in ``fields`` (default: all) replaced by its value."""
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            return resolve_text(value, lookup, spec_name=spec.name, field=path)
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    data = spec.model_dump(exclude_none=True)
+    resolved = {k: (walk(v, k) if fields is None or k in fields else v) for k, v in data.items()}
+    # Re-validate: a parameter's value obeys the same rules as a literal would.
+    from pydantic import ValidationError
+
+    from image_factory.spec import validation_problems
+
+    try:
+        return type(spec).model_validate(resolved, context={"resolved": True})
+    except ValidationError as exc:
+        details = "; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
+        raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid: {details}") from None

@@ -1,0 +1,75 @@
+"""SSH to the builder instance, through the SSH provider's hook (paramiko underneath).
+
+The key is the build's ephemeral key, handed to the hook in memory: it is never written to disk, logged or
+put in a connection. The instance is new for every build, so its host key cannot be known in advance and
+is not checked; SSH is only let in from the provisioner's CIDR.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import deque
+
+log = logging.getLogger("image_factory")
+
+
+class RemoteCommandError(Exception):
+    def __init__(self, what: str, status: int, tail: list[str]):
+        self.status = status
+        self.tail = tail
+        shown = "\n".join(f"  | {line}" for line in tail)
+        super().__init__(f"{what} exited with status {status}; last {len(tail)} lines of its output:\n{shown}")
+
+
+def connect(host: str, port: int, username: str, private_key: str, *, timeout: float = 10):
+    """An SSHHook with an open connection (``hook.get_conn()`` returns it)."""
+    import paramiko
+    from airflow.providers.ssh.hooks.ssh import SSHHook
+
+    hook = SSHHook(remote_host=host, port=port, username=username, conn_timeout=int(timeout),
+                   conn_retry_attempts=1, banner_timeout=timeout)
+    hook.pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
+    hook.look_for_keys = False  # use the build's key, never whatever keys the worker has lying around
+    hook.allow_host_key_change = True  # a fresh instance: no host key to compare with (see module doc)
+    hook.get_conn()
+    return hook
+
+
+def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
+                     interval: float):
+    """Poll until SSH accepts the build's key and runs a command; returns the connected hook."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            hook = connect(host, port, username, private_key)
+            status, _, _ = hook.exec_ssh_client_command(hook.get_conn(), "true", get_pty=False,
+                                                        environment=None, timeout=30)
+            if status == 0:
+                log.info("SSH to %s@%s:%d answers (attempt %d, waited %.1f s)", username, host, port, attempt,
+                         time.monotonic() - started)
+                return hook
+            reason = f"'true' exited {status}"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        waited = time.monotonic() - started
+        if waited >= timeout:
+            raise TimeoutError(f"SSH to {username}@{host}:{port} did not answer within {timeout:.0f} s "
+                               f"({attempt} attempts; last: {reason})")
+        log.info("SSH not ready yet (attempt %d, %s); retrying in %.0f s", attempt, reason, interval)
+        time.sleep(interval)
+
+
+def run(hook, command: str, *, timeout: float, what: str = "remote command", tail_lines: int = 25) -> list[str]:
+    """Run ``command`` remotely, streaming its output into the log; raise with the output's tail on failure."""
+    # One stream, so that the tail shows errors where they happened among the ordinary output.
+    wrapped = f"( {command} ) 2>&1"
+    status, stdout, _ = hook.exec_ssh_client_command(hook.get_conn(), wrapped, get_pty=False,
+                                                     environment=None, timeout=timeout)
+    lines = stdout.decode("utf-8", "replace").splitlines()
+    if status != 0:
+        raise RemoteCommandError(what, status, list(deque(lines, maxlen=tail_lines)))
+    return lines

@@ -1,0 +1,70 @@
+"""Deployment settings: the ``[image_factory]`` section of Airflow's config.
+
+Each one can be set in airflow.cfg or as ``AIRFLOW__IMAGE_FACTORY__<KEY>``. They describe where the
+builds run (an emulated cloud's SSH endpoint, the provisioner's address), never what a spec builds, so the
+same spec builds on AWS and on the local cloud. Read them in tasks, not at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+SECTION = "image_factory"
+
+DEFAULT_SERVERMAKER_COMMAND = "servermaker apply --repository {code_repo} --role {server_role}"
+
+
+class SettingsError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Where SSH reaches builder instances; empty means the instance's own address.
+    ssh_host: str = ""
+    ssh_port: int = 22
+    #: Overrides the spec's ssh_username (an emulated cloud's instance is a local account).
+    ssh_username: str = ""
+    #: The CIDR the builder's security group lets into port 22: the address builds SSH in from.
+    provisioner_cidr: str = ""
+    #: Create build subnets in this VPC; empty means each build makes a VPC of its own.
+    builder_vpc_id: str = ""
+    builder_vpc_cidr: str = "10.213.0.0/24"
+    #: Seconds between polls of a cloud state (instance running, image available, ...).
+    poll_interval: float = 15.0
+    ssh_timeout: float = 600.0
+    configure_timeout: float = 3600.0
+    image_timeout: float = 3600.0
+    servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
+
+    def cidr(self, allow_anywhere: bool) -> str:
+        if not self.provisioner_cidr:
+            raise SettingsError(
+                "[image_factory] provisioner_cidr is not set (AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR): "
+                "the builder's security group lets SSH in only from this CIDR, the address the workers use")
+        try:
+            network = ipaddress.ip_network(self.provisioner_cidr)
+        except ValueError as exc:
+            raise SettingsError(f"[image_factory] provisioner_cidr: {exc}") from None
+        if network.prefixlen == 0 and not allow_anywhere:
+            raise SettingsError(
+                f"[image_factory] provisioner_cidr {self.provisioner_cidr} opens SSH to the whole internet; "
+                "set a narrower CIDR, or set allow_ssh_from_anywhere: true in the spec")
+        return str(network)
+
+
+def load() -> Settings:
+    from airflow.sdk import conf
+
+    def get(key: str, default):
+        value = conf.get(SECTION, key, fallback=None)
+        if value in (None, ""):
+            return default
+        try:
+            return type(default)(value)
+        except ValueError:
+            raise SettingsError(f"[{SECTION}] {key}: expected a {type(default).__name__}, got {value!r}") from None
+
+    defaults = Settings()
+    return Settings(**{field: get(field, getattr(defaults, field)) for field in defaults.__dataclass_fields__})

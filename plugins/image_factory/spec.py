@@ -1,0 +1,370 @@
+"""Image specs: YAML files -> validated models.
+
+A spec is one YAML file with a top-level ``image:`` key, in the shape of the seed's Examples 13-1 to 13-3.
+Validation is strict (unknown keys, wrong types and bad values are errors) and every error names the file
+and the field. ``${NAME}`` parameters are only recorded here; they are resolved at run time
+(see :mod:`image_factory.parameters`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from image_factory.parameters import PARAMETER_PATTERN, parameter_names
+
+#: The seed's sizes, mapped to instance types. A literal instance type (``m6i.large``) is accepted as well.
+INSTANCE_SIZES = {"small": "t3.small", "medium": "t3.medium", "large": "t3.large"}
+
+AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
+# DAG ids and AMI names both accept this; AMI names allow 3-128 characters, we keep room for a suffix.
+IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,99}$")
+ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SSM_PREFIX = "resolve:ssm:"
+SSM_PARAMETER = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
+USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
+CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
+#: The tools that configure the builder instance; ``command`` takes its command line from the spec.
+TOOLS = ("shell", "servermaker", "command")
+
+#: Parameters produced by the builder-infrastructure step.
+BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; ``str()`` names the file and each bad field."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {field}: {message}" for field, message in problems))
+
+
+def _is_parameterised(value: str) -> bool:
+    return bool(PARAMETER_PATTERN.search(value))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class OriginFilter(_Strict):
+    """Newest image whose name matches ``name`` (wildcards allowed) among images owned by ``owners``."""
+
+    name: str = Field(min_length=1, max_length=128)
+    owners: list[str] = Field(min_length=1)
+    architecture: Literal["x86_64", "arm64"] | None = None
+
+
+class Configure(_Strict):
+    tool: Literal["shell", "servermaker", "command"]
+    server_role: str
+    code_repo: str | None = None
+    #: Command template for the ``command`` tool (and an override for ``servermaker``);
+    #: ``{code_repo}`` and ``{server_role}`` are replaced by shell-quoted values.
+    command: str | None = None
+
+    @field_validator("server_role")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if not _is_parameterised(value) and not ROLE_NAME.match(value):
+            raise ValueError("expected a role name: letters, digits, '.', '_' or '-', not starting with '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _command_for_tool(self) -> Configure:
+        if self.tool == "command" and not self.command:
+            raise ValueError("tool 'command' needs a 'command' template")
+        if self.tool == "shell" and self.command:
+            raise ValueError("tool 'shell' runs the role's scripts; 'command' is not used with it")
+        if self.command:
+            unknown = {f for f in re.findall(r"{([^{}]*)}", self.command)} - {"code_repo", "server_role"}
+            if unknown:
+                raise ValueError(f"command template may use only {{code_repo}} and {{server_role}}, "
+                                 f"not {sorted(unknown)}")
+        return self
+
+
+class ImageSpec(_Strict):
+    name: str
+    platform: Literal["aws"] = "aws"
+    origin: str | OriginFilter
+    region: str
+    instance_size: str = "small"
+    subnet: str | None = None
+    ssh_key: str | None = None
+    ssh_username: str = "ec2-user"
+    schedule: str | None = None
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    aws_conn_id: str = "aws_default"
+    #: Let SSH in from 0.0.0.0/0 when the provisioner CIDR says so (refused otherwise).
+    allow_ssh_from_anywhere: bool = False
+    #: Outbound ports the builder instance may use (TCP; 53 is opened for UDP too).
+    egress_ports: list[int] = Field(default_factory=lambda: [53, 80, 443])
+    #: Give the builder instance a public address (its subnet must route to an internet gateway).
+    public_ip: bool = False
+    configure: Configure | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_alias(cls, data: Any) -> Any:
+        # The seed writes both `instance_size:` (13-1, 13-3) and `size:` (13-2).
+        if isinstance(data, dict) and "size" in data:
+            if "instance_size" in data:
+                raise ValueError("give either 'size' or 'instance_size', not both")
+            data = {("instance_size" if k == "size" else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not IMAGE_NAME.match(value):
+            raise ValueError("expected 3-100 characters: letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit (it becomes the DAG id and the image name)")
+        return value
+
+    @field_validator("origin")
+    @classmethod
+    def _origin(cls, value: str | OriginFilter) -> str | OriginFilter:
+        if isinstance(value, str) and not _is_parameterised(value):
+            if value.startswith(SSM_PREFIX):
+                if not SSM_PARAMETER.match(value[len(SSM_PREFIX):]):
+                    raise ValueError("expected resolve:ssm:/path/of/a/parameter")
+            elif not AMI_ID.match(value):
+                raise ValueError("expected an AMI id (ami-0123456789abcdef0), resolve:ssm:<parameter name>, "
+                                 "or a mapping with 'name' and 'owners'")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not REGION.match(value):
+            raise ValueError("expected an AWS region such as eu-west-1")
+        return value
+
+    @field_validator("instance_size")
+    @classmethod
+    def _instance_size(cls, value: str) -> str:
+        if value not in INSTANCE_SIZES and not INSTANCE_TYPE.match(value) and not _is_parameterised(value):
+            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} or an instance type such as m6i.large")
+        return value
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _ssh_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The build logs in with an ephemeral key pair whose private half only it holds.
+        resolved = bool(info.context and info.context.get("resolved"))
+        if value is not None and not resolved and value != "${IMAGE_BUILDER_SSH_KEY}":
+            raise ValueError("the builder logs in with the build's ephemeral key: "
+                             "write ${IMAGE_BUILDER_SSH_KEY} or leave ssh_key out")
+        return value
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str | None) -> str | None:
+        if value is not None and not _is_parameterised(value) and not re.match(r"^subnet-[0-9a-f]{8,17}$", value):
+            raise ValueError("expected a subnet id (subnet-...) or ${IMAGE_BUILDER_SUBNET_ID}")
+        return value
+
+    @field_validator("ssh_username")
+    @classmethod
+    def _ssh_username(cls, value: str) -> str:
+        if not USERNAME.match(value):
+            raise ValueError("expected a POSIX user name")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None or value in CRON_PRESETS:
+            return value
+        from croniter import croniter  # Airflow's own cron parser
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"expected a cron expression or one of {', '.join(sorted(CRON_PRESETS))}")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tag_value in value.items():
+            if not TAG_KEY.match(key) or key.startswith("image-factory:"):
+                raise ValueError(f"tag key {key!r}: expected up to 128 characters, not starting with "
+                                 "'aws:' or 'image-factory:'")
+            if len(tag_value) > 256:
+                raise ValueError(f"tag {key!r}: values are at most 256 characters")
+        return value
+
+    @field_validator("egress_ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if any(not 0 < port < 65536 for port in value):
+            raise ValueError("expected TCP ports between 1 and 65535")
+        return value
+
+    @field_validator("aws_conn_id")
+    @classmethod
+    def _conn_id(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,250}$", value):
+            raise ValueError("expected an Airflow connection id")
+        return value
+
+    def parameters(self) -> set[str]:
+        """Every ``${NAME}`` the spec refers to."""
+        return parameter_names(self.model_dump(exclude_none=True))
+
+    @property
+    def wants_builder_subnet(self) -> bool:
+        return "IMAGE_BUILDER_SUBNET_ID" in self.parameters()
+
+
+def instance_type(size: str) -> str:
+    return INSTANCE_SIZES.get(size, size)
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A valid spec and where it came from."""
+
+    image: ImageSpec
+    path: Path
+    content_hash: str  # sha256 of the file, 16 hex digits: the image's lineage
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+
+def _field_path(loc: tuple) -> str:
+    # Pydantic reports union branches ('str', 'OriginFilter') and the alias step; keep only real fields.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in {"str", "function-after[_origin(), str]"}))]
+    parts = [p for p in parts if not p.startswith("function-")]
+    return ".".join(["image", *parts]) if parts else "image"
+
+
+def _suggest(field: str, allowed: set[str]) -> str:
+    close = difflib.get_close_matches(field, sorted(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_fields(loc: tuple) -> set[str]:
+    model: type[BaseModel] = ImageSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        annotation = field.annotation
+        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
+                  and issubclass(a, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    fields = set(model.model_fields)
+    if model is ImageSpec:
+        fields.add("size")
+    return fields
+
+
+def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
+    problems: dict[str, str] = {}
+    for item in error.errors():
+        field = _field_path(item["loc"])
+        if item["type"] == "extra_forbidden":
+            message = "unknown key" + _suggest(str(item["loc"][-1]), _model_fields(item["loc"]))
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
+                message += f" (got {type(item['input']).__name__} {item['input']!r})"
+        # A union reports once per branch; the first message for a field is the useful one.
+        problems.setdefault(field, message)
+    return list(problems.items())
+
+
+def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
+    """Validate one spec's YAML text; raise :class:`SpecError` naming ``path`` and the fields."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        raise SpecError(path, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if document is None:
+        raise SpecError(path, [("image", "the file is empty; expected a mapping with a top-level 'image:' key")])
+    if not isinstance(document, dict):
+        raise SpecError(path, [("image", f"expected a mapping with a top-level 'image:' key, "
+                                         f"got {type(document).__name__}")])
+    extra = [key for key in document if key != "image"]
+    if extra:
+        raise SpecError(path, [(str(key), "unknown top-level key" + _suggest(str(key), {"image"}))
+                               for key in extra])
+    if "image" not in document:
+        raise SpecError(path, [("image", "required top-level key is missing")])
+    body = document["image"]
+    if not isinstance(body, dict):
+        raise SpecError(path, [("image", f"expected a mapping, got {type(body).__name__}")])
+    try:
+        spec = ImageSpec.model_validate(body)
+    except ValidationError as exc:
+        raise SpecError(path, validation_problems(exc)) from None
+    from image_factory.parameters import check_parameters
+
+    problems = check_parameters(spec)
+    if problems:
+        raise SpecError(path, problems)
+    return spec
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(path, [("image", "the file is not UTF-8 text")]) from None
+    return LoadedSpec(parse_spec(text, path), path, hashlib.sha256(raw).hexdigest()[:16])
+
+
+def load_specs(folder: Path) -> tuple[list[LoadedSpec], list[SpecError]]:
+    """Every valid spec in ``folder`` and an error for each bad one; one bad file never hides the others.
+
+    Two specs with the same name are both rejected: neither may silently replace the other's DAG.
+    """
+    specs: list[LoadedSpec] = []
+    errors: list[SpecError] = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as exc:
+            errors.append(exc)
+    by_name: dict[str, list[LoadedSpec]] = {}
+    for spec in specs:
+        by_name.setdefault(spec.name, []).append(spec)
+    unique = []
+    for name, same in by_name.items():
+        if len(same) == 1:
+            unique.append(same[0])
+            continue
+        files = ", ".join(s.path.name for s in same)
+        errors.extend(SpecError(s.path, [("image.name", f"{name!r} is used by several specs ({files})")])
+                      for s in same)
+    return sorted(unique, key=lambda s: s.name), errors

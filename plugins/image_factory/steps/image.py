@@ -1,0 +1,104 @@
+"""Step 6: register the configured instance as an image (an AMI), tagged with its lineage.
+
+An image is marked complete (tag ``image-factory:complete``) once it is available. Any image of a build
+that lacks the mark is half-made: registration failures and teardown deregister it and delete its snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, Build, tag_dict
+from image_factory.steps import instance as instances
+
+log = logging.getLogger("image_factory")
+
+
+class ImageError(Exception):
+    pass
+
+
+def image_name(build: Build, logical_time: str) -> str:
+    """Unique per build, sortable by time, and stable across retries of the same run."""
+    return f"{build.spec.name}-{logical_time}-{build.build_id}"
+
+
+def lineage_tags(build: Build, origin_ami: str) -> dict[str, str]:
+    spec = build.spec
+    tags = dict(spec.tags)
+    tags.update(build.tags(**{
+        "Name": spec.name,
+        TAG_SPEC_HASH: build.spec_hash,
+        TAG_ORIGIN: origin_ami,
+        TAG_ROLE: spec.configure.server_role if spec.configure else "none",
+    }))
+    return tags
+
+
+def find(ec2, build_id: str) -> list[dict]:
+    return ec2.describe_images(Owners=["self"], Filters=[{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}])[
+        "Images"]
+
+
+def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) -> dict:
+    """Stop the instance, create the image, wait until it is available. Returns the image's description."""
+    for image in find(ec2, build.build_id):
+        if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
+            log.info("image %s of this build is registered already", image["ImageId"])
+            return image
+        # A previous try left a half-made image: start again from a clean slate.
+        deregister(ec2, image)
+    instances.stop(ec2, instance_id, build)
+    tags = lineage_tags(build, origin_ami)
+    image_id = ec2.create_image(
+        InstanceId=instance_id, Name=name,
+        Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
+        TagSpecifications=build.tag_specifications("image", tags=tags),
+    )["ImageId"]
+    log.info("created image %s name=%s", image_id, name)
+    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
+    # a half-made image's snapshots are found through the image anyway.
+    snapshots = _snapshots(ec2, image_id)
+    if snapshots:
+        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    started = time.monotonic()
+    try:
+        delay = max(1, round(build.settings.poll_interval))
+        ec2.get_waiter("image_available").wait(
+            ImageIds=[image_id],
+            WaiterConfig={"Delay": delay, "MaxAttempts": int(build.settings.image_timeout // delay) + 1})
+    except Exception:
+        log.error("image %s did not become available; deregistering it", image_id)
+        deregister(ec2, {"ImageId": image_id})
+        raise
+    ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
+    log.info("image %s is available (waited %.1f s)", image_id, time.monotonic() - started)
+    return ec2.describe_images(ImageIds=[image_id])["Images"][0]
+
+
+def _snapshots(ec2, image_id: str) -> list[str]:
+    described = ec2.describe_images(ImageIds=[image_id])["Images"]
+    return [m["Ebs"]["SnapshotId"] for d in described for m in d.get("BlockDeviceMappings", [])
+            if m.get("Ebs", {}).get("SnapshotId")]
+
+
+def deregister(ec2, image: dict) -> list[str]:
+    """Deregister an image and delete its snapshots; returns what was removed."""
+    image_id = image["ImageId"]
+    snapshots = _snapshots(ec2, image_id)
+    ec2.deregister_image(ImageId=image_id)
+    log.info("deleted image %s", image_id)
+    for snapshot_id in snapshots:
+        ec2.delete_snapshot(SnapshotId=snapshot_id)
+        log.info("deleted snapshot %s", snapshot_id)
+    return [image_id, *snapshots]
+
+
+def remove_incomplete(ec2, build_id: str) -> list[str]:
+    """Deregister every image of the build that never became complete."""
+    removed = []
+    for image in find(ec2, build_id):
+        if tag_dict(image.get("Tags")).get(TAG_COMPLETE) != "true":
+            removed += deregister(ec2, image)
+    return removed

@@ -1,0 +1,267 @@
+"""Step 2: the builder infrastructure, created for one build and destroyed after it.
+
+What it creates, each tagged with the build in its create call and looked up by tag before it is created
+(so a retry creates nothing twice):
+- a VPC of its own, when no builder VPC is configured and the spec asks for ``${IMAGE_BUILDER_SUBNET_ID}``;
+- a subnet, when the spec asks for ``${IMAGE_BUILDER_SUBNET_ID}``;
+- a security group that lets in only SSH from the provisioner's CIDR and lets out only the spec's ports;
+- an ephemeral key pair, whose private half is kept only in an SSM SecureString parameter of the build.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+from image_factory.aws import error_code
+from image_factory.build import TAG_BUILD, Build, created, deleted
+
+log = logging.getLogger("image_factory")
+
+
+class InfrastructureError(Exception):
+    pass
+
+
+@dataclass
+class BuilderInfrastructure:
+    vpc_id: str
+    subnet_id: str | None
+    security_group_id: str
+    key_name: str
+    private_key_parameter: str
+
+    def outputs(self) -> dict[str, str]:
+        """The ``${NAME}`` parameters this step provides to the spec."""
+        values = {"IMAGE_BUILDER_SECURITY_GROUP_ID": self.security_group_id, "IMAGE_BUILDER_SSH_KEY": self.key_name}
+        if self.subnet_id:
+            values["IMAGE_BUILDER_SUBNET_ID"] = self.subnet_id
+        return values
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def private_key_parameter(build: Build) -> str:
+    return f"/image-factory/builds/{build.build_id}/ssh-private-key"
+
+
+def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
+    spec, settings = build.spec, build.settings
+    cidr = settings.cidr(spec.allow_ssh_from_anywhere)
+    if spec.wants_builder_subnet:
+        vpc_id = settings.builder_vpc_id or _ensure_vpc(ec2, build)
+        subnet_id = _ensure_subnet(ec2, build, vpc_id)
+    elif spec.subnet:
+        subnet_id = None
+        vpc_id = _vpc_of_subnet(ec2, spec.subnet)
+    else:
+        subnet_id = None
+        vpc_id = _default_vpc(ec2, build)
+    security_group_id = _ensure_security_group(ec2, build, vpc_id, cidr)
+    key_name, parameter = _ensure_key_pair(ec2, ssm, build)
+    return BuilderInfrastructure(vpc_id, subnet_id, security_group_id, key_name, parameter)
+
+
+# --- VPC and subnet -----------------------------------------------------------------------------------
+
+def _find(items: list[dict], key: str) -> str | None:
+    return items[0][key] if items else None
+
+
+def _ensure_vpc(ec2, build: Build) -> str:
+    existing = _find(ec2.describe_vpcs(Filters=build.build_filter())["Vpcs"], "VpcId")
+    if existing:
+        log.info("VPC %s of this build exists already", existing)
+        return existing
+    vpc_id = ec2.create_vpc(CidrBlock=build.settings.builder_vpc_cidr,
+                            TagSpecifications=build.tag_specifications("vpc"))["Vpc"]["VpcId"]
+    created("vpc", vpc_id, cidr=build.settings.builder_vpc_cidr)
+    return vpc_id
+
+
+def _ensure_subnet(ec2, build: Build, vpc_id: str) -> str:
+    existing = _find(ec2.describe_subnets(Filters=build.build_filter())["Subnets"], "SubnetId")
+    if existing:
+        log.info("subnet %s of this build exists already", existing)
+        return existing
+    vpc = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0]
+    taken = [ipaddress.ip_network(s["CidrBlock"])
+             for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]]
+    network = ipaddress.ip_network(vpc["CidrBlock"])
+    # Builds share a configured VPC: take the first /28 that no subnet overlaps; on a race, the next one.
+    for candidate in network.subnets(new_prefix=max(28, network.prefixlen)):
+        if any(candidate.overlaps(t) for t in taken):
+            continue
+        try:
+            subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=str(candidate),
+                                          TagSpecifications=build.tag_specifications("subnet"))["Subnet"]["SubnetId"]
+        except Exception as exc:
+            if error_code(exc) == "InvalidSubnet.Conflict":
+                continue
+            raise
+        created("subnet", subnet_id, vpc=vpc_id, cidr=candidate)
+        return subnet_id
+    raise InfrastructureError(f"VPC {vpc_id} ({network}) has no free /28 left for a builder subnet")
+
+
+def _vpc_of_subnet(ec2, subnet_id: str) -> str:
+    try:
+        return ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+    except Exception as exc:
+        if error_code(exc) == "InvalidSubnetID.NotFound":
+            raise InfrastructureError(f"subnet {subnet_id} (image.subnet) does not exist") from None
+        raise
+
+
+def _default_vpc(ec2, build: Build) -> str:
+    vpc_id = _find(ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"], "VpcId")
+    if not vpc_id:
+        raise InfrastructureError(f"region {build.region} has no default VPC: set image.subnet to a subnet id "
+                                  "or to ${IMAGE_BUILDER_SUBNET_ID}")
+    return vpc_id
+
+
+# --- security group -----------------------------------------------------------------------------------
+
+def _ensure_security_group(ec2, build: Build, vpc_id: str, cidr: str) -> str:
+    existing = _find(ec2.describe_security_groups(Filters=build.build_filter())["SecurityGroups"], "GroupId")
+    if existing:
+        log.info("security group %s of this build exists already", existing)
+        return existing
+    group_id = ec2.create_security_group(
+        GroupName=build.resource_name, VpcId=vpc_id,
+        Description=f"Image Factory builder for {build.spec.name}, build {build.build_id}: SSH in from the "
+                    "provisioner only",
+        TagSpecifications=build.tag_specifications("security-group"),
+    )["GroupId"]
+    created("security-group", group_id, vpc=vpc_id, ssh_from=cidr)
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}])
+    # Replace the default allow-all egress rule with the ports the role needs.
+    ec2.revoke_security_group_egress(GroupId=group_id, IpPermissions=[
+        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    egress = [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+              for port in sorted(set(build.spec.egress_ports))]
+    if 53 in build.spec.egress_ports:
+        egress.append({"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
+    if egress:
+        ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=egress)
+    return group_id
+
+
+# --- key pair -----------------------------------------------------------------------------------------
+
+def _new_key() -> tuple[str, str]:
+    """A fresh ed25519 key: (private key in OpenSSH format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, public
+
+
+def _public_of(private: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private.encode(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH).decode()
+
+
+def _stored_private_key(ssm, name: str) -> str | None:
+    try:
+        return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    except Exception as exc:
+        if error_code(exc) == "ParameterNotFound":
+            return None
+        raise
+
+
+def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
+    parameter = private_key_parameter(build)
+    private = _stored_private_key(ssm, parameter)
+    if private is None:
+        private, _ = _new_key()
+        ssm.put_parameter(Name=parameter, Type="SecureString", Value=private,
+                          Description=f"Ephemeral SSH key of Image Factory build {build.build_id}",
+                          Tags=[{"Key": k, "Value": v} for k, v in build.tags().items()])
+        created("ssm-parameter", parameter)
+    else:
+        log.info("private key parameter %s of this build exists already", parameter)
+    pairs = ec2.describe_key_pairs(Filters=build.build_filter())["KeyPairs"]
+    if pairs:
+        log.info("key pair %s of this build exists already", pairs[0]["KeyName"])
+        return pairs[0]["KeyName"], parameter
+    key_name = build.resource_name
+    ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=_public_of(private).encode(),
+                        TagSpecifications=build.tag_specifications("key-pair"))
+    created("key-pair", key_name)
+    return key_name, parameter
+
+
+def private_key(ssm, build: Build) -> str:
+    private = _stored_private_key(ssm, private_key_parameter(build))
+    if private is None:
+        raise InfrastructureError(f"the private key of build {build.build_id} is gone "
+                                  f"({private_key_parameter(build)}); was the build torn down?")
+    return private
+
+
+# --- teardown -----------------------------------------------------------------------------------------
+
+def destroy(ec2, ssm, build_id: str, *, attempts: int = 30, delay: float = 2.0) -> list[str]:
+    """Delete the build's key pair, key parameter, security groups, subnets and VPC, found by tag.
+
+    Call after the instances are gone. A security group still attached to a terminating instance answers
+    DependencyViolation for a while: retried, within a bound.
+    """
+    flt = [{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}]
+    removed: list[str] = []
+    for pair in ec2.describe_key_pairs(Filters=flt)["KeyPairs"]:
+        ec2.delete_key_pair(KeyPairId=pair["KeyPairId"])
+        deleted("key-pair", pair["KeyName"])
+        removed.append(pair["KeyName"])
+    parameter = f"/image-factory/builds/{build_id}/ssh-private-key"
+    try:
+        ssm.delete_parameter(Name=parameter)
+        deleted("ssm-parameter", parameter)
+        removed.append(parameter)
+    except Exception as exc:
+        if error_code(exc) != "ParameterNotFound":
+            raise
+    for group in ec2.describe_security_groups(Filters=flt)["SecurityGroups"]:
+        _retry_dependency(lambda g=group: ec2.delete_security_group(GroupId=g["GroupId"]), attempts, delay)
+        deleted("security-group", group["GroupId"])
+        removed.append(group["GroupId"])
+    for subnet in ec2.describe_subnets(Filters=flt)["Subnets"]:
+        _retry_dependency(lambda s=subnet: ec2.delete_subnet(SubnetId=s["SubnetId"]), attempts, delay)
+        deleted("subnet", subnet["SubnetId"])
+        removed.append(subnet["SubnetId"])
+    for vpc in ec2.describe_vpcs(Filters=flt)["Vpcs"]:
+        _retry_dependency(lambda v=vpc: ec2.delete_vpc(VpcId=v["VpcId"]), attempts, delay)
+        deleted("vpc", vpc["VpcId"])
+        removed.append(vpc["VpcId"])
+    return removed
+
+
+def _retry_dependency(call, attempts: int, delay: float) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            call()
+            return
+        except Exception as exc:
+            code = error_code(exc)
+            if code.endswith(".NotFound"):
+                return  # deleted meanwhile
+            if code != "DependencyViolation" or attempt == attempts:
+                raise
+            log.info("still in use (%s), retrying in %.0f s (%d/%d)", code, delay, attempt, attempts)
+            time.sleep(delay)

@@ -1,0 +1,109 @@
+"""Step 3: the builder instance; launched locked down, terminated at teardown."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.spec import instance_type
+
+log = logging.getLogger("image_factory")
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+class InstanceError(Exception):
+    pass
+
+
+def _waiter_config(build: Build, timeout: float) -> dict:
+    delay = max(1, round(build.settings.poll_interval))
+    return {"Delay": delay, "MaxAttempts": max(1, int(timeout // delay) + 1)}
+
+
+def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
+    reservations = ec2.describe_instances(Filters=[
+        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ])["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name: str) -> str:
+    """Launch (or find) the build's instance and wait until it is running; returns its id."""
+    spec = build.spec
+    existing = find(ec2, build.build_id)
+    if existing:
+        instance_id = existing[0]["InstanceId"]
+        log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
+    else:
+        image = ec2.describe_images(ImageIds=[origin_ami])["Images"][0]
+        interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
+        if spec.subnet:
+            interface["SubnetId"] = spec.subnet
+        response = ec2.run_instances(
+            ImageId=origin_ami,
+            InstanceType=instance_type(spec.instance_size),
+            MinCount=1,
+            MaxCount=1,
+            KeyName=key_name,
+            NetworkInterfaces=[interface],
+            # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+            BlockDeviceMappings=[_encrypted_root(image)],
+            InstanceInitiatedShutdownBehavior="terminate",
+            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface"),
+            ClientToken=f"{build.build_id}-launch",
+        )
+        instance_id = response["Instances"][0]["InstanceId"]
+        created("instance", instance_id, type=instance_type(spec.instance_size), image=origin_ami)
+    started = time.monotonic()
+    ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id],
+                                            WaiterConfig=_waiter_config(build, build.settings.ssh_timeout))
+    log.info("instance %s is running (waited %.1f s)", instance_id, time.monotonic() - started)
+    return instance_id
+
+
+def _encrypted_root(image: dict) -> dict:
+    """The image's root volume, encrypted and deleted with the instance."""
+    root = image.get("RootDeviceName", "/dev/xvda")
+    source = next((m.get("Ebs", {}) for m in image.get("BlockDeviceMappings", []) if m.get("DeviceName") == root), {})
+    ebs = {k: source[k] for k in ("SnapshotId", "VolumeSize", "VolumeType") if k in source}
+    return {"DeviceName": root, "Ebs": {**ebs, "Encrypted": True, "DeleteOnTermination": True}}
+
+
+def address(ec2, instance_id: str, build: Build) -> str:
+    """The address builds SSH to: the deployment's ssh_host, else the instance's own address."""
+    if build.settings.ssh_host:
+        return build.settings.ssh_host
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    host = instance.get("PublicIpAddress") if build.spec.public_ip else instance.get("PrivateIpAddress")
+    if not host:
+        raise InstanceError(f"instance {instance_id} has no {'public' if build.spec.public_ip else 'private'} "
+                            "address to reach it by")
+    return host
+
+
+def stop(ec2, instance_id: str, build: Build) -> None:
+    ec2.stop_instances(InstanceIds=[instance_id])
+    started = time.monotonic()
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[instance_id],
+                                            WaiterConfig=_waiter_config(build, build.settings.image_timeout))
+    log.info("instance %s is stopped (waited %.1f s)", instance_id, time.monotonic() - started)
+
+
+def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900) -> list[str]:
+    """Terminate every instance of the build and wait until they are gone."""
+    instances = [i["InstanceId"] for i in find(ec2, build_id, LIVE_STATES + ["shutting-down"])]
+    if not instances:
+        return []
+    ec2.terminate_instances(InstanceIds=instances)
+    started = time.monotonic()
+    delay = max(1, round(poll_interval))
+    ec2.get_waiter("instance_terminated").wait(
+        InstanceIds=instances, WaiterConfig={"Delay": delay, "MaxAttempts": int(timeout // delay) + 1})
+    for instance_id in instances:
+        deleted("instance", instance_id)
+    log.info("%d instance(s) terminated (waited %.1f s)", len(instances), time.monotonic() - started)
+    return instances
