@@ -7,11 +7,10 @@ import logging
 from pathlib import Path
 
 from image_factory.dag import build_dag
+from image_factory.settings import specs_folder
 from image_factory.spec import load_specs
 
-SPECS = Path(__file__).resolve().parents[1] / "include" / "specs"
-
-specs, errors = load_specs(SPECS)
+specs, errors = load_specs(specs_folder(Path(__file__).resolve().parents[1] / "include" / "specs"))
 for error in errors:
     # A bad spec costs only its own DAG; every other spec still loads.
     logging.getLogger("image_factory").error("spec not loaded: %s", error)

@@ -74,7 +74,8 @@ def chain(*sources: Mapping[str, Any] | Lookup) -> Lookup:
     return lookup
 
 
-def resolve_text(text: str, lookup: Lookup, *, spec_name: str, field: str, _seen: tuple[str, ...] = ()) -> str:
+def resolve_text(text: str, lookup: Lookup, *, spec_name: str, field: str,
+                 _seen: tuple[str, ...] = ()) -> str:
     def substitute(match: re.Match) -> str:
         name = match.group(1)
         if name in _seen:

@@ -8,6 +8,7 @@ same spec builds on AWS and on the local cloud. Read them in tasks, not at DAG p
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from dataclasses import dataclass
 
 SECTION = "image_factory"
@@ -37,6 +38,8 @@ class Settings:
     configure_timeout: float = 3600.0
     image_timeout: float = 3600.0
     servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
+    #: Where the shell tool finds roles; empty means include/roles of this project.
+    roles_folder: str = ""
 
     def cidr(self, allow_anywhere: bool) -> str:
         if not self.provisioner_cidr:
@@ -52,6 +55,13 @@ class Settings:
                 f"[image_factory] provisioner_cidr {self.provisioner_cidr} opens SSH to the whole internet; "
                 "set a narrower CIDR, or set allow_ssh_from_anywhere: true in the spec")
         return str(network)
+
+
+def specs_folder(default: Path) -> Path:
+    """Where the DAG file finds specs (read at parse time: a config value, no network, no Variable)."""
+    from airflow.sdk import conf
+
+    return Path(conf.get(SECTION, "specs_folder", fallback="") or default)
 
 
 def load() -> Settings:

@@ -13,13 +13,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -39,6 +41,7 @@ IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,99}$")
 ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SSM_PREFIX = "resolve:ssm:"
 SSM_PARAMETER = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
+SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
 CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
@@ -74,6 +77,19 @@ class OriginFilter(_Strict):
     architecture: Literal["x86_64", "arm64"] | None = None
 
 
+def _origin_kind(value: Any) -> str:
+    return "mapping" if isinstance(value, dict | OriginFilter) else "string"
+
+
+# Only the branch that fits the input is validated, so a mapping is never also reported as "not a string".
+# Pydantic puts the branch's tag in error locations; `_field_path` leaves it out.
+ORIGIN_TAGS = ("string", "mapping")
+Origin = Annotated[
+    Annotated[str, Tag("string")] | Annotated[OriginFilter, Tag("mapping")],
+    Discriminator(_origin_kind),
+]
+
+
 class Configure(_Strict):
     tool: Literal["shell", "servermaker", "command"]
     server_role: str
@@ -106,7 +122,7 @@ class Configure(_Strict):
 class ImageSpec(_Strict):
     name: str
     platform: Literal["aws"] = "aws"
-    origin: str | OriginFilter
+    origin: Origin
     region: str
     instance_size: str = "small"
     subnet: str | None = None
@@ -157,7 +173,7 @@ class ImageSpec(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not REGION.match(value):
+        if not _is_parameterised(value) and not REGION.match(value):
             raise ValueError("expected an AWS region such as eu-west-1")
         return value
 
@@ -165,7 +181,8 @@ class ImageSpec(_Strict):
     @classmethod
     def _instance_size(cls, value: str) -> str:
         if value not in INSTANCE_SIZES and not INSTANCE_TYPE.match(value) and not _is_parameterised(value):
-            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} or an instance type such as m6i.large")
+            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} "
+                             "or an instance type such as m6i.large")
         return value
 
     @field_validator("ssh_key")
@@ -181,7 +198,7 @@ class ImageSpec(_Strict):
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, value: str | None) -> str | None:
-        if value is not None and not _is_parameterised(value) and not re.match(r"^subnet-[0-9a-f]{8,17}$", value):
+        if value is not None and not _is_parameterised(value) and not SUBNET_ID.match(value):
             raise ValueError("expected a subnet id (subnet-...) or ${IMAGE_BUILDER_SUBNET_ID}")
         return value
 
@@ -255,10 +272,14 @@ class LoadedSpec:
 
 
 def _field_path(loc: tuple) -> str:
-    # Pydantic reports union branches ('str', 'OriginFilter') and the alias step; keep only real fields.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in {"str", "function-after[_origin(), str]"}))]
-    parts = [p for p in parts if not p.startswith("function-")]
-    return ".".join(["image", *parts]) if parts else "image"
+    """``('origin', 'mapping', 'owners')`` -> ``image.origin.owners``,
+    ``('egress_ports', 0)`` -> ``image.egress_ports[0]``."""
+    path = "image"
+    for index, part in enumerate(loc):
+        if index == 1 and loc[0] == "origin" and part in ORIGIN_TAGS:
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
 
 
 def _suggest(field: str, allowed: set[str]) -> str:
@@ -266,18 +287,21 @@ def _suggest(field: str, allowed: set[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation such as ``Configure | None`` or the ``Origin`` union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in get_args(annotation) if (m := _nested_model(arg))), None)
+
+
 def _model_fields(loc: tuple) -> set[str]:
     model: type[BaseModel] = ImageSpec
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None:
+        nested = _nested_model(field.annotation) if field else None
+        if nested is None:
             break
-        annotation = field.annotation
-        nested = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
-                  and issubclass(a, BaseModel)]
-        if not nested:
-            break
-        model = nested[0]
+        model = nested
     fields = set(model.model_fields)
     if model is ImageSpec:
         fields.add("size")
@@ -296,7 +320,9 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
             message = item["msg"].removeprefix("Value error, ")
             if item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
                 message += f" (got {type(item['input']).__name__} {item['input']!r})"
-        # A union reports once per branch; the first message for a field is the useful one.
+            elif not isinstance(item["input"], dict):
+                # A field's own value (a model-level check gets the whole mapping, which says nothing).
+                message += f" (got {item['input']!r})"
         problems.setdefault(field, message)
     return list(problems.items())
 
@@ -310,16 +336,19 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         raise SpecError(path, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     if document is None:
-        raise SpecError(path, [("image", "the file is empty; expected a mapping with a top-level 'image:' key")])
+        raise SpecError(path, [("image", "the file is empty; "
+                                         "expected a mapping with a top-level 'image:' key")])
     if not isinstance(document, dict):
         raise SpecError(path, [("image", f"expected a mapping with a top-level 'image:' key, "
                                          f"got {type(document).__name__}")])
+    if "image" not in document:
+        found = ", ".join(repr(str(key)) for key in document)
+        message = "required top-level key is missing; the image's fields go under 'image:'"
+        raise SpecError(path, [("image", message + (f" (found {found})" if found else ""))])
     extra = [key for key in document if key != "image"]
     if extra:
         raise SpecError(path, [(str(key), "unknown top-level key" + _suggest(str(key), {"image"}))
                                for key in extra])
-    if "image" not in document:
-        raise SpecError(path, [("image", "required top-level key is missing")])
     body = document["image"]
     if not isinstance(body, dict):
         raise SpecError(path, [("image", f"expected a mapping, got {type(body).__name__}")])

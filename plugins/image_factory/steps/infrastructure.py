@@ -226,7 +226,7 @@ def destroy(ec2, ssm, build_id: str, *, attempts: int = 30, delay: float = 2.0) 
     flt = [{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}]
     removed: list[str] = []
     for pair in ec2.describe_key_pairs(Filters=flt)["KeyPairs"]:
-        ec2.delete_key_pair(KeyPairId=pair["KeyPairId"])
+        ec2.delete_key_pair(KeyName=pair["KeyName"])  # the emulator ignores KeyPairId
         deleted("key-pair", pair["KeyName"])
         removed.append(pair["KeyName"])
     parameter = f"/image-factory/builds/{build_id}/ssh-private-key"

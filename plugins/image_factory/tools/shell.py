@@ -41,7 +41,8 @@ def role_files(role: str, roles_dir: Path = ROLES_DIR) -> list[Path]:
     return files
 
 
-def run_shell_role(hook, role: str, build, roles_dir: Path = ROLES_DIR) -> list[str]:
+def run_shell_role(hook, role: str, build) -> list[str]:
+    roles_dir = Path(build.settings.roles_folder) if build.settings.roles_folder else ROLES_DIR
     files = role_files(role, roles_dir)
     client = hook.get_conn()
     staging = remote.run(hook, "mktemp -d /tmp/image-factory-role.XXXXXXXX", timeout=60)[-1].strip()
