@@ -23,7 +23,8 @@ from image_factory.steps.image import find as find_images  # noqa: E402
 from localcloud.cloud import PROJECT, LocalCloud  # noqa: E402
 from localcloud.runner import TASK_END, TASK_START, airflow_env, migrate, run_dag  # noqa: E402
 
-STEP_LINE = re.compile(r"\] (.*?)\s+\[(image_factory|airflow\.task\.hooks\.airflow\.providers\.ssh\.hooks\.ssh\.SSHHook)\]")
+# Lines of our steps' logger and of the SSH hook (which streams the remote output).
+STEP_LINE = re.compile(r"\] (.*?)\s+\[(image_factory|airflow\.task\.hooks\.airflow\.providers\.ssh\.hooks\.ssh\.\w+)\]")
 RESOURCE = re.compile(r"^(created|deleted) (vpc|subnet|security-group|key-pair|ssm-parameter|instance) (\S+)")
 
 

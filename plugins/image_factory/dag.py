@@ -18,7 +18,8 @@ from airflow.sdk import DAG, Param, Variable, get_current_context, setup, task, 
 from image_factory import aws, parameters, remote, settings, tools
 from image_factory.build import Build, build_id_for
 from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
-from image_factory.steps import image, infrastructure, instance, origin, teardown as teardown_step
+from image_factory.steps import image, infrastructure, instance, origin
+from image_factory.steps import teardown as teardown_step
 
 log = logging.getLogger("image_factory")
 
@@ -54,7 +55,8 @@ def _doc(loaded: LoadedSpec) -> str:
     spec = loaded.image
     role = (f"`{spec.configure.server_role}` applied with `{spec.configure.tool}`" if spec.configure
             else "none (a copy of the origin)")
-    origin_text = spec.origin if isinstance(spec.origin, str) else f"newest `{spec.origin.name}` of {spec.origin.owners}"
+    origin = spec.origin
+    origin_text = origin if isinstance(origin, str) else f"newest `{origin.name}` of {origin.owners}"
     return "\n".join([
         f"# {spec.name}",
         spec.description or "",

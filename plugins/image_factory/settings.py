@@ -8,8 +8,8 @@ same spec builds on AWS and on the local cloud. Read them in tasks, not at DAG p
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 SECTION = "image_factory"
 

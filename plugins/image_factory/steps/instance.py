@@ -95,7 +95,7 @@ def stop(ec2, instance_id: str, build: Build) -> None:
 
 def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900) -> list[str]:
     """Terminate every instance of the build and wait until they are gone."""
-    instances = [i["InstanceId"] for i in find(ec2, build_id, LIVE_STATES + ["shutting-down"])]
+    instances = [i["InstanceId"] for i in find(ec2, build_id, [*LIVE_STATES, "shutting-down"])]
     if not instances:
         return []
     ec2.terminate_instances(InstanceIds=instances)

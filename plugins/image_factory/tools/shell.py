@@ -7,6 +7,7 @@ the role's own files do not end up in the image.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 from pathlib import Path
@@ -51,10 +52,8 @@ def run_shell_role(hook, role: str, build) -> list[str]:
         try:
             for relative in files:
                 for parent in reversed(relative.parents[:-1]):
-                    try:
+                    with contextlib.suppress(OSError):  # exists already
                         sftp.mkdir(f"{staging}/{parent.as_posix()}")
-                    except OSError:
-                        pass  # exists already
                 sftp.put(str(roles_dir / role / relative), f"{staging}/{relative.as_posix()}")
         finally:
             sftp.close()

@@ -1,0 +1,161 @@
+"""Whole builds: real Airflow DAG runs against the local cloud (moto EC2 + a real OpenSSH server).
+
+Every assertion about the cloud is read back from the emulator, not from what the DAG says it did.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from image_factory.build import (
+    TAG_BUILD,
+    TAG_ORIGIN,
+    TAG_ROLE,
+    TAG_RUN,
+    TAG_SPEC,
+    TAG_SPEC_HASH,
+    build_id_for,
+    tag_dict,
+)
+from image_factory.inventory import builder_resources
+from image_factory.spec import load_spec
+from image_factory.steps.image import find as find_images
+from localcloud.runner import airflow_env, run_dag
+
+PROJECT = Path(__file__).resolve().parents[1]
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+PRIVATE_KEY_MARKER = "PRIVATE KEY-----"
+
+
+def instances_of(ec2, build_id: str) -> list[dict]:
+    reservations = ec2.describe_instances(Filters=[{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}])
+    return [i for r in reservations["Reservations"] for i in r["Instances"]]
+
+
+def write_spec(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shopspinner_run(local_cloud, airflow_home):
+    return run_dag("shopspinner-linux-image", airflow_env(local_cloud, airflow_home))
+
+
+def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, ec2, ssm):
+    result = shopspinner_run
+    assert result.succeeded, result.output[-5000:]
+    build_id = build_id_for("shopspinner-linux-image", result.run_id)
+
+    images = find_images(ec2, build_id)
+    assert len(images) == 1
+    image = images[0]
+    assert image["State"] == "available"
+    assert image["Name"].startswith("shopspinner-linux-image-") and image["Name"].endswith(build_id)
+    tags = tag_dict(image["Tags"])
+    spec = load_spec(PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml")
+    assert tags[TAG_SPEC] == "shopspinner-linux-image"
+    assert tags[TAG_SPEC_HASH] == spec.content_hash
+    assert tags[TAG_ORIGIN] == ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
+    assert tags[TAG_ROLE] == "appserver"
+    assert tags[TAG_RUN] == result.run_id
+    assert tags["team"] == "shopspinner"  # the spec's own tags
+
+    launched = instances_of(ec2, build_id)
+    assert len(launched) == 1
+    assert launched[0]["State"]["Name"] == "terminated"
+    assert launched[0]["InstanceType"] == "t3.small"
+    assert launched[0]["MetadataOptions"]["HttpTokens"] == "required"
+    assert builder_resources(ec2, ssm, build_id) == []
+
+
+def test_builder_infrastructure_was_made_then_deleted(shopspinner_run, ec2):
+    log = shopspinner_run.task_logs["create_builder_infrastructure"]
+    for kind in ("vpc", "subnet", "security-group", "key-pair"):
+        assert f"created {kind} " in log
+    group_id = log.split("created security-group ")[1].split()[0]
+    with pytest.raises(Exception, match=r"InvalidGroup\.NotFound"):
+        ec2.describe_security_groups(GroupIds=[group_id])
+    teardown_log = shopspinner_run.task_logs["tear_down"]
+    assert f"deleted security-group {group_id}" in teardown_log
+    assert "deleted instance i-" in teardown_log
+
+
+def test_role_output_is_in_the_configure_log(shopspinner_run):
+    configure_log = shopspinner_run.task_logs["configure"]
+    assert "appserver role: configuring" in configure_log
+    assert "appserver role: done" in configure_log
+    assert "appserver role: done" not in shopspinner_run.task_logs["register_image"]
+
+
+def test_private_key_never_reaches_the_output(shopspinner_run):
+    assert PRIVATE_KEY_MARKER not in shopspinner_run.output
+
+
+def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm, tmp_path):
+    roles = tmp_path / "roles"
+    (roles / "failing").mkdir(parents=True)
+    (roles / "failing" / "10-fail.sh").write_text("echo 'about to fail on purpose'\nexit 1\n")
+    write_spec(tmp_path / "specs", "failing-role-image", f"""\
+        image:
+          name: failing-role-image
+          platform: aws
+          origin: resolve:ssm:{AL2023}
+          region: eu-west-1
+          instance_size: small
+          subnet: ${{IMAGE_BUILDER_SUBNET_ID}}
+          configure:
+            tool: shell
+            server_role: failing
+        """)
+    env = airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs"), roles_folder=str(roles))
+    result = run_dag("failing-role-image", env)
+
+    assert result.exit_code != 0 and result.state == "failed"
+    assert result.task_states["configure"] == "failed"
+    assert "register_image" not in result.task_states  # never ran
+    assert result.task_states["tear_down"] == "success"
+    configure_log = result.task_logs["configure"]
+    assert "exited with status 1" in configure_log
+    assert "| about to fail on purpose" in configure_log  # the tail of the remote output, in the error
+    build_id = build_id_for("failing-role-image", result.run_id)
+    assert find_images(ec2, build_id) == []
+    assert [i["State"]["Name"] for i in instances_of(ec2, build_id)] == ["terminated"]
+    assert builder_resources(ec2, ssm, build_id) == []
+
+
+def test_command_template_tool_quotes_spec_values(local_cloud, airflow_home, ec2, ssm, tmp_path):
+    marker = tmp_path / "injected"
+    write_spec(tmp_path / "specs", "servermaker-image", f"""\
+        image:
+          name: servermaker-image
+          origin: resolve:ssm:{AL2023}
+          region: eu-west-1
+          size: medium
+          configure:
+            tool: servermaker
+            code_repo: "servermaker.shopspinner.xyz; touch {marker}"
+            server_role: ${{ROLE}}
+        """)
+    env = airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs"),
+                      servermaker_command="echo servermaker apply --repository {code_repo} --role {server_role}")
+    result = run_dag("servermaker-image", env, conf=json.dumps({"ROLE": "appserver"}))
+
+    assert result.succeeded, result.output[-5000:]
+    configure_log = result.task_logs["configure"]
+    # The whole value arrives as one argument, printed literally; the `touch` never ran.
+    assert f"servermaker apply --repository servermaker.shopspinner.xyz; touch {marker} --role appserver" \
+        in configure_log
+    assert not marker.exists()
+    build_id = build_id_for("servermaker-image", result.run_id)
+    assert [i["InstanceType"] for i in instances_of(ec2, build_id)] == ["t3.medium"]
+    # No builder subnet asked for: the instance ran in the default VPC, and nothing is left.
+    assert "created subnet" not in result.task_logs["create_builder_infrastructure"]
+    assert tag_dict(find_images(ec2, build_id)[0]["Tags"])[TAG_ROLE] == "appserver"
+    assert builder_resources(ec2, ssm, build_id) == []

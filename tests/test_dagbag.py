@@ -1,0 +1,45 @@
+"""The DAG folder, loaded the way Airflow loads it."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from airflow.dag_processing.dagbag import DagBag
+
+from image_factory.spec import load_specs
+
+PROJECT = Path(__file__).resolve().parents[1]
+STEPS = ["resolve_origin", "create_builder_infrastructure", "launch_builder_instance", "wait_for_ssh",
+         "configure", "register_image", "tear_down"]
+
+
+def test_one_dag_per_live_spec_with_the_seven_steps():
+    bag = DagBag(str(PROJECT / "dags"))
+    assert bag.import_errors == {}
+    specs, errors = load_specs(PROJECT / "include" / "specs")
+    assert errors == []
+    assert sorted(bag.dag_ids) == sorted(s.name for s in specs)
+    assert "shopspinner-linux-image" in bag.dag_ids
+    for dag_id in bag.dag_ids:
+        dag = bag.dags[dag_id]
+        assert sorted(dag.task_ids) == sorted(STEPS)
+        setup_task, teardown_task = dag.get_task("create_builder_infrastructure"), dag.get_task("tear_down")
+        assert setup_task.is_setup and not setup_task.is_teardown
+        assert teardown_task.is_teardown
+        assert setup_task.task_id in teardown_task.upstream_task_ids  # tied to its setup
+        assert [t.task_id for t in dag.tasks if t.is_setup or t.is_teardown] == [
+            "create_builder_infrastructure", "tear_down"]
+        # The order of the steps: each step's downstream chain reaches the next one.
+        for earlier, later in itertools.pairwise(STEPS):
+            assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False)
+        # A failing step fails the run: the teardown does not count for the run's state.
+        assert not teardown_task.on_failure_fail_dagrun
+
+
+def test_spec_schedule_and_tags_reach_the_dag():
+    bag = DagBag(str(PROJECT / "dags"))
+    dag = bag.dags["shopspinner-linux-image"]
+    assert dag.timetable.expression == "0 2 * * *"
+    assert {"image-build", "aws", "role:appserver"} <= set(dag.tags)
+    assert dag.catchup is False

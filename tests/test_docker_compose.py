@@ -1,0 +1,75 @@
+"""docker-compose.yaml: the Airflow stack parses (`docker-compose config`) and keeps the project's choices."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+
+SERVICES = {
+    "postgres",
+    "redis",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+    "local-cloud",
+}
+AIRFLOW_SERVICES = {name for name in SERVICES if name.startswith("airflow-")}
+PROJECT_MOUNTS = {"dags": "/opt/airflow/dags", "plugins": "/opt/airflow/plugins", "include": "/opt/airflow/include"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "local-cloud"]], ids=["default", "local-cloud"])
+def test_compose_config_validates(profile_args):
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("the docker-compose binary is not installed (e.g. `apt-get install docker-compose`)")
+    result = subprocess.run([binary, "-f", "docker-compose.yaml", *profile_args, "config"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_services_exist(compose):
+    missing = SERVICES - set(compose["services"])
+    assert not missing, f"services missing from docker-compose.yaml: {sorted(missing)}"
+    assert compose["services"]["local-cloud"]["profiles"] == ["local-cloud"]
+
+
+def test_executor_is_celery(compose):
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name in AIRFLOW_SERVICES:
+        assert compose["services"][name]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+
+
+def test_project_folders_are_mounted(compose):
+    for name in AIRFLOW_SERVICES:
+        targets = {}
+        for volume in compose["services"][name]["volumes"]:
+            # "${AIRFLOW_PROJ_DIR:-.}/dags:/opt/airflow/dags:ro": the source itself may hold a colon.
+            source, _, rest = volume.partition(":/")
+            targets["/" + rest.split(":")[0]] = source
+        for folder, target in PROJECT_MOUNTS.items():
+            assert target in targets, f"{name} does not mount ./{folder} on {target}"
+            assert targets[target].endswith(f"/{folder}"), (name, targets[target])
+
+
+def test_published_ports_are_loopback_only(compose):
+    published = 0
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            published += 1
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r}"
+    assert published, "no published ports found"
