@@ -8,15 +8,18 @@ Nothing here makes a network call or reads a Variable at parse time: all of that
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, Variable, get_current_context, setup, task, teardown
+from airflow.sdk import DAG, Param, Variable, get_current_context, task
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from image_factory import aws, parameters, remote, settings, tools
 from image_factory.build import Build, build_id_for
+from image_factory.errors import PermanentError, permanent_aws_errors
 from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
 from image_factory.steps import image, infrastructure, instance, origin
 from image_factory.steps import teardown as teardown_step
@@ -24,6 +27,23 @@ from image_factory.steps import teardown as teardown_step
 log = logging.getLogger("image_factory")
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+#: Retrying cannot fix a permanent error: fail the task at once, with its message.
+RETRY_POLICY = ExceptionRetryPolicy(rules=[
+    RetryRule(exception=PermanentError, action=RetryAction.FAIL, reason="permanent error: retrying cannot help"),
+])
+
+
+def classified(function):
+    """Run a step with AWS errors sorted into permanent (fail now) and transient (retry with backoff)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with permanent_aws_errors():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def _variable(name: str) -> str | None:
@@ -79,6 +99,7 @@ def _doc(loaded: LoadedSpec) -> str:
 def build_dag(loaded: LoadedSpec) -> DAG:
     spec = loaded.image
     runtime = BuildRuntime(loaded)
+    deployment = settings.load()  # config values only: no network, no Variable
     trigger_params = {
         name: Param(None, type=["null", "string"], description=f"Value of ${{{name}}} in the spec")
         for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS))
@@ -93,7 +114,14 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         params=trigger_params,
         tags=["image-build", spec.platform] + ([f"role:{spec.configure.server_role}"] if spec.configure else []),
         doc_md=_doc(loaded),
-        default_args={"owner": "image-factory", "retries": 0, "retry_delay": timedelta(seconds=10)},
+        default_args={
+            "owner": "image-factory",
+            "retries": deployment.retries,
+            "retry_delay": timedelta(seconds=deployment.retry_delay),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=10),
+            "retry_policy": RETRY_POLICY,
+        },
     )
 
     def cloud(build: Build) -> aws.Clients:
@@ -101,13 +129,15 @@ def build_dag(loaded: LoadedSpec) -> DAG:
 
     with dag:
 
-        @task(task_id="resolve_origin")
+        @task(task_id="resolve_origin", pool=deployment.pool)
+        @classified
         def resolve_origin() -> str:
             build = runtime.build()
             c = cloud(build)
             return origin.resolve_origin(c.ec2, c.ssm, build.spec.origin, build.region)
 
-        @setup
+        @task(task_id="create_builder_infrastructure", pool=deployment.pool)
+        @classified
         def create_builder_infrastructure() -> dict:
             build = runtime.build()
             c = cloud(build)
@@ -124,7 +154,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         def with_outputs(infra: dict) -> Build:
             return runtime.build(infrastructure.BuilderInfrastructure(**infra).outputs())
 
-        @task(task_id="launch_builder_instance")
+        @task(task_id="launch_builder_instance", pool=deployment.pool)
+        @classified
         def launch_builder_instance(origin_ami: str, infra: dict) -> str:
             build = with_outputs(infra)
             c = cloud(build)
@@ -139,6 +170,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             return host, build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
 
         @task(task_id="wait_for_ssh")
+        @classified
         def wait_for_ssh(instance_id: str, infra: dict) -> None:
             build = with_outputs(infra)
             c = cloud(build)
@@ -148,6 +180,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
                                     interval=build.settings.poll_interval)
 
         @task(task_id="configure")
+        @classified
         def configure(instance_id: str, infra: dict) -> None:
             build = with_outputs(infra)
             if build.spec.configure is None:
@@ -160,7 +193,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
                      len(lines))
 
-        @task(task_id="register_image")
+        @task(task_id="register_image", pool=deployment.pool)
+        @classified
         def register_image(instance_id: str, origin_ami: str, infra: dict) -> dict:
             build = with_outputs(infra)
             c = cloud(build)
@@ -177,7 +211,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
 
         # The run's state is the build's: a teardown is not a leaf, so its success cannot turn a failed
         # build green (and a failed teardown shows red on its own task; the sweeper catches its leftovers).
-        @teardown
+        @task(task_id="tear_down", pool=deployment.pool)
+        @classified
         def tear_down() -> list[str]:
             context = get_current_context()
             build_id = build_id_for(spec.name, context["dag_run"].run_id)
@@ -198,6 +233,6 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         ready >> configured >> registered
         removed = tear_down()
         registered >> removed
-        removed.as_teardown(setups=infra)
+        removed.as_teardown(setups=infra)  # and so create_builder_infrastructure is its setup
 
     return dag

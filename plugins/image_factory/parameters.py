@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from image_factory.errors import PermanentError
+
 if TYPE_CHECKING:
     from image_factory.spec import ImageSpec
 
@@ -23,7 +25,7 @@ EARLY_FIELDS = ("origin", "region", "aws_conn_id")
 Lookup = Callable[[str], "str | None"]
 
 
-class ParameterError(Exception):
+class ParameterError(PermanentError):
     """A parameter that cannot be resolved; names the spec, the field and the parameter."""
 
 

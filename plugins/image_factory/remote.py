@@ -12,10 +12,13 @@ import logging
 import time
 from collections import deque
 
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
+
 log = logging.getLogger("image_factory")
 
 
-class RemoteCommandError(Exception):
+class RemoteCommandError(PermanentError):
     def __init__(self, what: str, status: int, tail: list[str]):
         self.status = status
         self.tail = tail
@@ -40,6 +43,7 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
                      interval: float):
     """Poll until SSH accepts the build's key and runs a command; returns the connected hook."""
+    checkpoint("before:ssh")
     started = time.monotonic()
     attempt = 0
     while True:
@@ -49,9 +53,7 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
             status, _, _ = hook.exec_ssh_client_command(hook.get_conn(), "true", get_pty=False,
                                                         environment=None, timeout=30)
             if status == 0:
-                log.info("SSH to %s@%s:%d answers (attempt %d, waited %.1f s)", username, host, port, attempt,
-                         time.monotonic() - started)
-                return hook
+                break
             reason = f"'true' exited {status}"
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -61,6 +63,10 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
                                f"({attempt} attempts; last: {reason})")
         log.info("SSH not ready yet (attempt %d, %s); retrying in %.0f s", attempt, reason, interval)
         time.sleep(interval)
+    log.info("SSH to %s@%s:%d answers (attempt %d, waited %.1f s)", username, host, port, attempt,
+             time.monotonic() - started)
+    checkpoint("after:ssh")
+    return hook
 
 
 def run(hook, command: str, *, timeout: float, what: str = "remote command", tail_lines: int = 25) -> list[str]:

@@ -11,12 +11,14 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_factory.errors import PermanentError
+
 SECTION = "image_factory"
 
 DEFAULT_SERVERMAKER_COMMAND = "servermaker apply --repository {code_repo} --role {server_role}"
 
 
-class SettingsError(Exception):
+class SettingsError(PermanentError):
     pass
 
 
@@ -40,6 +42,11 @@ class Settings:
     servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
     #: Where the shell tool finds roles; empty means include/roles of this project.
     roles_folder: str = ""
+    #: Airflow retries of each step on transient errors (permanent ones fail at once), and the first delay.
+    retries: int = 3
+    retry_delay: float = 20.0
+    #: The Airflow pool of the steps that call the cloud API: bounds how many builds hit it at once.
+    pool: str = "image_factory"
 
     def cidr(self, allow_anywhere: bool) -> str:
         if not self.provisioner_cidr:

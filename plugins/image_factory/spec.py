@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from image_factory.errors import PermanentError
 from image_factory.parameters import PARAMETER_PATTERN, parameter_names
 
 #: The seed's sizes, mapped to instance types. A literal instance type (``m6i.large``) is accepted as well.
@@ -52,7 +53,7 @@ TOOLS = ("shell", "servermaker", "command")
 BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
 
 
-class SpecError(Exception):
+class SpecError(PermanentError):
     """A spec that cannot be used; ``str()`` names the file and each bad field."""
 
     def __init__(self, path: Path | str, problems: list[tuple[str, str]]):

@@ -10,13 +10,10 @@ import logging
 import time
 
 from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, Build, tag_dict
+from image_factory.faults import checkpoint
 from image_factory.steps import instance as instances
 
 log = logging.getLogger("image_factory")
-
-
-class ImageError(Exception):
-    pass
 
 
 def image_name(build: Build, logical_time: str) -> str:
@@ -49,6 +46,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) ->
             return image
         # A previous try left a half-made image: start again from a clean slate.
         deregister(ec2, image)
+    checkpoint("before:register")
     instances.stop(ec2, instance_id, build)
     tags = lineage_tags(build, origin_ami)
     image_id = ec2.create_image(
@@ -57,23 +55,25 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) ->
         TagSpecifications=build.tag_specifications("image", tags=tags),
     )["ImageId"]
     log.info("created image %s name=%s", image_id, name)
-    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
-    # a half-made image's snapshots are found through the image anyway.
-    snapshots = _snapshots(ec2, image_id)
-    if snapshots:
-        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     started = time.monotonic()
     try:
+        checkpoint("after:create-image")
+        # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
+        # a half-made image's snapshots are found through the image anyway.
+        snapshots = _snapshots(ec2, image_id)
+        if snapshots:
+            ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
         delay = max(1, round(build.settings.poll_interval))
         ec2.get_waiter("image_available").wait(
             ImageIds=[image_id],
             WaiterConfig={"Delay": delay, "MaxAttempts": int(build.settings.image_timeout // delay) + 1})
-    except Exception:
-        log.error("image %s did not become available; deregistering it", image_id)
+    except BaseException:
+        log.error("image %s was not completed; deregistering it", image_id)
         deregister(ec2, {"ImageId": image_id})
         raise
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
     log.info("image %s is available (waited %.1f s)", image_id, time.monotonic() - started)
+    checkpoint("after:register")
     return ec2.describe_images(ImageIds=[image_id])["Images"][0]
 
 

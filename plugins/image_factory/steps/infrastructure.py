@@ -17,11 +17,13 @@ from dataclasses import asdict, dataclass
 
 from image_factory.aws import error_code
 from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
 
 log = logging.getLogger("image_factory")
 
 
-class InfrastructureError(Exception):
+class InfrastructureError(PermanentError):
     pass
 
 
@@ -51,6 +53,7 @@ def private_key_parameter(build: Build) -> str:
 def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
     spec, settings = build.spec, build.settings
     cidr = settings.cidr(spec.allow_ssh_from_anywhere)
+    checkpoint("before:infrastructure")
     if spec.wants_builder_subnet:
         vpc_id = settings.builder_vpc_id or _ensure_vpc(ec2, build)
         subnet_id = _ensure_subnet(ec2, build, vpc_id)
@@ -62,6 +65,7 @@ def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
         vpc_id = _default_vpc(ec2, build)
     security_group_id = _ensure_security_group(ec2, build, vpc_id, cidr)
     key_name, parameter = _ensure_key_pair(ec2, ssm, build)
+    checkpoint("after:infrastructure")
     return BuilderInfrastructure(vpc_id, subnet_id, security_group_id, key_name, parameter)
 
 
@@ -79,6 +83,7 @@ def _ensure_vpc(ec2, build: Build) -> str:
     vpc_id = ec2.create_vpc(CidrBlock=build.settings.builder_vpc_cidr,
                             TagSpecifications=build.tag_specifications("vpc"))["Vpc"]["VpcId"]
     created("vpc", vpc_id, cidr=build.settings.builder_vpc_cidr)
+    checkpoint("after:vpc")
     return vpc_id
 
 
@@ -103,6 +108,7 @@ def _ensure_subnet(ec2, build: Build, vpc_id: str) -> str:
                 continue
             raise
         created("subnet", subnet_id, vpc=vpc_id, cidr=candidate)
+        checkpoint("after:subnet")
         return subnet_id
     raise InfrastructureError(f"VPC {vpc_id} ({network}) has no free /28 left for a builder subnet")
 
@@ -138,6 +144,7 @@ def _ensure_security_group(ec2, build: Build, vpc_id: str, cidr: str) -> str:
         TagSpecifications=build.tag_specifications("security-group"),
     )["GroupId"]
     created("security-group", group_id, vpc=vpc_id, ssh_from=cidr)
+    checkpoint("after:security-group")
     ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
          "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}])
@@ -194,6 +201,7 @@ def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
                           Description=f"Ephemeral SSH key of Image Factory build {build.build_id}",
                           Tags=[{"Key": k, "Value": v} for k, v in build.tags().items()])
         created("ssm-parameter", parameter)
+        checkpoint("after:key-parameter")
     else:
         log.info("private key parameter %s of this build exists already", parameter)
     pairs = ec2.describe_key_pairs(Filters=build.build_filter())["KeyPairs"]
@@ -204,6 +212,7 @@ def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
     ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=_public_of(private).encode(),
                         TagSpecifications=build.tag_specifications("key-pair"))
     created("key-pair", key_name)
+    checkpoint("after:key-pair")
     return key_name, parameter
 
 

@@ -6,6 +6,8 @@ import logging
 import time
 
 from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
 from image_factory.spec import instance_type
 
 log = logging.getLogger("image_factory")
@@ -13,7 +15,7 @@ log = logging.getLogger("image_factory")
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
-class InstanceError(Exception):
+class InstanceError(PermanentError):
     pass
 
 
@@ -38,6 +40,7 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
         instance_id = existing[0]["InstanceId"]
         log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
     else:
+        checkpoint("before:launch")
         image = ec2.describe_images(ImageIds=[origin_ami])["Images"][0]
         interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
         if spec.subnet:
@@ -58,6 +61,7 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
         )
         instance_id = response["Instances"][0]["InstanceId"]
         created("instance", instance_id, type=instance_type(spec.instance_size), image=origin_ami)
+        checkpoint("after:launch")
     started = time.monotonic()
     ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id],
                                             WaiterConfig=_waiter_config(build, build.settings.ssh_timeout))

@@ -5,16 +5,25 @@ from __future__ import annotations
 import logging
 
 from image_factory.aws import error_code
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
 from image_factory.spec import SSM_PREFIX, OriginFilter
 
 log = logging.getLogger("image_factory")
 
 
-class OriginError(Exception):
+class OriginError(PermanentError):
     pass
 
 
 def resolve_origin(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
+    checkpoint("before:origin")
+    image_id = _resolve(ec2, ssm, origin, region)
+    checkpoint("after:origin")
+    return image_id
+
+
+def _resolve(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
     if isinstance(origin, OriginFilter):
         filters = [{"Name": "name", "Values": [origin.name]}, {"Name": "state", "Values": ["available"]}]
         if origin.architecture:

@@ -6,10 +6,12 @@ key pair and its stored private key, the security group, the subnet and the VPC.
 
 from __future__ import annotations
 
+from image_factory.faults import checkpoint
 from image_factory.steps import image, infrastructure, instance
 
 
 def tear_down(ec2, ssm, build_id: str, poll_interval: float) -> list[str]:
+    checkpoint("before:teardown")
     removed = instance.terminate(ec2, build_id, poll_interval)
     removed += image.remove_incomplete(ec2, build_id)
     removed += infrastructure.destroy(ec2, ssm, build_id)

@@ -13,13 +13,14 @@ import shlex
 from pathlib import Path
 
 from image_factory import remote
+from image_factory.errors import PermanentError
 
 log = logging.getLogger("image_factory")
 
 ROLES_DIR = Path(__file__).resolve().parents[3] / "include" / "roles"
 
 
-class RoleError(Exception):
+class RoleError(PermanentError):
     pass
 
 
