@@ -32,8 +32,10 @@ def test_one_dag_per_live_spec_with_the_seven_steps():
         assert setup_task.is_setup and not setup_task.is_teardown
         assert teardown_task.is_teardown
         assert setup_task.task_id in teardown_task.upstream_task_ids  # tied to its setup
-        assert [t.task_id for t in dag.tasks if t.is_setup or t.is_teardown] == [
-            "create_builder_infrastructure", "tear_down"]
+        # resolve_origin is a setup too, so that the teardown also runs when step 2 fails half-way.
+        assert sorted(t.task_id for t in dag.tasks if t.is_setup) == ["create_builder_infrastructure",
+                                                                      "resolve_origin"]
+        assert [t.task_id for t in dag.tasks if t.is_teardown] == ["tear_down"]
         # The order of the steps: each step's downstream chain reaches the next one.
         for earlier, later in itertools.pairwise(STEPS):
             assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False)

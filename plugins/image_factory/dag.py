@@ -1,7 +1,10 @@
 """One spec -> one Airflow DAG. This module only wires the steps (plain functions) to tasks.
 
 resolve_origin -> create_builder_infrastructure (setup) -> launch_builder_instance -> wait_for_ssh
--> configure -> register_image -> tear_down (teardown of the setup: runs whatever failed)
+-> configure -> register_image -> tear_down (teardown of the setups: runs whatever failed)
+
+Every step retries transient errors with backoff and fails at once on permanent ones (errors.py); a retry
+creates nothing twice, because each step first looks for what it would create for this build.
 
 Nothing here makes a network call or reads a Variable at parse time: all of that happens inside tasks.
 """
@@ -141,13 +144,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         def create_builder_infrastructure() -> dict:
             build = runtime.build()
             c = cloud(build)
-            try:
-                infra = infrastructure.create(c.ec2, c.ssm, build)
-            except BaseException:
-                # The teardown task only runs after a successful setup: clean up what this try made.
-                log.error("creating the builder infrastructure failed; deleting what was made")
-                teardown_step.tear_down(c.ec2, c.ssm, build.build_id, build.settings.poll_interval)
-                raise
+            infra = infrastructure.create(c.ec2, c.ssm, build)
             log.info("builder infrastructure ready: %s", infra.outputs())
             return infra.to_dict()
 
@@ -233,6 +230,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         ready >> configured >> registered
         removed = tear_down()
         registered >> removed
-        removed.as_teardown(setups=infra)  # and so create_builder_infrastructure is its setup
+        # Both first steps are setups of the teardown, so that it also runs when creating the builder
+        # infrastructure fails half-way (a teardown runs when at least one of its setups succeeded).
+        removed.as_teardown(setups=[origin_ami, infra])
 
     return dag

@@ -39,41 +39,46 @@ def find(ec2, build_id: str) -> list[dict]:
 
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) -> dict:
-    """Stop the instance, create the image, wait until it is available. Returns the image's description."""
+    """Stop the instance, create the image, wait until it is available, mark it complete.
+
+    A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
+    a failed one is replaced. An image this step leaves incomplete is deregistered by the build's teardown.
+    """
+    image_id = None
     for image in find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
             log.info("image %s of this build is registered already", image["ImageId"])
             return image
-        # A previous try left a half-made image: start again from a clean slate.
-        deregister(ec2, image)
-    checkpoint("before:register")
-    instances.stop(ec2, instance_id, build)
+        if image["State"] in ("pending", "available") and image_id is None:
+            image_id = image["ImageId"]
+            log.info("image %s of this build exists already (%s); resuming", image_id, image["State"])
+        else:
+            deregister(ec2, image)
     tags = lineage_tags(build, origin_ami)
-    image_id = ec2.create_image(
-        InstanceId=instance_id, Name=name,
-        Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
-        TagSpecifications=build.tag_specifications("image", tags=tags),
-    )["ImageId"]
-    log.info("created image %s name=%s", image_id, name)
-    started = time.monotonic()
-    try:
+    if image_id is None:
+        checkpoint("before:register")
+        instances.stop(ec2, instance_id, build)
+        image_id = ec2.create_image(
+            InstanceId=instance_id, Name=name,
+            Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
+            TagSpecifications=build.tag_specifications("image", tags=tags),
+        )["ImageId"]
+        log.info("created image %s name=%s", image_id, name)
         checkpoint("after:create-image")
-        # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
-        # a half-made image's snapshots are found through the image anyway.
-        snapshots = _snapshots(ec2, image_id)
-        if snapshots:
-            ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-        delay = max(1, round(build.settings.poll_interval))
-        ec2.get_waiter("image_available").wait(
-            ImageIds=[image_id],
-            WaiterConfig={"Delay": delay, "MaxAttempts": int(build.settings.image_timeout // delay) + 1})
-    except BaseException:
-        log.error("image %s was not completed; deregistering it", image_id)
-        deregister(ec2, {"ImageId": image_id})
-        raise
-    ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
+    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
+    # a half-made image's snapshots are found through the image anyway.
+    snapshots = _snapshots(ec2, image_id)
+    if snapshots:
+        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    started = time.monotonic()
+    delay = max(1, round(build.settings.poll_interval))
+    ec2.get_waiter("image_available").wait(
+        ImageIds=[image_id],
+        WaiterConfig={"Delay": delay, "MaxAttempts": int(build.settings.image_timeout // delay) + 1})
     log.info("image %s is available (waited %.1f s)", image_id, time.monotonic() - started)
     checkpoint("after:register")
+    # Last: only an image whose registration went through to here is an output of the build.
+    ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
     return ec2.describe_images(ImageIds=[image_id])["Images"][0]
 
 
