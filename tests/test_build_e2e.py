@@ -5,10 +5,15 @@ Every assertion about the cloud is read back from the emulator, not from what th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from image_factory.build import (
@@ -43,9 +48,43 @@ def write_spec(folder: Path, name: str, body: str) -> Path:
     return path
 
 
+class KeyCatcher(threading.Thread):
+    """Reads the build's private key from the emulator while the build runs (teardown deletes it)."""
+
+    def __init__(self, cloud):
+        super().__init__(daemon=True)
+        # Straight to moto, so that the API calls counted for the build are the build's own.
+        self.ssm = boto3.client("ssm", endpoint_url=cloud.moto_endpoint, region_name="eu-west-1",
+                                aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+        self.done = threading.Event()
+        self.keys: set[str] = set()
+
+    def run(self):
+        deadline = time.monotonic() + 600
+        while not self.done.is_set() and time.monotonic() < deadline:
+            found = self.ssm.describe_parameters(ParameterFilters=[
+                {"Key": "Name", "Option": "BeginsWith", "Values": ["/image-factory/builds/"]}])["Parameters"]
+            for parameter in found:
+                with contextlib.suppress(self.ssm.exceptions.ParameterNotFound):
+                    self.keys.add(self.ssm.get_parameter(Name=parameter["Name"], WithDecryption=True)[
+                        "Parameter"]["Value"])
+            self.done.wait(0.2)
+
+
 @pytest.fixture(scope="module")
 def shopspinner_run(local_cloud, airflow_home):
-    return run_dag("shopspinner-linux-image", airflow_env(local_cloud, airflow_home))
+    catcher = KeyCatcher(local_cloud)
+    local_cloud.reset_stats()
+    catcher.start()
+    try:
+        result = run_dag("shopspinner-linux-image", airflow_env(local_cloud, airflow_home))
+    finally:
+        catcher.done.set()
+        catcher.join()
+    result.private_keys = catcher.keys
+    result.api_calls = local_cloud.stats()["calls"]
+    result.airflow_home = airflow_home
+    return result
 
 
 def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, ec2, ssm):
@@ -94,8 +133,51 @@ def test_role_output_is_in_the_configure_log(shopspinner_run):
     assert "appserver role: done" not in shopspinner_run.task_logs["register_image"]
 
 
-def test_private_key_never_reaches_the_output(shopspinner_run):
-    assert PRIVATE_KEY_MARKER not in shopspinner_run.output
+def test_private_key_never_reaches_logs_xcom_or_the_metadata_database(shopspinner_run):
+    assert len(shopspinner_run.private_keys) == 1
+    private_key = shopspinner_run.private_keys.pop()
+    assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    # Any piece of the key's body would be a leak: look for each line of it.
+    secret_lines = [line for line in private_key.splitlines() if line and not line.startswith("-----")]
+    assert secret_lines
+    places = {"the task logs": shopspinner_run.output.encode()}
+    for path in shopspinner_run.airflow_home.rglob("*"):
+        if path.is_file():  # the metadata database (XCom, rendered fields, ...) and any log file
+            places[str(path)] = path.read_bytes()
+    assert any(p.endswith("airflow.db") for p in places)
+    for where, content in places.items():
+        assert PRIVATE_KEY_MARKER.encode() not in content, where
+        for line in secret_lines:
+            assert line.encode() not in content, where
+
+
+def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_never_calls(shopspinner_run):
+    policy = json.loads((PROJECT / "include" / "iam" / "image-factory-policy.json").read_text())
+    granted = {action for statement in policy["Statement"] for action in
+               ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
+    called = set(shopspinner_run.api_calls)
+    assert {"ec2:RunInstances", "ec2:CreateImage", "ec2:TerminateInstances", "ssm:PutParameter"} <= called
+    assert called - granted == set(), "the build calls actions the policy does not grant"
+    in_code = actions_in_code(PROJECT / "plugins")
+    # Implied: tagging in a create call needs ec2:CreateTags; PutParameter with Tags needs ssm:AddTagsToResource.
+    assert granted - in_code - {"ssm:AddTagsToResource"} == set(), "the policy grants actions no code calls"
+    assert in_code - granted == set(), "the code calls actions the policy does not grant"
+
+
+def actions_in_code(folder: Path) -> set[str]:
+    """Every EC2 and SSM action the code can call: client methods and the waiters' operations."""
+    clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
+                                     aws_secret_access_key="x") for service in ("ec2", "ssm")}  # noqa: S106
+    actions = set()
+    for path in folder.rglob("*.py"):
+        text = path.read_text()
+        for service, method in re.findall(r"\b(ec2|ssm)\.([a-z_]+)\(", text):
+            if method == "get_waiter":
+                continue
+            actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
+        for waiter in re.findall(r'get_waiter\("(\w+)"\)', text):
+            actions.add(f"ec2:{clients['ec2'].get_waiter(waiter).config.operation}")
+    return actions
 
 
 def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm, tmp_path):
