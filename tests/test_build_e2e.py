@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import textwrap
 import threading
 import time
@@ -172,8 +173,9 @@ def actions_in_code(folder: Path) -> set[str]:
     for path in folder.rglob("*.py"):
         text = path.read_text()
         for service, method in re.findall(r"\b(ec2|ssm)\.([a-z_]+)\(", text):
-            if method == "get_waiter":
-                continue
+            if method not in ("get_waiter", "get_paginator"):
+                actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
+        for service, method in re.findall(r'\b(ec2|ssm)\.get_paginator\("(\w+)"\)', text):
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for waiter in re.findall(r'get_waiter\("(\w+)"\)', text):
             actions.add(f"ec2:{clients['ec2'].get_waiter(waiter).config.operation}")
@@ -208,6 +210,8 @@ def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home
     assert "| about to fail on purpose" in configure_log  # the tail of the remote output, in the error
     build_id = build_id_for("failing-role-image", result.run_id)
     assert find_images(ec2, build_id) == []
+    result.airflow_home = airflow_home
+    assert metadata(result, "SELECT id FROM asset_event WHERE source_run_id = ?", result.run_id) == []
     assert [i["State"]["Name"] for i in instances_of(ec2, build_id)] == ["terminated"]
     assert builder_resources(ec2, ssm, build_id) == []
 
@@ -241,3 +245,42 @@ def test_command_template_tool_quotes_spec_values(local_cloud, airflow_home, ec2
     assert "created subnet" not in result.task_logs["create_builder_infrastructure"]
     assert tag_dict(find_images(ec2, build_id)[0]["Tags"])[TAG_ROLE] == "appserver"
     assert builder_resources(ec2, ssm, build_id) == []
+
+
+def metadata(result, sql: str, *args) -> list[tuple]:
+    """Rows from the metadata database of the Airflow home the run used (read-only)."""
+    with contextlib.closing(sqlite3.connect(f"file:{result.airflow_home / 'airflow.db'}?mode=ro", uri=True)) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def test_register_returns_a_build_summary_with_step_durations(shopspinner_run, ec2):
+    (value,), = metadata(shopspinner_run, "SELECT value FROM xcom WHERE run_id = ? AND task_id = 'register_image' "
+                                          "AND key = 'return_value'", shopspinner_run.run_id)
+    summary = json.loads(value)
+    build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
+    assert summary["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
+    assert summary["region"] == "eu-west-1" and summary["server_role"] == "appserver"
+    assert set(summary["step_seconds"]) == {"resolve_origin", "create_builder_infrastructure",
+                                            "launch_builder_instance", "wait_for_ssh", "configure"}
+    assert all(isinstance(s, int | float) and s >= 0 for s in summary["step_seconds"].values())
+
+
+def test_console_links_point_at_the_emulator_dashboard(shopspinner_run, local_cloud):
+    rows = metadata(shopspinner_run, "SELECT task_id, key, value FROM xcom WHERE run_id = ? AND key LIKE '_link_%'",
+                    shopspinner_run.run_id)
+    dashboard = f"{local_cloud.endpoint}/moto-api/"
+    assert sorted((task, key, json.loads(value)) for task, key, value in rows) == [
+        ("launch_builder_instance", "_link_BuilderInstanceLink", dashboard),
+        ("register_image", "_link_ImageLink", dashboard)]
+    assert "ran on an emulated cloud, not on AWS" in shopspinner_run.task_logs["launch_builder_instance"]
+
+
+def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
+    events = metadata(shopspinner_run, "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                                       "WHERE a.uri = 'image-factory://images/shopspinner-linux-image' "
+                                       "AND e.source_run_id = ?", shopspinner_run.run_id)
+    assert len(events) == 1
+    extra = json.loads(events[0][0])
+    build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
+    assert extra["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
+    assert extra["region"] == "eu-west-1"

@@ -56,7 +56,8 @@ def test_broken_specs_show_as_import_errors_and_good_specs_still_load(tmp_path, 
     specs.mkdir()
     good = (PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml").read_text()
     (specs / "good.yaml").write_text(good)
-    (specs / "typo.yaml").write_text(good.replace("shopspinner-linux-image", "typo-image").replace("region:", "regoin:"))
+    typo = good.replace("shopspinner-linux-image", "typo-image").replace("region:", "regoin:")
+    (specs / "typo.yaml").write_text(typo)
     (specs / "broken.yaml").write_text("image: [unclosed\n")
     monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER", str(specs))
 

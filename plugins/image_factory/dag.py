@@ -14,13 +14,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param, Variable, get_current_context, task
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
+from airflow.sdk.bases.decorator import task_decorator_factory
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
+from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from image_factory import aws, parameters, remote, settings, tools
+from image_factory import aws, links, parameters, remote, settings, tools
 from image_factory.build import Build, build_id_for
 from image_factory.errors import PermanentError, permanent_aws_errors
 from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
@@ -30,6 +35,9 @@ from image_factory.steps import teardown as teardown_step
 log = logging.getLogger("image_factory")
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+#: The steps before register_image, whose durations the build summary reports.
+BUILD_STEPS = ("resolve_origin", "create_builder_infrastructure", "launch_builder_instance", "wait_for_ssh",
+               "configure")
 
 
 #: Retrying cannot fix a permanent error: fail the task at once, with its message.
@@ -39,14 +47,64 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[
 
 
 def classified(function):
-    """Run a step with AWS errors sorted into permanent (fail now) and transient (retry with backoff)."""
+    """Run a step with AWS errors sorted into permanent (fail now) and transient (retry with backoff), and
+    record how long it took (XCom ``step_seconds``, gathered into the build summary)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        started = time.monotonic()
         with permanent_aws_errors():
-            return function(*args, **kwargs)
+            result = function(*args, **kwargs)
+        get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
+        return result
 
     return wrapper
+
+
+class _InstanceLinkOperator(_PythonDecoratedOperator):
+    """A TaskFlow task with a link to the builder instance (see links.py)."""
+
+    operator_extra_links = (links.BuilderInstanceLink(),)
+
+
+class _ImageLinkOperator(_PythonDecoratedOperator):
+    """A TaskFlow task with a link to the image (see links.py)."""
+
+    operator_extra_links = (links.ImageLink(),)
+
+
+def image_asset(spec_name: str) -> Asset:
+    """Updated by every successful build of the spec; its events carry the image id and region."""
+    return Asset(name=f"image-factory/{spec_name}", uri=f"image-factory://images/{spec_name}")
+
+
+def origin_asset(spec_name: str) -> Asset:
+    """Updated by the origin watcher when the spec's origin resolves to a new image."""
+    return Asset(name=f"image-factory/{spec_name}/origin", uri=f"image-factory://origins/{spec_name}")
+
+
+def trigger_params(spec) -> dict[str, Param]:
+    """The trigger form: overrides of the spec (empty means "as the spec says") and its ${NAME} parameters."""
+    spec_origin = spec.origin if isinstance(spec.origin, str) else f"newest {spec.origin.name}"
+    form = {
+        "origin": Param(None, type=["null", "string"], title="Origin override",
+                        description=f"Build from another origin: an AMI id, resolve:ssm:<parameter>. "
+                                    f"Empty: the spec's ({spec_origin})."),
+        "instance_size": Param(None, type=["null", "string"], title="Instance size override",
+                               examples=["small", "medium", "large"],
+                               description=f"small, medium, large or an instance type. Empty: the spec's "
+                                           f"({spec.instance_size})."),
+        "server_role": Param(None, type=["null", "string"], title="Server role override",
+                             description="Apply another role. Empty: the spec's "
+                                         f"({spec.configure.server_role if spec.configure else 'none'})."),
+        "extra_tags": Param({}, type="object", title="Extra image tags",
+                            description="Tags added to the image, as a JSON object of strings."),
+    }
+    for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS)):
+        form[name] = Param(None, type=["null", "string"], title=name,
+                           description=f"Value of ${{{name}}} in the spec (else Airflow Variable {name}, "
+                                       "else the environment)")
+    return form
 
 
 def _variable(name: str) -> str | None:
@@ -64,7 +122,7 @@ class BuildRuntime:
         dag_run = context["dag_run"]
         trigger = {**(context.get("params") or {}), **(dag_run.conf or {})}
         lookup = parameters.chain(outputs or {}, trigger, _variable, os.environ)
-        spec = self.loaded.image
+        spec = parameters.apply_overrides(self.loaded.image, trigger)
         data = spec.model_dump(exclude_none=True)
         if outputs is None and fields is None:
             # Before the builder infrastructure exists, leave the fields that need its outputs for later.
@@ -103,18 +161,19 @@ def build_dag(loaded: LoadedSpec) -> DAG:
     spec = loaded.image
     runtime = BuildRuntime(loaded)
     deployment = settings.load()  # config values only: no network, no Variable
-    trigger_params = {
-        name: Param(None, type=["null", "string"], description=f"Value of ${{{name}}} in the spec")
-        for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS))
-    }
+    schedule = spec.schedule
+    if spec.rebuild_on_origin_change:
+        schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"),
+                                        assets=origin_asset(spec.name))
+                    if spec.schedule else origin_asset(spec.name))
     dag = DAG(
         dag_id=spec.name,
         description=f"Build the {spec.name} image in {spec.region}",
-        schedule=spec.schedule,
+        schedule=schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        params=trigger_params,
+        params=trigger_params(spec),
         tags=["image-build", spec.platform] + ([f"role:{spec.configure.server_role}"] if spec.configure else []),
         doc_md=_doc(loaded),
         default_args={
@@ -151,12 +210,16 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         def with_outputs(infra: dict) -> Build:
             return runtime.build(infrastructure.BuilderInfrastructure(**infra).outputs())
 
-        @task(task_id="launch_builder_instance", pool=deployment.pool)
+        @task_decorator_factory(decorated_operator_class=_InstanceLinkOperator, task_id="launch_builder_instance",
+                                pool=deployment.pool)
         @classified
         def launch_builder_instance(origin_ami: str, infra: dict) -> str:
             build = with_outputs(infra)
             c = cloud(build)
-            return instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"])
+            instance_id = instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"])
+            links.persist(links.BuilderInstanceLink, get_current_context(), build.region, c.endpoint_url,
+                          instance_id=instance_id)
+            return instance_id
 
         def ssh_target(build: Build, c: aws.Clients, instance_id: str) -> tuple[str, int, str]:
             if c.emulated and not build.settings.ssh_host:
@@ -185,26 +248,37 @@ def build_dag(loaded: LoadedSpec) -> DAG:
                 return
             c = cloud(build)
             host, port, user = ssh_target(build, c, instance_id)
-            hook = remote.connect(host, port, user, infrastructure.private_key(c.ssm, build))
-            lines = tools.apply(hook, build.spec.configure, build)
+            target = remote.SSHTarget(host, port, user, infrastructure.private_key(c.ssm, build))
+            hook = remote.connect(host, port, user, target.private_key)
+            lines = tools.apply(hook, build.spec.configure, build, target)
             log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
                      len(lines))
 
-        @task(task_id="register_image", pool=deployment.pool)
+        @task_decorator_factory(decorated_operator_class=_ImageLinkOperator, task_id="register_image",
+                                pool=deployment.pool, outlets=[image_asset(spec.name)])
         @classified
         def register_image(instance_id: str, origin_ami: str, infra: dict) -> dict:
             build = with_outputs(infra)
             c = cloud(build)
-            logical = get_current_context()["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
+            context = get_current_context()
+            logical = context["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
             described = image.register(c.ec2, build, instance_id, origin_ami, image.image_name(build, logical))
-            return {
+            links.persist(links.ImageLink, context, build.region, c.endpoint_url, image_id=described["ImageId"])
+            summary = {
                 "image_id": described["ImageId"],
                 "name": described["Name"],
                 "region": build.region,
                 "origin": origin_ami,
                 "server_role": build.spec.configure.server_role if build.spec.configure else None,
                 "build_id": build.build_id,
+                "step_seconds": dict(zip(BUILD_STEPS, context["ti"].xcom_pull(
+                    task_ids=list(BUILD_STEPS), key="step_seconds"), strict=True)),
             }
+            # The asset event tells downstream DAGs which image this build made.
+            context["outlet_events"][image_asset(spec.name)].extra = {
+                "image_id": described["ImageId"], "region": build.region, "name": described["Name"]}
+            log.info("build summary: %s", summary)
+            return summary
 
         # The run's state is the build's: a teardown is not a leaf, so its success cannot turn a failed
         # build green (and a failed teardown shows red on its own task; the sweeper catches its leftovers).

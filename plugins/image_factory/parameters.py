@@ -118,3 +118,35 @@ def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = No
     except ValidationError as exc:
         details = "; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
         raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid: {details}") from None
+
+
+#: Trigger-form fields that override the spec; empty means "as the spec says".
+OVERRIDES = ("origin", "instance_size", "server_role", "extra_tags")
+
+
+def apply_overrides(spec: ImageSpec, trigger: Mapping[str, Any]) -> ImageSpec:
+    """The spec with the trigger form's overrides applied, validated like the spec itself."""
+    from pydantic import ValidationError
+
+    from image_factory.spec import validation_problems
+
+    given = {k: trigger[k] for k in OVERRIDES if trigger.get(k) not in (None, "", {})}
+    if not given:
+        return spec
+    data = spec.model_dump(exclude_none=True)
+    for key in ("origin", "instance_size"):
+        if key in given:
+            data[key] = given[key]
+    if "server_role" in given:
+        if "configure" not in data:
+            raise ParameterError(f"spec {spec.name!r} has no configure section: the server_role override "
+                                 "has no role to replace")
+        data["configure"]["server_role"] = given["server_role"]
+    if "extra_tags" in given:
+        data["tags"] = {**data.get("tags", {}), **given["extra_tags"]}
+    try:
+        return type(spec).model_validate(data)
+    except ValidationError as exc:
+        details = "; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
+        raise ParameterError(f"spec {spec.name!r}: a trigger param overrides it with a bad value: "
+                             f"{details}") from None

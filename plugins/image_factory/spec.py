@@ -40,14 +40,17 @@ REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
 # DAG ids and AMI names both accept this; AMI names allow 3-128 characters, we keep room for a suffix.
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,99}$")
 ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The ansible tool's ``code_repo``: a relative folder path, each part a name like a role's (no '.', '..').
+ANSIBLE_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,7}$")
 SSM_PREFIX = "resolve:ssm:"
 SSM_PARAMETER = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
 SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
 CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
 #: The tools that configure the builder instance; ``command`` takes its command line from the spec.
-TOOLS = ("shell", "servermaker", "command")
+TOOLS = ("shell", "servermaker", "command", "ansible")
 
 #: Parameters produced by the builder-infrastructure step.
 BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
@@ -73,9 +76,12 @@ class _Strict(BaseModel):
 class OriginFilter(_Strict):
     """Newest image whose name matches ``name`` (wildcards allowed) among images owned by ``owners``."""
 
-    name: str = Field(min_length=1, max_length=128)
-    owners: list[str] = Field(min_length=1)
-    architecture: Literal["x86_64", "arm64"] | None = None
+    name: str = Field(min_length=1, max_length=128, description="Image name pattern; `*` and `?` are wildcards.",
+                      examples=["al2023-ami-2023.*-x86_64"])
+    owners: list[str] = Field(min_length=1, description="Account ids or aliases (`amazon`, `self`) that own the "
+                                                        "image.", examples=[["amazon"]])
+    architecture: Literal["x86_64", "arm64"] | None = Field(
+        default=None, description="Only images of this architecture (default: any).")
 
 
 def _origin_kind(value: Any) -> str:
@@ -92,12 +98,23 @@ Origin = Annotated[
 
 
 class Configure(_Strict):
-    tool: Literal["shell", "servermaker", "command"]
-    server_role: str
-    code_repo: str | None = None
+    """How the builder instance is configured: a tool applies a server role."""
+
+    tool: Literal["shell", "servermaker", "command", "ansible"] = Field(
+        description="`shell`: run the top-level *.sh scripts of include/roles/<server_role>/ in name order; "
+                    "`servermaker`: run the deployment's servermaker command line; `command`: run the command "
+                    "line given in `command`; `ansible`: apply <code_repo>/roles/<server_role> of the ansible "
+                    "folder with ansible-playbook.")
+    server_role: str = Field(description="The role to apply: a folder of include/roles/ for the shell tool, "
+                                         "{server_role} in a command template.", examples=["appserver"])
+    code_repo: str | None = Field(default=None, description="Where the tool finds its code: {code_repo} in a "
+                                                            "command template, a folder of the ansible folder "
+                                                            "for ansible.")
     #: Command template for the ``command`` tool (and an override for ``servermaker``);
     #: ``{code_repo}`` and ``{server_role}`` are replaced by shell-quoted values.
-    command: str | None = None
+    command: str | None = Field(
+        default=None, description="Command template for the `command` tool (an override for `servermaker`); "
+                                  "{code_repo} and {server_role} are replaced by shell-quoted values.")
 
     @field_validator("server_role")
     @classmethod
@@ -106,12 +123,25 @@ class Configure(_Strict):
             raise ValueError("expected a role name: letters, digits, '.', '_' or '-', not starting with '.'")
         return value
 
+    @field_validator("code_repo")
+    @classmethod
+    def _ansible_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # For ansible, code_repo is a folder under [image_factory] ansible_folder: nothing may lead outside it.
+        if (info.data.get("tool") == "ansible" and value is not None and not _is_parameterised(value)
+                and not ANSIBLE_SOURCE.match(value)):
+            raise ValueError("tool 'ansible' expects a folder under the ansible folder (include/ansible): "
+                             "a relative path of names made of letters, digits, '.', '_' or '-', "
+                             "none starting with '.'")
+        return value
+
     @model_validator(mode="after")
     def _command_for_tool(self) -> Configure:
         if self.tool == "command" and not self.command:
             raise ValueError("tool 'command' needs a 'command' template")
         if self.tool == "shell" and self.command:
             raise ValueError("tool 'shell' runs the role's scripts; 'command' is not used with it")
+        if self.tool == "ansible" and self.command:
+            raise ValueError("tool 'ansible' applies the role with ansible-playbook; 'command' is not used with it")
         if self.command:
             unknown = {f for f in re.findall(r"{([^{}]*)}", self.command)} - {"code_repo", "server_role"}
             if unknown:
@@ -121,25 +151,49 @@ class Configure(_Strict):
 
 
 class ImageSpec(_Strict):
-    name: str
-    platform: Literal["aws"] = "aws"
-    origin: Origin
-    region: str
-    instance_size: str = "small"
-    subnet: str | None = None
-    ssh_key: str | None = None
-    ssh_username: str = "ec2-user"
-    schedule: str | None = None
-    description: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    aws_conn_id: str = "aws_default"
+    """One server image: what it starts from, where it is built and how it is configured."""
+
+    name: str = Field(description="The DAG id and the prefix of the image names: 3-100 letters, digits, '.', "
+                                  "'_' or '-', starting with a letter or digit. Unique across specs.")
+    platform: Literal["aws"] = Field(default="aws", description="The cloud; only `aws`.")
+    origin: Origin = Field(
+        description="The image to start from: an AMI id, resolve:ssm:<public parameter name>, or a mapping "
+                    "with `name` and `owners` (the newest match wins).",
+        examples=["resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"])
+    region: str = Field(description="The AWS region the image is built in.", examples=["eu-west-1"])
+    instance_size: str = Field(default="small", description="The builder instance: small, medium or large "
+                                                            "(t3.*), or an instance type such as m6i.large. "
+                                                            "`size` is accepted instead.")
+    subnet: str | None = Field(default=None, description="${IMAGE_BUILDER_SUBNET_ID} (the build makes a subnet), "
+                                                         "a subnet id, or absent (the default VPC).")
+    ssh_key: str | None = Field(default=None, description="${IMAGE_BUILDER_SSH_KEY} or absent: builds always log "
+                                                          "in with an ephemeral key pair of their own.")
+    ssh_username: str = Field(default="ec2-user", description="The login on the origin image "
+                                                              "(Ubuntu: `ubuntu`).")
+    schedule: str | None = Field(default=None, description="A cron expression or a preset such as @daily; "
+                                                           "absent: manual builds only.",
+                                 examples=["0 2 * * *", "@daily"])
+    description: str | None = Field(default=None, description="Shown with the DAG.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the image; keys may not start "
+                                                                   "with 'aws:' or 'image-factory:'.")
+    aws_conn_id: str = Field(default="aws_default", description="The Airflow AWS connection the build uses.")
     #: Let SSH in from 0.0.0.0/0 when the provisioner CIDR says so (refused otherwise).
-    allow_ssh_from_anywhere: bool = False
+    allow_ssh_from_anywhere: bool = Field(default=False, description="Let SSH in from 0.0.0.0/0 when the "
+                                                                     "provisioner CIDR says so (refused "
+                                                                     "otherwise).")
     #: Outbound ports the builder instance may use (TCP; 53 is opened for UDP too).
-    egress_ports: list[int] = Field(default_factory=lambda: [53, 80, 443])
+    egress_ports: list[int] = Field(default_factory=lambda: [53, 80, 443],
+                                    description="Outbound TCP ports the builder instance may use (53 is opened "
+                                                "for UDP too).")
     #: Give the builder instance a public address (its subnet must route to an internet gateway).
-    public_ip: bool = False
-    configure: Configure | None = None
+    public_ip: bool = Field(default=False, description="Give the builder instance a public address (its subnet "
+                                                       "must route to an internet gateway).")
+    #: Also rebuild when the origin resolves to a new image (the origin watcher DAG notices it).
+    rebuild_on_origin_change: bool = Field(default=False, description="Also rebuild when the origin resolves to a "
+                                                                      "new image (the origin watcher DAG notices "
+                                                                      "it).")
+    configure: Configure | None = Field(default=None, description="How the instance is configured; absent: the "
+                                                                  "image is a copy of its origin.")
 
     @model_validator(mode="before")
     @classmethod
@@ -242,7 +296,7 @@ class ImageSpec(_Strict):
     @field_validator("aws_conn_id")
     @classmethod
     def _conn_id(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.-]{1,250}$", value):
+        if not CONN_ID.match(value):
             raise ValueError("expected an Airflow connection id")
         return value
 
