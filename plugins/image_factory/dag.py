@@ -25,12 +25,13 @@ from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryActi
 from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from image_factory import aws, links, parameters, remote, settings, tools
+from image_factory import aws, links, parameters, remote, settings, tools, waiting
 from image_factory.build import Build, build_id_for
 from image_factory.errors import PermanentError, permanent_aws_errors
 from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
 from image_factory.steps import image, infrastructure, instance, origin
 from image_factory.steps import teardown as teardown_step
+from image_factory.triggers import Ec2StateTrigger
 
 log = logging.getLogger("image_factory")
 
@@ -53,21 +54,38 @@ def classified(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         started = time.monotonic()
-        with permanent_aws_errors():
-            result = function(*args, **kwargs)
+        try:
+            with permanent_aws_errors():
+                result = function(*args, **kwargs)
+        except waiting.WaitDeferred as wait:
+            # Hand the wait to the triggerer; the task then resumes by running again (see waiting.py).
+            get_current_context()["task"].defer(
+                trigger=Ec2StateTrigger(wait.aws_conn_id, wait.region, wait.waiter_name, wait.waiter_args,
+                                        wait.timeout, wait.delay),
+                method_name="resume", timeout=timedelta(seconds=wait.timeout + 60))
         get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
         return result
 
     return wrapper
 
 
-class _InstanceLinkOperator(_PythonDecoratedOperator):
+class _ResumableOperator(_PythonDecoratedOperator):
+    """A TaskFlow task that can wait for a cloud state in the triggerer, then run again to go on."""
+
+    def resume(self, context, event=None):
+        if not event or event.get("status") != "success":
+            raise waiting.WaitFailed((event or {}).get("message", "the wait ended without a result"))
+        log.info("the wait is over (%s polls in the triggerer); going on", event.get("polls"))
+        return self.execute(context)
+
+
+class _InstanceLinkOperator(_ResumableOperator):
     """A TaskFlow task with a link to the builder instance (see links.py)."""
 
     operator_extra_links = (links.BuilderInstanceLink(),)
 
 
-class _ImageLinkOperator(_PythonDecoratedOperator):
+class _ImageLinkOperator(_ResumableOperator):
     """A TaskFlow task with a link to the image (see links.py)."""
 
     operator_extra_links = (links.ImageLink(),)
@@ -216,7 +234,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         def launch_builder_instance(origin_ami: str, infra: dict) -> str:
             build = with_outputs(infra)
             c = cloud(build)
-            instance_id = instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"])
+            instance_id = instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"],
+                                          wait=waiting.deferring(build.spec.aws_conn_id, build.region))
             links.persist(links.BuilderInstanceLink, get_current_context(), build.region, c.endpoint_url,
                           instance_id=instance_id)
             return instance_id
@@ -262,7 +281,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             c = cloud(build)
             context = get_current_context()
             logical = context["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
-            described = image.register(c.ec2, build, instance_id, origin_ami, image.image_name(build, logical))
+            described = image.register(c.ec2, build, instance_id, origin_ami, image.image_name(build, logical),
+                                       wait=waiting.deferring(build.spec.aws_conn_id, build.region))
             links.persist(links.ImageLink, context, build.region, c.endpoint_url, image_id=described["ImageId"])
             summary = {
                 "image_id": described["ImageId"],
@@ -282,7 +302,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
 
         # The run's state is the build's: a teardown is not a leaf, so its success cannot turn a failed
         # build green (and a failed teardown shows red on its own task; the sweeper catches its leftovers).
-        @task(task_id="tear_down", pool=deployment.pool)
+        @task_decorator_factory(decorated_operator_class=_ResumableOperator, task_id="tear_down",
+                                pool=deployment.pool)
         @classified
         def tear_down() -> list[str]:
             context = get_current_context()
@@ -290,7 +311,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
             build = runtime.build(fields=parameters.EARLY_FIELDS)
             c = cloud(build)
-            removed = teardown_step.tear_down(c.ec2, c.ssm, build_id, build.settings.poll_interval)
+            removed = teardown_step.tear_down(c.ec2, c.ssm, build_id, build.settings.poll_interval,
+                                              wait=waiting.deferring(build.spec.aws_conn_id, build.region))
             log.info("tear_down: deleted %d builder resources of build %s", len(removed), build_id)
             return removed
 

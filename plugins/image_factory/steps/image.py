@@ -7,11 +7,11 @@ that lacks the mark is half-made: registration failures and teardown deregister 
 from __future__ import annotations
 
 import logging
-import time
 
 from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, Build, tag_dict
 from image_factory.faults import checkpoint
 from image_factory.steps import instance as instances
+from image_factory.waiting import Wait, blocking
 
 log = logging.getLogger("image_factory")
 
@@ -38,7 +38,7 @@ def find(ec2, build_id: str) -> list[dict]:
         "Images"]
 
 
-def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) -> dict:
+def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking) -> dict:
     """Stop the instance, create the image, wait until it is available, mark it complete.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
@@ -57,7 +57,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) ->
     tags = lineage_tags(build, origin_ami)
     if image_id is None:
         checkpoint("before:register")
-        instances.stop(ec2, instance_id, build)
+        instances.stop(ec2, instance_id, build, wait)
         image_id = ec2.create_image(
             InstanceId=instance_id, Name=name,
             Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
@@ -70,12 +70,8 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str) ->
     snapshots = _snapshots(ec2, image_id)
     if snapshots:
         ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    started = time.monotonic()
-    delay = max(1, round(build.settings.poll_interval))
-    ec2.get_waiter("image_available").wait(
-        ImageIds=[image_id],
-        WaiterConfig={"Delay": delay, "MaxAttempts": int(build.settings.image_timeout // delay) + 1})
-    log.info("image %s is available (waited %.1f s)", image_id, time.monotonic() - started)
+    wait(ec2, "image_available", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
+         ImageIds=[image_id])
     checkpoint("after:register")
     # Last: only an image whose registration went through to here is an output of the build.
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from image_factory.build import TAG_BUILD, Build, created, deleted
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import instance_type
+from image_factory.waiting import Wait, blocking
 
 log = logging.getLogger("image_factory")
 
@@ -19,11 +19,6 @@ class InstanceError(PermanentError):
     pass
 
 
-def _waiter_config(build: Build, timeout: float) -> dict:
-    delay = max(1, round(build.settings.poll_interval))
-    return {"Delay": delay, "MaxAttempts": max(1, int(timeout // delay) + 1)}
-
-
 def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
     reservations = ec2.describe_instances(Filters=[
         {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
@@ -32,7 +27,8 @@ def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
     return [i for r in reservations for i in r["Instances"]]
 
 
-def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name: str) -> str:
+def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name: str,
+           wait: Wait = blocking) -> str:
     """Launch (or find) the build's instance and wait until it is running; returns its id."""
     spec = build.spec
     existing = find(ec2, build.build_id)
@@ -62,10 +58,8 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
         instance_id = response["Instances"][0]["InstanceId"]
         created("instance", instance_id, type=instance_type(spec.instance_size), image=origin_ami)
         checkpoint("after:launch")
-    started = time.monotonic()
-    ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id],
-                                            WaiterConfig=_waiter_config(build, build.settings.ssh_timeout))
-    log.info("instance %s is running (waited %.1f s)", instance_id, time.monotonic() - started)
+    wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, delay=build.settings.poll_interval,
+         InstanceIds=[instance_id])
     return instance_id
 
 
@@ -89,25 +83,20 @@ def address(ec2, instance_id: str, build: Build) -> str:
     return host
 
 
-def stop(ec2, instance_id: str, build: Build) -> None:
+def stop(ec2, instance_id: str, build: Build, wait: Wait = blocking) -> None:
     ec2.stop_instances(InstanceIds=[instance_id])
-    started = time.monotonic()
-    ec2.get_waiter("instance_stopped").wait(InstanceIds=[instance_id],
-                                            WaiterConfig=_waiter_config(build, build.settings.image_timeout))
-    log.info("instance %s is stopped (waited %.1f s)", instance_id, time.monotonic() - started)
+    wait(ec2, "instance_stopped", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
+         InstanceIds=[instance_id])
 
 
-def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900) -> list[str]:
-    """Terminate every instance of the build and wait until they are gone."""
-    instances = [i["InstanceId"] for i in find(ec2, build_id, [*LIVE_STATES, "shutting-down"])]
-    if not instances:
-        return []
-    ec2.terminate_instances(InstanceIds=instances)
-    started = time.monotonic()
-    delay = max(1, round(poll_interval))
-    ec2.get_waiter("instance_terminated").wait(
-        InstanceIds=instances, WaiterConfig={"Delay": delay, "MaxAttempts": int(timeout // delay) + 1})
-    for instance_id in instances:
-        deleted("instance", instance_id)
-    log.info("%d instance(s) terminated (waited %.1f s)", len(instances), time.monotonic() - started)
-    return instances
+def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wait: Wait = blocking) -> list[str]:
+    """Terminate every instance of the build and wait until they are gone (a rerun only waits)."""
+    live = [i["InstanceId"] for i in find(ec2, build_id)]
+    if live:
+        ec2.terminate_instances(InstanceIds=live)
+        for instance_id in live:
+            deleted("instance", instance_id)
+    going = live + [i["InstanceId"] for i in find(ec2, build_id, ["shutting-down"]) if i["InstanceId"] not in live]
+    if going:
+        wait(ec2, "instance_terminated", timeout=timeout, delay=poll_interval, InstanceIds=going)
+    return live

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from image_factory.faults import checkpoint
 from image_factory.steps import image, infrastructure, instance
+from image_factory.waiting import Wait, blocking
 
 
-def tear_down(ec2, ssm, build_id: str, poll_interval: float) -> list[str]:
+def tear_down(ec2, ssm, build_id: str, poll_interval: float, wait: Wait = blocking) -> list[str]:
     checkpoint("before:teardown")
-    removed = instance.terminate(ec2, build_id, poll_interval)
+    removed = instance.terminate(ec2, build_id, poll_interval, wait=wait)
     removed += image.remove_incomplete(ec2, build_id)
     removed += infrastructure.destroy(ec2, ssm, build_id)
     return removed
