@@ -11,6 +11,7 @@ import io
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
@@ -24,6 +25,17 @@ class RemoteCommandError(PermanentError):
         self.tail = tail
         shown = "\n".join(f"  | {line}" for line in tail)
         super().__init__(f"{what} exited with status {status}; last {len(tail)} lines of its output:\n{shown}")
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and as whom a build logs in to its builder instance (for tools that open SSH themselves, such as
+    ansible). The key is kept out of ``repr()``, so that it never shows in a log or a traceback."""
+
+    host: str
+    port: int
+    username: str
+    private_key: str = field(repr=False)
 
 
 def connect(host: str, port: int, username: str, private_key: str, *, timeout: float = 10):

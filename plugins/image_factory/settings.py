@@ -42,6 +42,10 @@ class Settings:
     servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
     #: Where the shell tool finds roles; empty means include/roles of this project.
     roles_folder: str = ""
+    #: Where the ansible tool finds playbook sources (``configure.code_repo``); empty means include/ansible.
+    ansible_folder: str = ""
+    #: The builder's Python for ansible modules; the default discovers it. Set where discovery picks a wrong one.
+    ansible_python_interpreter: str = "auto_silent"
     #: Airflow retries of each step on transient errors (permanent ones fail at once), and the first delay.
     retries: int = 3
     retry_delay: float = 20.0
