@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint local-cloud-up local-cloud-down
+.PHONY: setup demo test lint local-cloud-up local-cloud-down airflow-ui test-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,13 @@ local-cloud-up: setup
 
 local-cloud-down:
 	$(BIN)/python -m localcloud down
+
+# The Airflow UI on the local cloud, in the foreground (Ctrl-C stops it): scheduler, dag-processor, triggerer
+# and api-server on http://127.0.0.1:$(AIRFLOW_UI_PORT) with AIRFLOW_HOME .airflow-ui/; prints the login.
+AIRFLOW_UI_PORT ?= 8080
+airflow-ui: setup
+	$(BIN)/python scripts/airflow_ui.py --port $(AIRFLOW_UI_PORT)
+
+# Only the browser test (headless Chromium through the Airflow UI); screenshots in test-artifacts/browser/.
+test-browser: setup
+	$(BIN)/pytest -s tests/test_browser.py

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Image Factory needs on a fresh Debian machine with Python 3.11:
-# Debian's OpenSSH server (the local cloud's instance) and a virtualenv with the pinned requirements.
+# Debian's OpenSSH server (the local cloud's instance), Debian's Chromium (the browser test) and a virtualenv
+# with the pinned requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -9,6 +10,8 @@ packages=()
 [ -x /usr/sbin/sshd ] || packages+=(openssh-server)
 command -v ssh-keygen >/dev/null || packages+=(openssh-client)
 command -v make >/dev/null || packages+=(make)
+# Headless Chromium for the browser test (tests/test_browser.py drives it with Playwright: no browser download).
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -22,8 +22,10 @@ SERVICES = {
     "airflow-triggerer",
     "airflow-init",
     "local-cloud",
+    "local-cloud-ssh",
 }
 AIRFLOW_SERVICES = {name for name in SERVICES if name.startswith("airflow-")}
+LOCAL_CLOUD_SERVICES = {"local-cloud", "local-cloud-ssh"}
 PROJECT_MOUNTS = {"dags": "/opt/airflow/dags", "plugins": "/opt/airflow/plugins", "include": "/opt/airflow/include"}
 
 
@@ -45,7 +47,8 @@ def test_compose_config_validates(profile_args):
 def test_services_exist(compose):
     missing = SERVICES - set(compose["services"])
     assert not missing, f"services missing from docker-compose.yaml: {sorted(missing)}"
-    assert compose["services"]["local-cloud"]["profiles"] == ["local-cloud"]
+    for name in LOCAL_CLOUD_SERVICES:
+        assert compose["services"][name]["profiles"] == ["local-cloud"], name
 
 
 def test_executor_is_celery(compose):
@@ -73,3 +76,22 @@ def test_published_ports_are_loopback_only(compose):
             published += 1
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r}"
     assert published, "no published ports found"
+
+
+def test_local_cloud_ssh_asks_the_emulator(compose):
+    """The SSH server trusts the builds' key pairs as localcloud/cloud.py's sshd does: it asks the emulator."""
+    moto, ssh = compose["services"]["local-cloud"], compose["services"]["local-cloud-ssh"]
+    port = moto["command"][moto["command"].index("-p") + 1]
+    build = ssh["build"]
+    dockerfile = REPO / build["dockerfile"]
+    assert dockerfile.is_file(), dockerfile
+    assert build["args"]["LOCAL_CLOUD_ENDPOINT"] == f"http://local-cloud:{port}"
+    assert ssh["depends_on"]["local-cloud"]["condition"] == "service_healthy"
+    assert "ports" not in ssh, "the SSH server is for the workers on the compose network only"
+    text = dockerfile.read_text()
+    assert "COPY localcloud/authorized_keys.py" in text
+    assert "AuthorizedKeysCommand " in text and "PasswordAuthentication no" in text
+    assert "AllowUsers ${SSH_USERNAME}" in text and build["args"]["SSH_USERNAME"] == "ec2-user"
+    # The pinned boto3 the key lookup uses is the project's.
+    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
+    assert f"boto3=={pins['boto3']}" in text

@@ -1,0 +1,319 @@
+"""The Airflow UI on the local cloud: Airflow 3's four components, as an Airflow user runs them.
+
+scheduler, dag-processor, triggerer and api-server, each a process in a session of its own, with the
+LocalExecutor on SQLite in a project-local AIRFLOW_HOME (``.airflow-ui/``), the DAGs of ``dags/``, the
+plugins of ``plugins/`` and the local cloud's settings (``LocalCloud.env()``). The api-server listens on
+127.0.0.1 only; the log servers of the scheduler and the triggerer are not started (the api-server reads the
+task logs from the shared AIRFLOW_HOME), so nothing else listens at all.
+
+Login is Airflow's default SimpleAuthManager with one user, ``admin`` (role admin), whose password is
+generated once and kept in AIRFLOW_HOME (``simple_auth_manager_passwords.json.generated``).
+
+Used by ``make airflow-ui`` (scripts/airflow_ui.py) and by the browser test (tests/test_browser.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from localcloud.cloud import LOOPBACK, PROJECT, LocalCloud
+from localcloud.runner import AIRFLOW, airflow_env
+
+DEFAULT_HOME = PROJECT / ".airflow-ui"
+DEFAULT_PORT = 8080
+USERNAME = "admin"
+#: The pool of the build steps that call the cloud API ([image_factory] pool): without it they never run.
+POOL = "image_factory"
+POOL_SLOTS = 8
+POOL_DESCRIPTION = "Image Factory: build steps that call the cloud API"
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Health entries of /api/v2/monitor/health that must read "healthy".
+HEALTH_KEYS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+
+
+class AirflowStackError(Exception):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    command: list[str]
+    log: Path
+    process: subprocess.Popen | None = None
+
+
+class AirflowStack:
+    """Start, check and stop the four Airflow components against a running local cloud."""
+
+    def __init__(self, home: Path = DEFAULT_HOME, cloud: LocalCloud | None = None, port: int = DEFAULT_PORT):
+        self.home = Path(home).resolve()
+        self.cloud = cloud or LocalCloud()
+        self.port = port
+        self.state_file = self.home / "stack.json"
+        self.components: list[Component] = []
+        self._token: str | None = None
+
+    # --- what a user needs to know -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json.generated"
+
+    @property
+    def task_logs(self) -> Path:
+        return self.home / "logs"
+
+    def credentials(self) -> tuple[str, str]:
+        """The login of the UI and the REST API: ``admin`` and its generated password."""
+        return USERNAME, json.loads(self.password_file.read_text())[USERNAME]
+
+    def env(self) -> dict[str, str]:
+        """The environment of every Airflow process of this stack (the CLI commands included)."""
+        return {
+            **airflow_env(self.cloud, self.home),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            # Eight task processes at most (LocalExecutor starts that many workers), as many as the pool has.
+            "AIRFLOW__CORE__PARALLELISM": str(POOL_SLOTS),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__FERNET_KEY": self._secret("fernet_key", _fernet_key),
+            # The api-server issues the tokens that the scheduler's task processes present: one secret for all.
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret", lambda: secrets.token_urlsafe(32)),
+            "AIRFLOW__API__HOST": LOOPBACK,
+            "AIRFLOW__API__PORT": str(self.port),
+            # Task processes talk to the api-server's Execution API, which is on this port, not 8080.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USERNAME}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
+            # No HTTP server but the api-server: the scheduler's health server stays off.
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.task_logs),
+        }
+
+    # --- start / stop ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate the database, create the pool and the login, then start the four components."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._stop_recorded()  # leftovers of an earlier run of this home that was not stopped
+        with socket.socket() as sock:
+            if sock.connect_ex((LOOPBACK, self.port)) == 0:
+                raise AirflowStackError(f"something already listens on {LOOPBACK}:{self.port}: choose another port")
+        env = self.env()
+        self._cli(env, "db", "migrate")
+        self._cli(env, "pools", "set", POOL, str(POOL_SLOTS), POOL_DESCRIPTION)
+        self._ensure_password()
+        self.components = [
+            Component("api-server", [AIRFLOW, "api-server", "--host", LOOPBACK, "--port", str(self.port)],
+                      self.home / "api-server.log"),
+            Component("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"], self.home / "scheduler.log"),
+            Component("dag-processor", [AIRFLOW, "dag-processor"], self.home / "dag-processor.log"),
+            Component("triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"], self.home / "triggerer.log"),
+        ]
+        try:
+            for component in self.components:
+                with component.log.open("w") as log:
+                    component.process = subprocess.Popen(component.command, env=env, cwd=PROJECT, stdout=log,
+                                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                         start_new_session=True)
+                self._record()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30) -> None:
+        """End the components this object started (each its own process group), then forget them."""
+        for component in reversed(self.components):
+            if component.process is not None and component.process.poll() is None:
+                _signal_group(component.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for component in self.components:
+            if component.process is None:
+                continue
+            try:
+                component.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(component.process.pid, signal.SIGKILL)
+                component.process.wait(timeout=10)
+            # Children that outlived their component (a task process, a gunicorn worker) share its group.
+            _signal_group(component.process.pid, signal.SIGKILL)
+        self.components = []
+        self.state_file.unlink(missing_ok=True)
+        self._token = None
+
+    def __enter__(self) -> AirflowStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def exited(self) -> list[Component]:
+        return [c for c in self.components if c.process is not None and c.process.poll() is not None]
+
+    def wait_until_healthy(self, timeout: float = 180) -> dict:
+        """Poll /api/v2/monitor/health until the database and the three job components report healthy."""
+        deadline = time.monotonic() + timeout
+        health: dict = {}
+        while time.monotonic() < deadline:
+            if dead := self.exited():
+                raise AirflowStackError(self._describe_exit(dead[0]))
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=10) as response:  # noqa: S310
+                    health = json.loads(response.read())
+            except (OSError, ValueError):
+                health = {}
+            if health and all((health.get(key) or {}).get("status") == "healthy" for key in HEALTH_KEYS):
+                return health
+            time.sleep(1)
+        raise AirflowStackError(f"Airflow at {self.url} is not healthy after {timeout} s: {health or 'no answer'}; "
+                                f"see the logs in {self.home}")
+
+    # --- the REST API (/api/v2) with a token of the admin user ------------------------------------------
+
+    def token(self) -> str:
+        if self._token is None:
+            username, password = self.credentials()
+            answer = self._request("POST", "/auth/token", {"username": username, "password": password}, auth=False)
+            self._token = answer["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, document: dict | None = None) -> dict:
+        """Call ``/api/v2<path>`` as the admin user; returns the decoded answer."""
+        return self._request(method, f"/api/v2{path}", document)
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict:
+        """Until the dag-processor has parsed ``dag_id`` (bounded); returns the DAG as the REST API shows it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                return self.api("GET", f"/dags/{dag_id}")
+            except AirflowStackError as exc:
+                if "404" not in str(exc):
+                    raise
+            time.sleep(1)
+        raise AirflowStackError(f"DAG {dag_id} not loaded after {timeout} s; see {self.home / 'dag-processor.log'}")
+
+    def _request(self, method: str, path: str, document: dict | None = None, auth: bool = True) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = None if document is None else json.dumps(document).encode()
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 http://127.0.0.1 only
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            raise AirflowStackError(f"{method} {path}: {exc.code} {exc.read().decode(errors='replace')[:500]}"
+                                    ) from exc
+        except OSError as exc:
+            raise AirflowStackError(f"{method} {path}: the api-server at {self.url} does not answer: {exc}") from exc
+        return json.loads(body) if body else {}
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _cli(self, env: dict[str, str], *args: str) -> None:
+        result = subprocess.run([AIRFLOW, *args], env=env, cwd=PROJECT, capture_output=True, text=True,
+                                timeout=600)
+        if result.returncode != 0:
+            raise AirflowStackError(f"airflow {' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
+
+    def _secret(self, name: str, make) -> str:
+        """A secret of this home, made once and kept (the Fernet key must outlive a restart)."""
+        path = self.home / "secrets.json"
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        if name not in stored:
+            stored[name] = make()
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(stored))
+        return stored[name]
+
+    def _ensure_password(self) -> None:
+        """Write the admin's password as SimpleAuthManager would (it keeps an existing one)."""
+        passwords = json.loads(self.password_file.read_text() or "{}") if self.password_file.exists() else {}
+        if USERNAME not in passwords:
+            alphabet = "abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789"  # SimpleAuthManager's own
+            passwords[USERNAME] = "".join(secrets.choice(alphabet) for _ in range(16))
+            self.password_file.touch(mode=0o600)
+            self.password_file.write_text(json.dumps(passwords) + "\n")
+
+    def _record(self) -> None:
+        started = {c.name: c.process.pid for c in self.components if c.process is not None}
+        self.state_file.write_text(json.dumps({"port": self.port, "pids": started}))
+
+    def _stop_recorded(self) -> None:
+        """End the components an earlier run of this home started and did not stop (by their recorded ids)."""
+        if not self.state_file.exists():
+            return
+        try:
+            pids = json.loads(self.state_file.read_text()).get("pids", {})
+        except ValueError:
+            pids = {}
+        for name, pid in pids.items():
+            if _is_component(pid, name):
+                _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for name, pid in pids.items():
+            while time.monotonic() < deadline and _is_component(pid, name):
+                time.sleep(0.2)
+            if _is_component(pid, name):
+                _signal_group(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+
+    def _describe_exit(self, component: Component) -> str:
+        tail = component.log.read_text(errors="replace")[-3000:] if component.log.exists() else ""
+        return f"the {component.name} exited with {component.process.returncode}; see {component.log}:\n{tail}"
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group of a component we started (its own session, so its group id is its pid)."""
+    if pid <= 1:  # never group 0 (ours) or -1 (everything)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _is_component(pid: int, name: str) -> bool:
+    """Whether ``pid`` is still the Airflow component ``name`` (a recorded id may have been reused)."""
+    if pid <= 1:
+        return False
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    # Airflow renames its processes (setproctitle: "airflow scheduler -- ..."), so look for words, not arguments.
+    words = " ".join(w.decode(errors="replace") for w in command_line).split()
+    return state != "Z" and name in words and any(w.endswith("airflow") for w in words)
+
+
+if __name__ == "__main__":  # pragma: no cover - scripts/airflow_ui.py is the command
+    sys.exit("use `make airflow-ui` (scripts/airflow_ui.py)")

@@ -1,0 +1,193 @@
+"""The Airflow UI as a person uses it: headless Chromium (Debian's, driven by Playwright) against the four real
+Airflow components (localcloud/airflow_stack.py) on the local cloud.
+
+Logs in, opens the shopspinner-linux-image DAG, triggers it through the Trigger form with the instance size
+changed to `medium`, waits for the run to succeed under the real scheduler, opens the configure task's log,
+finds the role's output and saves a screenshot of the finished run (test-artifacts/browser/). The emulator
+then shows that the builder instance was a t3.medium: the form's value reached the build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from image_factory.build import TAG_BUILD, build_id_for
+from localcloud.airflow_stack import AirflowStack
+from localcloud.cloud import PROJECT, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+# Everything that would make Chromium talk to anything but the page it is given stays off.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DAG_ID = "shopspinner-linux-image"
+PARAM = "instance_size"
+CHANGED_TO = "medium"
+EXPECTED_INSTANCE_TYPE = "t3.medium"
+ROLE_OUTPUT = "appserver role: done"
+RUN_TIMEOUT = 300  # seconds: the whole build under the real scheduler takes about one minute
+ARTIFACTS = PROJECT / "test-artifacts" / "browser"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing: Debian's chromium package is not installed and this test does not "
+                "install it (scripts/setup.sh, run by `make test` and CI, does)", allow_module_level=True)
+sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements.txt: "
+                                      "run scripts/setup.sh").sync_playwright
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(local_cloud, tmp_path_factory):
+    stack = AirflowStack(tmp_path_factory.mktemp("airflow-ui") / "home", local_cloud, free_port())
+    started = time.monotonic()
+    stack.start()
+    try:
+        stack.wait_until_healthy(timeout=300)
+        stack.wait_for_dag(DAG_ID, timeout=180)
+        print(f"\nbrowser: Airflow up at {stack.url} in {time.monotonic() - started:.0f} s")
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def log_in(page, stack: AirflowStack) -> None:
+    username, password = stack.credentials()
+    page.goto(stack.url + "/")
+    page.wait_for_url("**/auth/login**")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/auth/login" not in url)
+
+
+def trigger_with_form(page, stack: AirflowStack, param: str, value: str) -> None:
+    """The DAG page's Trigger button, the form's field of ``param`` set to ``value``, then the form's Trigger."""
+    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger Dag").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Run Parameters").wait_for()
+    # Airflow names each param's input element_<param>; its label is the param's title.
+    field = dialog.locator(f"[name='element_{param}']")
+    assert field.count() == 1, f"the trigger form has no field for the param {param!r}: does the DAG declare it?"
+    field.fill(value)
+    unpause = dialog.get_by_label(f"Unpause {DAG_ID} on trigger")
+    if unpause.count():  # offered while the DAG is paused (nightly DAGs are created paused): the run needs it
+        unpause.check()
+    dialog.get_by_role("button", name="Trigger").last.click()
+    dialog.wait_for(state="hidden")
+
+
+def manual_run_with(stack: AirflowStack, param: str, value: str, timeout: float = 60) -> dict:
+    """The DAG run the form created, found by its conf."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns?run_type=manual&order_by=-run_after")["dag_runs"]
+        for run in runs:
+            if (run.get("conf") or {}).get(param) == value:
+                return run
+        time.sleep(1)
+    raise AssertionError(f"no manual run of {DAG_ID} with {param}={value!r} after {timeout} s")
+
+
+def wait_for_run(stack: AirflowStack, run_id: str, states: tuple[str, ...], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    run = {}
+    while time.monotonic() < deadline:
+        run = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")
+        if run["state"] in states:
+            return run
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} still {run.get('state')} after {timeout} s")
+
+
+def task_states(stack: AirflowStack, run_id: str) -> dict[str, str]:
+    answer = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+    return {ti["task_id"]: ti["state"] for ti in answer["task_instances"]}
+
+
+def settle(stack: AirflowStack, timeout: float = RUN_TIMEOUT) -> None:
+    """Let every run of the DAG end, then pause it again.
+
+    Unpausing a nightly DAG makes the scheduler add the latest missed nightly run (catchup is off, so just
+    that one) once the manual run is done; it is a whole build, which must tear down what it creates.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = stack.api("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+        if all(run["state"] in ("success", "failed") for run in runs):
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"runs of {DAG_ID} still going after {timeout} s")
+    stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": True})
+
+
+def test_trigger_from_the_form_and_read_the_run_in_the_ui(airflow_ui, browser, ec2):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "finished-run.png"
+    screenshot.unlink(missing_ok=True)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    try:
+        log_in(page, airflow_ui)
+        started = time.monotonic()
+        trigger_with_form(page, airflow_ui, PARAM, CHANGED_TO)
+        run = manual_run_with(airflow_ui, PARAM, CHANGED_TO)
+        run_id = run["dag_run_id"]
+        # Unpausing lets the scheduler add the latest missed nightly run too, which may go first (one run at a
+        # time): the manual run waits for it, then has RUN_TIMEOUT of its own.
+        wait_for_run(airflow_ui, run_id, ("running", "success", "failed"), RUN_TIMEOUT)
+        queued = time.monotonic() - started
+        run = wait_for_run(airflow_ui, run_id, ("success", "failed"), RUN_TIMEOUT)
+        took = time.monotonic() - started - queued
+        states = task_states(airflow_ui, run_id)
+        assert run["state"] == "success", f"run {run_id} {run['state']} after {took:.0f} s: {states}"
+        print(f"\nbrowser: run {run_id} queued {queued:.0f} s, ran {took:.0f} s: {run['state']}")
+        assert set(states.values()) == {"success"}, states
+
+        run_page = f"{airflow_ui.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+        # The configure task's log, as the UI shows it: the role's own output streamed over SSH.
+        page.goto(f"{run_page}/tasks/configure")
+        page.get_by_text(ROLE_OUTPUT).first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "configure-log.png"))
+
+        # The finished run: its page, the grid and the task instances, all green.
+        page.goto(run_page)
+        page.get_by_text(run_id).first.wait_for()
+        page.get_by_text("tear_down").first.wait_for()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(screenshot), full_page=True)
+    except Exception:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        with contextlib.suppress(Exception):  # leave the cloud clean, but report the first failure
+            settle(airflow_ui)
+        raise
+    finally:
+        context.close()
+    settle(airflow_ui)
+
+    assert screenshot.exists() and screenshot.read_bytes()[:8] == PNG_MAGIC
+
+    # The form's value took effect: the build's instance (terminated by tear_down, still listed) was a t3.medium.
+    build_id = build_id_for(DAG_ID, run_id)
+    reservations = ec2.describe_instances(Filters=[{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}])
+    types = {i["InstanceType"] for r in reservations["Reservations"] for i in r["Instances"]}
+    assert types == {EXPECTED_INSTANCE_TYPE}, f"build {build_id} ran on {types}"
+    print(f"browser: build {build_id} ran on {EXPECTED_INSTANCE_TYPE}; screenshot {screenshot}")
+
