@@ -1,6 +1,7 @@
-"""python -m localcloud up|down|status|env"""
+"""python -m localcloud up|down|status|env|stats"""
 
 import argparse
+import json
 import shlex
 import sys
 
@@ -9,7 +10,7 @@ from localcloud.cloud import DEFAULT_REGIONS, DEFAULT_STATE, LocalCloud, LocalCl
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "env"])
+    parser.add_argument("action", choices=["up", "down", "status", "env", "stats"])
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE))
     parser.add_argument("--regions", default=DEFAULT_REGIONS, help="regions whose key pairs sshd trusts")
     args = parser.parse_args()
@@ -19,8 +20,8 @@ def main() -> int:
     try:
         if args.action == "up":
             state = cloud.up(args.regions)
-            print(f"local cloud up: EC2 emulator {cloud.endpoint}, SSH server 127.0.0.1:{state.ssh_port} "
-                  f"(state in {cloud.state_dir})", file=sys.stderr)
+            print(f"local cloud up: EC2 emulator {cloud.endpoint} (a front before moto at {cloud.moto_endpoint}), "
+                  f"SSH server 127.0.0.1:{state.ssh_port} (state in {cloud.state_dir})", file=sys.stderr)
             print(f"load its settings with: eval \"$(python -m localcloud env --state-dir {cloud.state_dir})\"",
                   file=sys.stderr)
         elif args.action == "down":
@@ -29,6 +30,8 @@ def main() -> int:
         elif args.action == "status":
             print("running" if cloud.running() else "stopped")
             return 0 if cloud.running() else 1
+        elif args.action == "stats":
+            print(json.dumps(cloud.stats(), indent=2))
         else:
             for key, value in cloud.env().items():
                 print(f"export {key}={shlex.quote(value)}")

@@ -1,4 +1,9 @@
-"""Start, stop and describe the local cloud. ``python -m localcloud up|down|status|env``."""
+"""Start, stop and describe the local cloud. ``python -m localcloud up|down|status|env|stats``.
+
+Three processes, each in a session of its own and all on 127.0.0.1: moto (the AWS emulator), the front before
+it (localcloud/proxy.py: every AWS client goes through it; it counts API calls and can throttle a share of
+them) and one real sshd.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,12 +55,16 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
 
 @dataclass
 class State:
-    ec2_port: int
+    ec2_port: int  # the front's port: the one endpoint every AWS client uses
     ssh_port: int
     moto_pid: int
     sshd_pid: int
     user: str
     regions: str
+    # Defaults keep a state file written before the front existed readable (it then reads as not running).
+    moto_port: int = 0
+    proxy_pid: int = 0
+    host: str = LOOPBACK
 
 
 class LocalCloud:
@@ -71,12 +81,54 @@ class LocalCloud:
 
     def running(self) -> bool:
         state = self.state()
-        return bool(state) and all(_alive(pid) for pid in (state.moto_pid, state.sshd_pid))
+        return bool(state) and all(pid > 0 and _alive(pid) for pid in (state.moto_pid, state.proxy_pid,
+                                                                         state.sshd_pid))
 
     @property
     def endpoint(self) -> str:
+        """The AWS endpoint of every client: the front, which forwards to moto."""
         state = self._require()
         return f"http://{LOOPBACK}:{state.ec2_port}"
+
+    @property
+    def moto_endpoint(self) -> str:
+        """moto itself, behind the front: neither counted nor throttled (sshd's key lookup uses it)."""
+        state = self._require()
+        return f"http://{LOOPBACK}:{state.moto_port}"
+
+    # --- the front's counters and throttling -------------------------------------------------------
+
+    def stats(self) -> dict:
+        """``{"calls": {"ec2:DescribeVpcs": 2, ...}, "throttled": {...}, "config": {...}}`` since the last reset.
+
+        ``calls`` counts every AWS API call the front received, throttled ones included.
+        """
+        return self._control("GET", "stats")
+
+    def reset_stats(self) -> dict:
+        """Zero the counters (the throttling settings stay)."""
+        return self._control("POST", "reset")
+
+    def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None) -> dict:
+        """Answer a share of EC2 and SSM calls with AWS's throttling error (0 turns it off); returns the settings.
+
+        The choice is made by ``random.Random(throttle_seed)``, seeded afresh by every call of this method.
+        """
+        settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed}
+        return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
+
+    def _control(self, method: str, name: str, document: dict | None = None) -> dict:
+        data = None if document is None else json.dumps(document).encode()
+        request = urllib.request.Request(f"{self.endpoint}/_localcloud/{name}", data=data, method=method,  # noqa: S310
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 http://127.0.0.1 only
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise LocalCloudError(f"{method} /_localcloud/{name}: {exc.code} {exc.read().decode(errors='replace')}"
+                                  ) from exc
+        except OSError as exc:
+            raise LocalCloudError(f"the local cloud's front at {self.endpoint} does not answer: {exc}") from exc
 
     def env(self) -> dict[str, str]:
         """The settings that point Airflow (and any AWS client) at this local cloud."""
@@ -114,13 +166,20 @@ class LocalCloud:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ec2_port = ec2_port or free_port()
         ssh_port = ssh_port or free_port()
-        moto = self._start_moto(ec2_port)
+        moto_port = free_port()
+        moto = self._start_moto(moto_port)
+        started = [(moto.pid, "moto.server")]
         try:
-            sshd = self._start_sshd(ssh_port, ec2_port, regions)
+            proxy = self._start_proxy(ec2_port, moto_port)
+            started.append((proxy.pid, "localcloud.proxy"))
+            # sshd's key lookup stands in for the cloud's own plumbing, not for a client: it asks moto directly,
+            # so it is neither throttled nor counted.
+            sshd = self._start_sshd(ssh_port, moto_port, regions)
         except BaseException:
-            _terminate(moto.pid, "moto.server")
+            for pid, marker in reversed(started):
+                _terminate(pid, marker)
             raise
-        state = State(ec2_port, ssh_port, moto.pid, sshd.pid, getpass.getuser(), regions)
+        state = State(ec2_port, ssh_port, moto.pid, sshd.pid, getpass.getuser(), regions, moto_port, proxy.pid)
         self.state_file.write_text(json.dumps(asdict(state)))
         return state
 
@@ -128,6 +187,7 @@ class LocalCloud:
         state = self.state()
         if state:
             _terminate(state.sshd_pid, "sshd")
+            _terminate(state.proxy_pid, "localcloud.proxy")
             _terminate(state.moto_pid, "moto.server")
             self.state_file.unlink()
         shutil.rmtree(self._command_dir(), ignore_errors=True)
@@ -141,13 +201,23 @@ class LocalCloud:
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/moto-api/", timeout=10).close()
         return process
 
+    def _start_proxy(self, port: int, moto_port: int) -> subprocess.Popen:
+        log = self.state_dir / "proxy.log"
+        process = subprocess.Popen([sys.executable, "-m", "localcloud.proxy", "--listen-port", str(port),
+                                    "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir)],
+                                   cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        _wait_for_port(port, process, log)
+        urllib.request.urlopen(f"http://{LOOPBACK}:{port}/_localcloud/stats", timeout=10).close()
+        return process
+
     def _command_dir(self) -> Path:
         # sshd refuses an AuthorizedKeysCommand below a directory others may write to (such as /tmp), so
         # the command lives in a root-owned directory of its own, one per local cloud.
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         return Path("/run/image-factory-local-cloud") / digest
 
-    def _start_sshd(self, port: int, ec2_port: int, regions: str) -> subprocess.Popen:
+    def _start_sshd(self, port: int, moto_port: int, regions: str) -> subprocess.Popen:
         host_key = self.state_dir / "ssh_host_ed25519_key"
         if not host_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
@@ -157,7 +227,7 @@ class LocalCloud:
         command = command_dir / "authorized-keys"
         script = PROJECT / "localcloud" / "authorized_keys.py"
         command.write_text("#!/bin/sh\n" + shlex.join([
-            "exec", sys.executable, str(script), "--endpoint", f"http://{LOOPBACK}:{ec2_port}",
+            "exec", sys.executable, str(script), "--endpoint", f"http://{LOOPBACK}:{moto_port}",
             "--regions", regions]) + ' "$@"\n')
         command.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
         user = getpass.getuser()
@@ -208,6 +278,8 @@ def _alive(pid: int) -> bool:
 
 def _terminate(pid: int, marker: str, timeout: float = 10) -> None:
     """End a process this local cloud started (its own session), by id, if it is still that process."""
+    if pid <= 0:  # never a process group of ours (0) or everything (-1)
+        return
     try:
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:

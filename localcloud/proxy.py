@@ -1,0 +1,364 @@
+"""The front of the local cloud's AWS endpoint: an HTTP proxy before moto that counts and can throttle API calls.
+
+``python -m localcloud.proxy --listen-port P --upstream-port M`` listens on 127.0.0.1:P and forwards every
+request (any method, path, query, headers and body) to moto on 127.0.0.1:M, relaying status, headers and body
+(hop-by-hop headers dropped). Standard library only. Its own endpoints, never forwarded:
+
+* ``GET /_localcloud/stats``: ``{"calls": {"ec2:RunInstances": 1, ...}, "throttled": {...}, "config": {...}}``.
+  ``calls`` counts every AWS API call received, the throttled ones included; ``throttled`` counts those
+  answered with a throttling error instead of being forwarded.
+* ``POST /_localcloud/reset``: zero the counters.
+* ``POST /_localcloud/config`` with ``{"throttle_rate": 0.3, "throttle_seed": 1}``: answer that share of EC2
+  and SSM API calls with the throttling error AWS itself answers with (0 turns it off). The decisions come
+  from ``random.Random(throttle_seed)``, re-seeded on every config call, so a run is reproducible.
+  ``GET /_localcloud/config`` shows the current settings.
+
+Calls are named ``service:Action``: the service is the signing name in the SigV4 credential scope
+(``Credential=AKID/20240101/eu-west-1/ec2/aws4_request``); the action is the query protocol's ``Action``
+parameter (EC2) or the JSON protocol's ``X-Amz-Target`` (``AmazonSSM.GetParameter``). Requests that carry
+no AWS signature (moto's own ``/moto-api/``) are forwarded but neither counted nor throttled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import re
+import sys
+import threading
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote_plus, urlsplit
+
+LOOPBACK = "127.0.0.1"
+CONTROL_PREFIX = "/_localcloud/"
+THROTTLED_SERVICES = frozenset({"ec2", "ssm"})
+#: Connection-level headers (RFC 9110 7.6.1) are the proxy's own business on each side, never relayed.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
+MAX_BODY = 256 * 1024 * 1024
+MAX_CHUNKS = 100_000
+CLIENT_IDLE_TIMEOUT = 300  # seconds an idle client connection (and its thread) is kept
+UPSTREAM_TIMEOUT = 300  # seconds one forwarded request may take
+CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
+QUERY_ACTION = re.compile(rb"(?:^|&)Action=([^&]*)")
+
+
+def call_name(method: str, target: str, headers, body: bytes) -> str | None:
+    """``service:Action`` of an AWS API call, or None for a request without an AWS signature."""
+    query = urlsplit(target).query
+    scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
+    if scope is None:  # a presigned request carries its credential in the query string
+        scope = CREDENTIAL_SCOPE.search("Credential=" + unquote_plus(_param(query.encode(), b"X-Amz-Credential")))
+    if scope is None:
+        return None
+    service = scope.group(1)
+    amz_target = headers.get("X-Amz-Target", "")
+    if amz_target:
+        action = amz_target.rpartition(".")[2]
+    else:
+        action = _param(query.encode(), b"Action")
+        if not action and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
+            action = _param(body, b"Action")
+    return f"{service}:{action or method.upper()}"
+
+
+def _param(data: bytes, name: bytes) -> str:
+    pattern = QUERY_ACTION if name == b"Action" else re.compile(rb"(?:^|&)" + re.escape(name) + rb"=([^&]*)")
+    match = pattern.search(data)
+    return unquote_plus(match.group(1).decode("utf-8", errors="replace")) if match else ""
+
+
+def throttling_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer AWS gives a throttled call: EC2's query-protocol XML, or SSM's JSON-protocol error."""
+    request_id = str(uuid.uuid4())
+    if service == "ec2":
+        body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded"
+                "</Code><Message>Request limit exceeded.</Message></Error></Errors>"
+                f"<RequestID>{request_id}</RequestID></Response>").encode()
+        return 503, [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)], body
+    body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+    return 400, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
+                 ("x-amzn-ErrorType", "ThrottlingException")], body
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Stats:
+    """Call counters and throttling settings, shared by all request threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.throttle_rate = 0.0
+        self.throttle_seed = 0
+        self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
+
+    def record(self, name: str) -> bool:
+        """Count one call; True when it is to be throttled."""
+        service = name.partition(":")[0]
+        with self.lock:
+            self.calls[name] += 1
+            throttle = (service in THROTTLED_SERVICES and self.throttle_rate > 0
+                        and self.random.random() < self.throttle_rate)
+            if throttle:
+                self.throttled[name] += 1
+            return throttle
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls.clear()
+            self.throttled.clear()
+
+    def configure(self, settings: dict) -> None:
+        unknown = set(settings) - {"throttle_rate", "throttle_seed"}
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}")
+        with self.lock:
+            rate = float(settings.get("throttle_rate", self.throttle_rate))
+            if not 0 <= rate <= 1:
+                raise ValueError(f"throttle_rate must be between 0 and 1, not {rate}")
+            self.throttle_rate = rate
+            self.throttle_seed = int(settings.get("throttle_seed", self.throttle_seed))
+            self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
+
+    def config(self) -> dict:
+        return {"throttle_rate": self.throttle_rate, "throttle_seed": self.throttle_seed}
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"calls": dict(sorted(self.calls.items())), "throttled": dict(sorted(self.throttled.items())),
+                    "config": self.config()}
+
+
+class FrontHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive towards the clients
+    timeout = CLIENT_IDLE_TIMEOUT
+    # Status line, headers and body leave in one write, without Nagle: written apart (http.server's default), a
+    # small body waits for the client's delayed ACK, some 40 ms per call.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+    server: FrontServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.upstream: http.client.HTTPConnection | None = None  # one keep-alive connection per client connection
+        self.upstream_used = False
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.upstream is not None:
+                self.upstream.close()
+
+    def __getattr__(self, name: str):
+        # Every method (GET, POST, PUT, DELETE, HEAD, PATCH, OPTIONS, ...) is handled, and handled alike.
+        if name.startswith("do_"):
+            return self.handle_request
+        raise AttributeError(name)
+
+    def handle_request(self) -> None:
+        try:
+            body = self.read_body()
+        except BadRequest as exc:
+            self.close_connection = True  # the rest of the stream cannot be trusted to start a request
+            self.reply(exc.status, [("Content-Type", "text/plain")], f"{exc}\n".encode())
+            return
+        path = urlsplit(self.path).path
+        if path.startswith(CONTROL_PREFIX):
+            self.control(path[len(CONTROL_PREFIX):], body)
+            return
+        name = call_name(self.command, self.path, self.headers, body)
+        if name is not None and self.server.stats.record(name):
+            self.reply(*throttling_error(name.partition(":")[0]))
+            return
+        self.forward(body)
+
+    def read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self.read_chunked()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadRequest(400, f"bad Content-Length {length!r}") from None
+        if not 0 <= size <= MAX_BODY:
+            raise BadRequest(413, f"request body of {size} bytes refused")
+        return self.rfile.read(size)
+
+    def read_chunked(self) -> bytes:
+        parts, total = [], 0
+        for _ in range(MAX_CHUNKS):
+            line = self.rfile.readline(1026)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise BadRequest(400, f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                for _ in range(1000):  # trailer section, up to the empty line
+                    if self.rfile.readline(65537) in (b"\r\n", b"\n", b""):
+                        break
+                return b"".join(parts)
+            total += size
+            if total > MAX_BODY:
+                raise BadRequest(413, f"request body of over {MAX_BODY} bytes refused")
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(3)  # the CRLF after each chunk
+        raise BadRequest(413, f"request body of over {MAX_CHUNKS} chunks refused")
+
+    # --- forwarding -------------------------------------------------------------------------------
+
+    def forward(self, body: bytes) -> None:
+        # Only a reused keep-alive connection that the upstream closed while idle is worth a second try: the
+        # request never reached moto then, so sending it again cannot do anything twice.
+        for attempt in range(2):
+            reused = self.upstream is not None and self.upstream_used
+            try:
+                response = self.send_upstream(body)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self.drop_upstream()
+                if reused and attempt == 0:
+                    continue
+                self.upstream_failed(exc)
+                return
+            except (OSError, http.client.HTTPException) as exc:
+                self.drop_upstream()
+                self.upstream_failed(exc)
+                return
+            break
+        self.upstream_used = True
+        if response.will_close:
+            self.drop_upstream()
+        self.relay(response)
+
+    def send_upstream(self, body: bytes) -> http.client.HTTPResponse:
+        if self.upstream is None:
+            self.upstream = http.client.HTTPConnection(LOOPBACK, self.server.upstream_port, timeout=UPSTREAM_TIMEOUT)
+            self.upstream_used = False
+        connection = self.upstream
+        connection.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        hop = _connection_tokens(self.headers)
+        for key, value in self.headers.items():
+            lower = key.lower()
+            if lower in hop or lower in ("content-length", "expect"):  # the body was read here: no 100-continue
+                continue
+            connection.putheader(key, value)
+        if body or "Content-Length" in self.headers or "Transfer-Encoding" in self.headers:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        response.body = response.read()  # whole, so the connection is free for the next request
+        return response
+
+    def relay(self, response: http.client.HTTPResponse) -> None:
+        # The body was read whole (and de-chunked): its length is sent, except where a response has no body,
+        # where the upstream's own Content-Length (a HEAD's) is relayed as it is.
+        bodiless = self.command == "HEAD" or response.status in (204, 304) or response.status < 200
+        hop = _connection_tokens(response.msg)
+        headers = [(k, v) for k, v in response.getheaders()
+                   if k.lower() not in hop and (bodiless or k.lower() != "content-length")]
+        self.reply(response.status, headers, response.body, reason=response.reason, bodiless=bodiless)
+
+    def drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+        self.upstream = None
+
+    def upstream_failed(self, exc: Exception) -> None:
+        self.log_message("moto on port %s failed: %r", self.server.upstream_port, exc)
+        self.reply(502, [("Content-Type", "text/plain")], f"local cloud front: moto failed: {exc!r}\n".encode())
+
+    def reply(self, status: int, headers: list[tuple[str, str]], body: bytes, reason: str | None = None,
+              bodiless: bool = False) -> None:
+        # Not send_response: the upstream's own Server and Date headers are relayed, not replaced.
+        self.log_request(status)
+        self.send_response_only(status, reason)
+        for key, value in headers:
+            self.send_header(key, value)
+        if not bodiless:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not bodiless and self.command != "HEAD":
+            self.wfile.write(body)
+
+    # --- the front's own endpoints --------------------------------------------------------------
+
+    def control(self, name: str, body: bytes) -> None:
+        stats = self.server.stats
+        if name == "stats" and self.command == "GET":
+            self.reply_json(200, stats.snapshot())
+        elif name == "reset" and self.command == "POST":
+            stats.reset()
+            self.reply_json(200, stats.snapshot())
+        elif name == "config" and self.command == "GET":
+            self.reply_json(200, stats.config())
+        elif name == "config" and self.command == "POST":
+            try:
+                settings = json.loads(body or b"{}")
+                if not isinstance(settings, dict):
+                    raise ValueError("a JSON object is expected")
+                stats.configure(settings)
+            except (ValueError, TypeError) as exc:
+                self.reply_json(400, {"error": str(exc)})
+                return
+            self.reply_json(200, stats.config())
+        else:
+            self.reply_json(404, {"error": f"no {self.command} {CONTROL_PREFIX}{name}; there are GET stats, "
+                                           "POST reset, GET/POST config"})
+
+    def reply_json(self, status: int, document: dict) -> None:
+        self.reply(status, [("Content-Type", "application/json")], json.dumps(document).encode() + b"\n")
+
+    def log_request(self, code="-", size="-") -> None:
+        if self.server.verbose:
+            super().log_request(code, size)
+
+
+def _connection_tokens(headers) -> set[str]:
+    """The hop-by-hop header names: the fixed ones and any that a Connection header names."""
+    named = {token.strip().lower() for value in headers.get_all("Connection", []) for token in value.split(",")}
+    return HOP_BY_HOP | (named - {""})
+
+
+class FrontServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, upstream_port: int, verbose: bool = False):
+        super().__init__((LOOPBACK, port), FrontHandler)
+        self.upstream_port = upstream_port
+        self.stats = Stats()
+        self.verbose = verbose
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m localcloud.proxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen-port", type=int, required=True, help="port on 127.0.0.1 the clients use")
+    parser.add_argument("--upstream-port", type=int, required=True, help="moto's port on 127.0.0.1")
+    parser.add_argument("--state-dir", help="the local cloud's state directory (informational)")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args()
+    server = FrontServer(args.listen_port, args.upstream_port, args.verbose)
+    print(f"local cloud front on {LOOPBACK}:{server.server_address[1]} -> moto on {LOOPBACK}:{args.upstream_port}",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The local cloud's front (localcloud/proxy.py): forwarding to moto, call counts, throttling, loopback only."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from localcloud.authorized_keys import BUILD_TAG
+from localcloud.cloud import LocalCloudError
+from localcloud.proxy import call_name
+
+REGION = "eu-west-1"
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+# botocore's ``max_attempts`` counts retries (1 would still retry once); ``total_max_attempts`` counts attempts.
+NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
+STANDARD_RETRIES = Config(retries={"mode": "standard", "max_attempts": 10})
+SIGNED = {"Authorization": "AWS4-HMAC-SHA256 Credential=testing/20240101/eu-west-1/ec2/aws4_request, "
+                           "SignedHeaders=host;x-amz-date, Signature=0123abcd"}
+
+
+def client(cloud, service: str, config: Config | None = None):
+    return boto3.client(service, endpoint_url=cloud.endpoint, region_name=REGION, config=config,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
+
+
+@pytest.fixture(autouse=True)
+def untouched_front(local_cloud):
+    """Every test starts from zero counters and leaves throttling off, whatever happens in it."""
+    local_cloud.configure(throttle_rate=0)
+    local_cloud.reset_stats()
+    yield
+    local_cloud.configure(throttle_rate=0, throttle_seed=0)
+
+
+def raw(cloud, method: str, path: str, body=None, headers=None, port: int | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port or cloud.state().ec2_port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {}, encode_chunked=not isinstance(
+            body, bytes | str | type(None)))
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+# --- counting ---------------------------------------------------------------------------------------
+
+
+def test_calls_are_counted_exactly_by_service_and_action(local_cloud):
+    ec2, ssm = client(local_cloud, "ec2"), client(local_cloud, "ssm")
+    vpc_id = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    ec2.describe_vpcs()
+    group = ec2.create_security_group(GroupName=f"front-{uuid.uuid4().hex[:8]}", Description="counted",
+                                      VpcId=vpc_id)["GroupId"]
+    assert ssm.get_parameter(Name=AL2023)["Parameter"]["Value"].startswith("ami-")
+
+    stats = local_cloud.stats()
+    assert stats["calls"] == {"ec2:DescribeVpcs": 2, "ec2:CreateSecurityGroup": 1, "ssm:GetParameter": 1}
+    assert stats["throttled"] == {}
+
+    ec2.delete_security_group(GroupId=group)
+    assert local_cloud.reset_stats()["calls"] == {}
+    assert local_cloud.stats()["calls"] == {}
+
+
+def test_errors_from_moto_are_relayed_and_counted(local_cloud):
+    ec2, ssm = client(local_cloud, "ec2", NO_RETRIES), client(local_cloud, "ssm", NO_RETRIES)
+    with pytest.raises(ClientError) as ec2_error:
+        ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"])
+    with pytest.raises(ClientError) as ssm_error:
+        ssm.get_parameter(Name=f"/front/{uuid.uuid4().hex}")
+    assert ec2_error.value.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+    assert ssm_error.value.response["Error"]["Code"] == "ParameterNotFound"
+    assert ec2_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert local_cloud.stats()["calls"] == {"ec2:DescribeInstances": 1, "ssm:GetParameter": 1}
+
+
+def test_a_chunked_query_protocol_request_is_forwarded_and_counted(local_cloud):
+    chunks = iter([b"Action=DescribeVpcs", b"&Version=2016-11-15"])
+    status, headers, body = raw(local_cloud, "POST", "/", chunks, {
+        **SIGNED, "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    assert status == 200, body
+    assert b"<DescribeVpcsResponse" in body
+    assert int(headers["Content-Length"]) == len(body)
+    assert local_cloud.stats()["calls"] == {"ec2:DescribeVpcs": 1}
+
+
+def test_moto_api_passes_through_uncounted(local_cloud):
+    front = raw(local_cloud, "GET", "/moto-api/")
+    direct = raw(local_cloud, "GET", "/moto-api/", port=local_cloud.state().moto_port)
+    assert front[0] == direct[0] == 200
+    assert front[2] == direct[2]
+    assert front[1]["Content-Type"] == direct[1]["Content-Type"]
+    assert "Connection" not in front[1]  # moto's own hop-by-hop header stays on moto's side
+
+    status, headers, body = raw(local_cloud, "HEAD", "/moto-api/")
+    assert (status, body, headers["Content-Length"]) == (200, b"", direct[1]["Content-Length"])
+    assert local_cloud.stats()["calls"] == {}
+
+
+def test_the_fronts_own_endpoints(local_cloud):
+    assert raw(local_cloud, "GET", "/_localcloud/nothing")[0] == 404
+    assert raw(local_cloud, "POST", "/_localcloud/config", b"[1]")[0] == 400
+    with pytest.raises(LocalCloudError, match="between 0 and 1"):
+        local_cloud.configure(throttle_rate=1.5)
+    assert local_cloud.configure(throttle_rate=0.25, throttle_seed=7) == {"throttle_rate": 0.25, "throttle_seed": 7}
+    assert local_cloud.stats()["config"] == {"throttle_rate": 0.25, "throttle_seed": 7}
+
+
+@pytest.mark.parametrize(("headers", "body", "expected"), [
+    (SIGNED | {"Content-Type": "application/x-www-form-urlencoded"}, b"Version=2016-11-15&Action=RunInstances",
+     "ec2:RunInstances"),
+    ({"Authorization": SIGNED["Authorization"].replace("/ec2/", "/ssm/"), "X-Amz-Target": "AmazonSSM.GetParameter"},
+     b"{}", "ssm:GetParameter"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, b"Action=DescribeVpcs", None),  # no signature
+])
+def test_call_names(headers, body, expected):
+    message = http.client.HTTPMessage()
+    for key, value in headers.items():
+        message[key] = value
+    assert call_name("POST", "/", message, body) == expected
+
+
+def test_call_name_of_a_presigned_request():
+    target = ("/?Action=DescribeRegions&X-Amz-Algorithm=AWS4-HMAC-SHA256"
+              "&X-Amz-Credential=testing%2F20240101%2Feu-west-1%2Fec2%2Faws4_request")
+    assert call_name("GET", target, http.client.HTTPMessage(), b"") == "ec2:DescribeRegions"
+
+
+# --- throttling -------------------------------------------------------------------------------------
+
+
+def test_every_call_throttled_reaches_a_client_without_retries_as_aws_throttling(local_cloud):
+    ec2, ssm = client(local_cloud, "ec2", NO_RETRIES), client(local_cloud, "ssm", NO_RETRIES)
+    try:
+        local_cloud.configure(throttle_rate=1.0, throttle_seed=1)
+        with pytest.raises(ClientError) as ec2_error:
+            ec2.describe_vpcs()
+        with pytest.raises(ClientError) as ssm_error:
+            ssm.get_parameter(Name=AL2023)
+        # Moto's own pages are never throttled.
+        assert raw(local_cloud, "GET", "/moto-api/")[0] == 200
+    finally:
+        local_cloud.configure(throttle_rate=0)
+
+    assert ec2_error.value.response["Error"] == {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}
+    assert ec2_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert ssm_error.value.response["Error"]["Code"] == "ThrottlingException"
+    assert ssm_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert ssm_error.value.response["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"] == "ThrottlingException"
+    stats = local_cloud.stats()
+    assert stats["calls"] == stats["throttled"] == {"ec2:DescribeVpcs": 1, "ssm:GetParameter": 1}
+    ec2.describe_vpcs()  # and off again
+
+
+def test_standard_retries_recover_from_throttling(local_cloud):
+    ec2 = client(local_cloud, "ec2", STANDARD_RETRIES)
+    try:
+        local_cloud.configure(throttle_rate=0.3, throttle_seed=1)
+        answers = [ec2.describe_vpcs() for _ in range(30)]
+    finally:
+        local_cloud.configure(throttle_rate=0)
+    assert all(answer["Vpcs"] for answer in answers)
+    stats = local_cloud.stats()
+    throttled, calls = stats["throttled"].get("ec2:DescribeVpcs", 0), stats["calls"]["ec2:DescribeVpcs"]
+    print(f"\n30 DescribeVpcs at throttle rate 0.3: {calls} calls, {throttled} throttled")
+    assert throttled > 0
+    assert calls == 30 + throttled  # every throttled attempt retried, every call answered once
+
+
+def test_the_same_seed_throttles_the_same_calls(local_cloud):
+    def pattern() -> list[bool]:
+        local_cloud.configure(throttle_rate=0.5, throttle_seed=42)
+        results = []
+        for _ in range(12):
+            try:
+                ec2.describe_vpcs()
+                results.append(False)
+            except ClientError as exc:
+                assert exc.response["Error"]["Code"] == "RequestLimitExceeded"
+                results.append(True)
+        return results
+
+    ec2 = client(local_cloud, "ec2", NO_RETRIES)
+    try:
+        first, second = pattern(), pattern()
+    finally:
+        local_cloud.configure(throttle_rate=0)
+    assert first == second
+    assert any(first) and not all(first)
+
+
+# --- the network ------------------------------------------------------------------------------------
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp* write them) of the sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].rsplit(":", 1)
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_everything_listens_on_127_0_0_1_only(local_cloud):
+    state = local_cloud.state()
+    assert state.host == "127.0.0.1"
+    assert local_cloud.endpoint == f"http://127.0.0.1:{state.ec2_port}"
+    assert local_cloud.moto_endpoint == f"http://127.0.0.1:{state.moto_port}"
+    assert len({state.ec2_port, state.moto_port, state.ssh_port}) == 3
+    for port in (state.ec2_port, state.moto_port, state.ssh_port):
+        assert listening_addresses(port) == {"0100007F"}, port  # 127.0.0.1, little-endian hex; no IPv6 socket
+    assert local_cloud.running()
+
+
+def test_sshd_trusts_only_registered_build_keys_and_asks_moto_directly(local_cloud, tmp_path):
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    state = local_cloud.state()
+
+    def ssh() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ssh", "-i", str(key), "-p", str(state.ssh_port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+             f"{state.user}@127.0.0.1", "echo", "in"], capture_output=True, text=True, timeout=60)
+
+    refused = ssh()
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+    ec2 = client(local_cloud, "ec2")
+    name = f"front-test-{uuid.uuid4().hex[:8]}"
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=key.with_suffix(".pub").read_bytes(), TagSpecifications=[
+        {"ResourceType": "key-pair", "Tags": [{"Key": BUILD_TAG, "Value": name}]}])
+    try:
+        local_cloud.configure(throttle_rate=1.0)  # the key lookup does not go through the front
+        accepted = ssh()
+    finally:
+        local_cloud.configure(throttle_rate=0)
+        ec2.delete_key_pair(KeyName=name)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.strip() == "in"
+    assert "ec2:DescribeKeyPairs" not in local_cloud.stats()["calls"]
