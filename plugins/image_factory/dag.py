@@ -58,7 +58,7 @@ def classified(function):
             with permanent_aws_errors():
                 result = function(*args, **kwargs)
         except waiting.WaitDeferred as wait:
-            # Hand the wait to the triggerer; the task then resumes by running again (see waiting.py).
+            # Hand the wait to the triggerer (defer() raises); the task resumes by running again (waiting.py).
             get_current_context()["task"].defer(
                 trigger=Ec2StateTrigger(wait.aws_conn_id, wait.region, wait.waiter_name, wait.waiter_args,
                                         wait.timeout, wait.delay),
