@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from image_factory.dag import build_dag
+from image_factory.settings import load as load_settings
 from image_factory.settings import specs_folder
 from image_factory.spec import load_specs
 
@@ -14,5 +15,6 @@ specs, errors = load_specs(specs_folder(Path(__file__).resolve().parents[1] / "i
 for error in errors:
     # A bad spec costs only its own DAG; every other spec still loads.
     logging.getLogger("image_factory").error("spec not loaded: %s", error)
+deployment = load_settings()  # once per file, not once per DAG
 for loaded in specs:
-    globals()[loaded.name] = build_dag(loaded)
+    globals()[loaded.name] = build_dag(loaded, deployment)

@@ -175,10 +175,11 @@ def _doc(loaded: LoadedSpec) -> str:
     ])
 
 
-def build_dag(loaded: LoadedSpec) -> DAG:
+def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -> DAG:
+    """The spec's DAG; ``deployment`` (retries, pool) is read from Airflow's config when not given."""
     spec = loaded.image
     runtime = BuildRuntime(loaded)
-    deployment = settings.load()  # config values only: no network, no Variable
+    deployment = deployment or settings.load()  # config values only: no network, no Variable
     schedule = spec.schedule
     if spec.rebuild_on_origin_change:
         schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"),

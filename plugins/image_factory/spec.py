@@ -31,6 +31,9 @@ from pydantic import (
 from image_factory.errors import PermanentError
 from image_factory.parameters import PARAMETER_PATTERN, parameter_names
 
+#: libyaml's safe loader when PyYAML was built with it: ten times faster than the pure-Python one.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 #: The seed's sizes, mapped to instance types. A literal instance type (``m6i.large``) is accepted as well.
 INSTANCE_SIZES = {"small": "t3.small", "medium": "t3.medium", "large": "t3.large"}
 
@@ -385,7 +388,7 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
 def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     """Validate one spec's YAML text; raise :class:`SpecError` naming ``path`` and the fields."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
