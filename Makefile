@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint local-cloud-up local-cloud-down airflow-ui test-browser
+.PHONY: setup demo test lint local-cloud-up local-cloud-down bench airflow-ui test-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -32,3 +32,9 @@ airflow-ui: setup
 # Only the browser test (headless Chromium through the Airflow UI); screenshots in test-artifacts/browser/.
 test-browser: setup
 	$(BIN)/pytest -s tests/test_browser.py
+
+# Benchmarks (bench/README.md): figures and ratios against peers measured in the same run, not tests.
+# -c requirements.txt: the benchmark packages never move a pinned package.
+bench: setup
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.txt -r requirements-bench.txt
+	PYTHONPATH=plugins:. $(BIN)/python -m bench.run all

@@ -109,12 +109,16 @@ class LocalCloud:
         """Zero the counters (the throttling settings stay)."""
         return self._control("POST", "reset")
 
-    def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None) -> dict:
+    def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None,
+                  latency: dict[str, float] | None = None) -> dict:
         """Answer a share of EC2 and SSM calls with AWS's throttling error (0 turns it off); returns the settings.
 
         The choice is made by ``random.Random(throttle_seed)``, seeded afresh by every call of this method.
+        ``latency`` emulates state-change times in seconds (0: instant, the default), any of
+        ``{"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}``;
+        see localcloud/proxy.py.
         """
-        settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed}
+        settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed, "latency": latency}
         return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
 
     def _control(self, method: str, name: str, document: dict | None = None) -> dict:
@@ -295,3 +299,23 @@ def _terminate(pid: int, marker: str, timeout: float = 10) -> None:
         time.sleep(0.1)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
+
+
+#: ``--latency`` names: ``boot=20,stop=5,image=30,terminate=5`` (the settings' own names are accepted too).
+LATENCY_NAMES = {"boot": "instance_running", "stop": "instance_stopped", "image": "image_available",
+                 "terminate": "instance_terminated"}
+
+
+def parse_latency(text: str) -> dict[str, float]:
+    """``boot=20,stop=5,image=30,terminate=5`` as the front's latency settings."""
+    latency = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        key = LATENCY_NAMES.get(name.strip(), name.strip())
+        if not sep or key not in LATENCY_NAMES.values():
+            raise LocalCloudError(f"bad latency {part!r}: use {','.join(f'{n}=SECONDS' for n in LATENCY_NAMES)}")
+        try:
+            latency[key] = float(value)
+        except ValueError:
+            raise LocalCloudError(f"bad latency {part!r}: {value!r} is not a number of seconds") from None
+    return latency

@@ -12,6 +12,15 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   and SSM API calls with the throttling error AWS itself answers with (0 turns it off). The decisions come
   from ``random.Random(throttle_seed)``, re-seeded on every config call, so a run is reproducible.
   ``GET /_localcloud/config`` shows the current settings.
+* ``POST /_localcloud/config`` with ``{"latency": {"instance_running": 20, "instance_stopped": 5,
+  "image_available": 30, "instance_terminated": 5}}`` (seconds; 0, the default, is instant): emulate the time
+  AWS takes to change states, which moto does at once. The front remembers when it answered RunInstances (or
+  StartInstances), StopInstances, TerminateInstances and CreateImage, and until that many seconds have passed
+  it rewrites DescribeInstances, DescribeInstanceStatus and DescribeImages answers: the instance shows
+  ``pending`` instead of ``running``, ``stopping`` instead of ``stopped``, ``shutting-down`` instead of
+  ``terminated``, the image ``pending`` instead of ``available``. As on AWS, stopping a stopped instance (or
+  terminating a terminated one, starting a running one) starts no new change. Keys left out keep their setting; the
+  config shows ``latency`` once one is set.
 
 Calls are named ``service:Action``: the service is the signing name in the SigV4 credential scope
 (``Credential=AKID/20240101/eu-west-1/ec2/aws4_request``); the action is the query protocol's ``Action``
@@ -28,7 +37,9 @@ import random
 import re
 import sys
 import threading
+import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_plus, urlsplit
@@ -45,6 +56,18 @@ CLIENT_IDLE_TIMEOUT = 300  # seconds an idle client connection (and its thread) 
 UPSTREAM_TIMEOUT = 300  # seconds one forwarded request may take
 CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
 QUERY_ACTION = re.compile(rb"(?:^|&)Action=([^&]*)")
+#: latency setting -> (the EC2 actions that start the change, the state moto shows at once, the state shown
+#: until the setting's seconds have passed). Instance states carry AWS's codes.
+LATENCIES = {
+    "instance_running": (("RunInstances", "StartInstances"), ("running", 16), ("pending", 0)),
+    "instance_stopped": (("StopInstances",), ("stopped", 80), ("stopping", 64)),
+    "instance_terminated": (("TerminateInstances",), ("terminated", 48), ("shutting-down", 32)),
+    "image_available": (("CreateImage",), ("available", None), ("pending", None)),
+}
+LATENCY_STARTS = {action: kind for kind, (actions, _, _) in LATENCIES.items() for action in actions}
+LATENCY_DESCRIBES = frozenset({"DescribeInstances", "DescribeInstanceStatus", "DescribeImages"})
+RESOURCE_ID = re.compile(rb"<(instanceId|imageId)>((?:i|ami)-[0-9a-zA-Z]+)</\1>")
+MAX_REMEMBERED = 100_000  # state changes remembered at most; the oldest are forgotten first
 
 
 def call_name(method: str, target: str, headers, body: bytes) -> str | None:
@@ -101,6 +124,8 @@ class Stats:
         self.throttle_rate = 0.0
         self.throttle_seed = 0
         self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
+        self.latency = dict.fromkeys(LATENCIES, 0.0)
+        self.changes: dict[str, tuple[str, float]] = {}  # resource id -> (latency kind, time.monotonic() answered)
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -119,10 +144,20 @@ class Stats:
             self.throttled.clear()
 
     def configure(self, settings: dict) -> None:
-        unknown = set(settings) - {"throttle_rate", "throttle_seed"}
+        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency"}
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
+        latency = dict(self.latency)
+        given = settings.get("latency", {})
+        if not isinstance(given, dict) or set(given) - set(LATENCIES):
+            raise ValueError(f"latency must be an object with some of {sorted(LATENCIES)}, not {given!r}")
+        for kind, seconds in given.items():
+            seconds = float(seconds)
+            if not 0 <= seconds <= 86400:
+                raise ValueError(f"latency {kind} must be between 0 and 86400 seconds, not {seconds}")
+            latency[kind] = seconds
         with self.lock:
+            self.latency = latency
             rate = float(settings.get("throttle_rate", self.throttle_rate))
             if not 0 <= rate <= 1:
                 raise ValueError(f"throttle_rate must be between 0 and 1, not {rate}")
@@ -131,12 +166,83 @@ class Stats:
             self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
 
     def config(self) -> dict:
-        return {"throttle_rate": self.throttle_rate, "throttle_seed": self.throttle_seed}
+        config = {"throttle_rate": self.throttle_rate, "throttle_seed": self.throttle_seed}
+        if any(self.latency.values()):  # shown once set, so that the throttling-only view stays as it was
+            config["latency"] = dict(self.latency)
+        return config
+
+    # --- emulated state-change times ---------------------------------------------------------------
+
+    def remember_change(self, action: str, response: bytes) -> None:
+        """Note when the state change that ``action`` starts was answered, for each id it names."""
+        kind = LATENCY_STARTS[action]
+        tag = b"imageId" if kind.startswith("image") else b"instanceId"
+        ids = {m.group(2).decode() for m in RESOURCE_ID.finditer(response) if m.group(1) == tag}
+        ids -= _unchanged(response, LATENCIES[kind][1][0])
+        now = time.monotonic()
+        with self.lock:
+            for resource_id in ids:
+                self.changes.pop(resource_id, None)  # re-inserted last: the dict stays in answer order
+                self.changes[resource_id] = (kind, now)
+            while len(self.changes) > MAX_REMEMBERED:
+                del self.changes[next(iter(self.changes))]
+
+    def delayed(self, body: bytes) -> bytes:
+        """A describe answer with the states whose emulated change time has not yet passed put back."""
+        now = time.monotonic()
+        with self.lock:
+            pending = {resource_id: kind for resource_id, (kind, at) in self.changes.items()
+                       if now - at < self.latency[kind]}
+        if not pending or not any(resource_id.encode() in body for resource_id in pending):
+            return body
+        try:
+            root = ET.fromstring(body)  # noqa: S314 moto's own answer, on loopback
+        except ET.ParseError:
+            return body
+        namespace = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        changed = False
+        for item in root.iter():
+            for id_tag, state_tag in (("instanceId", "instanceState"), ("imageId", "imageState")):
+                resource_id = item.findtext(namespace + id_tag)
+                state = item.find(namespace + state_tag)
+                if resource_id not in pending or state is None:
+                    continue
+                _, (final, _), (shown, code) = LATENCIES[pending[resource_id]]
+                if code is None:  # an image: <imageState>available</imageState>
+                    if (state.text or "").strip() == final:
+                        state.text, changed = shown, True
+                elif (state.findtext(namespace + "name") or "").strip() == final:
+                    state.find(namespace + "name").text = shown
+                    if state.find(namespace + "code") is not None:
+                        state.find(namespace + "code").text = str(code)
+                    changed = True
+        if not changed:
+            return body
+        if namespace:
+            ET.register_namespace("", namespace[1:-1])
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def snapshot(self) -> dict:
         with self.lock:
             return {"calls": dict(sorted(self.calls.items())), "throttled": dict(sorted(self.throttled.items())),
                     "config": self.config()}
+
+
+def _unchanged(response: bytes, final: str) -> set[str]:
+    """The instances of a Stop/Start/TerminateInstances answer that were already in ``final`` state.
+
+    As on AWS, stopping a stopped instance (a step that resumes and stops again) starts no new change, so
+    its emulated time is not started over.
+    """
+    if b"<previousState>" not in response:
+        return set()
+    try:
+        root = ET.fromstring(response)  # noqa: S314 moto's own answer, on loopback
+    except ET.ParseError:
+        return set()
+    namespace = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    return {item.findtext(namespace + "instanceId") for item in root.iter()
+            if item.findtext(f"{namespace}previousState/{namespace}name") == final}
 
 
 class FrontHandler(BaseHTTPRequestHandler):
@@ -181,7 +287,7 @@ class FrontHandler(BaseHTTPRequestHandler):
         if name is not None and self.server.stats.record(name):
             self.reply(*throttling_error(name.partition(":")[0]))
             return
-        self.forward(body)
+        self.forward(body, name)
 
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -219,9 +325,10 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     # --- forwarding -------------------------------------------------------------------------------
 
-    def forward(self, body: bytes) -> None:
-        # Only a reused keep-alive connection that the upstream closed while idle is worth a second try: the
-        # request never reached moto then, so sending it again cannot do anything twice.
+    def forward(self, body: bytes, name: str | None = None) -> None:
+        # As HTTP clients do, a reused keep-alive connection that fails before any answer (closed by the upstream
+        # while idle) gets one more try on a fresh one. With moto it never comes to that: werkzeug's server sends
+        # "Connection: close" on every response, so each forwarded request has a fresh connection.
         for attempt in range(2):
             reused = self.upstream is not None and self.upstream_used
             try:
@@ -240,6 +347,12 @@ class FrontHandler(BaseHTTPRequestHandler):
         self.upstream_used = True
         if response.will_close:
             self.drop_upstream()
+        service, _, action = (name or "").partition(":")
+        if service == "ec2" and response.status == 200:
+            if action in LATENCY_STARTS:
+                self.server.stats.remember_change(action, response.body)
+            elif action in LATENCY_DESCRIBES:
+                response.body = self.server.stats.delayed(response.body)
         self.relay(response)
 
     def send_upstream(self, body: bytes) -> http.client.HTTPResponse:

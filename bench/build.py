@@ -1,0 +1,285 @@
+"""Build latency: one image build end to end on the local cloud with AWS-like state-change times, Image Factory
+under a real Airflow scheduler vs HashiCorp Packer (amazon-ebs) measured in the same run.
+
+``python -m bench.run build-latency`` (or ``python -m bench.build``, which writes bench/results-build-<date>.md),
+from the project root with ``PYTHONPATH=plugins:.``.
+
+The local cloud (a fresh one, in a temporary directory) emulates boot 20 s, stop 5 s, image 30 s and
+terminate 5 s (localcloud/proxy.py), so a build cannot take less than 20 + 5 + 30 = 55 s to its image.
+Both sides poll every 2 s (Image Factory: ``[image_factory] poll_interval``; Packer: ``AWS_POLL_DELAY_SECONDS``).
+The API calls are counted by the local cloud's front, reset before each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+
+from bench import Result, Row
+from localcloud.cloud import LocalCloud, free_port
+
+PROJECT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+DAG_ID = "shopspinner-linux-image"
+REGION = "eu-west-1"
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+LATENCY = {"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}
+MINIMUM = LATENCY["instance_running"] + LATENCY["instance_stopped"] + LATENCY["image_available"]
+POLL = 2
+BUILD_TIMEOUT = 900  # seconds one side may take at most
+BUILD_TAG = "image-factory:build-id"
+
+
+def _client(cloud: LocalCloud, service: str, direct: bool = False):
+    """A client of the local cloud; ``direct`` goes to moto itself, so the bench's own reads are not counted."""
+    return boto3.client(service, endpoint_url=cloud.moto_endpoint if direct else cloud.endpoint, region_name=REGION,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
+
+
+def _calls(cloud: LocalCloud) -> dict[str, int]:
+    return {name: count for name, count in cloud.stats()["calls"].items()}
+
+
+# --- Image Factory under a real scheduler ----------------------------------------------------------------------
+
+
+def image_factory(cloud: LocalCloud, work: Path) -> dict:
+    from image_factory.build import TAG_COMPLETE, build_id_for
+    from localcloud.airflow_stack import AirflowStack
+
+    # A copy of the spec without its nightly schedule: unpausing it then starts no catch-up run.
+    specs = work / "specs"
+    specs.mkdir()
+    spec = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text()
+    (specs / f"{DAG_ID}.yaml").write_text("".join(line for line in spec.splitlines(keepends=True)
+                                                  if not line.strip().startswith("schedule:")))
+
+    class Stack(AirflowStack):
+        def env(self) -> dict[str, str]:
+            return {**super().env(), "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
+                    "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(specs),
+                    "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(PROJECT / "include/roles")}
+
+    stack = Stack(work / "airflow", cloud, port=free_port())
+    ec2 = _client(cloud, "ec2", direct=True)
+    with stack:
+        stack.wait_until_healthy()
+        stack.wait_for_dag(DAG_ID, timeout=300)
+        cloud.reset_stats()
+        started = time.monotonic()
+        run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
+        stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        build_id = build_id_for(DAG_ID, run["dag_run_id"])
+        to_image = None
+        state = run.get("state")
+        for _ in range(BUILD_TIMEOUT):
+            if to_image is None:
+                images = ec2.describe_images(Owners=["self"], Filters=[
+                    {"Name": f"tag:{BUILD_TAG}", "Values": [build_id]},
+                    {"Name": f"tag:{TAG_COMPLETE}", "Values": ["true"]}])["Images"]
+                if images:
+                    to_image = time.monotonic() - started
+            state = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")["state"]
+            if state in ("success", "failed") or time.monotonic() - started > BUILD_TIMEOUT:
+                break
+            time.sleep(1)
+        to_end = time.monotonic() - started
+        calls = _calls(cloud)
+        tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+    steps = {t["task_id"]: (t["state"], t.get("duration")) for t in tasks}
+    # Seconds the run spent between its tasks up to the image (scheduling, task process start-up).
+    spans = sorted((datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"]))
+                   for t in tasks if t.get("start_date") and t.get("end_date") and t["task_id"] != "tear_down")
+    in_tasks = sum((end - start).total_seconds() for start, end in spans)
+    if state != "success" or to_image is None:
+        raise RuntimeError(f"the Image Factory build did not succeed: run {state}, tasks {steps}; "
+                           f"logs in {stack.home}")
+    return {"to_image": to_image, "to_end": to_end, "calls": calls, "steps": steps, "in_tasks": in_tasks}
+
+
+# --- Packer -----------------------------------------------------------------------------------------------
+
+
+def packer(cloud: LocalCloud, work: Path) -> dict:
+    binary = shutil.which("packer")
+    if binary is None:
+        return {"error": "packer is not installed (apt-get install -y packer)"}
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    ec2, ssm = _client(cloud, "ec2"), _client(cloud, "ssm")
+    source_ami = ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
+    # Packer 1.6.6 cannot tag its temporary key pair, and the local sshd trusts only key pairs tagged
+    # image-factory:build-id: Packer gets a key pair imported here, with that tag.
+    key = work / "packer-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
+    key_name = f"packer-bench-{int(time.time())}"
+    ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=(work / "packer-key.pub").read_bytes(),
+                        TagSpecifications=[{"ResourceType": "key-pair",
+                                            "Tags": [{"Key": BUILD_TAG, "Value": key_name}]}])
+    role_dir = work / "packer-role"  # the "instance" is this machine: the role writes only in here
+    role_dir.mkdir()
+    template = {
+        "builders": [{
+            "type": "amazon-ebs",
+            "access_key": "testing", "secret_key": "testing", "region": REGION,
+            "custom_endpoint_ec2": cloud.endpoint, "skip_region_validation": True,
+            "skip_metadata_api_check": True,
+            "source_ami": source_ami, "instance_type": "t3.small", "ami_name": key_name,
+            "ssh_keypair_name": key_name, "ssh_private_key_file": str(key),
+            "ssh_host": "127.0.0.1", "ssh_port": cloud.state().ssh_port, "ssh_username": getpass.getuser(),
+            "ssh_timeout": "2m",
+            "tags": {"Name": key_name, "team": "shopspinner"},
+        }],
+        "provisioners": [{
+            "type": "shell",
+            "scripts": [str(p) for p in sorted((PROJECT / "include/roles/appserver").glob("*.sh"))],
+            "environment_vars": ["IMAGE_FACTORY_SERVER_ROLE=appserver", f"IMAGE_FACTORY_IMAGE_NAME={DAG_ID}",
+                                 f"IMAGE_FACTORY_BUILD_ID={key_name}"],
+            "execute_command": f"cd {role_dir} && chmod +x {{{{ .Path }}}} && {{{{ .Vars }}}} {{{{ .Path }}}}",
+        }],
+    }
+    (work / "packer.json").write_text(json.dumps(template, indent=2))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_POLL_DELAY_SECONDS": str(POLL),
+           "AWS_MAX_ATTEMPTS": "300", "PACKER_CACHE_DIR": str(work / "packer-cache"), "CHECKPOINT_DISABLE": "1",
+           "PACKER_LOG": "1", "PACKER_LOG_PATH": str(work / "packer.log")}
+    cloud.reset_stats()
+    started, started_wall = time.monotonic(), time.time()
+    try:
+        result = subprocess.run([binary, "build", "-machine-readable", str(work / "packer.json")], env=env,
+                                cwd=work, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"packer build did not end within {BUILD_TIMEOUT} s", "version": version}
+    to_end = time.monotonic() - started
+    calls = _calls(cloud)
+    (work / "packer.out").write_text(result.stdout + result.stderr)
+    to_image = _packer_image_time(result.stdout, started_wall)
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [key_name]}])["Images"]
+    if result.returncode != 0 or not images:
+        tail = "\n".join(line for line in result.stdout.splitlines() if ",error," in line or "ui,error" in line)
+        return {"error": f"packer build exited {result.returncode}: {tail[-800:] or result.stdout[-800:]}",
+                "version": version, "calls": calls}
+    return {"to_image": to_image, "to_end": to_end, "calls": calls, "version": version}
+
+
+def _packer_image_time(machine_readable: str, started_wall: float) -> float | None:
+    """Seconds from the start to Packer's first line after its wait for the AMI (machine-readable time stamps,
+    whole seconds): "Adding tags to AMI", or the next step when there are no tags."""
+    waiting = False
+    for line in machine_readable.splitlines():
+        stamp = line.split(",", 1)[0]
+        if not stamp.isdigit():
+            continue
+        if "Waiting for AMI to become ready" in line:
+            waiting = True
+        elif waiting and ",ui,say," in line:
+            return max(0.0, int(stamp) - started_wall)
+    return None
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _ratio(peer: float | None, ours: float | None) -> str:
+    return "-" if not peer or not ours else f"{peer / ours:.2f}"
+
+
+def measure() -> tuple[dict, dict]:
+    work = Path(tempfile.mkdtemp(prefix="bench-build-"))
+    cloud = LocalCloud(work / "local-cloud")
+    cloud.up()
+    try:
+        cloud.configure(latency=LATENCY)
+        print(f"local cloud {cloud.endpoint}, latency {LATENCY}; work in {work}", flush=True)
+        print("Image Factory: one shopspinner-linux-image build under the scheduler ...", flush=True)
+        ours = image_factory(cloud, work)
+        print(f"  {ours}", flush=True)
+        print("Packer: the same build (amazon-ebs) ...", flush=True)
+        try:
+            peer = packer(cloud, work)
+        except Exception as exc:  # a failing peer is a result
+            peer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(f"  {peer}", flush=True)
+    finally:
+        cloud.down()
+    return ours, peer
+
+
+def result(ours: dict, peer: dict) -> Result:
+    name = "build-latency"
+    note_peer = peer.get("error", "")
+    rows = [
+        Row(name, "time to image available", _s(ours["to_image"]), _s(peer.get("to_image")),
+            _ratio(peer.get("to_image"), ours["to_image"]),
+            f"emulated minimum {MINIMUM} s; ours/minimum {ours['to_image'] / MINIMUM:.2f}"
+            + (f", Packer/minimum {peer['to_image'] / MINIMUM:.2f}" if peer.get("to_image") else "")),
+        Row(name, "time to teardown done", _s(ours["to_end"]), _s(peer.get("to_end")),
+            _ratio(peer.get("to_end"), ours["to_end"]), "trigger to run success / packer build exit"),
+        Row(name, "EC2+SSM API calls", str(sum(ours["calls"].values())),
+            str(sum(peer["calls"].values())) if peer.get("calls") else "-",
+            _ratio(sum(peer.get("calls", {}).values()), sum(ours["calls"].values())), note_peer[:200]),
+    ]
+    actions = sorted(set(ours["calls"]) | set(peer.get("calls", {})))
+    lines = ["| API call | Image Factory | Packer |", "|---|---:|---:|"]
+    lines += [f"| {a} | {ours['calls'].get(a, 0)} | {peer.get('calls', {}).get(a, 0) if 'calls' in peer else '-'} |"
+              for a in actions]
+    steps = ", ".join(f"{task} {d:.1f} s" for task, (_, d) in ours["steps"].items() if d is not None)
+    details = [
+        f"**build-latency.** One `{DAG_ID}` build on a fresh local cloud emulating AWS state-change times "
+        f"(boot {LATENCY['instance_running']} s, stop {LATENCY['instance_stopped']} s, image "
+        f"{LATENCY['image_available']} s, terminate {LATENCY['instance_terminated']} s: {MINIMUM} s to an image at "
+        f"the least), both sides polling every {POLL} s. Image Factory: AirflowStack (scheduler, dag-processor, "
+        "triggerer, api-server, LocalExecutor on SQLite), the run created by the REST API, the time to the image "
+        "read from the emulator (the image tagged image-factory:complete=true), the end when the run is "
+        "success. Packer: `packer build` of an amazon-ebs template with `custom_endpoint_ec2` = the local "
+        "cloud and a key pair imported beforehand with the image-factory:build-id tag (Packer 1.6.6 cannot tag "
+        "its temporary key pair, and the local sshd trusts only tagged key pairs); time to image = its first "
+        f"line after 'Waiting for AMI to become ready' (whole seconds). Packer: {peer.get('version', '?')}.",
+        f"Image Factory step durations (the last try's, as the REST API shows them): {steps}. Up to the image, "
+        f"{ours['in_tasks']:.1f} s of the {ours['to_image']:.1f} s were spent inside tasks (deferred waits included) "
+        "and the rest before the first and between tasks (scheduling, task process start-up).",
+        "Not alike on both sides: Image Factory makes and deletes its own VPC, subnet, security group and key pair "
+        "and resolves the origin AMI from SSM, all counted; Packer was given the AMI id (resolved by the "
+        "benchmark before counting) and the key pair (imported before counting), makes only a temporary "
+        "security group and uses the default VPC. Image Factory runs each step as an Airflow task (a process "
+        "each, under the scheduler), Packer is one process. The machine was loaded by other work "
+        "(see the load averages), which weighs on Airflow's many processes more than on Packer's one.",
+        "API calls by action (counted by the local cloud's front, reset before each side):\n\n" + "\n".join(lines),
+    ]
+    if note_peer:
+        details.append(f"Packer did not give a figure: {note_peer}")
+    return Result(rows, details)
+
+
+def run(args: argparse.Namespace) -> Result:  # the bench.run signature
+    return result(*measure())
+
+
+def main() -> int:
+    from bench.run import machine, report
+
+    info = machine()
+    started = time.perf_counter()
+    outcome = run(argparse.Namespace())
+    text = report(info, outcome.rows, outcome.details, time.perf_counter() - started)
+    out = HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md"
+    out.write_text(text)
+    print("\n" + text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run the benchmarks and write the table: ``python -m bench.run [parse|all|NAME ...]`` (from the project root,
+with ``PYTHONPATH=plugins:.``; ``make bench`` does it). The table is printed and written to
+bench/results-<YYYY-MM-DD>.md, with the date, the machine and the versions measured.
+
+A benchmark is a function ``(args) -> Result`` in :data:`BENCHMARKS`. Each one measures Image Factory and a
+peer in the same run and reports figures and ratios (peer / ours); none of them is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench import Result, Row
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    #: None: announced, not written yet (shows as a pending row).
+    run: Callable[[argparse.Namespace], Result] | None
+
+
+def _build_latency(args: argparse.Namespace) -> Result:
+    from bench import build
+
+    return build.run(args)
+
+
+def _parse(args: argparse.Namespace) -> Result:
+    from bench import parse
+
+    return parse.run(n=args.n, repeat=args.repeat, profile=args.profile)
+
+
+# Hooks for the benchmarks still to come: set `run` to a function (args) -> Result and add its options in main().
+# - build-latency: one image build end to end on the local cloud, per step, vs a peer measured in the same run.
+# - concurrency: N builds at once (pool, scheduler, cloud API calls), vs a peer measured in the same run.
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b for b in (
+        Benchmark("parse", "DagBag load of N specs vs dag-factory on N equivalent YAML DAGs", _parse),
+        Benchmark("build-latency", "one build on the local cloud with AWS-like state-change times vs Packer",
+                  _build_latency),
+        Benchmark("concurrency", "concurrent builds (to be added)", None),
+    )
+}
+
+
+def machine() -> dict[str, str]:
+    """The date (``date -u``), CPUs, CPU model, memory, load, and the versions that matter."""
+    try:
+        date = subprocess.run(["date", "-u"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    cpu_model = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                          if line.startswith("model name")), cpu_model)
+    memory = "unknown"
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total_kib = next((int(line.split()[1]) for line in meminfo.read_text().splitlines()
+                          if line.startswith("MemTotal:")), 0)
+        memory = f"{total_kib / 1024 / 1024:.1f} GiB"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "date": date,
+        "cpus": f"{cpus} (nproc)",
+        "cpu model": cpu_model,
+        "memory": memory,
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "apache-airflow": version("apache-airflow"),
+        "dag-factory": version("dag-factory"),
+    }
+
+
+def table(rows: list[Row]) -> str:
+    header = ["benchmark", "measure", "Image Factory", "peer", "ratio (peer / ours)", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join([r.benchmark, r.measure, r.ours, r.peer, r.ratio, r.note]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(info: dict[str, str], rows: list[Row], details: list[str], seconds: float) -> str:
+    lines = [f"# Benchmarks, {datetime.now(UTC):%Y-%m-%d}", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += [f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+              f"- benchmark run time: {seconds:.0f} s", "", table(rows), ""]
+    for paragraph in details:
+        lines += [paragraph, ""]
+    lines.append("Made by `make bench` (`python -m bench.run all`); see bench/README.md.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=["all"], help=f"all, or some of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--n", type=int, default=1000, help="parse: specs (and dag-factory DAGs) to generate")
+    parser.add_argument("--repeat", type=int, default=3, help="parse: runs of each side (median reported)")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                        help="parse: profile Image Factory's side (default: only when it misses the 4x goal)")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results-<date>.md)")
+    args = parser.parse_args(argv)
+    names = list(BENCHMARKS) if "all" in args.names else args.names
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from all, {', '.join(BENCHMARKS)}")
+
+    info = machine()
+    print("\n".join(f"{key}: {value}" for key, value in info.items()), flush=True)
+    started = time.perf_counter()
+    rows: list[Row] = []
+    details: list[str] = []
+    for name in names:
+        benchmark = BENCHMARKS[name]
+        if benchmark.run is None:
+            rows.append(Row(name, benchmark.title, "-", "-", "-", "not written yet"))
+            continue
+        print(f"\n{name}: {benchmark.title}", flush=True)
+        result = benchmark.run(args)
+        rows += result.rows
+        details += result.details
+    text = report(info, rows, details, time.perf_counter() - started)
+    out = args.out or HERE / f"results-{datetime.now(UTC):%Y-%m-%d}.md"
+    out.write_text(text)
+    print("\n" + text)
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
