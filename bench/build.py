@@ -268,16 +268,13 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
 
 
 def main() -> int:
-    from bench.run import machine, report
+    from bench.run import machine, publish, report
 
     info = machine()
     started = time.perf_counter()
     outcome = run(argparse.Namespace())
-    text = report(info, outcome.rows, outcome.details, time.perf_counter() - started)
-    out = HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md"
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out}")
+    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
+            HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
 

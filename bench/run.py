@@ -142,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         result = benchmark.run(args)
         rows += result.rows
         details += result.details
-    text = report(info, rows, details, time.perf_counter() - started)
-    out = args.out or HERE / f"results-{datetime.now(UTC):%Y-%m-%d}.md"
+    publish(report(info, rows, details, time.perf_counter() - started),
+            args.out or HERE / f"results-{datetime.now(UTC):%Y-%m-%d}.md")
+    return 0
+
+
+def publish(text: str, out: Path) -> None:
+    """Print a results table and write it to ``out``."""
     out.write_text(text)
     print("\n" + text)
     print(f"written to {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ class LocalCloud:
 
     def _start_moto(self, port: int) -> subprocess.Popen:
         log = self.state_dir / "moto.log"
-        # moto binds 0.0.0.0 unless told otherwise: keep the emulator on loopback.
+        # moto listens on every address unless told otherwise: keep the emulator on loopback.
         process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for_port(port, process, log)
