@@ -59,10 +59,23 @@ class Component:
 class AirflowStack:
     """Start, check and stop the four Airflow components against a running local cloud."""
 
-    def __init__(self, home: Path = DEFAULT_HOME, cloud: LocalCloud | None = None, port: int = DEFAULT_PORT):
+    def __init__(self, home: Path = DEFAULT_HOME, cloud: LocalCloud | None = None, port: int = DEFAULT_PORT, *,
+                 database_url: str | None = None, database_async_url: str | None = None,
+                 parallelism: int = POOL_SLOTS, pool_slots: int | None = None,
+                 extra_env: dict[str, str] | None = None):
+        """``database_url`` (``sql_alchemy_conn``; default SQLite in ``home``) and ``database_async_url``
+        (``sql_alchemy_conn_async``; default: Airflow derives it), ``parallelism`` (the LocalExecutor's worker
+        processes), ``pool_slots`` of the ``image_factory`` pool (default: as many as ``parallelism``) and
+        ``extra_env`` (added last to every component's environment) are for benchmarks; the defaults are
+        what ``make airflow-ui`` and the tests use."""
         self.home = Path(home).resolve()
         self.cloud = cloud or LocalCloud()
         self.port = port
+        self.database_url = database_url
+        self.database_async_url = database_async_url
+        self.parallelism = parallelism
+        self.pool_slots = pool_slots if pool_slots is not None else parallelism
+        self.extra_env = dict(extra_env or {})
         self.state_file = self.home / "stack.json"
         self.components: list[Component] = []
         self._token: str | None = None
@@ -87,12 +100,13 @@ class AirflowStack:
 
     def env(self) -> dict[str, str]:
         """The environment of every Airflow process of this stack (the CLI commands included)."""
-        return {
+        env = {
             **airflow_env(self.cloud, self.home),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            # Eight task processes at most (LocalExecutor starts that many workers), as many as the pool has.
-            "AIRFLOW__CORE__PARALLELISM": str(POOL_SLOTS),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url or f"sqlite:///{self.home / 'airflow.db'}",
+            # Eight task processes at most by default (LocalExecutor starts that many workers), as many as the
+            # pool has.
+            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__FERNET_KEY": self._secret("fernet_key", _fernet_key),
             # The api-server issues the tokens that the scheduler's task processes present: one secret for all.
@@ -109,6 +123,9 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.task_logs),
         }
+        if self.database_async_url:
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = self.database_async_url
+        return {**env, **self.extra_env}
 
     # --- start / stop ---------------------------------------------------------------------------------
 
@@ -121,7 +138,7 @@ class AirflowStack:
                 raise AirflowStackError(f"something already listens on {LOOPBACK}:{self.port}: choose another port")
         env = self.env()
         self._cli(env, "db", "migrate")
-        self._cli(env, "pools", "set", POOL, str(POOL_SLOTS), POOL_DESCRIPTION)
+        self._cli(env, "pools", "set", POOL, str(self.pool_slots), POOL_DESCRIPTION)
         self._ensure_password()
         self.components = [
             Component("api-server", [AIRFLOW, "api-server", "--host", LOOPBACK, "--port", str(self.port)],
