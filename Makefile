@@ -34,7 +34,9 @@ test-browser: setup
 	$(BIN)/pytest -s tests/test_browser.py
 
 # Benchmarks (bench/README.md): figures and ratios against peers measured in the same run, not tests.
-# -c requirements.txt: the benchmark packages never move a pinned package.
+# -c requirements.txt: the benchmark packages never move a pinned package. The concurrency benchmark's database
+# is Debian's postgresql package, installed (apt-get) only when missing.
 bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.txt -r requirements-bench.txt
+	PYTHONPATH=plugins:. $(BIN)/python -m bench.postgres install
 	PYTHONPATH=plugins:. $(BIN)/python -m bench.run all

@@ -39,6 +39,12 @@ def _build_latency(args: argparse.Namespace) -> Result:
     return build.run(args)
 
 
+def _concurrency(args: argparse.Namespace) -> Result:
+    from bench import concurrency
+
+    return concurrency.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -53,7 +59,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("parse", "DagBag load of N specs vs dag-factory on N equivalent YAML DAGs", _parse),
         Benchmark("build-latency", "one build on the local cloud with AWS-like state-change times vs Packer",
                   _build_latency),
-        Benchmark("concurrency", "concurrent builds (to be added)", None),
+        Benchmark("concurrency", "N builds at once vs one alone, same stack (LocalExecutor on PostgreSQL), "
+                  "local cloud with AWS-like state-change times", _concurrency),
     )
 }
 
@@ -121,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="parse: runs of each side (median reported)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                         help="parse: profile Image Factory's side (default: only when it misses the 4x goal)")
+    parser.add_argument("--builds", type=int, default=50, help="concurrency: builds triggered at once")
+    parser.add_argument("--parallelism", type=int, default=32,
+                        help="concurrency: LocalExecutor worker processes (and image_factory pool slots)")
+    parser.add_argument("--concurrency-timeout", type=float, default=3600,
+                        help="concurrency: seconds the N builds may take at most")
+    parser.add_argument("--code", default=None, metavar="GIT_REF",
+                        help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results-<date>.md)")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if "all" in args.names else args.names
