@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -64,10 +65,16 @@ def image_factory(cloud: LocalCloud, work: Path) -> dict:
     (specs / f"{DAG_ID}.yaml").write_text("".join(line for line in spec.splitlines(keepends=True)
                                                   if not line.strip().startswith("schedule:")))
 
+    # The builder subnet goes into the region's default VPC, where Packer's instance goes: a deployment's
+    # builder VPC ([image_factory] builder_vpc_id), as in production, rather than a VPC per build.
+    default_vpc = _client(cloud, "ec2", direct=True).describe_vpcs(
+        Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+
     class Stack(AirflowStack):
         def env(self) -> dict[str, str]:
             return {**super().env(), "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
                     "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(specs),
+                    "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": default_vpc,
                     "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(PROJECT / "include/roles")}
 
     stack = Stack(work / "airflow", cloud, port=free_port())
@@ -76,25 +83,27 @@ def image_factory(cloud: LocalCloud, work: Path) -> dict:
         stack.wait_until_healthy()
         stack.wait_for_dag(DAG_ID, timeout=300)
         cloud.reset_stats()
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
         stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
         build_id = build_id_for(DAG_ID, run["dag_run_id"])
-        to_image = None
+        to_complete = None
         state = run.get("state")
         for _ in range(BUILD_TIMEOUT):
-            if to_image is None:
+            if to_complete is None:
                 images = ec2.describe_images(Owners=["self"], Filters=[
                     {"Name": f"tag:{BUILD_TAG}", "Values": [build_id]},
                     {"Name": f"tag:{TAG_COMPLETE}", "Values": ["true"]}])["Images"]
                 if images:
-                    to_image = time.monotonic() - started
+                    to_complete = time.monotonic() - started
+                    image_id = images[0]["ImageId"]
             state = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")["state"]
             if state in ("success", "failed") or time.monotonic() - started > BUILD_TIMEOUT:
                 break
             time.sleep(1)
         to_end = time.monotonic() - started
         calls = _calls(cloud)
+        to_image = _available_after(cloud, image_id, started_wall) if to_complete is not None else None
         tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
     steps = {t["task_id"]: (t["state"], t.get("duration")) for t in tasks}
     # Seconds the run spent between its tasks up to the image (scheduling, task process start-up).
@@ -104,16 +113,23 @@ def image_factory(cloud: LocalCloud, work: Path) -> dict:
     if state != "success" or to_image is None:
         raise RuntimeError(f"the Image Factory build did not succeed: run {state}, tasks {steps}; "
                            f"logs in {stack.home}")
-    return {"to_image": to_image, "to_end": to_end, "calls": calls, "steps": steps, "in_tasks": in_tasks}
+    return {"to_image": to_image, "to_complete": to_complete, "to_end": to_end, "calls": calls, "steps": steps,
+            "in_tasks": in_tasks}
+
+
+def _available_after(cloud: LocalCloud, image_id: str, started_wall: float) -> float:
+    """Seconds from the start to the moment the local cloud shows the image available (its CreateImage answer
+    plus the emulated image time): the same clock for both sides, whatever their polling."""
+    return cloud.stats()["changes"][image_id]["done"] - started_wall
 
 
 # --- Packer -----------------------------------------------------------------------------------------------
 
 
 def packer(cloud: LocalCloud, work: Path) -> dict:
-    binary = shutil.which("packer")
+    binary = shutil.which("packer") or _install_packer()
     if binary is None:
-        return {"error": "packer is not installed (apt-get install -y packer)"}
+        return {"error": "packer is not installed and could not be (apt-get install -y packer)"}
     version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60).stdout.strip()
     ec2, ssm = _client(cloud, "ec2"), _client(cloud, "ssm")
     source_ami = ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
@@ -161,13 +177,25 @@ def packer(cloud: LocalCloud, work: Path) -> dict:
     to_end = time.monotonic() - started
     calls = _calls(cloud)
     (work / "packer.out").write_text(result.stdout + result.stderr)
-    to_image = _packer_image_time(result.stdout, started_wall)
+    to_complete = _packer_image_time(result.stdout, started_wall)
     images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [key_name]}])["Images"]
     if result.returncode != 0 or not images:
         tail = "\n".join(line for line in result.stdout.splitlines() if ",error," in line or "ui,error" in line)
         return {"error": f"packer build exited {result.returncode}: {tail[-800:] or result.stdout[-800:]}",
                 "version": version, "calls": calls}
-    return {"to_image": to_image, "to_end": to_end, "calls": calls, "version": version}
+    return {"to_image": _available_after(cloud, images[0]["ImageId"], started_wall), "to_complete": to_complete,
+            "to_end": to_end, "calls": calls, "version": version}
+
+
+def _install_packer() -> str | None:
+    """Debian's packer, installed when missing (as root, or through sudo)."""
+    print("installing Debian's packer package (apt-get) ...", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "packer"]):
+        if subprocess.run(sudo + command, env=env, capture_output=True, timeout=900).returncode != 0:
+            return None
+    return shutil.which("packer")
 
 
 def _packer_image_time(machine_readable: str, started_wall: float) -> float | None:
@@ -225,6 +253,9 @@ def result(ours: dict, peer: dict) -> Result:
             _ratio(peer.get("to_image"), ours["to_image"]),
             f"emulated minimum {MINIMUM} s; ours/minimum {ours['to_image'] / MINIMUM:.2f}"
             + (f", Packer/minimum {peer['to_image'] / MINIMUM:.2f}" if peer.get("to_image") else "")),
+        Row(name, "time until the build knows", _s(ours["to_complete"]), _s(peer.get("to_complete")),
+            _ratio(peer.get("to_complete"), ours["to_complete"]),
+            "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
         Row(name, "time to teardown done", _s(ours["to_end"]), _s(peer.get("to_end")),
             _ratio(peer.get("to_end"), ours["to_end"]), "trigger to run success / packer build exit"),
         Row(name, "EC2+SSM API calls", str(sum(ours["calls"].values())),
@@ -241,21 +272,25 @@ def result(ours: dict, peer: dict) -> Result:
         f"(boot {LATENCY['instance_running']} s, stop {LATENCY['instance_stopped']} s, image "
         f"{LATENCY['image_available']} s, terminate {LATENCY['instance_terminated']} s: {MINIMUM} s to an image at "
         f"the least), both sides polling every {POLL} s. Image Factory: AirflowStack (scheduler, dag-processor, "
-        "triggerer, api-server, LocalExecutor on SQLite), the run created by the REST API, the time to the image "
-        "read from the emulator (the image tagged image-factory:complete=true), the end when the run is "
-        "success. Packer: `packer build` of an amazon-ebs template with `custom_endpoint_ec2` = the local "
+        "triggerer, api-server, LocalExecutor on SQLite), the run created by the REST API, the end when the run "
+        "is success. Packer: `packer build` of an amazon-ebs template with `custom_endpoint_ec2` = the local "
         "cloud and a key pair imported beforehand with the image-factory:build-id tag (Packer 1.6.6 cannot tag "
-        "its temporary key pair, and the local sshd trusts only tagged key pairs); time to image = its first "
-        f"line after 'Waiting for AMI to become ready' (whole seconds). Packer: {peer.get('version', '?')}.",
-        f"Image Factory step durations (the last try's, as the REST API shows them): {steps}. Up to the image, "
-        f"{ours['in_tasks']:.1f} s of the {ours['to_image']:.1f} s were spent inside tasks (deferred waits included) "
-        "and the rest before the first and between tasks (scheduling, task process start-up).",
-        "Not alike on both sides: Image Factory makes and deletes its own VPC, subnet, security group and key pair "
-        "and resolves the origin AMI from SSM, all counted; Packer was given the AMI id (resolved by the "
-        "benchmark before counting) and the key pair (imported before counting), makes only a temporary "
-        "security group and uses the default VPC. Image Factory runs each step as an Airflow task (a process "
-        "each, under the scheduler), Packer is one process. The machine was loaded by other work "
-        "(see the load averages), which weighs on Airflow's many processes more than on Packer's one.",
+        f"its temporary key pair, and the local sshd trusts only tagged key pairs). Packer: "
+        f"{peer.get('version', '?')}. *Time to image available* is read from the local cloud for both sides: the "
+        "moment its CreateImage answer plus the emulated image time have passed (when DescribeImages first shows "
+        "the image available), whatever each side's polling. *Time until the build knows* adds each side's lag "
+        "in seeing it: Image Factory's image tagged image-factory:complete=true (read from the emulator every "
+        "second), Packer's first line after 'Waiting for AMI to become ready' (its time stamps are whole seconds).",
+        f"Image Factory step durations (the last try's, as the REST API shows them): {steps}. Up to the image "
+        f"tagged complete, {ours['in_tasks']:.1f} s of the {ours['to_complete']:.1f} s were spent inside tasks "
+        "(deferred waits included) and the rest before the first and between tasks (scheduling, task process "
+        "start-up).",
+        "Not alike on both sides: Image Factory resolves the origin AMI from SSM, makes and deletes a subnet (in "
+        "the default VPC, given as the deployment's builder VPC), a security group with its own ingress and "
+        "egress rules, a key pair and an SSM parameter holding its private key, all counted; Packer was given "
+        "the AMI id (resolved by the benchmark before counting) and the key pair (imported before counting), "
+        "makes only a temporary security group and uses the default VPC. Image Factory runs each step as an "
+        "Airflow task (a process each, under the scheduler), Packer is one process.",
         "API calls by action (counted by the local cloud's front, reset before each side):\n\n" + "\n".join(lines),
     ]
     if note_peer:

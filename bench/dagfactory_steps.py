@@ -1,14 +1,10 @@
 """The python_callables of the dag-factory side of the parse benchmark (bench/parse.py).
 
-dag-factory imports them by dotted path (``bench.dagfactory_steps.resolve_origin``) when it builds each
+dag-factory imports them by dotted path (``bench.dagfactory_steps.configure``) when it builds each
 PythonOperator. They are never run: the benchmark only parses the DAGs.
 """
 
 from __future__ import annotations
-
-
-def resolve_origin(**context) -> None:
-    pass
 
 
 def create_builder_infrastructure(**context) -> None:
@@ -16,10 +12,6 @@ def create_builder_infrastructure(**context) -> None:
 
 
 def launch_builder_instance(**context) -> None:
-    pass
-
-
-def wait_for_ssh(**context) -> None:
     pass
 
 

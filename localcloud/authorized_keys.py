@@ -1,14 +1,30 @@
 """sshd's AuthorizedKeysCommand for the local cloud: print the public keys the builds registered.
 
 Only key pairs tagged by Image Factory builds count, so the server trusts exactly the builds' keys.
+sshd runs this for every login attempt, so it stays light: the standard library only (one EC2 Query API
+call per region to the emulator, which does not check signatures), no boto3 to import.
 """
 
 import argparse
 import sys
-
-import boto3
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
 
 BUILD_TAG = "image-factory:build-id"
+
+
+def public_keys(endpoint: str, region: str) -> list[str]:
+    body = urllib.parse.urlencode({"Action": "DescribeKeyPairs", "Version": "2016-11-15", "IncludePublicKey": "true",
+                                   "Filter.1.Name": "tag-key", "Filter.1.Value.1": BUILD_TAG}).encode()
+    request = urllib.request.Request(endpoint.rstrip("/") + "/", data=body, headers={  # noqa: S310 http://127.0.0.1
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        # The emulator reads the region from the credential scope.
+        "Authorization": f"AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, "
+                         "SignedHeaders=host, Signature=0"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 the emulator on loopback
+        root = ET.fromstring(response.read())  # noqa: S314 the emulator's answer, on loopback
+    return [e.text.strip() for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "publicKey" and e.text]
 
 
 def main() -> int:
@@ -18,12 +34,8 @@ def main() -> int:
     parser.add_argument("user", nargs="?")
     args = parser.parse_args()
     for region in args.regions.split(","):
-        ec2 = boto3.client("ec2", endpoint_url=args.endpoint, region_name=region,
-                           aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
-        pairs = ec2.describe_key_pairs(IncludePublicKey=True, Filters=[{"Name": "tag-key", "Values": [BUILD_TAG]}])
-        for pair in pairs["KeyPairs"]:
-            if pair.get("PublicKey"):
-                print(pair["PublicKey"].strip())
+        for key in public_keys(args.endpoint, region):
+            print(key)
     return 0
 
 

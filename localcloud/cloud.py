@@ -231,7 +231,7 @@ class LocalCloud:
         command = command_dir / "authorized-keys"
         script = PROJECT / "localcloud" / "authorized_keys.py"
         command.write_text("#!/bin/sh\n" + shlex.join([
-            "exec", sys.executable, str(script), "--endpoint", f"http://{LOOPBACK}:{moto_port}",
+            "exec", sys.executable, "-I", "-S", str(script), "--endpoint", f"http://{LOOPBACK}:{moto_port}",
             "--regions", regions]) + ' "$@"\n')
         command.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
         user = getpass.getuser()

@@ -4,9 +4,10 @@
 request (any method, path, query, headers and body) to moto on 127.0.0.1:M, relaying status, headers and body
 (hop-by-hop headers dropped). Standard library only. Its own endpoints, never forwarded:
 
-* ``GET /_localcloud/stats``: ``{"calls": {"ec2:RunInstances": 1, ...}, "throttled": {...}, "config": {...}}``.
-  ``calls`` counts every AWS API call received, the throttled ones included; ``throttled`` counts those
-  answered with a throttling error instead of being forwarded.
+* ``GET /_localcloud/stats``: ``{"calls": {"ec2:RunInstances": 1, ...}, "throttled": {...}, "config": {...},
+  "changes": {...}}``. ``calls`` counts every AWS API call received, the throttled ones included; ``throttled``
+  counts those answered with a throttling error instead of being forwarded; ``changes`` tells, for each
+  remembered state change (see latency below), when it started and when it shows done (epoch seconds).
 * ``POST /_localcloud/reset``: zero the counters.
 * ``POST /_localcloud/config`` with ``{"throttle_rate": 0.3, "throttle_seed": 1}``: answer that share of EC2
   and SSM API calls with the throttling error AWS itself answers with (0 turns it off). The decisions come
@@ -125,7 +126,8 @@ class Stats:
         self.throttle_seed = 0
         self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
         self.latency = dict.fromkeys(LATENCIES, 0.0)
-        self.changes: dict[str, tuple[str, float]] = {}  # resource id -> (latency kind, time.monotonic() answered)
+        # resource id -> (latency kind, time.monotonic() answered, time.time() answered)
+        self.changes: dict[str, tuple[str, float, float]] = {}
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -179,11 +181,11 @@ class Stats:
         tag = b"imageId" if kind.startswith("image") else b"instanceId"
         ids = {m.group(2).decode() for m in RESOURCE_ID.finditer(response) if m.group(1) == tag}
         ids -= _unchanged(response, LATENCIES[kind][1][0])
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         with self.lock:
             for resource_id in ids:
                 self.changes.pop(resource_id, None)  # re-inserted last: the dict stays in answer order
-                self.changes[resource_id] = (kind, now)
+                self.changes[resource_id] = (kind, now, wall)
             while len(self.changes) > MAX_REMEMBERED:
                 del self.changes[next(iter(self.changes))]
 
@@ -191,7 +193,7 @@ class Stats:
         """A describe answer with the states whose emulated change time has not yet passed put back."""
         now = time.monotonic()
         with self.lock:
-            pending = {resource_id: kind for resource_id, (kind, at) in self.changes.items()
+            pending = {resource_id: kind for resource_id, (kind, at, _) in self.changes.items()
                        if now - at < self.latency[kind]}
         if not pending or not any(resource_id.encode() in body for resource_id in pending):
             return body
@@ -225,7 +227,13 @@ class Stats:
     def snapshot(self) -> dict:
         with self.lock:
             return {"calls": dict(sorted(self.calls.items())), "throttled": dict(sorted(self.throttled.items())),
-                    "config": self.config()}
+                    "config": self.config(), "changes": self.changes_shown()}
+
+    def changes_shown(self) -> dict:
+        """When each emulated change started and when it shows done (epoch seconds): benchmarks read the time
+        an image became available without polling for it."""
+        return {resource_id: {"kind": kind, "started": wall, "done": wall + self.latency[kind]}
+                for resource_id, (kind, _, wall) in self.changes.items()}
 
 
 def _unchanged(response: bytes, final: str) -> set[str]:

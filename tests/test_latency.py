@@ -71,6 +71,9 @@ def test_states_change_after_the_configured_delays(local_cloud, ec2, ssm):
         assert state == {"Code": 64, "Name": "stopping"}
         image_id = ec2.create_image(InstanceId=instance_id, Name="latency-test")["ImageId"]
         assert image_state(ec2, image_id) == "pending"
+        change = local_cloud.stats()["changes"][image_id]  # when it shows done, for benchmarks
+        assert change["kind"] == "image_available" and change["done"] - change["started"] == DELAY
+        assert abs(change["started"] - time.time()) < 2
         time.sleep(DELAY * 0.6)
         ec2.stop_instances(InstanceIds=[instance_id])  # as on AWS, stopping it again does not start over
         wait_for(lambda: instance_state(ec2, instance_id), "stopped", DELAY + 5)

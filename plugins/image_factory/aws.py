@@ -5,7 +5,7 @@ The connection's ``endpoint_url`` extra is how a whole deployment is pointed at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 from botocore.config import Config
@@ -14,11 +14,20 @@ from botocore.config import Config
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
 
 
-@dataclass
 class Clients:
-    ec2: Any
-    ssm: Any
-    endpoint_url: str | None
+    """The EC2 client, and the SSM client made on first use (making a client costs a few tenths of a second)."""
+
+    def __init__(self, aws_conn_id: str, region: str):
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        self._hook = functools.partial(AwsBaseHook, aws_conn_id=aws_conn_id, region_name=region, config=RETRY_CONFIG)
+        ec2_hook = self._hook(client_type="ec2")
+        self.ec2: Any = ec2_hook.conn
+        self.endpoint_url: str | None = ec2_hook.conn_config.endpoint_url
+
+    @functools.cached_property
+    def ssm(self) -> Any:
+        return self._hook(client_type="ssm").conn
 
     @property
     def emulated(self) -> bool:
@@ -27,11 +36,7 @@ class Clients:
 
 
 def clients(aws_conn_id: str, region: str) -> Clients:
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    ec2_hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="ec2", region_name=region, config=RETRY_CONFIG)
-    ssm_hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="ssm", region_name=region, config=RETRY_CONFIG)
-    return Clients(ec2=ec2_hook.conn, ssm=ssm_hook.conn, endpoint_url=ec2_hook.conn_config.endpoint_url)
+    return Clients(aws_conn_id, region)
 
 
 def error_code(exc: Exception) -> str:

@@ -41,6 +41,9 @@ class Build:
     settings: Settings
     build_id: str = field(default="")
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The first try of a step, not resumed: what the step creates cannot exist yet, so it does not look for
+    #: it first (those lookups are what make a retry create nothing twice).
+    fresh: bool = False
 
     def __post_init__(self):
         if not self.build_id:

@@ -42,7 +42,7 @@ DEFAULT_SPECS = PROJECT / "include" / "specs"
 
 OK, PROBLEMS, USAGE = 0, 1, 2
 MADE_BY_INFRASTRUCTURE = "<made by create_builder_infrastructure>"
-MADE_BY_ORIGIN = "<made by resolve_origin>"
+MADE_BY_ORIGIN = "<resolved by create_builder_infrastructure>"
 AT_RUN_TIME = "(resolved at run time)"
 
 
@@ -224,7 +224,7 @@ def _shown_path(path: Path) -> str:
     return str(path.relative_to(PROJECT)) if path.resolve().is_relative_to(PROJECT) else str(path)
 
 
-def _origin_task(spec) -> dict:
+def _origin(spec) -> dict:
     origin = spec.origin
     if isinstance(origin, OriginFilter):
         how = (f"DescribeImages owned by {', '.join(origin.owners)}, name {origin.name!r}, state available"
@@ -236,8 +236,7 @@ def _origin_task(spec) -> dict:
         shown = origin
     else:
         how, shown = "checks that the AMI is available", origin
-    return {"task_id": "resolve_origin", "does": f"resolves the origin to an AMI id in {spec.region}: {how}",
-            "origin": shown, "returns": "the origin AMI id"}
+    return {"does": f"resolves the origin to an AMI id in {spec.region}: {how}", "origin": shown}
 
 
 def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
@@ -283,9 +282,9 @@ def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
     outputs["IMAGE_BUILDER_SECURITY_GROUP_ID"] = "the security group's id"
     outputs["IMAGE_BUILDER_SSH_KEY"] = build.resource_name
     return {"task_id": "create_builder_infrastructure",
-            "does": "creates the builder infrastructure (an Airflow setup task), each resource tagged with the "
-                    "builder tags in its create call",
-            "creates": creates, "outputs": outputs}
+            "does": "resolves the origin, then creates the builder infrastructure (an Airflow setup task), each "
+                    "resource tagged with the builder tags in its create call",
+            "origin": _origin(spec), "creates": creates, "outputs": outputs}
 
 
 def _instance_task(spec, build) -> dict:
@@ -294,7 +293,7 @@ def _instance_task(spec, build) -> dict:
     else:
         subnet = f"the default subnet of the default VPC of {spec.region}"
     return {"task_id": "launch_builder_instance",
-            "does": "launches the builder instance and waits until it is running",
+            "does": "launches the builder instance; the triggerer waits until it is running, then ends the task",
             "creates": [{"instance": {
                 "image": MADE_BY_ORIGIN,
                 "instance_type": f"{instance_type(spec.instance_size)}"
@@ -310,13 +309,12 @@ def _instance_task(spec, build) -> dict:
             }}]}
 
 
-def _ssh_task(spec, settings) -> dict:
+def _ssh(spec, settings) -> dict:
     host = settings.ssh_host or ("the instance's public address" if spec.public_ip
                                  else "the instance's private address")
-    return {"task_id": "wait_for_ssh",
-            "does": f"polls until SSH accepts the build's key (every {settings.poll_interval:g} s, at most "
-                    f"{settings.ssh_timeout:g} s)",
-            "ssh": {"user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port}}
+    return {"does": f"waits until SSH accepts the build's key (in the triggerer while SSH does not answer; "
+                    f"every {settings.poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
+            "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port}
 
 
 def _configure_task(spec, build, settings, known: _Parameters, warnings: list[str]) -> dict:
@@ -325,6 +323,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
     if configure is None:
         task["does"] = "nothing: the spec has no configure section, the image is a copy of its origin"
         return task
+    task["ssh"] = _ssh(spec, settings)
     task.update(tool=configure.tool, server_role=configure.server_role)
     role_unknown = known.unresolved(configure.server_role)
     if configure.tool == "shell":
@@ -402,18 +401,16 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
     if getattr(spec, "rebuild_on_origin_change", False):
         schedule += ", and when the origin resolves to a new image"
     tasks = [
-        _origin_task(spec),
         _infrastructure_task(spec, build, settings, warnings),
         _instance_task(spec, build),
-        _ssh_task(spec, settings),
         _configure_task(spec, build, settings, known, warnings),
         {"task_id": "register_image",
-         "does": "stops the instance, creates the image, tags its snapshots, waits until it is available, "
-                 "then tags it image-factory:complete=true",
+         "does": "stops the instance, creates the image, waits until it is available (in the triggerer), "
+                 "tags its snapshots, then tags it image-factory:complete=true",
          "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"),
          "tags": "the image tags (below)"},
         {"task_id": "tear_down",
-         "does": "the teardown of the setups: runs whether the build succeeded or failed, and deletes what it "
+         "does": "the teardown of the setup: runs whether the build succeeded or failed, and deletes what it "
                  f"finds tagged image-factory:build-id={build.build_id}",
          "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
                      "complete, and their snapshots", "the key pair and its SSM parameter", "the security group",

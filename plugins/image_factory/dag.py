@@ -1,10 +1,12 @@
 """One spec -> one Airflow DAG. This module only wires the steps (plain functions) to tasks.
 
-resolve_origin -> create_builder_infrastructure (setup) -> launch_builder_instance -> wait_for_ssh
--> configure -> register_image -> tear_down (teardown of the setups: runs whatever failed)
+create_builder_infrastructure (setup) -> launch_builder_instance -> configure -> register_image
+-> tear_down (teardown of the setup: runs whatever failed)
 
 Every step retries transient errors with backoff and fails at once on permanent ones (errors.py); a retry
-creates nothing twice, because each step first looks for what it would create for this build.
+creates nothing twice, because each step first looks for what it would create for this build. The long
+waits (instance running, SSH answering, image available, instance terminated) are deferred to the
+triggerer (waiting.py, triggers.py): they hold no worker slot, and no pool slot.
 
 Nothing here makes a network call or reads a Variable at parse time: all of that happens inside tasks.
 """
@@ -24,6 +26,7 @@ from airflow.sdk.bases.decorator import task_decorator_factory
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+from airflow.task.trigger_rule import TriggerRule
 
 from image_factory import aws, links, parameters, remote, settings, tools, waiting
 from image_factory.build import Build, build_id_for
@@ -31,14 +34,13 @@ from image_factory.errors import PermanentError, permanent_aws_errors
 from image_factory.spec import BUILDER_OUTPUTS, LoadedSpec, instance_type
 from image_factory.steps import image, infrastructure, instance, origin
 from image_factory.steps import teardown as teardown_step
-from image_factory.triggers import Ec2StateTrigger
+from image_factory.triggers import SshReadyTrigger
 
 log = logging.getLogger("image_factory")
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 #: The steps before register_image, whose durations the build summary reports.
-BUILD_STEPS = ("resolve_origin", "create_builder_infrastructure", "launch_builder_instance", "wait_for_ssh",
-               "configure")
+BUILD_STEPS = ("create_builder_infrastructure", "launch_builder_instance", "configure")
 
 
 #: Retrying cannot fix a permanent error: fail the task at once, with its message.
@@ -58,11 +60,12 @@ def classified(function):
             with permanent_aws_errors():
                 result = function(*args, **kwargs)
         except waiting.WaitDeferred as wait:
-            # Hand the wait to the triggerer (defer() raises); the task resumes by running again (waiting.py).
-            get_current_context()["task"].defer(
-                trigger=Ec2StateTrigger(wait.aws_conn_id, wait.region, wait.waiter_name, wait.waiter_args,
-                                        wait.timeout, wait.delay),
-                method_name="resume", timeout=timedelta(seconds=wait.timeout + 60))
+            # Hand the wait to the triggerer (defer() raises); the task resumes by running again (waiting.py),
+            # or the trigger ends it, and then the result stored here is the task's.
+            if wait.result is not None:
+                get_current_context()["ti"].xcom_push(key="return_value", value=wait.result)
+            get_current_context()["task"].defer(trigger=wait.trigger, method_name="resume",
+                                                timeout=timedelta(seconds=wait.timeout + 60))
         get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
         return result
 
@@ -73,10 +76,20 @@ class _ResumableOperator(_PythonDecoratedOperator):
     """A TaskFlow task that can wait for a cloud state in the triggerer, then run again to go on."""
 
     def resume(self, context, event=None):
+        if event == "success":
+            # A trigger that ends the task (finish) under `airflow dags test`, which resumes the task with the
+            # event's state instead: the wait is over, so run again to return the result.
+            event = {"status": "success", "any_wait": True}
         if not event or event.get("status") != "success":
             raise waiting.WaitFailed((event or {}).get("message", "the wait ended without a result"))
         log.info("the wait is over (%s polls in the triggerer); going on", event.get("polls"))
+        global _resumed_event  # a task process runs one task: its step's wait reads it (no second poll)
+        _resumed_event = event
         return self.execute(context)
+
+
+#: The trigger event this task process was resumed with, if it was (see _ResumableOperator.resume).
+_resumed_event: dict | None = None
 
 
 class _InstanceLinkOperator(_ResumableOperator):
@@ -137,6 +150,7 @@ class BuildRuntime:
 
     def build(self, outputs: dict[str, str] | None = None, fields: tuple[str, ...] | None = None) -> Build:
         context = get_current_context()
+        fresh = context["ti"].try_number == 1 and _resumed_event is None
         dag_run = context["dag_run"]
         trigger = {**(context.get("params") or {}), **(dag_run.conf or {})}
         lookup = parameters.chain(outputs or {}, trigger, _variable, os.environ)
@@ -147,7 +161,7 @@ class BuildRuntime:
             fields = tuple(k for k, v in data.items() if not parameters.parameter_names(v) & set(BUILDER_OUTPUTS))
         resolved = parameters.resolve(spec, lookup, fields)
         return Build(spec=resolved, spec_hash=self.loaded.content_hash, run_id=dag_run.run_id,
-                     settings=settings.load(), build_id=build_id_for(spec.name, dag_run.run_id))
+                     settings=settings.load(), build_id=build_id_for(spec.name, dag_run.run_id), fresh=fresh)
 
 
 def _doc(loaded: LoadedSpec) -> str:
@@ -208,37 +222,36 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
     def cloud(build: Build) -> aws.Clients:
         return aws.clients(build.spec.aws_conn_id, build.spec.region)
 
-    with dag:
+    def deferring(build: Build, finish: bool = False) -> waiting.Wait:
+        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=_resumed_event, finish=finish)
 
-        @task(task_id="resolve_origin", pool=deployment.pool)
-        @classified
-        def resolve_origin() -> str:
-            build = runtime.build()
-            c = cloud(build)
-            return origin.resolve_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+    with dag:
 
         @task(task_id="create_builder_infrastructure", pool=deployment.pool)
         @classified
         def create_builder_infrastructure() -> dict:
             build = runtime.build()
             c = cloud(build)
+            origin_ami = origin.resolve_origin(c.ec2, c.ssm, build.spec.origin, build.region)
             infra = infrastructure.create(c.ec2, c.ssm, build)
             log.info("builder infrastructure ready: %s", infra.outputs())
-            return infra.to_dict()
+            return {"origin_ami": origin_ami, **infra.to_dict()}
 
         def with_outputs(infra: dict) -> Build:
-            return runtime.build(infrastructure.BuilderInfrastructure(**infra).outputs())
+            return runtime.build(infrastructure.BuilderInfrastructure.from_dict(infra).outputs())
 
         @task_decorator_factory(decorated_operator_class=_InstanceLinkOperator, task_id="launch_builder_instance",
                                 pool=deployment.pool)
         @classified
-        def launch_builder_instance(origin_ami: str, infra: dict) -> str:
+        def launch_builder_instance(infra: dict) -> str:
             build = with_outputs(infra)
             c = cloud(build)
-            instance_id = instance.launch(c.ec2, build, origin_ami, infra["security_group_id"], infra["key_name"],
-                                          wait=waiting.deferring(build.spec.aws_conn_id, build.region))
+            instance_id = instance.launch(c.ec2, build, infra["origin_ami"], infra["security_group_id"],
+                                          infra["key_name"], wait=None)
             links.persist(links.BuilderInstanceLink, get_current_context(), build.region, c.endpoint_url,
                           instance_id=instance_id)
+            # Once the instance runs, the trigger ends this task with the instance id (no second start-up).
+            instance.wait_running(c.ec2, build, instance_id, deferring(build, finish=True))
             return instance_id
 
         def ssh_target(build: Build, c: aws.Clients, instance_id: str) -> tuple[str, int, str]:
@@ -249,17 +262,7 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             host = instance.address(c.ec2, instance_id, build)
             return host, build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
 
-        @task(task_id="wait_for_ssh")
-        @classified
-        def wait_for_ssh(instance_id: str, infra: dict) -> None:
-            build = with_outputs(infra)
-            c = cloud(build)
-            host, port, user = ssh_target(build, c, instance_id)
-            key = infrastructure.private_key(c.ssm, build)
-            remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout,
-                                    interval=build.settings.poll_interval)
-
-        @task(task_id="configure")
+        @task_decorator_factory(decorated_operator_class=_ResumableOperator, task_id="configure")
         @classified
         def configure(instance_id: str, infra: dict) -> None:
             build = with_outputs(infra)
@@ -268,32 +271,42 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
                 return
             c = cloud(build)
             host, port, user = ssh_target(build, c, instance_id)
-            target = remote.SSHTarget(host, port, user, infrastructure.private_key(c.ssm, build))
-            hook = remote.connect(host, port, user, target.private_key)
-            lines = tools.apply(hook, build.spec.configure, build, target)
+            key = infrastructure.private_key(c.ssm, build)
+
+            def defer() -> None:  # SSH does not answer yet: wait for its banner in the triggerer
+                raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout,
+                                                           build.settings.poll_interval), build.settings.ssh_timeout)
+
+            hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout,
+                                           interval=build.settings.poll_interval,
+                                           defer=None if _resumed_event else defer)
+            lines = tools.apply(hook, build.spec.configure, build, remote.SSHTarget(host, port, user, key))
             log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
                      len(lines))
 
         @task_decorator_factory(decorated_operator_class=_ImageLinkOperator, task_id="register_image",
                                 pool=deployment.pool, outlets=[image_asset(spec.name)])
         @classified
-        def register_image(instance_id: str, origin_ami: str, infra: dict) -> dict:
+        def register_image(instance_id: str, infra: dict) -> dict:
             build = with_outputs(infra)
             c = cloud(build)
             context = get_current_context()
             logical = context["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
-            described = image.register(c.ec2, build, instance_id, origin_ami, image.image_name(build, logical),
-                                       wait=waiting.deferring(build.spec.aws_conn_id, build.region))
+            # The stop takes seconds and is waited for here; the image takes minutes and is deferred.
+            described = image.register(c.ec2, build, instance_id, infra["origin_ami"],
+                                       image.image_name(build, logical), wait=deferring(build),
+                                       stop_wait=waiting.blocking)
             links.persist(links.ImageLink, context, build.region, c.endpoint_url, image_id=described["ImageId"])
             summary = {
                 "image_id": described["ImageId"],
                 "name": described["Name"],
                 "region": build.region,
-                "origin": origin_ami,
+                "origin": infra["origin_ami"],
                 "server_role": build.spec.configure.server_role if build.spec.configure else None,
                 "build_id": build.build_id,
-                "step_seconds": dict(zip(BUILD_STEPS, context["ti"].xcom_pull(
-                    task_ids=list(BUILD_STEPS), key="step_seconds"), strict=True)),
+                # float(): a value stored by the triggerer (TaskSuccessEvent) reads back as its JSON text.
+                "step_seconds": {step: float(seconds) for step, seconds in zip(BUILD_STEPS, context["ti"].xcom_pull(
+                    task_ids=list(BUILD_STEPS), key="step_seconds"), strict=True)},
             }
             # The asset event tells downstream DAGs which image this build made.
             context["outlet_events"][image_asset(spec.name)].extra = {
@@ -313,22 +326,20 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             build = runtime.build(fields=parameters.EARLY_FIELDS)
             c = cloud(build)
             removed = teardown_step.tear_down(c.ec2, c.ssm, build_id, build.settings.poll_interval,
-                                              wait=waiting.deferring(build.spec.aws_conn_id, build.region))
+                                              wait=deferring(build))
             log.info("tear_down: deleted %d builder resources of build %s", len(removed), build_id)
             return removed
 
-        origin_ami = resolve_origin()
         infra = create_builder_infrastructure()
-        origin_ami >> infra
-        launched = launch_builder_instance(origin_ami, infra)
-        ready = wait_for_ssh(launched, infra)
+        launched = launch_builder_instance(infra)
         configured = configure(launched, infra)
-        registered = register_image(launched, origin_ami, infra)
-        ready >> configured >> registered
+        registered = register_image(launched, infra)
+        configured >> registered
         removed = tear_down()
         registered >> removed
-        # Both first steps are setups of the teardown, so that it also runs when creating the builder
-        # infrastructure fails half-way (a teardown runs when at least one of its setups succeeded).
-        removed.as_teardown(setups=[origin_ami, infra])
+        removed.as_teardown(setups=infra)
+        # Also when the setup itself fails half-way: whatever it made before failing is torn down (a
+        # teardown's own rule would skip it when no setup succeeded).
+        removed.operator.trigger_rule = TriggerRule.ALL_DONE
 
     return dag

@@ -11,6 +11,7 @@ import io
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from image_factory.errors import PermanentError
@@ -53,8 +54,11 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
 
 
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
-                     interval: float):
-    """Poll until SSH accepts the build's key and runs a command; returns the connected hook."""
+                     interval: float, defer: Callable[[], None] | None = None):
+    """Poll until SSH accepts the build's key and runs a command; returns the connected hook.
+
+    ``defer``, when given, is called if the first attempt fails: it hands the wait to the triggerer (raises).
+    """
     checkpoint("before:ssh")
     started = time.monotonic()
     attempt = 0
@@ -69,6 +73,9 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
             reason = f"'true' exited {status}"
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
+        if defer is not None:
+            log.info("SSH not ready yet (%s)", reason)
+            defer()
         waited = time.monotonic() - started
         if waited >= timeout:
             raise TimeoutError(f"SSH to {username}@{host}:{port} did not answer within {timeout:.0f} s "

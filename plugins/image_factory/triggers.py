@@ -1,7 +1,14 @@
-"""The trigger that waits for an EC2 state in Airflow's triggerer, so that no worker slot is held.
+"""Triggers: the long waits of a build run in Airflow's triggerer, so that no worker slot is held.
 
-It polls with the same boto3 waiter definitions as the tasks (one describe call per poll, in a thread: the
-Amazon provider's async waiters need aiobotocore, which this project does not install).
+:class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (one describe
+call per poll, in a thread: the Amazon provider's async waiters need aiobotocore, which this project does not
+install). Its first poll is one interval after the change was started, not at once: the state cannot have
+changed yet. With ``finish``, it ends the task itself when the state is reached (a ``TaskSuccessEvent``; the
+task stored its result before deferring), so the task does not go back to a worker only to return a value; a
+failure or a timeout always goes back to the task, which raises it with its message.
+
+:class:`SshReadyTrigger` waits until the builder's SSH server answers with its banner (no login: a trigger's
+arguments are stored in the database, so it gets no key).
 """
 
 from __future__ import annotations
@@ -10,12 +17,12 @@ import asyncio
 import time
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
-                 delay: float):
+                 delay: float, finish: bool = False, started: float | None = None):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region = region
@@ -23,30 +30,86 @@ class Ec2StateTrigger(BaseTrigger):
         self.waiter_args = waiter_args
         self.timeout = timeout
         self.delay = delay
+        self.finish = finish
+        self.started = started or time.time()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.Ec2StateTrigger", {
             "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
-            "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay})
+            "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay, "finish": self.finish,
+            "started": self.started})
+
+    def __repr__(self) -> str:
+        return f"Ec2StateTrigger({self.waiter_name} {self.waiter_args})"
 
     async def run(self):
         from image_factory import aws
         from image_factory.waiting import WaitFailed, reached
 
         ec2 = (await asyncio.to_thread(aws.clients, self.aws_conn_id, self.region)).ec2
-        deadline = time.monotonic() + self.timeout
+        deadline = self.started + self.timeout
         polls = 0
         while True:
+            await asyncio.sleep(max(0.0, min(self.delay, deadline - time.time())))
             polls += 1
             try:
                 if await asyncio.to_thread(reached, ec2, self.waiter_name, self.waiter_args):
-                    yield TriggerEvent({"status": "success", "polls": polls})
+                    self.log.info("%s %s after %d polls", self.waiter_name, self.waiter_args, polls)
+                    if self.finish:
+                        # The task stored its result before deferring; step_seconds feeds the build summary.
+                        yield TaskSuccessEvent(xcoms={"step_seconds": round(time.time() - self.started, 1)})
+                    else:
+                        yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
+                                            "waiter_args": self.waiter_args})
                     return
             except WaitFailed as exc:
                 yield TriggerEvent({"status": "failed", "message": str(exc)})
                 return
-            if time.monotonic() >= deadline:
+            if time.time() >= deadline:
                 yield TriggerEvent({"status": "timeout", "message": f"{self.waiter_name} {self.waiter_args}: "
                                                                    f"not reached within {self.timeout:.0f} s"})
                 return
+
+
+class SshReadyTrigger(BaseTrigger):
+    def __init__(self, host: str, port: int, timeout: float, delay: float, started: float | None = None):
+        super().__init__()
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.delay = delay
+        self.started = started or time.time()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("image_factory.triggers.SshReadyTrigger", {
+            "host": self.host, "port": self.port, "timeout": self.timeout, "delay": self.delay,
+            "started": self.started})
+
+    def __repr__(self) -> str:
+        return f"SshReadyTrigger({self.host}:{self.port})"
+
+    async def run(self):
+        polls = 0
+        while True:
+            polls += 1
+            if await self._banner():
+                yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": "ssh_ready",
+                                    "waiter_args": {"address": [f"{self.host}:{self.port}"]}})
+                return
+            if time.time() - self.started >= self.timeout:
+                yield TriggerEvent({"status": "timeout", "message": f"SSH on {self.host}:{self.port} did not "
+                                                                   f"answer within {self.timeout:.0f} s"})
+                return
             await asyncio.sleep(self.delay)
+
+    async def _banner(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            return (await asyncio.wait_for(reader.readline(), 10)).startswith(b"SSH-")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()

@@ -38,14 +38,16 @@ def find(ec2, build_id: str) -> list[dict]:
         "Images"]
 
 
-def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking) -> dict:
-    """Stop the instance, create the image, wait until it is available, mark it complete.
+def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
+             stop_wait: Wait | None = None) -> dict:
+    """Stop the instance (waiting with ``stop_wait``, else ``wait``), create the image, wait until it is
+    available, tag its snapshots and mark it complete; returns the image as described.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
     a failed one is replaced. An image this step leaves incomplete is deregistered by the build's teardown.
     """
     image_id = None
-    for image in find(ec2, build.build_id):
+    for image in [] if build.fresh else find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
             log.info("image %s of this build is registered already", image["ImageId"])
             return image
@@ -57,7 +59,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     tags = lineage_tags(build, origin_ami)
     if image_id is None:
         checkpoint("before:register")
-        instances.stop(ec2, instance_id, build, wait)
+        instances.stop(ec2, instance_id, build, stop_wait or wait)
         image_id = ec2.create_image(
             InstanceId=instance_id, Name=name,
             Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
@@ -65,29 +67,29 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         )["ImageId"]
         log.info("created image %s name=%s", image_id, name)
         checkpoint("after:create-image")
-    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
-    # a half-made image's snapshots are found through the image anyway.
-    snapshots = _snapshots(ec2, image_id)
-    if snapshots:
-        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     wait(ec2, "image_available", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
          ImageIds=[image_id])
     checkpoint("after:register")
+    described = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
+    # a half-made image's snapshots are found through the image anyway.
+    snapshots = _snapshot_ids(described)
+    if snapshots:
+        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     # Last: only an image whose registration went through to here is an output of the build.
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
-    return ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    return described
 
 
-def _snapshots(ec2, image_id: str) -> list[str]:
-    described = ec2.describe_images(ImageIds=[image_id])["Images"]
-    return [m["Ebs"]["SnapshotId"] for d in described for m in d.get("BlockDeviceMappings", [])
+def _snapshot_ids(image: dict) -> list[str]:
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
             if m.get("Ebs", {}).get("SnapshotId")]
 
 
 def deregister(ec2, image: dict) -> list[str]:
     """Deregister an image and delete its snapshots; returns what was removed."""
     image_id = image["ImageId"]
-    snapshots = _snapshots(ec2, image_id)
+    snapshots = _snapshot_ids(image)  # as described by the caller
     ec2.deregister_image(ImageId=image_id)
     log.info("deleted image %s", image_id)
     for snapshot_id in snapshots:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from image_factory.aws import error_code
 from image_factory.build import TAG_BUILD, Build, created, deleted
@@ -45,6 +45,11 @@ class BuilderInfrastructure:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> BuilderInfrastructure:
+        """From :meth:`to_dict`'s output, which may carry more (the DAG adds the origin to it)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
 
 def private_key_parameter(build: Build) -> str:
     return f"/image-factory/builds/{build.build_id}/ssh-private-key"
@@ -75,8 +80,13 @@ def _find(items: list[dict], key: str) -> str | None:
     return items[0][key] if items else None
 
 
+def _existing(build: Build, describe, key: str, id_key: str) -> str | None:
+    """This build's resource of a kind, looked up by tag (not on a fresh try: it cannot exist yet)."""
+    return None if build.fresh else _find(describe(Filters=build.build_filter())[key], id_key)
+
+
 def _ensure_vpc(ec2, build: Build) -> str:
-    existing = _find(ec2.describe_vpcs(Filters=build.build_filter())["Vpcs"], "VpcId")
+    existing = _existing(build, ec2.describe_vpcs, "Vpcs", "VpcId")
     if existing:
         log.info("VPC %s of this build exists already", existing)
         return existing
@@ -88,7 +98,7 @@ def _ensure_vpc(ec2, build: Build) -> str:
 
 
 def _ensure_subnet(ec2, build: Build, vpc_id: str) -> str:
-    existing = _find(ec2.describe_subnets(Filters=build.build_filter())["Subnets"], "SubnetId")
+    existing = _existing(build, ec2.describe_subnets, "Subnets", "SubnetId")
     if existing:
         log.info("subnet %s of this build exists already", existing)
         return existing
@@ -133,7 +143,7 @@ def _default_vpc(ec2, build: Build) -> str:
 # --- security group -----------------------------------------------------------------------------------
 
 def _ensure_security_group(ec2, build: Build, vpc_id: str, cidr: str) -> str:
-    existing = _find(ec2.describe_security_groups(Filters=build.build_filter())["SecurityGroups"], "GroupId")
+    existing = _existing(build, ec2.describe_security_groups, "SecurityGroups", "GroupId")
     if existing:
         log.info("security group %s of this build exists already", existing)
         return existing
@@ -194,7 +204,7 @@ def _stored_private_key(ssm, name: str) -> str | None:
 
 def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
     parameter = private_key_parameter(build)
-    private = _stored_private_key(ssm, parameter)
+    private = None if build.fresh else _stored_private_key(ssm, parameter)
     if private is None:
         private, _ = _new_key()
         ssm.put_parameter(Name=parameter, Type="SecureString", Value=private,
@@ -204,10 +214,10 @@ def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
         checkpoint("after:key-parameter")
     else:
         log.info("private key parameter %s of this build exists already", parameter)
-    pairs = ec2.describe_key_pairs(Filters=build.build_filter())["KeyPairs"]
-    if pairs:
-        log.info("key pair %s of this build exists already", pairs[0]["KeyName"])
-        return pairs[0]["KeyName"], parameter
+    existing = _existing(build, ec2.describe_key_pairs, "KeyPairs", "KeyName")
+    if existing:
+        log.info("key pair %s of this build exists already", existing)
+        return existing, parameter
     key_name = build.resource_name
     ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=_public_of(private).encode(),
                         TagSpecifications=build.tag_specifications("key-pair"))

@@ -28,10 +28,11 @@ def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
 
 
 def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name: str,
-           wait: Wait = blocking) -> str:
-    """Launch (or find) the build's instance and wait until it is running; returns its id."""
+           wait: Wait | None = blocking) -> str:
+    """Launch (or find) the build's instance and wait until it is running (``wait=None``: do not wait, see
+    :func:`wait_running`); returns its id."""
     spec = build.spec
-    existing = find(ec2, build.build_id)
+    existing = [] if build.fresh else find(ec2, build.build_id)
     if existing:
         instance_id = existing[0]["InstanceId"]
         log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
@@ -58,9 +59,14 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
         instance_id = response["Instances"][0]["InstanceId"]
         created("instance", instance_id, type=instance_type(spec.instance_size), image=origin_ami)
         checkpoint("after:launch")
+    if wait is not None:
+        wait_running(ec2, build, instance_id, wait)
+    return instance_id
+
+
+def wait_running(ec2, build: Build, instance_id: str, wait: Wait = blocking) -> None:
     wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, delay=build.settings.poll_interval,
          InstanceIds=[instance_id])
-    return instance_id
 
 
 def _encrypted_root(image: dict) -> dict:

@@ -1,0 +1,116 @@
+"""The triggers that hold a build's long waits (plugins/image_factory/triggers.py), run as the triggerer runs
+them (their async ``run()``), against the local cloud with emulated state-change times and its real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from airflow.triggers.base import TaskSuccessEvent
+
+from image_factory.triggers import Ec2StateTrigger, SshReadyTrigger
+from localcloud.cloud import LOOPBACK, free_port
+
+AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+REGION = "eu-west-1"
+OFF = {"instance_running": 0, "instance_stopped": 0, "image_available": 0, "instance_terminated": 0}
+
+
+@pytest.fixture
+def aws_connection(local_cloud, monkeypatch):
+    """The local cloud's Airflow AWS connection, as the triggerer process has it."""
+    for key, value in local_cloud.env().items():
+        if key.startswith("AIRFLOW_CONN_"):
+            monkeypatch.setenv(key, value)
+    return "aws_default"
+
+
+def first_event(trigger):
+    async def run():
+        async for event in trigger.run():
+            return event
+    return asyncio.run(asyncio.wait_for(run(), 60))
+
+
+def launch(ec2, ssm) -> str:
+    ami = ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
+    return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+
+
+def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(local_cloud, ec2, ssm, aws_connection):
+    local_cloud.configure(latency={"instance_running": 2})
+    try:
+        instance_id = launch(ec2, ssm)
+        local_cloud.reset_stats()
+        trigger = Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
+                                  timeout=30, delay=0.5, finish=True)
+        event = first_event(trigger)
+        waited = time.time() - trigger.started
+        polls = local_cloud.stats()["calls"].get("ec2:DescribeInstances", 0)
+    finally:
+        local_cloud.configure(latency=OFF)
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    # Ends the task itself (no return to a worker), with the step's duration for the build summary.
+    assert isinstance(event, TaskSuccessEvent)
+    assert 2 <= event.xcoms["step_seconds"] <= waited + 0.1
+    assert waited < 2 + 0.5 + 1.5  # at most one interval (and a slow poll) after the change
+    assert polls <= 2 / 0.5 + 2  # one poll per interval; none at once, when the state cannot have changed yet
+
+
+def test_a_wait_that_cannot_succeed_goes_back_to_the_task_with_the_reason(ec2, ssm, aws_connection):
+    instance_id = launch(ec2, ssm)
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
+                                        timeout=30, delay=0.2, finish=True))
+    assert not isinstance(event, TaskSuccessEvent)
+    assert event.payload["status"] == "failed" and instance_id in event.payload["message"]
+
+
+def test_a_wait_past_its_timeout_goes_back_to_the_task(ec2, ssm, aws_connection):
+    instance_id = launch(ec2, ssm)
+    try:
+        started = time.monotonic()
+        event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_stopped",
+                                            {"InstanceIds": [instance_id]}, timeout=1.5, delay=0.5))
+        assert event.payload["status"] == "timeout" and "not reached within 2 s" in event.payload["message"]
+        assert time.monotonic() - started < 5
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_connection):
+    instance_id = launch(ec2, ssm)
+    try:
+        event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running",
+                                            {"InstanceIds": [instance_id]}, timeout=30, delay=0.2))
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
+                             "waiter_args": {"InstanceIds": [instance_id]}}
+
+
+def test_ssh_ready_reads_the_servers_banner(local_cloud):
+    port = local_cloud.state().ssh_port
+    trigger = SshReadyTrigger(LOOPBACK, port, timeout=30, delay=0.5)
+    # Stored in the database as it is: an address, never a key.
+    assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started"}
+    event = first_event(trigger)
+    assert event.payload["status"] == "success"
+    assert event.payload["waiter_args"] == {"address": [f"{LOOPBACK}:{port}"]}
+
+
+def test_ssh_ready_times_out_when_nothing_answers():
+    port = free_port()  # nothing listens there
+    event = first_event(SshReadyTrigger(LOOPBACK, port, timeout=1, delay=0.3))
+    assert event.payload["status"] == "timeout" and f"{LOOPBACK}:{port}" in event.payload["message"]
+
+
+def test_triggers_come_back_from_their_serialized_form(aws_connection):
+    for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
+                                    finish=False, started=1.0),
+                    SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
+        classpath, kwargs = trigger.serialize()
+        module, _, name = classpath.rpartition(".")
+        again = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+        assert again.serialize() == (classpath, kwargs)
