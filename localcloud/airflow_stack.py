@@ -201,6 +201,10 @@ class AirflowStack:
             except (OSError, ValueError):
                 health = {}
             if health and all((health.get(key) or {}).get("status") == "healthy" for key in HEALTH_KEYS):
+                # The Execution API (which task processes call) builds its versioned routes on its first
+                # request, for seconds: have that done now rather than in the first task of a build.
+                with urllib.request.urlopen(f"{self.url}/execution/health", timeout=120) as response:  # noqa: S310
+                    response.read()
                 return health
             time.sleep(1)
         raise AirflowStackError(f"Airflow at {self.url} is not healthy after {timeout} s: {health or 'no answer'}; "
