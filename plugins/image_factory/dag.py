@@ -20,9 +20,8 @@ import time
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
-from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
-from airflow.sdk.bases.decorator import task_decorator_factory
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG, Asset, Param, Variable, get_current_context
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
@@ -72,8 +71,9 @@ def classified(function):
     return wrapper
 
 
-class _ResumableOperator(_PythonDecoratedOperator):
-    """A TaskFlow task that can wait for a cloud state in the triggerer, then run again to go on."""
+class BuildStep(PythonOperator):
+    """A build step: a plain function run as a task, which can wait for a cloud state in the triggerer and
+    then run again to go on. (Plain operators rather than TaskFlow's: a DAG file of many specs parses faster.)"""
 
     def resume(self, context, event=None):
         if event == "success":
@@ -83,23 +83,27 @@ class _ResumableOperator(_PythonDecoratedOperator):
         if not event or event.get("status") != "success":
             raise waiting.WaitFailed((event or {}).get("message", "the wait ended without a result"))
         log.info("the wait is over (%s polls in the triggerer); going on", event.get("polls"))
-        global _resumed_event  # a task process runs one task: its step's wait reads it (no second poll)
-        _resumed_event = event
+        _resumed_events[context["ti"].id] = event  # the step's wait reads it: no second poll
         return self.execute(context)
 
 
-#: The trigger event this task process was resumed with, if it was (see _ResumableOperator.resume).
-_resumed_event: dict | None = None
+#: Task instance id -> the trigger event it was resumed with (see BuildStep.resume). By id: `airflow dags test`
+#: runs every task of a run in one process.
+_resumed_events: dict = {}
 
 
-class _InstanceLinkOperator(_ResumableOperator):
-    """A TaskFlow task with a link to the builder instance (see links.py)."""
+def _resumed_event() -> dict | None:
+    return _resumed_events.get(get_current_context()["ti"].id)
+
+
+class InstanceStep(BuildStep):
+    """A build step with a link to the builder instance (see links.py)."""
 
     operator_extra_links = (links.BuilderInstanceLink(),)
 
 
-class _ImageLinkOperator(_ResumableOperator):
-    """A TaskFlow task with a link to the image (see links.py)."""
+class ImageStep(BuildStep):
+    """A build step with a link to the image (see links.py)."""
 
     operator_extra_links = (links.ImageLink(),)
 
@@ -114,27 +118,33 @@ def origin_asset(spec_name: str) -> Asset:
     return Asset(name=f"image-factory/{spec_name}/origin", uri=f"image-factory://origins/{spec_name}")
 
 
+#: The JSON Schema dialect of the trigger form's fields: Airflow checks each field's schema against its
+#: dialect's meta-schema when it parses a scheduled DAG, and draft-07's is about half as costly as the default.
+FORM_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def _field(default, title: str, description: str, **schema) -> Param:
+    return Param(default, description=description, **{"$schema": FORM_DIALECT, "title": title, **schema})
+
+
 def trigger_params(spec) -> dict[str, Param]:
     """The trigger form: overrides of the spec (empty means "as the spec says") and its ${NAME} parameters."""
     spec_origin = spec.origin if isinstance(spec.origin, str) else f"newest {spec.origin.name}"
+    text = ["null", "string"]
     form = {
-        "origin": Param(None, type=["null", "string"], title="Origin override",
-                        description=f"Build from another origin: an AMI id, resolve:ssm:<parameter>. "
-                                    f"Empty: the spec's ({spec_origin})."),
-        "instance_size": Param(None, type=["null", "string"], title="Instance size override",
-                               examples=["small", "medium", "large"],
-                               description=f"small, medium, large or an instance type. Empty: the spec's "
-                                           f"({spec.instance_size})."),
-        "server_role": Param(None, type=["null", "string"], title="Server role override",
-                             description="Apply another role. Empty: the spec's "
-                                         f"({spec.configure.server_role if spec.configure else 'none'})."),
-        "extra_tags": Param({}, type="object", title="Extra image tags",
-                            description="Tags added to the image, as a JSON object of strings."),
+        "origin": _field(None, "Origin override", f"Build from another origin: an AMI id, "
+                         f"resolve:ssm:<parameter>. Empty: the spec's ({spec_origin}).", type=text),
+        "instance_size": _field(None, "Instance size override", f"small, medium, large or an instance type. "
+                                f"Empty: the spec's ({spec.instance_size}).", type=text,
+                                examples=["small", "medium", "large"]),
+        "server_role": _field(None, "Server role override", "Apply another role. Empty: the spec's "
+                              f"({spec.configure.server_role if spec.configure else 'none'}).", type=text),
+        "extra_tags": _field({}, "Extra image tags", "Tags added to the image, as a JSON object of strings.",
+                             type="object"),
     }
     for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS)):
-        form[name] = Param(None, type=["null", "string"], title=name,
-                           description=f"Value of ${{{name}}} in the spec (else Airflow Variable {name}, "
-                                       "else the environment)")
+        form[name] = _field(None, name, f"Value of ${{{name}}} in the spec (else Airflow Variable {name}, else "
+                            "the environment)", type=text)
     return form
 
 
@@ -150,7 +160,7 @@ class BuildRuntime:
 
     def build(self, outputs: dict[str, str] | None = None, fields: tuple[str, ...] | None = None) -> Build:
         context = get_current_context()
-        fresh = context["ti"].try_number == 1 and _resumed_event is None
+        fresh = context["ti"].try_number == 1 and _resumed_event() is None
         dag_run = context["dag_run"]
         trigger = {**(context.get("params") or {}), **(dag_run.conf or {})}
         lookup = parameters.chain(outputs or {}, trigger, _variable, os.environ)
@@ -206,7 +216,6 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        params=trigger_params(spec),
         tags=["image-build", spec.platform] + ([f"role:{spec.configure.server_role}"] if spec.configure else []),
         doc_md=_doc(loaded),
         default_args={
@@ -223,12 +232,15 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
         return aws.clients(build.spec.aws_conn_id, build.spec.region)
 
     def deferring(build: Build, finish: bool = False) -> waiting.Wait:
-        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=_resumed_event, finish=finish)
+        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=_resumed_event(), finish=finish)
+
+    def step(operator: type[BuildStep], function, *upstream, **options):
+        """A task running ``function`` with the results of the ``upstream`` tasks as its arguments."""
+        return operator(task_id=function.__name__, python_callable=classified(function), op_args=list(upstream),
+                        **options).output
 
     with dag:
 
-        @task(task_id="create_builder_infrastructure", pool=deployment.pool)
-        @classified
         def create_builder_infrastructure() -> dict:
             build = runtime.build()
             c = cloud(build)
@@ -240,9 +252,6 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
         def with_outputs(infra: dict) -> Build:
             return runtime.build(infrastructure.BuilderInfrastructure.from_dict(infra).outputs())
 
-        @task_decorator_factory(decorated_operator_class=_InstanceLinkOperator, task_id="launch_builder_instance",
-                                pool=deployment.pool)
-        @classified
         def launch_builder_instance(infra: dict) -> str:
             build = with_outputs(infra)
             c = cloud(build)
@@ -262,8 +271,6 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             host = instance.address(c.ec2, instance_id, build)
             return host, build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
 
-        @task_decorator_factory(decorated_operator_class=_ResumableOperator, task_id="configure")
-        @classified
         def configure(instance_id: str, infra: dict) -> None:
             build = with_outputs(infra)
             if build.spec.configure is None:
@@ -279,14 +286,11 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
 
             hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout,
                                            interval=build.settings.poll_interval,
-                                           defer=None if _resumed_event else defer)
+                                           defer=None if _resumed_event() else defer)
             lines = tools.apply(hook, build.spec.configure, build, remote.SSHTarget(host, port, user, key))
             log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
                      len(lines))
 
-        @task_decorator_factory(decorated_operator_class=_ImageLinkOperator, task_id="register_image",
-                                pool=deployment.pool, outlets=[image_asset(spec.name)])
-        @classified
         def register_image(instance_id: str, infra: dict) -> dict:
             build = with_outputs(infra)
             c = cloud(build)
@@ -316,9 +320,6 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
 
         # The run's state is the build's: a teardown is not a leaf, so its success cannot turn a failed
         # build green (and a failed teardown shows red on its own task; the sweeper catches its leftovers).
-        @task_decorator_factory(decorated_operator_class=_ResumableOperator, task_id="tear_down",
-                                pool=deployment.pool)
-        @classified
         def tear_down() -> list[str]:
             context = get_current_context()
             build_id = build_id_for(spec.name, context["dag_run"].run_id)
@@ -330,16 +331,19 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             log.info("tear_down: deleted %d builder resources of build %s", len(removed), build_id)
             return removed
 
-        infra = create_builder_infrastructure()
-        launched = launch_builder_instance(infra)
-        configured = configure(launched, infra)
-        registered = register_image(launched, infra)
+        pool = deployment.pool
+        infra = step(BuildStep, create_builder_infrastructure, pool=pool)
+        launched = step(InstanceStep, launch_builder_instance, infra, pool=pool)
+        configured = step(BuildStep, configure, launched, infra)
+        registered = step(ImageStep, register_image, launched, infra, pool=pool, outlets=[image_asset(spec.name)])
         configured >> registered
-        removed = tear_down()
+        removed = step(BuildStep, tear_down, pool=pool)
         registered >> removed
         removed.as_teardown(setups=infra)
         # Also when the setup itself fails half-way: whatever it made before failing is torn down (a
         # teardown's own rule would skip it when no setup succeeded).
         removed.operator.trigger_rule = TriggerRule.ALL_DONE
 
+    # After the tasks: a DAG's params given earlier are deep-copied into every task made after them.
+    dag.params = trigger_params(spec)
     return dag

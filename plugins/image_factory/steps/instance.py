@@ -97,12 +97,13 @@ def stop(ec2, instance_id: str, build: Build, wait: Wait = blocking) -> None:
 
 def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wait: Wait = blocking) -> list[str]:
     """Terminate every instance of the build and wait until they are gone (a rerun only waits)."""
-    live = [i["InstanceId"] for i in find(ec2, build_id)]
+    found = find(ec2, build_id, [*LIVE_STATES, "shutting-down"])
+    live = [i["InstanceId"] for i in found if i["State"]["Name"] in LIVE_STATES]
     if live:
         ec2.terminate_instances(InstanceIds=live)
         for instance_id in live:
             deleted("instance", instance_id)
-    going = live + [i["InstanceId"] for i in find(ec2, build_id, ["shutting-down"]) if i["InstanceId"] not in live]
+    going = [i["InstanceId"] for i in found]
     if going:
         wait(ec2, "instance_terminated", timeout=timeout, delay=poll_interval, InstanceIds=going)
     return live
