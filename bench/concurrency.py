@@ -658,8 +658,8 @@ def result(m: dict) -> Result:
         f"{_s(one['to_image_all'])}, run done in {_s(one['wall_to_end'])}.",
         f"Task process starts (the first run of a task and each resumption after a deferral; counted in the task "
         f"logs): {many['task_starts']} for the {n} builds ({many['task_starts'] / n:.1f} per build), "
-        f"{one['task_starts']} for the one build. Each start parses the DAG file, which makes the DAGs of all "
-        f"{n} specs: {_ms(many['parse_ms_median'])} median, {_ms(many['parse_ms_max'])} at most during the {n} "
+        f"{one['task_starts']} for the one build. Each start parses the DAG file (the specs folder holds {n} "
+        f"specs): {_ms(many['parse_ms_median'])} median, {_ms(many['parse_ms_max'])} at most during the {n} "
         f"builds (wall time in the task process, CPU contention included), against {_ms(one['parse_ms_median'])} "
         "median for the one build.",
         "Leaks: every resource of the local cloud (instances not terminated, VPCs, subnets, security groups, key "
