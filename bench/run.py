@@ -51,9 +51,7 @@ def _parse(args: argparse.Namespace) -> Result:
     return parse.run(n=args.n, repeat=args.repeat, profile=args.profile)
 
 
-# Hooks for the benchmarks still to come: set `run` to a function (args) -> Result and add its options in main().
-# - build-latency: one image build end to end on the local cloud, per step, vs a peer measured in the same run.
-# - concurrency: N builds at once (pool, scheduler, cloud API calls), vs a peer measured in the same run.
+# A new benchmark: a function (args) -> Result here, its options in main().
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b for b in (
         Benchmark("parse", "DagBag load of N specs vs dag-factory on N equivalent YAML DAGs", _parse),
