@@ -15,15 +15,18 @@ RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
 
 
 class Clients:
-    """The EC2 client, and the SSM client made on first use (making a client costs a few tenths of a second)."""
+    """The EC2 and SSM clients of a connection and region, each made on first use (a client costs a few tenths
+    of a second to make)."""
 
     def __init__(self, aws_conn_id: str, region: str):
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
         self._hook = functools.partial(AwsBaseHook, aws_conn_id=aws_conn_id, region_name=region, config=RETRY_CONFIG)
-        ec2_hook = self._hook(client_type="ec2")
-        self.ec2: Any = ec2_hook.conn
-        self.endpoint_url: str | None = ec2_hook.conn_config.endpoint_url
+        self.endpoint_url: str | None = self._hook(client_type="ec2").conn_config.endpoint_url
+
+    @functools.cached_property
+    def ec2(self) -> Any:
+        return self._hook(client_type="ec2").conn
 
     @functools.cached_property
     def ssm(self) -> Any:
