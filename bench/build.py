@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import boto3
 
-from bench import Result, Row
+from bench import Result, Row, install_debian_package
 from localcloud.cloud import LocalCloud, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -188,13 +187,12 @@ def packer(cloud: LocalCloud, work: Path) -> dict:
 
 
 def _install_packer() -> str | None:
-    """Debian's packer, installed when missing (as root, or through sudo)."""
-    print("installing Debian's packer package (apt-get) ...", flush=True)
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "packer"]):
-        if subprocess.run(sudo + command, env=env, capture_output=True, timeout=900).returncode != 0:
-            return None
+    """Debian's packer, installed when missing."""
+    try:
+        install_debian_package("packer")
+    except RuntimeError as exc:
+        print(exc, flush=True)
+        return None
     return shutil.which("packer")
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import install_debian_package
 from localcloud.cloud import LOOPBACK, free_port
 
 BINARIES = "/usr/lib/postgresql/*/bin"
@@ -58,13 +59,10 @@ def install() -> Path:
     found = bin_dir()
     if found:
         return found
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print("postgres: installing Debian's postgresql package (apt-get)", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
-        result = subprocess.run(sudo + command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise PostgresError(f"{' '.join(command)} failed: {result.stderr[-2000:] or result.stdout[-2000:]}")
+    try:
+        install_debian_package("postgresql")
+    except RuntimeError as exc:
+        raise PostgresError(str(exc)) from None
     found = bin_dir()
     if not found:
         raise PostgresError(f"the postgresql package is installed but no {BINARIES}/initdb is there")
