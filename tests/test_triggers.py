@@ -114,3 +114,25 @@ def test_triggers_come_back_from_their_serialized_form(aws_connection):
         module, _, name = classpath.rpartition(".")
         again = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
         assert again.serialize() == (classpath, kwargs)
+
+
+def test_configure_hands_an_unanswered_ssh_wait_to_the_triggerer_after_one_attempt():
+    from image_factory import remote
+    from image_factory.steps.infrastructure import _new_key
+    from image_factory.waiting import WaitDeferred
+
+    key, _ = _new_key()
+    port = free_port()  # nothing listens there: the first login attempt fails at once
+    handed = []
+
+    def defer():
+        handed.append(SshReadyTrigger(LOOPBACK, port, timeout=60, delay=2))
+        raise WaitDeferred(handed[-1], 60)
+
+    started = time.monotonic()
+    with pytest.raises(WaitDeferred):
+        remote.wait_until_ready(LOOPBACK, port, "nobody", key, timeout=60, interval=2, defer=defer)
+    assert len(handed) == 1 and time.monotonic() - started < 15  # no polling in the worker
+    # Without a way to defer (a resumed task: the banner answered), it keeps trying until its timeout.
+    with pytest.raises(TimeoutError, match="did not answer within 1 s"):
+        remote.wait_until_ready(LOOPBACK, port, "nobody", key, timeout=1, interval=0.5)
