@@ -91,6 +91,7 @@ class SshReadyTrigger(BaseTrigger):
     async def run(self):
         polls = 0
         while True:
+            await asyncio.sleep(self.delay)  # the task's own attempt has just failed
             polls += 1
             if await self._banner():
                 yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": "ssh_ready",
@@ -100,7 +101,6 @@ class SshReadyTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "timeout", "message": f"SSH on {self.host}:{self.port} did not "
                                                                    f"answer within {self.timeout:.0f} s"})
                 return
-            await asyncio.sleep(self.delay)
 
     async def _banner(self) -> bool:
         try:
