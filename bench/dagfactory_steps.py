@@ -11,10 +11,6 @@ def create_builder_infrastructure(**context) -> None:
     pass
 
 
-def launch_builder_instance(**context) -> None:
-    pass
-
-
 def configure(**context) -> None:
     pass
 

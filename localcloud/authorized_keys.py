@@ -10,6 +10,7 @@ import sys
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 
 BUILD_TAG = "image-factory:build-id"
 
@@ -33,9 +34,12 @@ def main() -> int:
     parser.add_argument("--regions", required=True)
     parser.add_argument("user", nargs="?")
     args = parser.parse_args()
-    for region in args.regions.split(","):
-        for key in public_keys(args.endpoint, region):
-            print(key)
+    regions = args.regions.split(",")
+    # One request per region, at once: sshd waits for this on every login.
+    with ThreadPoolExecutor(len(regions)) as pool:
+        for keys in pool.map(lambda region: public_keys(args.endpoint, region), regions):
+            for key in keys:
+                print(key)
     return 0
 
 

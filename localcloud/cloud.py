@@ -35,10 +35,14 @@ class LocalCloudError(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+def free_port(*taken: int) -> int:
+    """A port free now on loopback, other than ``taken`` (ports chosen but not bound yet)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
@@ -169,8 +173,8 @@ class LocalCloud:
             raise LocalCloudError(f"{SSHD} is missing: install Debian's openssh-server (make setup does)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ec2_port = ec2_port or free_port()
-        ssh_port = ssh_port or free_port()
-        moto_port = free_port()
+        ssh_port = ssh_port or free_port(ec2_port)
+        moto_port = free_port(ec2_port, ssh_port)
         moto = self._start_moto(moto_port)
         started = [(moto.pid, "moto.server")]
         try:

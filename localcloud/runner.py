@@ -32,6 +32,8 @@ def airflow_env(cloud: LocalCloud, airflow_home: Path, **settings: str) -> dict[
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Every process loads the plugins at its start (image_factory_plugin.py readies the task processes).
+        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
         "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
         **cloud.env(),
     })

@@ -1,8 +1,18 @@
-"""Registers Image Factory's operator extra links with Airflow (the UI resolves links through plugins)."""
+"""Registers Image Factory's operator extra links with Airflow (the UI resolves links through plugins), and
+readies what every build task needs.
+
+With ``[core] lazy_load_plugins = False`` (as the project's stacks set it) every Airflow process loads this at
+its start, so the processes that fork task processes (the LocalExecutor's workers, a Celery worker) fork them
+with the build's modules imported and the AWS API models read: a task starts in tenths of a second less CPU.
+"""
 
 from airflow.plugins_manager import AirflowPlugin
 
+import image_factory.dag  # noqa: F401 (imported for the task processes forked from this one)
+from image_factory import aws
 from image_factory.links import BuilderInstanceLink, ImageLink
+
+aws.preload()
 
 
 class ImageFactoryPlugin(AirflowPlugin):

@@ -26,7 +26,7 @@ SHIPPED = sorted((PROJECT / "include" / "specs").glob("*.y*ml"))
 LIVE_SPEC = PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml"
 EXPECT = re.compile(r"^# expect: (?P<field>.+?) \| (?P<substring>.+)$")
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-TASKS = ["create_builder_infrastructure", "launch_builder_instance", "configure", "register_image", "tear_down"]
+TASKS = ["create_builder_infrastructure", "configure", "register_image", "tear_down"]
 HOSTILE = "servermaker.shopspinner.xyz; rm -rf /"
 
 
@@ -126,11 +126,11 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
                                   "IMAGE_BUILDER_SSH_KEY": "<made by create_builder_infrastructure>"}
     created = {kind: value for item in tasks["create_builder_infrastructure"]["creates"]
                for kind, value in item.items()}
-    assert set(created) == {"vpc", "subnet", "security_group", "key_pair"}
+    assert set(created) == {"vpc", "subnet", "security_group", "key_pair", "instance"}
     assert created["security_group"]["ingress"] == ["tcp 22 from 10.20.0.0/16"]
     assert created["security_group"]["egress"] == ["tcp 53 to 0.0.0.0/0", "tcp 80 to 0.0.0.0/0",
                                                    "tcp 443 to 0.0.0.0/0", "udp 53 to 0.0.0.0/0"]
-    instance = tasks["launch_builder_instance"]["creates"][0]["instance"]
+    instance = created["instance"]
     assert instance["instance_type"] == "t3.small (small)"
     assert instance["subnet"] == "<made by create_builder_infrastructure>"
     configure = tasks["configure"]

@@ -10,14 +10,14 @@ from airflow.dag_processing.dagbag import DagBag
 from image_factory.spec import load_specs
 
 PROJECT = Path(__file__).resolve().parents[1]
-STEPS = ["create_builder_infrastructure", "launch_builder_instance", "configure", "register_image", "tear_down"]
+STEPS = ["create_builder_infrastructure", "configure", "register_image", "tear_down"]
 
 
 def image_build_dags(bag: DagBag) -> list[str]:
     return sorted(dag_id for dag_id, dag in bag.dags.items() if "image-build" in dag.tags)
 
 
-def test_one_dag_per_live_spec_with_the_five_steps():
+def test_one_dag_per_live_spec_with_the_four_steps():
     bag = DagBag(str(PROJECT / "dags"))
     assert bag.import_errors == {}
     specs, errors = load_specs(PROJECT / "include" / "specs")

@@ -87,7 +87,42 @@ def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
     assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
-                             "waiter_args": {"InstanceIds": [instance_id]}}
+                             "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None}
+
+
+def test_the_calls_that_waited_for_the_state_are_made_by_the_trigger(local_cloud, ec2, ssm, aws_connection):
+    """The teardown's security group and subnet go once the instance is gone, without a task coming back."""
+    vpc = ec2.create_vpc(CidrBlock="10.99.0.0/24")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.99.0.0/28")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="then-test", Description="t", VpcId=vpc)["GroupId"]
+    instance_id = launch(ec2, ssm)
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    local_cloud.reset_stats()
+    event = first_event(Ec2StateTrigger(
+        aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, delay=0.2,
+        finish=True, then=[("delete_security_group", {"GroupId": group}), ("delete_subnet", {"SubnetId": subnet}),
+                           ("delete_vpc", {"VpcId": vpc})]))
+    assert isinstance(event, TaskSuccessEvent)
+    calls = local_cloud.stats()["calls"]
+    assert [calls.get(f"ec2:{a}") for a in ("DeleteSecurityGroup", "DeleteSubnet", "DeleteVpc")] == [1, 1, 1]
+    assert ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Vpcs"] == []
+
+
+def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm, aws_connection):
+    vpc = ec2.create_vpc(CidrBlock="10.98.0.0/24")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.98.0.0/28")["Subnet"]["SubnetId"]
+    instance_id = launch(ec2, ssm)
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    try:
+        event = first_event(Ec2StateTrigger(
+            aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, delay=0.2,
+            finish=True, then=[("delete_vpc", {"VpcId": vpc})]))  # its subnet is still there: DependencyViolation
+    finally:
+        ec2.delete_subnet(SubnetId=subnet)
+        ec2.delete_vpc(VpcId=vpc)
+    assert not isinstance(event, TaskSuccessEvent)
+    assert event.payload["status"] == "success"
+    assert "delete_vpc" in event.payload["calls_failed"] and "DependencyViolation" in event.payload["calls_failed"]
 
 
 def test_ssh_ready_reads_the_servers_banner(local_cloud):
@@ -108,7 +143,8 @@ def test_ssh_ready_times_out_when_nothing_answers():
 
 def test_triggers_come_back_from_their_serialized_form(aws_connection):
     for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
-                                    finish=False, started=1.0),
+                                    finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
+                                    elapsed=1.5),
                     SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")

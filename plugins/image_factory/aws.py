@@ -13,20 +13,56 @@ from botocore.config import Config
 #: botocore's standard retry mode: backoff with jitter on throttling and transient errors.
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
 
+#: The services a build calls.
+SERVICES = ("ec2", "ssm")
+
+
+@functools.cache
+def service_models():
+    """One botocore data loader for the whole process. The provider's hook makes a new session, and so a new
+    loader, for every client; reading EC2's API model again takes 0.3 s of CPU each time (in every task and
+    every trigger), once with a shared loader."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
+def preload() -> None:
+    """Read the models a build needs now (see airflow_local_settings.py: processes forked from this one, like
+    the executor's task processes, then start with them read)."""
+    loader = service_models()
+    for service in SERVICES:
+        loader.load_service_model(service, "service-2")
+    loader.load_data("endpoints")
+    loader.load_data("partitions")
+
+
+@functools.cache
+def _hook_class() -> type:
+    """The provider's AWS hook, its sessions using :func:`service_models` (imported on first use: the
+    provider's import costs a DAG file's parse)."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    class SharedModelsHook(AwsBaseHook):
+        def get_session(self, region_name: str | None = None, deferrable: bool = False):
+            session = super().get_session(region_name=region_name, deferrable=deferrable)
+            session._session.register_component("data_loader", service_models())  # boto3 keeps botocore's here
+            return session
+
+    return SharedModelsHook
+
 
 class Clients:
-    """The EC2 and SSM clients of a connection and region, each made on first use (a client costs a few tenths
-    of a second to make)."""
+    """The EC2 and SSM clients of a connection and region, each made on first use."""
 
     def __init__(self, aws_conn_id: str, region: str):
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        self._hook = functools.partial(AwsBaseHook, aws_conn_id=aws_conn_id, region_name=region, config=RETRY_CONFIG)
-        self.endpoint_url: str | None = self._hook(client_type="ec2").conn_config.endpoint_url
+        self._hook = functools.partial(_hook_class(), aws_conn_id=aws_conn_id, region_name=region, config=RETRY_CONFIG)
+        self._ec2_hook = self._hook(client_type="ec2")
+        self.endpoint_url: str | None = self._ec2_hook.conn_config.endpoint_url
 
     @functools.cached_property
     def ec2(self) -> Any:
-        return self._hook(client_type="ec2").conn
+        return self._ec2_hook.conn
 
     @functools.cached_property
     def ssm(self) -> Any:

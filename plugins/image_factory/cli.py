@@ -281,20 +281,20 @@ def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
     }})
     outputs["IMAGE_BUILDER_SECURITY_GROUP_ID"] = "the security group's id"
     outputs["IMAGE_BUILDER_SSH_KEY"] = build.resource_name
+    creates.append(_instance(spec, build))
     return {"task_id": "create_builder_infrastructure",
-            "does": "resolves the origin, then creates the builder infrastructure (an Airflow setup task), each "
-                    "resource tagged with the builder tags in its create call",
+            "does": "resolves the origin, creates the builder infrastructure (an Airflow setup task), each "
+                    "resource tagged with the builder tags in its create call, and launches the builder "
+                    "instance; the triggerer waits until it is running, then ends the task",
             "origin": _origin(spec), "creates": creates, "outputs": outputs}
 
 
-def _instance_task(spec, build) -> dict:
+def _instance(spec, build) -> dict:
     if spec.wants_builder_subnet or spec.subnet:
         subnet = spec.subnet
     else:
         subnet = f"the default subnet of the default VPC of {spec.region}"
-    return {"task_id": "launch_builder_instance",
-            "does": "launches the builder instance; the triggerer waits until it is running, then ends the task",
-            "creates": [{"instance": {
+    return {"instance": {
                 "image": MADE_BY_ORIGIN,
                 "instance_type": f"{instance_type(spec.instance_size)}"
                                  + (f" ({spec.instance_size})" if spec.instance_size != instance_type(
@@ -306,7 +306,7 @@ def _instance_task(spec, build) -> dict:
                 "metadata": "IMDSv2 required (HttpTokens=required, hop limit 1)",
                 "root_volume": "the origin's root volume, encrypted, deleted with the instance",
                 "shutdown_behaviour": "terminate",
-            }}]}
+            }}
 
 
 def _ssh(spec, settings) -> dict:
@@ -321,7 +321,8 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
     task: dict[str, Any] = {"task_id": "configure"}
     configure = spec.configure
     if configure is None:
-        task["does"] = "nothing: the spec has no configure section, the image is a copy of its origin"
+        task["does"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
+                        "origin")
         return task
     task["ssh"] = _ssh(spec, settings)
     task.update(tool=configure.tool, server_role=configure.server_role)
@@ -364,6 +365,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
             task["note"] = ", ".join(f"${{{n}}}" for n in dict.fromkeys(unknown)) + ": the value replaces it " \
                                                                                    "before quoting"
     task["timeout"] = f"{settings.configure_timeout:g} s"
+    task["then"] = "asks the instance to stop (register_image waits for it)"
     return task
 
 
@@ -402,16 +404,17 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
         schedule += ", and when the origin resolves to a new image"
     tasks = [
         _infrastructure_task(spec, build, settings, warnings),
-        _instance_task(spec, build),
         _configure_task(spec, build, settings, known, warnings),
         {"task_id": "register_image",
-         "does": "stops the instance, creates the image, waits until it is available (in the triggerer), "
-                 "tags its snapshots, then tags it image-factory:complete=true",
+         "does": "waits until the instance is stopped, creates the image, waits until it is available (in the "
+                 "triggerer), then tags its snapshots and tags it image-factory:complete=true",
          "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"),
          "tags": "the image tags (below)"},
         {"task_id": "tear_down",
-         "does": "the teardown of the setup: runs whether the build succeeded or failed, and deletes what it "
-                 f"finds tagged image-factory:build-id={build.build_id}",
+         "does": "the teardown of the setup: runs whether the build succeeded or failed, and deletes what the "
+                 "setup recorded, or on a retry or when the setup failed, what it finds tagged "
+                 f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
+                 "triggerer once it is",
          "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
                      "complete, and their snapshots", "the key pair and its SSM parameter", "the security group",
                      *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},

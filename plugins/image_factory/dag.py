@@ -1,6 +1,6 @@
 """One spec -> one Airflow DAG. This module only wires the steps (plain functions) to tasks.
 
-create_builder_infrastructure (setup) -> launch_builder_instance -> configure -> register_image
+create_builder_infrastructure (setup: the builder's network, key and instance) -> configure -> register_image
 -> tear_down (teardown of the setup: runs whatever failed)
 
 Every step retries transient errors with backoff and fails at once on permanent ones (errors.py); a retry
@@ -39,7 +39,8 @@ log = logging.getLogger("image_factory")
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 #: The steps before register_image, whose durations the build summary reports.
-BUILD_STEPS = ("create_builder_infrastructure", "launch_builder_instance", "configure")
+BUILD_STEPS = ("create_builder_infrastructure", "configure")
+SETUP = BUILD_STEPS[0]
 
 
 #: Retrying cannot fix a permanent error: fail the task at once, with its message.
@@ -62,7 +63,10 @@ def classified(function):
             # Hand the wait to the triggerer (defer() raises); the task resumes by running again (waiting.py),
             # or the trigger ends it, and then the result stored here is the task's.
             if wait.result is not None:
-                get_current_context()["ti"].xcom_push(key="return_value", value=wait.result)
+                ti, so_far = get_current_context()["ti"], round(time.monotonic() - started, 1)
+                ti.xcom_push(key="return_value", value=wait.result)
+                ti.xcom_push(key="step_seconds", value=so_far)
+                wait.trigger.elapsed = so_far  # its step_seconds: this plus the wait
             get_current_context()["task"].defer(trigger=wait.trigger, method_name="resume",
                                                 timeout=timedelta(seconds=wait.timeout + 60))
         get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
@@ -77,9 +81,9 @@ class BuildStep(PythonOperator):
 
     def resume(self, context, event=None):
         if event == "success":
-            # A trigger that ends the task (finish) under `airflow dags test`, which resumes the task with the
-            # event's state instead: the wait is over, so run again to return the result.
-            event = {"status": "success", "any_wait": True}
+            # A trigger that ends the task, under `airflow dags test`: it resumes the task with the event's state
+            # instead. The wait is over, and the task stored its result before deferring.
+            return context["ti"].xcom_pull(task_ids=self.task_id)
         if not event or event.get("status") != "success":
             raise waiting.WaitFailed((event or {}).get("message", "the wait ended without a result"))
         log.info("the wait is over (%s polls in the triggerer); going on", event.get("polls"))
@@ -231,8 +235,8 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
     def cloud(build: Build) -> aws.Clients:
         return aws.clients(build.spec.aws_conn_id, build.spec.region)
 
-    def deferring(build: Build, finish: bool = False) -> waiting.Wait:
-        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=_resumed_event(), finish=finish)
+    def deferring(build: Build) -> waiting.Wait:
+        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=_resumed_event())
 
     def step(operator: type[BuildStep], function, *upstream, **options):
         """A task running ``function`` with the results of the ``upstream`` tasks as its arguments."""
@@ -244,24 +248,22 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
         def create_builder_infrastructure() -> dict:
             build = runtime.build()
             c = cloud(build)
-            origin_ami = origin.resolve_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+            origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+            origin_ami = origin_image["ImageId"]
             infra = infrastructure.create(c.ec2, c.ssm, build)
             log.info("builder infrastructure ready: %s", infra.outputs())
-            return {"origin_ami": origin_ami, **infra.to_dict()}
+            build = runtime.build(infra.outputs())
+            instance_id = instance.launch(c.ec2, build, origin_image, infra.security_group_id, infra.key_name,
+                                          wait=None)
+            links.persist(links.BuilderInstanceLink, get_current_context(), build.region, c.endpoint_url,
+                          instance_id=instance_id)
+            record = {"origin_ami": origin_ami, **infra.to_dict(), "instance_id": instance_id}
+            # Once the instance runs, the trigger ends this task with the record (no second start-up).
+            instance.wait_running(c.ec2, build, instance_id, deferring(build), result=record)
+            return record
 
         def with_outputs(infra: dict) -> Build:
             return runtime.build(infrastructure.BuilderInfrastructure.from_dict(infra).outputs())
-
-        def launch_builder_instance(infra: dict) -> str:
-            build = with_outputs(infra)
-            c = cloud(build)
-            instance_id = instance.launch(c.ec2, build, infra["origin_ami"], infra["security_group_id"],
-                                          infra["key_name"], wait=None)
-            links.persist(links.BuilderInstanceLink, get_current_context(), build.region, c.endpoint_url,
-                          instance_id=instance_id)
-            # Once the instance runs, the trigger ends this task with the instance id (no second start-up).
-            instance.wait_running(c.ec2, build, instance_id, deferring(build, finish=True))
-            return instance_id
 
         def ssh_target(build: Build, c: aws.Clients, instance_id: str) -> tuple[str, int, str]:
             if c.emulated and not build.settings.ssh_host:
@@ -271,12 +273,18 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             host = instance.address(c.ec2, instance_id, build)
             return host, build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
 
-        def configure(instance_id: str, infra: dict) -> None:
+        def configure(infra: dict) -> dict:
             build = with_outputs(infra)
+            c = cloud(build)
+            instance_id = infra["instance_id"]
             if build.spec.configure is None:
                 log.info("the spec has no configure section: the image is a copy of its origin")
-                return
-            c = cloud(build)
+            else:
+                apply_role(build, c, instance_id)
+            # Stop now: the stop goes on while register_image starts, which waits for it.
+            return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
+
+        def apply_role(build: Build, c: aws.Clients, instance_id: str) -> None:
             host, port, user = ssh_target(build, c, instance_id)
             key = infrastructure.private_key(c.ssm, build)
 
@@ -291,15 +299,19 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role,
                      len(lines))
 
-        def register_image(instance_id: str, infra: dict) -> dict:
+        def register_image(infra: dict, configured: dict) -> dict:
             build = with_outputs(infra)
             c = cloud(build)
             context = get_current_context()
             logical = context["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
+            resumed = _resumed_event() or {}
+            available = (resumed["waiter_args"]["ImageIds"][0] if resumed.get("waiter_name") == "image_available"
+                         else None)
             # The stop takes seconds and is waited for here; the image takes minutes and is deferred.
-            described = image.register(c.ec2, build, instance_id, infra["origin_ami"],
+            described = image.register(c.ec2, build, infra["instance_id"], infra["origin_ami"],
                                        image.image_name(build, logical), wait=deferring(build),
-                                       stop_wait=waiting.blocking)
+                                       stop_wait=waiting.blocking,
+                                       stop_requested_at=configured["stop_requested_at"], available=available)
             links.persist(links.ImageLink, context, build.region, c.endpoint_url, image_id=described["ImageId"])
             summary = {
                 "image_id": described["ImageId"],
@@ -326,17 +338,19 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
             build = runtime.build(fields=parameters.EARLY_FIELDS)
             c = cloud(build)
+            ti = context["ti"]
+            # The setup's record names what it made, unless this is a retry or a rerun (then: find by tag).
+            record = ti.xcom_pull(task_ids=SETUP) if build.fresh else None
             removed = teardown_step.tear_down(c.ec2, c.ssm, build_id, build.settings.poll_interval,
-                                              wait=deferring(build))
+                                              wait=deferring(build), record=record,
+                                              image_complete=ti.xcom_pull(task_ids="register_image") is not None)
             log.info("tear_down: deleted %d builder resources of build %s", len(removed), build_id)
             return removed
 
         pool = deployment.pool
-        infra = step(BuildStep, create_builder_infrastructure, pool=pool)
-        launched = step(InstanceStep, launch_builder_instance, infra, pool=pool)
-        configured = step(BuildStep, configure, launched, infra)
-        registered = step(ImageStep, register_image, launched, infra, pool=pool, outlets=[image_asset(spec.name)])
-        configured >> registered
+        infra = step(InstanceStep, create_builder_infrastructure, pool=pool)
+        configured = step(BuildStep, configure, infra)
+        registered = step(ImageStep, register_image, infra, configured, pool=pool, outlets=[image_asset(spec.name)])
         removed = step(BuildStep, tear_down, pool=pool)
         registered >> removed
         removed.as_teardown(setups=infra)

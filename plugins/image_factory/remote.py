@@ -55,7 +55,7 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
 
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
                      interval: float, defer: Callable[[], None] | None = None):
-    """Poll until SSH accepts the build's key and runs a command; returns the connected hook.
+    """Poll until SSH accepts the build's key; returns the connected hook.
 
     ``defer``, when given, is called if the first attempt fails: it hands the wait to the triggerer (raises).
     """
@@ -66,11 +66,7 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
         attempt += 1
         try:
             hook = connect(host, port, username, private_key)
-            status, _, _ = hook.exec_ssh_client_command(hook.get_conn(), "true", get_pty=False,
-                                                        environment=None, timeout=30)
-            if status == 0:
-                break
-            reason = f"'true' exited {status}"
+            break  # logged in: the role's first command is the next thing to run
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if defer is not None:

@@ -431,14 +431,17 @@ def load_spec(path: Path) -> LoadedSpec:
     return LoadedSpec(parse_spec(text, path), path, hashlib.sha256(raw).hexdigest()[:16])
 
 
-def load_specs(folder: Path) -> tuple[list[LoadedSpec], list[SpecError]]:
+def load_specs(folder: Path, only: str | None = None) -> tuple[list[LoadedSpec], list[SpecError]]:
     """Every valid spec in ``folder`` and an error for each bad one; one bad file never hides the others.
 
     Two specs with the same name are both rejected: neither may silently replace the other's DAG.
+    ``only``: read only the files that mention this name (a task process needs its own spec, not a folder's).
     """
     specs: list[LoadedSpec] = []
     errors: list[SpecError] = []
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        if only is not None and only.encode() not in path.read_bytes():
+            continue  # cannot define it
         try:
             specs.append(load_spec(path))
         except SpecError as exc:

@@ -2,10 +2,11 @@
 
 :class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (one describe
 call per poll, in a thread: the Amazon provider's async waiters need aiobotocore, which this project does not
-install). Its first poll is one interval after the change was started, not at once: the state cannot have
-changed yet. With ``finish``, it ends the task itself when the state is reached (a ``TaskSuccessEvent``; the
-task stored its result before deferring), so the task does not go back to a worker only to return a value; a
-failure or a timeout always goes back to the task, which raises it with its message.
+install), on the grid of waiting.py: every interval after the change was started, not at once. Then it makes
+the EC2 calls that waited for the state (``then``). With ``finish``, it ends the task itself (a
+``TaskSuccessEvent``; the task stored its result before deferring), so the task does not go back to a worker
+only to return a value; a failure, a timeout or a failed call always goes back to the task: it raises the
+first two with their message and runs again after the third.
 
 :class:`SshReadyTrigger` waits until the builder's SSH server answers with its banner (no login: a trigger's
 arguments are stored in the database, so it gets no key).
@@ -22,7 +23,8 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
-                 delay: float, finish: bool = False, started: float | None = None):
+                 delay: float, finish: bool = False, started: float | None = None, then: list | None = None,
+                 elapsed: float = 0.0):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region = region
@@ -32,36 +34,33 @@ class Ec2StateTrigger(BaseTrigger):
         self.delay = delay
         self.finish = finish
         self.started = started or time.time()
+        self.then = [list(call) for call in then or []]
+        #: Seconds the task ran before deferring (with ``finish``: the step's time is this plus the wait).
+        self.elapsed = elapsed
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.Ec2StateTrigger", {
             "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
             "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay, "finish": self.finish,
-            "started": self.started})
+            "started": self.started, "then": self.then, "elapsed": self.elapsed})
 
     def __repr__(self) -> str:
         return f"Ec2StateTrigger({self.waiter_name} {self.waiter_args})"
 
     async def run(self):
         from image_factory import aws
-        from image_factory.waiting import WaitFailed, reached
+        from image_factory.waiting import WaitFailed, call_after, next_poll, reached
 
         ec2 = (await asyncio.to_thread(aws.clients, self.aws_conn_id, self.region)).ec2
         deadline = self.started + self.timeout
         polls = 0
         while True:
-            await asyncio.sleep(max(0.0, min(self.delay, deadline - time.time())))
+            await asyncio.sleep(max(0.0, min(next_poll(self.started, self.delay, time.time()), deadline)
+                                    - time.time()))
             polls += 1
             try:
                 if await asyncio.to_thread(reached, ec2, self.waiter_name, self.waiter_args):
-                    self.log.info("%s %s after %d polls", self.waiter_name, self.waiter_args, polls)
-                    if self.finish:
-                        # The task stored its result before deferring; step_seconds feeds the build summary.
-                        yield TaskSuccessEvent(xcoms={"step_seconds": round(time.time() - self.started, 1)})
-                    else:
-                        yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
-                                            "waiter_args": self.waiter_args})
-                    return
+                    break
             except WaitFailed as exc:
                 yield TriggerEvent({"status": "failed", "message": str(exc)})
                 return
@@ -69,6 +68,16 @@ class Ec2StateTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "timeout", "message": f"{self.waiter_name} {self.waiter_args}: "
                                                                    f"not reached within {self.timeout:.0f} s"})
                 return
+        self.log.info("%s %s after %d polls", self.waiter_name, self.waiter_args, polls)
+        failed = await asyncio.to_thread(call_after, ec2, self.then)
+        if failed:
+            self.log.warning("left to the task, which runs again: %s", failed)
+        if self.finish and not failed:
+            # The task stored its result before deferring; step_seconds feeds the build summary.
+            yield TaskSuccessEvent(xcoms={"step_seconds": round(self.elapsed + time.time() - self.started, 1)})
+        else:
+            yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
+                                "waiter_args": self.waiter_args, "calls_failed": failed})
 
 
 class SshReadyTrigger(BaseTrigger):

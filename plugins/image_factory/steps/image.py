@@ -39,15 +39,18 @@ def find(ec2, build_id: str) -> list[dict]:
 
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
-             stop_wait: Wait | None = None) -> dict:
-    """Stop the instance (waiting with ``stop_wait``, else ``wait``), create the image, wait until it is
-    available, tag its snapshots and mark it complete; returns the image as described.
+             stop_wait: Wait | None = None, stop_requested_at: float | None = None,
+             available: str | None = None) -> dict:
+    """Stop the instance (waiting with ``stop_wait``, else ``wait``; ``stop_requested_at``: when configure
+    asked for the stop), create the image, wait until it is available, tag its snapshots and mark it
+    complete; returns the image as described.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
-    a failed one is replaced. An image this step leaves incomplete is deregistered by the build's teardown.
+    a failed one is replaced. ``available``: the image the triggerer saw available (a resumed task): no need
+    to look for it. An image this step leaves incomplete is deregistered by the build's teardown.
     """
-    image_id = None
-    for image in [] if build.fresh else find(ec2, build.build_id):
+    image_id = available
+    for image in [] if build.fresh or available else find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
             log.info("image %s of this build is registered already", image["ImageId"])
             return image
@@ -59,7 +62,9 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     tags = lineage_tags(build, origin_ami)
     if image_id is None:
         checkpoint("before:register")
-        instances.stop(ec2, instance_id, build, stop_wait or wait)
+        # A retry asks for the stop again (stopping a stopped instance is a no-op).
+        instances.stop(ec2, instance_id, build, stop_wait or wait,
+                       requested_at=stop_requested_at if build.fresh else None)
         image_id = ec2.create_image(
             InstanceId=instance_id, Name=name,
             Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
@@ -72,12 +77,11 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     checkpoint("after:register")
     described = ec2.describe_images(ImageIds=[image_id])["Images"][0]
     # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
-    # a half-made image's snapshots are found through the image anyway.
-    snapshots = _snapshot_ids(described)
-    if snapshots:
-        ec2.create_tags(Resources=snapshots, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    # Last: only an image whose registration went through to here is an output of the build.
-    ec2.create_tags(Resources=[image_id], Tags=[{"Key": TAG_COMPLETE, "Value": "true"}])
+    # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
+    # same call: only an image whose registration went through to here is an output of the build.
+    tags[TAG_COMPLETE] = "true"
+    ec2.create_tags(Resources=[*_snapshot_ids(described), image_id],
+                    Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     return described
 
 

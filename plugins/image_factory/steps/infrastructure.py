@@ -34,6 +34,8 @@ class BuilderInfrastructure:
     security_group_id: str
     key_name: str
     private_key_parameter: str
+    #: True when the VPC was made for this build (and goes with it).
+    own_vpc: bool = False
 
     def outputs(self) -> dict[str, str]:
         """The ``${NAME}`` parameters this step provides to the spec."""
@@ -48,7 +50,7 @@ class BuilderInfrastructure:
     @classmethod
     def from_dict(cls, data: dict) -> BuilderInfrastructure:
         """From :meth:`to_dict`'s output, which may carry more (the DAG adds the origin to it)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def private_key_parameter(build: Build) -> str:
@@ -59,7 +61,9 @@ def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
     spec, settings = build.spec, build.settings
     cidr = settings.cidr(spec.allow_ssh_from_anywhere)
     checkpoint("before:infrastructure")
+    own_vpc = False
     if spec.wants_builder_subnet:
+        own_vpc = not settings.builder_vpc_id
         vpc_id = settings.builder_vpc_id or _ensure_vpc(ec2, build)
         subnet_id = _ensure_subnet(ec2, build, vpc_id)
     elif spec.subnet:
@@ -71,7 +75,7 @@ def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
     security_group_id = _ensure_security_group(ec2, build, vpc_id, cidr)
     key_name, parameter = _ensure_key_pair(ec2, ssm, build)
     checkpoint("after:infrastructure")
-    return BuilderInfrastructure(vpc_id, subnet_id, security_group_id, key_name, parameter)
+    return BuilderInfrastructure(vpc_id, subnet_id, security_group_id, key_name, parameter, own_vpc)
 
 
 # --- VPC and subnet -----------------------------------------------------------------------------------
@@ -269,6 +273,28 @@ def destroy(ec2, ssm, build_id: str, *, attempts: int = 30, delay: float = 2.0) 
         deleted("vpc", vpc["VpcId"])
         removed.append(vpc["VpcId"])
     return removed
+
+
+def destroy_recorded(ec2, ssm, infra: BuilderInfrastructure) -> tuple[list[str], list[tuple[str, dict]]]:
+    """Delete what the setup recorded that nothing depends on (the key pair and its parameter), with no
+    lookups; returns what was deleted and the calls that must wait until the instance is gone (security
+    group, subnet, the build's own VPC: in this order)."""
+    ec2.delete_key_pair(KeyName=infra.key_name)
+    deleted("key-pair", infra.key_name)
+    removed = [infra.key_name]
+    try:
+        ssm.delete_parameter(Name=infra.private_key_parameter)
+        deleted("ssm-parameter", infra.private_key_parameter)
+        removed.append(infra.private_key_parameter)
+    except Exception as exc:
+        if error_code(exc) != "ParameterNotFound":
+            raise
+    later = [("delete_security_group", {"GroupId": infra.security_group_id})]
+    if infra.subnet_id:
+        later.append(("delete_subnet", {"SubnetId": infra.subnet_id}))
+    if infra.own_vpc:
+        later.append(("delete_vpc", {"VpcId": infra.vpc_id}))
+    return removed, later
 
 
 def _retry_dependency(call, attempts: int, delay: float) -> None:

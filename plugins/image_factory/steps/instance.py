@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from image_factory.build import TAG_BUILD, Build, created, deleted
 from image_factory.errors import PermanentError
@@ -27,10 +28,11 @@ def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
     return [i for r in reservations for i in r["Instances"]]
 
 
-def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name: str,
+def launch(ec2, build: Build, origin: str | dict, security_group_id: str, key_name: str,
            wait: Wait | None = blocking) -> str:
     """Launch (or find) the build's instance and wait until it is running (``wait=None``: do not wait, see
-    :func:`wait_running`); returns its id."""
+    :func:`wait_running`); returns its id. ``origin``: the origin's AMI id, or its description (one call
+    less)."""
     spec = build.spec
     existing = [] if build.fresh else find(ec2, build.build_id)
     if existing:
@@ -38,7 +40,8 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
         log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
     else:
         checkpoint("before:launch")
-        image = ec2.describe_images(ImageIds=[origin_ami])["Images"][0]
+        image = origin if isinstance(origin, dict) else ec2.describe_images(ImageIds=[origin])["Images"][0]
+        origin_ami = image["ImageId"]
         interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
@@ -64,9 +67,10 @@ def launch(ec2, build: Build, origin_ami: str, security_group_id: str, key_name:
     return instance_id
 
 
-def wait_running(ec2, build: Build, instance_id: str, wait: Wait = blocking) -> None:
+def wait_running(ec2, build: Build, instance_id: str, wait: Wait = blocking, result=None) -> None:
+    """``result``: the step's, when the wait is its last act (see waiting.deferring)."""
     wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, delay=build.settings.poll_interval,
-         InstanceIds=[instance_id])
+         result=result, InstanceIds=[instance_id])
 
 
 def _encrypted_root(image: dict) -> dict:
@@ -89,10 +93,21 @@ def address(ec2, instance_id: str, build: Build) -> str:
     return host
 
 
-def stop(ec2, instance_id: str, build: Build, wait: Wait = blocking) -> None:
-    ec2.stop_instances(InstanceIds=[instance_id])
+def stop(ec2, instance_id: str, build: Build, wait: Wait = blocking, requested_at: float | None = None) -> None:
+    """Stop the instance and wait until it is stopped; ``requested_at``: the stop was asked for then already
+    (configure asks for it as soon as it is done), so only wait."""
+    if requested_at is None:
+        requested_at = request_stop(ec2, instance_id)
     wait(ec2, "instance_stopped", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
-         InstanceIds=[instance_id])
+         since=requested_at, InstanceIds=[instance_id])
+
+
+def request_stop(ec2, instance_id: str) -> float:
+    """Ask for the stop without waiting; returns when (epoch seconds)."""
+    requested_at = time.time()
+    ec2.stop_instances(InstanceIds=[instance_id])
+    log.info("stopping instance %s", instance_id)
+    return requested_at
 
 
 def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wait: Wait = blocking) -> list[str]:

@@ -17,13 +17,18 @@ class OriginError(PermanentError):
 
 
 def resolve_origin(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
+    return describe_origin(ec2, ssm, origin, region)["ImageId"]
+
+
+def describe_origin(ec2, ssm, origin: str | OriginFilter, region: str) -> dict:
+    """The origin image, as DescribeImages shows it (the launch needs its root device)."""
     checkpoint("before:origin")
-    image_id = _resolve(ec2, ssm, origin, region)
+    image = _resolve(ec2, ssm, origin, region)
     checkpoint("after:origin")
-    return image_id
+    return image
 
 
-def _resolve(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
+def _resolve(ec2, ssm, origin: str | OriginFilter, region: str) -> dict:
     if isinstance(origin, OriginFilter):
         filters = [{"Name": "name", "Values": [origin.name]}, {"Name": "state", "Values": ["available"]}]
         if origin.architecture:
@@ -34,7 +39,7 @@ def _resolve(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
         newest = max(images, key=lambda image: image.get("CreationDate", ""))
         log.info("origin %r owned by %s: %d candidates, newest is %s (%s, created %s)", origin.name,
                  origin.owners, len(images), newest["ImageId"], newest.get("Name"), newest.get("CreationDate"))
-        return newest["ImageId"]
+        return newest
     if origin.startswith(SSM_PREFIX):
         name = origin[len(SSM_PREFIX):]
         try:
@@ -55,4 +60,4 @@ def _resolve(ec2, ssm, origin: str | OriginFilter, region: str) -> str:
         state = images[0].get("State") if images else "missing"
         raise OriginError(f"origin image {origin} in {region} is {state}, not available")
     log.info("origin image %s: %s", origin, images[0].get("Name"))
-    return origin
+    return images[0]
