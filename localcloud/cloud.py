@@ -183,6 +183,12 @@ class LocalCloud:
             # sshd's key lookup stands in for the cloud's own plumbing, not for a client: it asks moto directly,
             # so it is neither throttled nor counted.
             sshd = self._start_sshd(ssh_port, moto_port, regions)
+            # moto sets a region up on its first request there (a second or so): do it now, not in the
+            # first build's SSH login (the sshd's key lookup asks every region).
+            from localcloud.authorized_keys import public_keys
+
+            for region in regions.split(","):
+                public_keys(f"http://{LOOPBACK}:{moto_port}", region)
         except BaseException:
             for pid, marker in reversed(started):
                 _terminate(pid, marker)

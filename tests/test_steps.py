@@ -132,3 +132,23 @@ def test_teardown_retries_a_security_group_still_in_use(ec2, ssm, build):
     assert flaky.refusals == 2
     assert any(r.startswith("sg-") for r in removed)
     assert builder_resources(ec2, ssm, build.build_id) == []
+
+
+def test_teardown_by_the_setups_record_makes_no_lookups_and_leaves_nothing(local_cloud, ec2, ssm, build):
+    origin_image = origin.describe_origin(ec2, ssm, build.spec.origin, build.region)
+    infra = infrastructure.create(ec2, ssm, build)
+    launched = with_subnet(build, infra.subnet_id)
+    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)
+    record = {"origin_ami": origin_image["ImageId"], **infra.to_dict(), "instance_id": instance_id}
+    local_cloud.reset_stats()
+
+    removed = teardown.tear_down(ec2, ssm, build.build_id, 1, record=record, image_complete=True)
+
+    calls = local_cloud.stats()["calls"]
+    # Only the terminate wait describes anything; every deletion names its resource from the record.
+    assert [action for action in calls if ":Describe" in action] == ["ec2:DescribeInstances"]
+    assert {calls[a] for a in ("ec2:TerminateInstances", "ec2:DeleteKeyPair", "ssm:DeleteParameter",
+                               "ec2:DeleteSecurityGroup", "ec2:DeleteSubnet", "ec2:DeleteVpc")} == {1}
+    assert sorted(removed) == sorted([instance_id, infra.key_name, infra.private_key_parameter,
+                                      infra.security_group_id, infra.subnet_id, infra.vpc_id])
+    assert builder_resources(ec2, ssm, build.build_id) == []

@@ -86,8 +86,13 @@ def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_
                                             {"InstanceIds": [instance_id]}, timeout=30, delay=0.2))
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
+    answer = event.payload.pop("answer")
     assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
                              "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None}
+    # The last describe answer comes along (JSON-safe): the task need not describe the instance again.
+    (described,) = [i for r in answer["Reservations"] for i in r["Instances"]]
+    assert described["InstanceId"] == instance_id and described["State"]["Name"] == "running"
+    assert isinstance(described["LaunchTime"], str)
 
 
 def test_the_calls_that_waited_for_the_state_are_made_by_the_trigger(local_cloud, ec2, ssm, aws_connection):

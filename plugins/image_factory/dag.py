@@ -305,7 +305,8 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             context = get_current_context()
             logical = context["dag_run"].run_after.strftime("%Y%m%d-%H%M%S")
             resumed = _resumed_event() or {}
-            available = (resumed["waiter_args"]["ImageIds"][0] if resumed.get("waiter_name") == "image_available"
+            # After the image wait: the image as the triggerer saw it available.
+            available = (resumed["answer"]["Images"][0] if resumed.get("waiter_name") == "image_available"
                          else None)
             # The stop takes seconds and is waited for here; the image takes minutes and is deferred.
             described = image.register(c.ec2, build, infra["instance_id"], infra["origin_ami"],

@@ -6,7 +6,8 @@ install), on the grid of waiting.py: every interval after the change was started
 the EC2 calls that waited for the state (``then``). With ``finish``, it ends the task itself (a
 ``TaskSuccessEvent``; the task stored its result before deferring), so the task does not go back to a worker
 only to return a value; a failure, a timeout or a failed call always goes back to the task: it raises the
-first two with their message and runs again after the third.
+first two with their message and runs again after the third. A task that runs again gets the last describe
+answer in the event.
 
 :class:`SshReadyTrigger` waits until the builder's SSH server answers with its banner (no login: a trigger's
 arguments are stored in the database, so it gets no key).
@@ -15,6 +16,7 @@ arguments are stored in the database, so it gets no key).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -59,7 +61,8 @@ class Ec2StateTrigger(BaseTrigger):
                                     - time.time()))
             polls += 1
             try:
-                if await asyncio.to_thread(reached, ec2, self.waiter_name, self.waiter_args):
+                answer = await asyncio.to_thread(reached, ec2, self.waiter_name, self.waiter_args)
+                if answer is not None:
                     break
             except WaitFailed as exc:
                 yield TriggerEvent({"status": "failed", "message": str(exc)})
@@ -76,8 +79,11 @@ class Ec2StateTrigger(BaseTrigger):
             # The task stored its result before deferring; step_seconds feeds the build summary.
             yield TaskSuccessEvent(xcoms={"step_seconds": round(self.elapsed + time.time() - self.started, 1)})
         else:
+            # The last answer goes back too: the task need not describe again what it waited for.
+            shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
             yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
-                                "waiter_args": self.waiter_args, "calls_failed": failed})
+                                "waiter_args": self.waiter_args, "calls_failed": failed,
+                                "answer": json.loads(json.dumps(shown, default=str))})
 
 
 class SshReadyTrigger(BaseTrigger):

@@ -20,7 +20,8 @@ import math
 import time
 from collections.abc import Callable
 
-from botocore.exceptions import WaiterError
+from botocore import xform_name
+from botocore.exceptions import ClientError
 
 from image_factory.errors import PermanentError
 
@@ -47,15 +48,21 @@ class WaitDeferred(Exception):
         self.result = result
 
 
-def reached(ec2, waiter_name: str, waiter_args: dict) -> bool:
-    """One poll: True when the state is reached; raises :class:`WaitFailed` when it never will be."""
+def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
+    """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
+    (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
+    config = ec2.get_waiter(waiter_name).config
     try:
-        ec2.get_waiter(waiter_name).wait(**waiter_args, WaiterConfig={"Delay": 1, "MaxAttempts": 1})
-        return True
-    except WaiterError as exc:
-        if "terminal failure state" in str(exc):
-            raise WaitFailed(f"{waiter_name} {waiter_args}: {exc}") from None
-        return False
+        answer = getattr(ec2, xform_name(config.operation))(**waiter_args)
+    except ClientError as exc:
+        answer = exc.response  # some answers are errors the waiter expects (not found yet: retry)
+    for acceptor in config.acceptors:
+        if acceptor.matcher_func(answer):
+            if acceptor.state == "failure":
+                raise WaitFailed(f"{waiter_name} {waiter_args}: the waiter reached a terminal failure state "
+                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected})")
+            return answer if acceptor.state == "success" else None
+    return None
 
 
 def next_poll(since: float, delay: float, now: float) -> float:

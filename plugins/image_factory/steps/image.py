@@ -40,16 +40,17 @@ def find(ec2, build_id: str) -> list[dict]:
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
              stop_wait: Wait | None = None, stop_requested_at: float | None = None,
-             available: str | None = None) -> dict:
+             available: dict | None = None) -> dict:
     """Stop the instance (waiting with ``stop_wait``, else ``wait``; ``stop_requested_at``: when configure
     asked for the stop), create the image, wait until it is available, tag its snapshots and mark it
     complete; returns the image as described.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
-    a failed one is replaced. ``available``: the image the triggerer saw available (a resumed task): no need
-    to look for it. An image this step leaves incomplete is deregistered by the build's teardown.
+    a failed one is replaced. ``available``: the image as the triggerer described it available (a resumed
+    task): no need to look for it or describe it again. An image this step leaves incomplete is deregistered
+    by the build's teardown.
     """
-    image_id = available
+    image_id = available["ImageId"] if available else None
     for image in [] if build.fresh or available else find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
             log.info("image %s of this build is registered already", image["ImageId"])
@@ -75,7 +76,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     wait(ec2, "image_available", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
          ImageIds=[image_id])
     checkpoint("after:register")
-    described = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    described = available or ec2.describe_images(ImageIds=[image_id])["Images"][0]
     # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
     # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
     # same call: only an image whose registration went through to here is an output of the build.
