@@ -123,6 +123,8 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             # An idle scheduler looks again after 0.2 s, not 1 s: a build's next task starts that much sooner.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
+            # One scheduler loop may queue as many task instances as there are worker slots (default 16).
+            "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.task_logs),
         }
         if self.database_async_url:

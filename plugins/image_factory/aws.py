@@ -6,6 +6,8 @@ The connection's ``endpoint_url`` extra is how a whole deployment is pointed at 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from typing import Any
 
 from botocore.config import Config
@@ -76,6 +78,23 @@ class Clients:
 
 def clients(aws_conn_id: str, region: str) -> Clients:
     return Clients(aws_conn_id, region)
+
+
+#: How long :func:`shared_ec2` keeps a client: a connection's new credentials are used after that at the latest.
+SHARED_FOR = 600.0
+_shared: dict[tuple[str, str], tuple[float, Any]] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_ec2(aws_conn_id: str, region: str) -> Any:
+    """An EC2 client shared by the callers of one process for a while (the triggerer's waits: a client per
+    trigger cost more CPU than its polls); boto3 clients are thread-safe."""
+    with _shared_lock:
+        made, client = _shared.get((aws_conn_id, region), (0.0, None))
+        if client is None or time.monotonic() - made > SHARED_FOR:
+            client = clients(aws_conn_id, region).ec2
+            _shared[(aws_conn_id, region)] = (time.monotonic(), client)
+        return client
 
 
 def error_code(exc: Exception) -> str:

@@ -53,7 +53,7 @@ class Ec2StateTrigger(BaseTrigger):
         from image_factory import aws
         from image_factory.waiting import WaitFailed, call_after, next_poll, reached
 
-        ec2 = (await asyncio.to_thread(aws.clients, self.aws_conn_id, self.region)).ec2
+        ec2 = await asyncio.to_thread(aws.shared_ec2, self.aws_conn_id, self.region)
         deadline = self.started + self.timeout
         polls = 0
         while True:
