@@ -155,8 +155,9 @@ class Sampler:
     started: float  # time.time() of the trigger
     deadline: float  # time.monotonic() after which it stops by itself
     samples: list[Sample] = field(default_factory=list)
-    image_created: dict[str, float] = field(default_factory=dict)  # build id -> image creation, time.time()
-    image_complete: dict[str, float] = field(default_factory=dict)  # build id -> first seen complete, time.time()
+    image_created: dict[str, float] = field(default_factory=dict)  # build id -> CreateImage answer, time.time()
+    image_available: dict[str, float] = field(default_factory=dict)  # build id -> image shown available
+    image_build: dict[str, str] = field(default_factory=dict)  # image id -> build id
     errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -197,21 +198,24 @@ class Sampler:
                     connection.close()
 
     def _sample(self, ec2, connection, previous: float) -> None:
-        images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag-key", "Values": [BUILD_TAG]}])["Images"]
+        # The front's record of each emulated change (its CreateImage answer, and when the image shows
+        # available): no polling of moto, which would take CPU from the builds. Each new image's build is read
+        # once, from its tags.
+        changes = {i: c for i, c in self.cloud.stats()["changes"].items() if c["kind"] == "image_available"}
+        new = [i for i in changes if i not in self.image_build]
+        if new:
+            for image in ec2.describe_images(ImageIds=new)["Images"]:
+                tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+                self.image_build[image["ImageId"]] = tags.get(BUILD_TAG, "")
         now = time.time()
         pending: set[str] = set()
-        for image in images:
-            tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
-            build = tags.get(BUILD_TAG)
-            if build is None:
+        for image_id, build in self.image_build.items():
+            if not build:
                 continue
-            # moto's creation time (whole seconds, so at most 1 s early): the front shows the image pending for
-            # LATENCY seconds from its CreateImage answer, which comes after it.
-            created = datetime.fromisoformat(image["CreationDate"].replace("Z", "+00:00")).timestamp()
-            self.image_created.setdefault(build, created)
-            if tags.get(COMPLETE_TAG) == "true":
-                self.image_complete.setdefault(build, now)
-            elif now < created + LATENCY["image_available"] and image.get("State") != "failed":
+            self.image_created.setdefault(build, changes[image_id]["started"])
+            if now >= changes[image_id]["done"]:
+                self.image_available.setdefault(build, changes[image_id]["done"])
+            else:
                 pending.add(build)
         with connection.cursor() as cursor:
             cursor.execute("SELECT dag_id, run_id, task_id, state FROM task_instance WHERE state = ANY(%s)",
@@ -333,9 +337,9 @@ def batch(stack, cloud: LocalCloud, dsn: str, names: list[str], timeout: float) 
                 done = [k for k, (s, _, _) in states.items() if s in ("success", "failed")]
                 if time.monotonic() - last_report > 30:
                     last_report = time.monotonic()
-                    images = len(set(runs.values()) & set(sampler.image_complete))
+                    images = len(set(runs.values()) & set(sampler.image_available))
                     print(f"  {time.monotonic() - started:5.0f} s: {len(done)}/{len(runs)} runs finished, "
-                          f"{images} images complete, load {os.getloadavg()[0]:.1f}", flush=True)
+                          f"{images} images available, load {os.getloadavg()[0]:.1f}", flush=True)
                 if len(done) == len(runs):
                     break
                 time.sleep(1)
@@ -346,14 +350,14 @@ def batch(stack, cloud: LocalCloud, dsn: str, names: list[str], timeout: float) 
                 tasks = [row for row in cursor.fetchall() if (row[0], row[1]) in runs]
         finally:
             connection.close()
-        # A last look at the images: one that became complete between two samples is not missed.
+        # A last look at the images: one that became available after the last sample is not missed.
         time.sleep(SAMPLE_EVERY * 2)
     finally:
         sampler.stop()
     calls = dict(cloud.stats()["calls"])
     return {"runs": runs, "states": states, "tasks": tasks, "wall": wall, "triggered": triggered,
             "started_wall": started_wall, "calls": calls, "samples": sampler.samples,
-            "image_created": dict(sampler.image_created), "image_complete": dict(sampler.image_complete),
+            "image_created": dict(sampler.image_created), "image_available": dict(sampler.image_available),
             "sampler_errors": sampler.errors, "load_before": load_before, "load_after": os.getloadavg(),
             "timed_out": len(done) < len(runs)}
 
@@ -377,7 +381,7 @@ def summarize(outcome: dict, logs: Path) -> dict:
     builds = set(runs.values())
     succeeded = [k for k in runs if states.get(k, ("?",))[0] == "success"]
     ends = [end.timestamp() - started for (_, _, end) in states.values() if end is not None]
-    to_image = sorted(outcome["image_complete"][b] - started for b in builds if b in outcome["image_complete"])
+    to_image = sorted(outcome["image_available"][b] - started for b in builds if b in outcome["image_available"])
     first_start: dict[tuple[str, str], float] = {}
     for dag_id, run_id, _task, _state, _try, start, _end in outcome["tasks"]:
         if start is not None:
@@ -636,20 +640,22 @@ def result(m: dict) -> Result:
         "with another `name` and no schedule; a DAG runs one build at a time), all unpaused beforehand; the "
         f"one build alone is the first DAG's, run before the {n}. The {n} runs are created through the REST API "
         f"from {TRIGGER_THREADS} threads (took {many['triggered']:.1f} s); times run from the first request. "
-        "Time to the images: the first sample (every 0.5 s) that shows each build's image tagged "
-        "image-factory:complete=true; time to the end: the latest `dag_run.end_date`. Code measured: "
+        "Time to the images: when the local cloud's front shows each build's image available (its CreateImage "
+        "answer plus the emulated image time, as in build-latency: whatever the build's polling); time to the "
+        "end: the latest `dag_run.end_date`. Code measured: "
         f"{m['code']}.",
         f"Worker slots during the image wait: every {SAMPLE_EVERY} s ({many['samples']} samples for the {n} "
-        "builds) the benchmark reads the builds' images from moto (not counted) and the unfinished task "
-        "instances from PostgreSQL. An image is counted as pending from its creation (moto's time stamp, whole "
-        f"seconds) until the emulated {LATENCY['image_available']} s are over, which is when the front "
-        "stops answering `pending`; a task instance `running` holds one LocalExecutor worker process. The row "
+        "builds) the benchmark reads the front's record of the images (`/_localcloud/stats`, no call to moto but one "
+        "DescribeImages per new image for its build tag, not counted) and the unfinished task instances from "
+        "PostgreSQL. An image is counted as pending from its CreateImage answer until the emulated "
+        f"{LATENCY['image_available']} s are over, which is when the front stops answering `pending`; a task "
+        "instance `running` holds one LocalExecutor worker process. The row "
         "counts the running task instances of the builds whose image is pending at that sample (a build that "
         "defers its wait holds none; the short moment between `CreateImage` and the task's deferral is "
         "included, so an occasional 1 is expected at a 0.5 s sampling). The next row counts all running task "
         "instances (of any build) at moments when at least one image is pending: other builds' steps that "
         "do work (SSH, the role, API calls), not waits.",
-        f"The {n} builds: images complete from {_s(to_image[0] if to_image else None)} to "
+        f"The {n} builds: images available from {_s(to_image[0] if to_image else None)} to "
         f"{_s(to_image[-1] if to_image else None)} (median {_s(statistics.median(to_image) if to_image else None)});"
         f" first task of a run started {_s(first[0] if first else None)} to {_s(first[-1] if first else None)} "
         f"after the trigger (median {_s(statistics.median(first) if first else None)}); at most "
