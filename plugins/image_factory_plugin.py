@@ -6,6 +6,8 @@ its start, so the processes that fork task processes (the LocalExecutor's worker
 with the build's modules imported and the AWS API models read: a task starts in tenths of a second less CPU.
 """
 
+import airflow.sdk.execution_time.supervisor  # noqa: F401 (each executor worker imported it at its first task)
+import paramiko  # noqa: F401 (configure's SSH)
 from airflow.plugins_manager import AirflowPlugin
 
 import image_factory.dag  # noqa: F401 (imported for the task processes forked from this one)
