@@ -121,7 +121,7 @@ class AirflowStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
             # No HTTP server but the api-server: the scheduler's health server stays off.
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # An idle scheduler looks again after 0.5 s, not 1 s: a build's next task starts sooner (each loop costs CPU).
+            # An idle scheduler looks again after 0.5 s, not 1 s: a build's next task starts sooner.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             # One scheduler loop may queue as many task instances as there are worker slots (default 16).
             "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
