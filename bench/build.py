@@ -214,6 +214,10 @@ def _packer_image_time(machine_readable: str, started_wall: float) -> float | No
 # --- the table ----------------------------------------------------------------------------------------------
 
 
+def _ec2(calls: dict[str, int]) -> int:
+    return sum(count for action, count in calls.items() if action.startswith("ec2:"))
+
+
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
@@ -257,6 +261,8 @@ def result(ours: dict, peer: dict) -> Result:
             "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
         Row(name, "time to teardown done", _s(ours["to_end"]), _s(peer.get("to_end")),
             _ratio(peer.get("to_end"), ours["to_end"]), "trigger to run success / packer build exit"),
+        Row(name, "EC2 API calls", str(_ec2(ours["calls"])), str(_ec2(peer["calls"])) if peer.get("calls") else "-",
+            _ratio(_ec2(peer.get("calls", {})), _ec2(ours["calls"])), "the goal's count: no more than Packer's"),
         Row(name, "EC2+SSM API calls", str(sum(ours["calls"].values())),
             str(sum(peer["calls"].values())) if peer.get("calls") else "-",
             _ratio(sum(peer.get("calls", {}).values()), sum(ours["calls"].values())), note_peer[:200]),

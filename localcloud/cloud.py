@@ -263,6 +263,9 @@ class LocalCloud:
             "X11Forwarding no",
             "AllowTcpForwarding no",
             "Subsystem sftp internal-sftp",
+            # This one sshd stands in for every builder instance's own: its default of 10 logins in progress
+            # (then it drops new ones at random) would be one instance's limit shared by all the builds.
+            "MaxStartups 200",
             "LogLevel INFO",
             "",
         ]))
