@@ -78,7 +78,8 @@ def test_fault_matrix_every_run_fails_and_leaves_nothing(local_cloud, airflow_ho
 
 def test_transient_faults_at_every_step_are_retried_and_create_everything_once(
         local_cloud, airflow_homes, ec2, ssm, tmp_path):
-    env = airflow_env(local_cloud, airflow_homes[0], retry_delay="1")
+    # The setup meets four of these faults (origin, VPC, key pair, launch), one per try: five tries.
+    env = airflow_env(local_cloud, airflow_homes[0], retry_delay="1", retries="4")
     env["IMAGE_FACTORY_FAULTS"] = ",".join(f"{point}*once" for point in TRANSIENT_FAULTS)
     env["IMAGE_FACTORY_FAULTS_STATE"] = str(tmp_path)
     local_cloud.reset_stats()
