@@ -104,6 +104,7 @@ def call_after(ec2, then: tuple[Call, ...] | list) -> str | None:
         except Exception as exc:
             if not error_code(exc).endswith(".NotFound"):
                 return f"{operation} {ids(arguments)}: {exc}"
+            continue  # gone already
         if operation.startswith("delete_"):
             deleted(KINDS.get(operation, operation[len("delete_"):]), ids(arguments))
     return None
