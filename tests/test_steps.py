@@ -68,14 +68,15 @@ def test_ssh_from_anywhere_is_refused_unless_the_spec_opts_in(ec2, ssm):
 
 
 def test_every_step_run_twice_creates_each_resource_once(ec2, ssm, build):
-    ami = origin.resolve_origin(ec2, ssm, build.spec.origin, build.region)
+    origin_image = origin.describe_origin(ec2, ssm, build.spec.origin, build.region)
+    ami = origin_image["ImageId"]
     first = infrastructure.create(ec2, ssm, build)
     second = infrastructure.create(ec2, ssm, build)
     assert first == second
     outputs = first.outputs()
     launched = with_subnet(build, outputs["IMAGE_BUILDER_SUBNET_ID"])
-    instance_id = instance.launch(ec2, launched, ami, first.security_group_id, first.key_name)
-    assert instance.launch(ec2, launched, ami, first.security_group_id, first.key_name) == instance_id
+    instance_id = instance.launch(ec2, launched, origin_image, first.security_group_id, first.key_name)
+    assert instance.launch(ec2, launched, origin_image, first.security_group_id, first.key_name) == instance_id
     registered = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
     again = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
     assert again["ImageId"] == registered["ImageId"]
@@ -86,10 +87,10 @@ def test_every_step_run_twice_creates_each_resource_once(ec2, ssm, build):
 
 
 def test_launched_instance_is_locked_down(ec2, ssm, build):
-    ami = origin.resolve_origin(ec2, ssm, build.spec.origin, build.region)
+    origin_image = origin.describe_origin(ec2, ssm, build.spec.origin, build.region)
     infra = infrastructure.create(ec2, ssm, build)
     launched = with_subnet(build, infra.subnet_id)
-    instance_id = instance.launch(ec2, launched, ami, infra.security_group_id, infra.key_name)
+    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)
     described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     assert described["MetadataOptions"]["HttpTokens"] == "required"
     assert "PublicIpAddress" not in described

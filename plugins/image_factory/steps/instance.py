@@ -28,11 +28,10 @@ def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
     return [i for r in reservations for i in r["Instances"]]
 
 
-def launch(ec2, build: Build, origin: str | dict, security_group_id: str, key_name: str,
+def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
            wait: Wait | None = blocking) -> str:
-    """Launch (or find) the build's instance and wait until it is running (``wait=None``: do not wait, see
-    :func:`wait_running`); returns its id. ``origin``: the origin's AMI id, or its description (one call
-    less)."""
+    """Launch (or find) the build's instance from the origin (as origin.describe_origin gives it) and wait
+    until it is running (``wait=None``: do not wait, see :func:`wait_running`); returns its id."""
     spec = build.spec
     existing = [] if build.fresh else find(ec2, build.build_id)
     if existing:
@@ -40,8 +39,7 @@ def launch(ec2, build: Build, origin: str | dict, security_group_id: str, key_na
         log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
     else:
         checkpoint("before:launch")
-        image = origin if isinstance(origin, dict) else ec2.describe_images(ImageIds=[origin])["Images"][0]
-        origin_ami = image["ImageId"]
+        origin_ami = origin_image["ImageId"]
         interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
@@ -54,7 +52,7 @@ def launch(ec2, build: Build, origin: str | dict, security_group_id: str, key_na
             NetworkInterfaces=[interface],
             # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-            BlockDeviceMappings=[_encrypted_root(image)],
+            BlockDeviceMappings=[_encrypted_root(origin_image)],
             InstanceInitiatedShutdownBehavior="terminate",
             TagSpecifications=build.tag_specifications("instance", "volume", "network-interface"),
             ClientToken=f"{build.build_id}-launch",
