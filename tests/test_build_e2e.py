@@ -132,6 +132,8 @@ def test_role_output_is_in_the_configure_log(shopspinner_run):
     assert "appserver role: configuring" in configure_log
     assert "appserver role: done" in configure_log
     assert "appserver role: done" not in shopspinner_run.task_logs["register_image"]
+    staging = re.search(r"copied role 'appserver' \(2 files\) to (\S+)", configure_log).group(1)
+    assert staging.startswith("/tmp/image-factory-role.") and not Path(staging).exists()
 
 
 def test_private_key_never_reaches_logs_xcom_or_the_metadata_database(shopspinner_run):
@@ -185,7 +187,9 @@ def actions_in_code(folder: Path) -> set[str]:
 def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm, tmp_path):
     roles = tmp_path / "roles"
     (roles / "failing").mkdir(parents=True)
-    (roles / "failing" / "10-fail.sh").write_text("echo 'about to fail on purpose'\nexit 1\n")
+    # The "instance" is this machine: the role notes where it ran, and how private that folder was.
+    (roles / "failing" / "10-fail.sh").write_text(f"echo \"$PWD $(stat -c %a .)\" > {tmp_path}/staging\n"
+                                                  "echo 'about to fail on purpose'\nexit 1\n")
     write_spec(tmp_path / "specs", "failing-role-image", f"""\
         image:
           name: failing-role-image
@@ -208,6 +212,9 @@ def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home
     configure_log = result.task_logs["configure"]
     assert "exited with status 1" in configure_log
     assert "| about to fail on purpose" in configure_log  # the tail of the remote output, in the error
+    staging, mode = (tmp_path / "staging").read_text().split()
+    assert staging.startswith("/tmp/image-factory-role.") and mode == "700"
+    assert not Path(staging).exists()  # removed although the role failed
     build_id = build_id_for("failing-role-image", result.run_id)
     assert find_images(ec2, build_id) == []
     result.airflow_home = airflow_home

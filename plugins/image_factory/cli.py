@@ -331,8 +331,8 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
         from image_factory.tools.shell import ROLES_DIR, role_files
 
         roles_dir = Path(settings.roles_folder) if settings.roles_folder else ROLES_DIR
-        task["does"] = ("copies the role's folder to a fresh directory on the instance (mktemp -d "
-                        "/tmp/image-factory-role.XXXXXXXX), runs its top-level *.sh scripts there in name order "
+        task["does"] = ("copies the role's folder over SFTP to a fresh private directory on the instance "
+                        "(/tmp/image-factory-role.<random>), runs its top-level *.sh scripts there in name order "
                         "with bash (the first failure stops the role), then removes the directory")
         task["role_folder"] = _shown_path(roles_dir / configure.server_role)
         if role_unknown:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import shlex
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from image_factory.errors import PermanentError
 log = logging.getLogger("image_factory")
 
 ROLES_DIR = Path(__file__).resolve().parents[3] / "include" / "roles"
+STAGING_PREFIX = "/tmp/image-factory-role."  # on the builder instance; made private (0700)
 
 
 class RoleError(PermanentError):
@@ -46,27 +48,43 @@ def role_files(role: str, roles_dir: Path = ROLES_DIR) -> list[Path]:
 def run_shell_role(hook, role: str, build) -> list[str]:
     roles_dir = Path(build.settings.roles_folder) if build.settings.roles_folder else ROLES_DIR
     files = role_files(role, roles_dir)
-    client = hook.get_conn()
-    staging = remote.run(hook, "mktemp -d /tmp/image-factory-role.XXXXXXXX", timeout=60)[-1].strip()
+    sftp = hook.get_conn().open_sftp()
     try:
-        sftp = client.open_sftp()
+        staging = _make_staging(sftp)
         try:
             for relative in files:
                 for parent in reversed(relative.parents[:-1]):
                     with contextlib.suppress(OSError):  # exists already
                         sftp.mkdir(f"{staging}/{parent.as_posix()}")
                 sftp.put(str(roles_dir / role / relative), f"{staging}/{relative.as_posix()}")
-        finally:
-            sftp.close()
-        log.info("configure: copied role %r (%d files) to %s", role, len(files), staging)
-        environment = {
-            "IMAGE_FACTORY_SERVER_ROLE": role,
-            "IMAGE_FACTORY_IMAGE_NAME": build.spec.name,
-            "IMAGE_FACTORY_BUILD_ID": build.build_id,
-        }
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in environment.items())
-        command = (f"cd {shlex.quote(staging)} && export {exports} && "
-                   'for script in ./*.sh; do echo "==> $script"; bash "$script" || exit $?; done')
-        return remote.run(hook, command, timeout=build.settings.configure_timeout, what=f"role {role!r}")
+        except BaseException:
+            remote.run(hook, f"rm -rf -- {shlex.quote(staging)}", timeout=60)
+            raise
     finally:
-        remote.run(hook, f"rm -rf {shlex.quote(staging)}", timeout=60)
+        sftp.close()
+    log.info("configure: copied role %r (%d files) to %s", role, len(files), staging)
+    environment = {
+        "IMAGE_FACTORY_SERVER_ROLE": role,
+        "IMAGE_FACTORY_IMAGE_NAME": build.spec.name,
+        "IMAGE_FACTORY_BUILD_ID": build.build_id,
+    }
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in environment.items())
+    quoted = shlex.quote(staging)
+    # One remote command runs the role and removes its folder however the role ends (the EXIT trap), so
+    # that the role's own files do not end up in the image: one round trip instead of three.
+    command = (f"trap {shlex.quote(f'cd / && rm -rf -- {quoted}')} EXIT; cd {quoted} && export {exports} && "
+               'for script in ./*.sh; do echo "==> $script"; bash "$script" || exit $?; done')
+    return remote.run(hook, command, timeout=build.settings.configure_timeout, what=f"role {role!r}")
+
+
+def _make_staging(sftp) -> str:
+    """A fresh directory only the build's user can enter, made as ``mktemp -d`` would (mkdir fails on any
+    existing name, so nothing planted in /tmp is reused), but through the SFTP session: no extra command."""
+    for _ in range(5):
+        staging = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+        try:
+            sftp.mkdir(staging, mode=0o700)
+            return staging
+        except OSError:
+            continue  # taken: draw another name
+    raise RoleError(f"could not make a directory {STAGING_PREFIX}* on the instance over SFTP")
