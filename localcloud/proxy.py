@@ -23,6 +23,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   terminating a terminated one, starting a running one) starts no new change. Keys left out keep their setting; the
   config shows ``latency`` once one is set.
 
+As AWS does and moto does not, CreateImage is refused (``InvalidAMIName.Duplicate``) for a name already in use
+by an image made through the front in the same region and not deregistered since: a step that runs again
+learns that its image was made.
+
 Calls are named ``service:Action``: the service is the signing name in the SigV4 credential scope
 (``Credential=AKID/20240101/eu-west-1/ec2/aws4_request``); the action is the query protocol's ``Action``
 parameter (EC2) or the JSON protocol's ``X-Amz-Target`` (``AmazonSSM.GetParameter``). Requests that carry
@@ -44,6 +48,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote_plus, urlsplit
+from xml.sax.saxutils import escape
 
 LOOPBACK = "127.0.0.1"
 CONTROL_PREFIX = "/_localcloud/"
@@ -55,7 +60,7 @@ MAX_BODY = 256 * 1024 * 1024
 MAX_CHUNKS = 100_000
 CLIENT_IDLE_TIMEOUT = 300  # seconds an idle client connection (and its thread) is kept
 UPSTREAM_TIMEOUT = 300  # seconds one forwarded request may take
-CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
+CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
 QUERY_ACTION = re.compile(rb"(?:^|&)Action=([^&]*)")
 #: latency setting -> (the EC2 actions that start the change, the state moto shows at once, the state shown
 #: until the setting's seconds have passed). Instance states carry AWS's codes.
@@ -79,7 +84,7 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
         scope = CREDENTIAL_SCOPE.search("Credential=" + unquote_plus(_param(query.encode(), b"X-Amz-Credential")))
     if scope is None:
         return None
-    service = scope.group(1)
+    service = scope.group(2)
     amz_target = headers.get("X-Amz-Target", "")
     if amz_target:
         action = amz_target.rpartition(".")[2]
@@ -90,20 +95,31 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
     return f"{service}:{action or method.upper()}"
 
 
+def _region(headers) -> str:
+    scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
+    return scope.group(1) if scope else ""
+
+
 def _param(data: bytes, name: bytes) -> str:
     pattern = QUERY_ACTION if name == b"Action" else re.compile(rb"(?:^|&)" + re.escape(name) + rb"=([^&]*)")
     match = pattern.search(data)
     return unquote_plus(match.group(1).decode("utf-8", errors="replace")) if match else ""
 
 
+def ec2_error(status: int, code: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """An error as EC2's query protocol answers it."""
+    request_id = str(uuid.uuid4())
+    body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>"
+            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>").encode()
+    return status, [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)], body
+
+
 def throttling_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """The answer AWS gives a throttled call: EC2's query-protocol XML, or SSM's JSON-protocol error."""
-    request_id = str(uuid.uuid4())
     if service == "ec2":
-        body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded"
-                "</Code><Message>Request limit exceeded.</Message></Error></Errors>"
-                f"<RequestID>{request_id}</RequestID></Response>").encode()
-        return 503, [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)], body
+        return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.")
+    request_id = str(uuid.uuid4())
     body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
     return 400, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
                  ("x-amzn-ErrorType", "ThrottlingException")], body
@@ -128,6 +144,8 @@ class Stats:
         self.latency = dict.fromkeys(LATENCIES, 0.0)
         # resource id -> (latency kind, time.monotonic() answered, time.time() answered)
         self.changes: dict[str, tuple[str, float, float]] = {}
+        # (region, image name) -> image id, of the images made through the front and not deregistered since
+        self.image_names: dict[tuple[str, str], str] = {}
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -295,7 +313,31 @@ class FrontHandler(BaseHTTPRequestHandler):
         if name is not None and self.server.stats.record(name):
             self.reply(*throttling_error(name.partition(":")[0]))
             return
-        self.forward(body, name)
+        if name == "ec2:CreateImage":
+            self.create_image(body)
+            return
+        response = self.forward(body, name)
+        if name == "ec2:DeregisterImage" and response is not None and response.status == 200:
+            image_id = _param(body, b"ImageId")
+            with self.server.stats.lock:
+                names = self.server.stats.image_names
+                for key in [key for key, known in names.items() if known == image_id]:
+                    del names[key]
+
+    def create_image(self, body: bytes) -> None:
+        """As AWS does (moto does not): refuse a name in use by another image of the account in the region."""
+        stats, key = self.server.stats, (_region(self.headers), _param(body, b"Name"))
+        with stats.lock:
+            existing = stats.image_names.get(key)
+        if existing:
+            self.reply(*ec2_error(400, "InvalidAMIName.Duplicate",
+                                  f"AMI name {key[1]} is already in use by AMI {existing}"))
+            return
+        response = self.forward(body, "ec2:CreateImage")
+        made = RESOURCE_ID.search(response.body) if response is not None and response.status == 200 else None
+        if made:
+            with stats.lock:
+                stats.image_names[key] = made.group(2).decode()
 
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -333,7 +375,8 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     # --- forwarding -------------------------------------------------------------------------------
 
-    def forward(self, body: bytes, name: str | None = None) -> None:
+    def forward(self, body: bytes, name: str | None = None) -> http.client.HTTPResponse | None:
+        """Forward to moto and relay its answer; returns that answer (None when moto failed)."""
         # As HTTP clients do, a reused keep-alive connection that fails before any answer (closed by the upstream
         # while idle) gets one more try on a fresh one. With moto it never comes to that: werkzeug's server sends
         # "Connection: close" on every response, so each forwarded request has a fresh connection.
@@ -346,11 +389,11 @@ class FrontHandler(BaseHTTPRequestHandler):
                 if reused and attempt == 0:
                     continue
                 self.upstream_failed(exc)
-                return
+                return None
             except (OSError, http.client.HTTPException) as exc:
                 self.drop_upstream()
                 self.upstream_failed(exc)
-                return
+                return None
             break
         self.upstream_used = True
         if response.will_close:
@@ -362,6 +405,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             elif action in LATENCY_DESCRIBES:
                 response.body = self.server.stats.delayed(response.body)
         self.relay(response)
+        return response
 
     def send_upstream(self, body: bytes) -> http.client.HTTPResponse:
         if self.upstream is None:

@@ -25,12 +25,12 @@ PERMANENT_FAULTS = [
     "before:launch", "after:launch",
     "before:ssh", "after:ssh",
     "before:configure", "after:configure",
-    "before:register", "after:create-image", "after:register",
+    "before:register", "after:register",
 ]
 #: One fault after the side effect of every step (two in step 2, which makes several resources).
 TRANSIENT_FAULTS = [
     "after:origin", "after:vpc", "after:key-pair", "after:launch", "after:ssh", "after:configure",
-    "after:create-image", "after:register", "before:teardown",
+    "after:register", "before:teardown",
 ]
 PARALLEL_RUNS = 3
 

@@ -212,6 +212,23 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def test_an_image_name_in_use_is_refused_as_aws_refuses_it(local_cloud, ec2):
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance_id = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    try:
+        made = ec2.create_image(InstanceId=instance_id, Name="duplicate-name-test")["ImageId"]
+        with pytest.raises(ClientError) as refused:
+            ec2.create_image(InstanceId=instance_id, Name="duplicate-name-test")
+        assert refused.value.response["Error"]["Code"] == "InvalidAMIName.Duplicate"
+        assert made in refused.value.response["Error"]["Message"]
+        ec2.deregister_image(ImageId=made)  # then the name is free again
+        again = ec2.create_image(InstanceId=instance_id, Name="duplicate-name-test")["ImageId"]
+        ec2.deregister_image(ImageId=again)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert again != made
+
+
 def test_everything_listens_on_127_0_0_1_only(local_cloud):
     state = local_cloud.state()
     assert state.host == "127.0.0.1"

@@ -130,6 +130,41 @@ def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm,
     assert "delete_vpc" in event.payload["calls_failed"] and "DependencyViolation" in event.payload["calls_failed"]
 
 
+def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_when_run_again(
+        local_cloud, ec2, ssm, aws_connection):
+    """The whole registration in the triggerer: no task runs while the image is pending. A triggerer that
+    restarts runs the trigger again: AWS refuses the image's name as a duplicate, and it goes on with the image."""
+    from image_factory.steps.image import named
+
+    instance_id = launch(ec2, ssm)
+    name = f"register-trigger-{instance_id}"
+    local_cloud.configure(latency={"instance_stopped": 1, "image_available": 1})
+    try:
+        ec2.stop_instances(InstanceIds=[instance_id])
+        local_cloud.reset_stats()
+
+        def trigger():
+            return Ec2StateTrigger(aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]},
+                                   timeout=30, delay=0.3, then=[("create_image", {"InstanceId": instance_id,
+                                                                                  "Name": name})],
+                                   next_wait=["image_available", named(name)])
+
+        first, again = first_event(trigger()), first_event(trigger())
+        calls = local_cloud.stats()["calls"]
+    finally:
+        local_cloud.configure(latency=OFF)
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    images = ec2.describe_images(**named(name))["Images"]
+    for image in images:
+        ec2.deregister_image(ImageId=image["ImageId"])
+    assert [i["State"] for i in images] == ["available"]  # one image, however often the trigger ran
+    for event in (first, again):
+        assert event.payload["status"] == "success" and event.payload["calls_failed"] is None
+        assert event.payload["waiter_name"] == "image_available" and event.payload["waiter_args"] == named(name)
+        assert event.payload["answer"]["Images"][0]["ImageId"] == images[0]["ImageId"]
+    assert calls["ec2:CreateImage"] == 2  # the second answered InvalidAMIName.Duplicate
+
+
 def test_ssh_ready_reads_the_servers_banner(local_cloud):
     port = local_cloud.state().ssh_port
     trigger = SshReadyTrigger(LOOPBACK, port, timeout=30, delay=0.5)
@@ -149,7 +184,7 @@ def test_ssh_ready_times_out_when_nothing_answers():
 def test_triggers_come_back_from_their_serialized_form(aws_connection):
     for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
                                     finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
-                                    elapsed=1.5),
+                                    elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}]),
                     SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")

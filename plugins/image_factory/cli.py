@@ -406,8 +406,8 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
         _infrastructure_task(spec, build, settings, warnings),
         _configure_task(spec, build, settings, known, warnings),
         {"task_id": "register_image",
-         "does": "waits until the instance is stopped, creates the image, waits until it is available (in the "
-                 "triggerer), then tags its snapshots and tags it image-factory:complete=true",
+         "does": "in the triggerer: waits until the instance is stopped, creates the image, waits until it is "
+                 "available; then tags its snapshots and tags it image-factory:complete=true",
          "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"),
          "tags": "the image tags (below)"},
         {"task_id": "tear_down",

@@ -281,7 +281,7 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
                 log.info("the spec has no configure section: the image is a copy of its origin")
             else:
                 apply_role(build, c, instance_id)
-            # Stop now: the stop goes on while register_image starts, which waits for it.
+            # Stop now: the stop goes on while register_image starts, whose trigger waits for it.
             return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
 
         def apply_role(build: Build, c: aws.Clients, instance_id: str) -> None:
@@ -308,10 +308,9 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
             # After the image wait: the image as the triggerer saw it available.
             available = (resumed["answer"]["Images"][0] if resumed.get("waiter_name") == "image_available"
                          else None)
-            # The stop takes seconds and is waited for here; the image takes minutes and is deferred.
+            # The stop, CreateImage and the image's wait: all in the triggerer (no worker slot held meanwhile).
             described = image.register(c.ec2, build, infra["instance_id"], infra["origin_ami"],
                                        image.image_name(build, logical), wait=deferring(build),
-                                       stop_wait=waiting.blocking,
                                        stop_requested_at=configured["stop_requested_at"], available=available)
             links.persist(links.ImageLink, context, build.region, c.endpoint_url, image_id=described["ImageId"])
             summary = {

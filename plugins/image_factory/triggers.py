@@ -26,7 +26,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
                  delay: float, finish: bool = False, started: float | None = None, then: list | None = None,
-                 elapsed: float = 0.0):
+                 elapsed: float = 0.0, next_wait: list | None = None):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region = region
@@ -39,51 +39,70 @@ class Ec2StateTrigger(BaseTrigger):
         self.then = [list(call) for call in then or []]
         #: Seconds the task ran before deferring (with ``finish``: the step's time is this plus the wait).
         self.elapsed = elapsed
+        #: [waiter name, waiter args]: a second wait, from when the ``then`` calls are made (they start the
+        #: change it waits for: the image that CreateImage makes once the instance is stopped).
+        self.next_wait = list(next_wait) if next_wait else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.Ec2StateTrigger", {
             "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
             "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay, "finish": self.finish,
-            "started": self.started, "then": self.then, "elapsed": self.elapsed})
+            "started": self.started, "then": self.then, "elapsed": self.elapsed, "next_wait": self.next_wait})
 
     def __repr__(self) -> str:
-        return f"Ec2StateTrigger({self.waiter_name} {self.waiter_args})"
+        shown = f" then {self.next_wait[0]}" if self.next_wait else ""
+        return f"Ec2StateTrigger({self.waiter_name} {self.waiter_args}{shown})"
 
     async def run(self):
         from image_factory import aws
-        from image_factory.waiting import WaitFailed, call_after, next_poll, reached
+        from image_factory.waiting import call_after
 
         ec2 = await asyncio.to_thread(aws.shared_ec2, self.aws_conn_id, self.region)
-        deadline = self.started + self.timeout
-        polls = 0
-        while True:
-            await asyncio.sleep(max(0.0, min(next_poll(self.started, self.delay, time.time()), deadline)
-                                    - time.time()))
-            polls += 1
-            try:
-                answer = await asyncio.to_thread(reached, ec2, self.waiter_name, self.waiter_args)
-                if answer is not None:
-                    break
-            except WaitFailed as exc:
-                yield TriggerEvent({"status": "failed", "message": str(exc)})
-                return
-            if time.time() >= deadline:
-                yield TriggerEvent({"status": "timeout", "message": f"{self.waiter_name} {self.waiter_args}: "
-                                                                   f"not reached within {self.timeout:.0f} s"})
-                return
-        self.log.info("%s %s after %d polls", self.waiter_name, self.waiter_args, polls)
+        waiter_name, waiter_args = self.waiter_name, self.waiter_args
+        answer, polls, ended = await self._poll(ec2, waiter_name, waiter_args, self.started)
+        if ended:
+            yield ended
+            return
         failed = await asyncio.to_thread(call_after, ec2, self.then)
         if failed:
             self.log.warning("left to the task, which runs again: %s", failed)
+        elif self.next_wait:
+            waiter_name, waiter_args = self.next_wait
+            answer, more, ended = await self._poll(ec2, waiter_name, waiter_args, time.time())
+            polls += more
+            if ended:
+                yield ended
+                return
         if self.finish and not failed:
             # The task stored its result before deferring; step_seconds feeds the build summary.
             yield TaskSuccessEvent(xcoms={"step_seconds": round(self.elapsed + time.time() - self.started, 1)})
         else:
             # The last answer goes back too: the task need not describe again what it waited for.
             shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
-            yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
-                                "waiter_args": self.waiter_args, "calls_failed": failed,
+            yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": waiter_name,
+                                "waiter_args": waiter_args, "calls_failed": failed,
                                 "answer": json.loads(json.dumps(shown, default=str))})
+
+    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float):
+        """Poll on the grid from ``since`` until the state is reached: (the answer, polls, None), or
+        (None, polls, the event that ends the wait: failed or timed out)."""
+        from image_factory.waiting import WaitFailed, next_poll, reached
+
+        deadline = since + self.timeout
+        polls = 0
+        while True:
+            await asyncio.sleep(max(0.0, min(next_poll(since, self.delay, time.time()), deadline) - time.time()))
+            polls += 1
+            try:
+                answer = await asyncio.to_thread(reached, ec2, waiter_name, waiter_args)
+            except WaitFailed as exc:
+                return None, polls, TriggerEvent({"status": "failed", "message": str(exc)})
+            if answer is not None:
+                self.log.info("%s %s after %d polls", waiter_name, waiter_args, polls)
+                return answer, polls, None
+            if time.time() >= deadline:
+                return None, polls, TriggerEvent({"status": "timeout", "message": f"{waiter_name} {waiter_args}: "
+                                                  f"not reached within {self.timeout:.0f} s"})
 
 
 class SshReadyTrigger(BaseTrigger):

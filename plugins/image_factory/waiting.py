@@ -10,7 +10,9 @@ wait that succeeded is not polled again (:func:`resumed_after`).
 Both poll on a fixed grid from the moment the change was started (``since``): every ``delay`` seconds after
 it, never at once (the state cannot have changed yet), and without drifting by the time each poll takes.
 A wait can end with EC2 calls that had to wait for the state (``then``: deleting a security group once its
-instance is gone); a failed one is logged and left to the step, which then runs again.
+instance is gone; creating the image once the instance is stopped), and go on to wait for the change those
+calls started (``next_wait``: the image available). A failed call is logged and left to the step, which then
+runs again. Both waits return the last describe answer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from image_factory.errors import PermanentError
 
 log = logging.getLogger("image_factory")
 
-Wait = Callable[..., None]
+Wait = Callable[..., dict]
 
 #: An EC2 call made once a wait is over: (operation name, its arguments), e.g. ("delete_subnet", {...}).
 Call = tuple[str, dict]
@@ -71,47 +73,59 @@ def next_poll(since: float, delay: float, now: float) -> float:
 
 
 def blocking(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
-             then: tuple[Call, ...] = (), result=None, **waiter_args) -> None:
+             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None, result=None,
+             **waiter_args) -> dict:
     """Poll here until the state is reached: on the grid from ``since``, else once now and then on the grid
-    from now (``result`` is for :func:`deferring`: ignored here)."""
-    started = time.time()
+    from now; then make the ``then`` calls and wait for ``next_wait`` (from then on, on its own grid).
+    Returns the last describe answer (``result`` is for :func:`deferring`: ignored here)."""
     first_now = since is None
-    since = started if since is None else since
+    answer = _poll_here(ec2, waiter_name, waiter_args, time.time() if first_now else since, timeout, delay,
+                        first_now)
+    failed = call_after(ec2, then)
+    if failed:
+        raise WaitFailed(failed)
+    if next_wait:
+        answer = _poll_here(ec2, *next_wait, time.time(), timeout, delay, first_now=False)
+    return answer
+
+
+def _poll_here(ec2, waiter_name: str, waiter_args: dict, since: float, timeout: float, delay: float,
+               first_now: bool) -> dict:
     deadline = since + timeout
     while True:
         if not first_now:
             time.sleep(max(0.0, next_poll(since, delay, time.time()) - time.time()))
         first_now = False
-        if reached(ec2, waiter_name, waiter_args):
-            break
+        answer = reached(ec2, waiter_name, waiter_args)
+        if answer is not None:
+            log.info("%s %s (waited %.1f s)", describe(waiter_name), ids(waiter_args), time.time() - since)
+            return answer
         if time.time() >= deadline:
             raise WaitFailed(f"{describe(waiter_name)} {ids(waiter_args)}: not reached within {timeout:.0f} s")
-    log.info("%s %s (waited %.1f s)", describe(waiter_name), ids(waiter_args), time.time() - since)
-    failed = call_after(ec2, then)
-    if failed:
-        raise WaitFailed(failed)
 
 
 def call_after(ec2, then: tuple[Call, ...] | list) -> str | None:
-    """Make the calls that waited for the state, in order; a resource gone already counts as done. Returns
-    what failed (the rest is left undone), else None."""
+    """Make the calls that waited for the state, in order; a resource gone already counts as deleted, one
+    there already (made by an earlier run of the same wait) as created. Returns what failed (the rest is
+    left undone), else None."""
     from image_factory.aws import error_code
-    from image_factory.build import deleted
+    from image_factory.build import created, deleted
 
     for operation, arguments in then:
         try:
-            getattr(ec2, operation)(**arguments)
+            answer = getattr(ec2, operation)(**arguments)
         except Exception as exc:
-            if not error_code(exc).endswith(".NotFound"):
+            done = ".NotFound" if operation.startswith("delete_") else ".Duplicate"
+            if not error_code(exc).endswith(done):
                 return f"{operation} {ids(arguments)}: {exc}"
-            continue  # gone already
+            continue  # done already
+        kind = operation.split("_", 1)[1].replace("_", "-")  # as the build's log lines name it: security-group
         if operation.startswith("delete_"):
-            deleted(KINDS.get(operation, operation[len("delete_"):]), ids(arguments))
+            deleted(kind, ids(arguments))
+        elif operation.startswith("create_"):
+            made = next((v for k, v in answer.items() if k.endswith("Id") and isinstance(v, str)), "")
+            created(kind, made, **({"name": arguments["Name"]} if "Name" in arguments else {}))
     return None
-
-
-#: The resource kind of a delete call, as the build's log lines name it (see build.deleted).
-KINDS = {"delete_security_group": "security-group", "delete_subnet": "subnet", "delete_vpc": "vpc"}
 
 
 def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> Wait:
@@ -123,16 +137,20 @@ def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> 
     from image_factory.triggers import Ec2StateTrigger
 
     def wait(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
-             then: tuple[Call, ...] = (), result=None, **waiter_args) -> None:
-        if resumed_after(resumed, waiter_name, waiter_args):
-            log.info("%s %s (in %s polls by the triggerer)", describe(waiter_name), ids(waiter_args),
+             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None, result=None,
+             **waiter_args) -> dict:
+        last_name, last_args = next_wait or (waiter_name, waiter_args)
+        if resumed_after(resumed, last_name, last_args):
+            log.info("%s %s (in %s polls by the triggerer)", describe(last_name), ids(last_args),
                      resumed.get("polls"))
-            return
-        log.info("waiting for %s %s without holding a worker slot (deferred to the triggerer)",
-                 describe(waiter_name), ids(waiter_args))
+            return resumed.get("answer") or {}
+        shown = f", then {describe(next_wait[0])}" if next_wait else ""
+        log.info("waiting for %s %s%s without holding a worker slot (deferred to the triggerer)",
+                 describe(waiter_name), ids(waiter_args), shown)
         trigger = Ec2StateTrigger(aws_conn_id, region, waiter_name, waiter_args, timeout, delay,
-                                  finish=result is not None, started=since or time.time(), then=list(then))
-        raise WaitDeferred(trigger, timeout, result=result)
+                                  finish=result is not None, started=since or time.time(), then=list(then),
+                                  next_wait=list(next_wait) if next_wait else None)
+        raise WaitDeferred(trigger, timeout * (2 if next_wait else 1), result=result)
 
     return wait
 

@@ -38,12 +38,20 @@ def find(ec2, build_id: str) -> list[dict]:
         "Images"]
 
 
+def named(name: str) -> dict:
+    """DescribeImages arguments that find the build's image by its name (unique per account and region)."""
+    return {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [name]}]}
+
+
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
-             stop_wait: Wait | None = None, stop_requested_at: float | None = None,
-             available: dict | None = None) -> dict:
-    """Stop the instance (waiting with ``stop_wait``, else ``wait``; ``stop_requested_at``: when configure
-    asked for the stop), create the image, wait until it is available, tag its snapshots and mark it
-    complete; returns the image as described.
+             stop_requested_at: float | None = None, available: dict | None = None) -> dict:
+    """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
+    once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
+    as described.
+
+    Stopped, image created, available: one ``wait``, so that a deferred registration leaves the whole of it to
+    the triggerer (no worker slot while the image is pending, not even between CreateImage and a deferral).
+    An earlier run of that wait has made the image already if AWS refuses its name as a duplicate.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
     a failed one is replaced. ``available``: the image as the triggerer described it available (a resumed
@@ -61,22 +69,26 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         else:
             deregister(ec2, image)
     tags = lineage_tags(build, origin_ami)
-    if image_id is None:
+    if available:
+        described = available
+    elif image_id is None:
         checkpoint("before:register")
         # A retry asks for the stop again (stopping a stopped instance is a no-op).
-        instances.stop(ec2, instance_id, build, stop_wait or wait,
-                       requested_at=stop_requested_at if build.fresh else None)
-        image_id = ec2.create_image(
-            InstanceId=instance_id, Name=name,
-            Description=f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
-            TagSpecifications=build.tag_specifications("image", tags=tags),
-        )["ImageId"]
-        log.info("created image %s name=%s", image_id, name)
-        checkpoint("after:create-image")
-    wait(ec2, "image_available", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
-         ImageIds=[image_id])
+        requested_at = stop_requested_at if build.fresh and stop_requested_at else None
+        create = ("create_image", {
+            "InstanceId": instance_id, "Name": name,
+            "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
+            "TagSpecifications": build.tag_specifications("image", tags=tags)})
+        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
+                         delay=build.settings.poll_interval,
+                         since=requested_at or instances.request_stop(ec2, instance_id),
+                         then=(create,), next_wait=("image_available", named(name)),
+                         InstanceIds=[instance_id])["Images"][0]
+    else:
+        described = wait(ec2, "image_available", timeout=build.settings.image_timeout,
+                         delay=build.settings.poll_interval, ImageIds=[image_id])["Images"][0]
+    image_id = described["ImageId"]
     checkpoint("after:register")
-    described = available or ec2.describe_images(ImageIds=[image_id])["Images"][0]
     # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
     # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
     # same call: only an image whose registration went through to here is an output of the build.

@@ -91,21 +91,12 @@ def address(ec2, instance_id: str, build: Build) -> str:
     return host
 
 
-def stop(ec2, instance_id: str, build: Build, wait: Wait = blocking, requested_at: float | None = None) -> None:
-    """Stop the instance and wait until it is stopped; ``requested_at``: the stop was asked for then already
-    (configure asks for it as soon as it is done), so only wait."""
-    if requested_at is None:
-        requested_at = request_stop(ec2, instance_id)
-    wait(ec2, "instance_stopped", timeout=build.settings.image_timeout, delay=build.settings.poll_interval,
-         since=requested_at, InstanceIds=[instance_id])
-
-
 def request_stop(ec2, instance_id: str) -> float:
-    """Ask for the stop without waiting; returns when (epoch seconds)."""
-    requested_at = time.time()
+    """Ask for the stop without waiting; returns when AWS took it (epoch seconds): the start of the wait's
+    grid, so that no poll comes before the change can be over."""
     ec2.stop_instances(InstanceIds=[instance_id])
     log.info("stopping instance %s", instance_id)
-    return requested_at
+    return time.time()
 
 
 def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wait: Wait = blocking) -> list[str]:
