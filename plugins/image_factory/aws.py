@@ -73,7 +73,10 @@ class Clients:
 
     @functools.cached_property
     def ssm(self) -> Any:
-        return self._hook(client_type="ssm").conn
+        hook = self._hook(client_type="ssm")
+        # The connection as the EC2 hook read it (a cached property): a task asks the API server for it once.
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
 
     @property
     def emulated(self) -> bool:
