@@ -29,14 +29,20 @@ def service_models():
     return create_loader()
 
 
+@functools.cache  # once per process: task processes load the plugins again (the Task SDK's own loader)
 def preload() -> None:
-    """Read the models a build needs now (see airflow_local_settings.py: processes forked from this one, like
-    the executor's task processes, then start with them read)."""
-    loader = service_models()
+    """Read what making the build's clients reads (API models, endpoint rules, retry and waiter definitions)
+    now, into the shared loader (see image_factory_plugin.py: processes forked from this one, like the
+    executor's task processes, then start with it read). Making a client calls nothing."""
+    from botocore.session import get_session
+
+    session = get_session()
+    session.register_component("data_loader", service_models())
     for service in SERVICES:
-        loader.load_service_model(service, "service-2")
-    loader.load_data("endpoints")
-    loader.load_data("partitions")
+        client = session.create_client(service, region_name="us-east-1", aws_access_key_id="preload",
+                                       aws_secret_access_key="preload", config=RETRY_CONFIG)  # noqa: S106
+        if service == "ec2":
+            client.get_waiter("instance_running")  # the waiter definitions
 
 
 @functools.cache
