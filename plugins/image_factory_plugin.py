@@ -7,6 +7,7 @@ with the build's modules imported and the AWS API models read: a task starts in 
 """
 
 import airflow.sdk.execution_time.supervisor  # noqa: F401 (each executor worker imported it at its first task)
+import jinja2.ext  # noqa: F401 (each task process imported it for its template environment)
 import paramiko  # noqa: F401 (configure's SSH)
 from airflow.plugins_manager import AirflowPlugin
 
