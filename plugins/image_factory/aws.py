@@ -10,10 +10,14 @@ import threading
 import time
 from typing import Any
 
-from botocore.config import Config
 
-#: botocore's standard retry mode: backoff with jitter on throttling and transient errors.
-RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
+@functools.cache
+def retry_config():
+    """botocore's standard retry mode: backoff with jitter on throttling and transient errors. (botocore is
+    imported on first use: a DAG file's parse needs none of it.)"""
+    from botocore.config import Config
+
+    return Config(retries={"mode": "standard", "max_attempts": 10})
 
 #: The services a build calls.
 SERVICES = ("ec2", "ssm")
@@ -40,7 +44,7 @@ def preload() -> None:
     session.register_component("data_loader", service_models())
     for service in SERVICES:
         client = session.create_client(service, region_name="us-east-1", aws_access_key_id="preload",
-                                       aws_secret_access_key="preload", config=RETRY_CONFIG)  # noqa: S106
+                                       aws_secret_access_key="preload", config=retry_config())  # noqa: S106
         if service == "ec2":
             client.get_waiter("instance_running")  # the waiter definitions
 
@@ -77,8 +81,8 @@ class Clients:
     """The EC2 and SSM clients of a connection and region, each made on first use."""
 
     def __init__(self, aws_conn_id: str, region: str):
-        self._hook = functools.partial(_hook_class(), aws_conn_id=aws_conn_id, region_name=region, config=RETRY_CONFIG,
-                                       sessions={})
+        self._hook = functools.partial(_hook_class(), aws_conn_id=aws_conn_id, region_name=region,
+                                       config=retry_config(), sessions={})
         self._ec2_hook = self._hook(client_type="ec2")
         self.endpoint_url: str | None = self._ec2_hook.conn_config.endpoint_url
 

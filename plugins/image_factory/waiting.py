@@ -22,9 +22,6 @@ import math
 import time
 from collections.abc import Callable
 
-from botocore import xform_name
-from botocore.exceptions import ClientError
-
 from image_factory.errors import PermanentError
 
 log = logging.getLogger("image_factory")
@@ -53,6 +50,9 @@ class WaitDeferred(Exception):
 def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
     """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
     (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
+    from botocore import xform_name
+    from botocore.exceptions import ClientError
+
     config = ec2.get_waiter(waiter_name).config
     try:
         answer = getattr(ec2, xform_name(config.operation))(**waiter_args)
