@@ -650,9 +650,9 @@ def result(m: dict) -> Result:
         "PostgreSQL. An image is counted as pending from its CreateImage answer until the emulated "
         f"{LATENCY['image_available']} s are over, which is when the front stops answering `pending`; a task "
         "instance `running` holds one LocalExecutor worker process. The row "
-        "counts the running task instances of the builds whose image is pending at that sample (a build that "
-        "defers its wait holds none; the short moment between `CreateImage` and the task's deferral is "
-        "included, so an occasional 1 is expected at a 0.5 s sampling). The next row counts all running task "
+        "counts the running task instances of the builds whose image is pending at that sample (a build whose "
+        "triggerer makes the image and waits for it holds none; a task that called `CreateImage` itself would "
+        "show until its deferral took effect). The next row counts all running task "
         "instances (of any build) at moments when at least one image is pending: other builds' steps that "
         "do work (SSH, the role, API calls), not waits.",
         f"The {n} builds: images available from {_s(to_image[0] if to_image else None)} to "
