@@ -3,10 +3,10 @@
 ``authorized_keys.py --endpoint http://127.0.0.1:PORT --regions eu-west-1,us-east-1 [user]``
 
 Only key pairs tagged by Image Factory builds count, so the server trusts exactly the builds' keys.
-sshd runs this for every login attempt (twice per login), so it stays light: one EC2 Query API call per
-region to the emulator (which does not check signatures) over a plain socket, and a regular expression over
-the answer. The standard library's HTTP and XML modules, argparse and threads cost a login 0.15 s of CPU
-to import; this takes a fifth of that.
+sshd runs this for every login attempt, so it stays light: one EC2 Query API call per region to the
+emulator (which does not check signatures) over a plain socket, and a regular expression over the answer.
+With the standard library's HTTP and XML modules, argparse and threads it took 0.17 s of CPU (four regions);
+this takes 0.05 s.
 """
 
 import re
