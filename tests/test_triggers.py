@@ -88,7 +88,8 @@ def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_
         ec2.terminate_instances(InstanceIds=[instance_id])
     answer = event.payload.pop("answer")
     assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
-                             "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None}
+                             "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None,
+                             "calls_failed_transient": None}
     # The last describe answer comes along (JSON-safe): the task need not describe the instance again.
     (described,) = [i for r in answer["Reservations"] for i in r["Instances"]]
     assert described["InstanceId"] == instance_id and described["State"]["Name"] == "running"
@@ -128,6 +129,24 @@ def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm,
     assert not isinstance(event, TaskSuccessEvent)
     assert event.payload["status"] == "success"
     assert "delete_vpc" in event.payload["calls_failed"] and "DependencyViolation" in event.payload["calls_failed"]
+    assert event.payload["calls_failed_transient"] is True  # the subnet may still go: worth a retry
+
+
+@pytest.mark.parametrize(("transient", "raised"), [(False, "WaitFailed"), (True, "CallFailed")])
+def test_a_step_whose_trigger_could_not_start_the_next_change_fails_instead_of_waiting_again(transient, raised):
+    """CreateImage refused in the triggerer: the resumed register step must not defer the same wait again."""
+    from image_factory import waiting
+    from image_factory.steps.image import named
+
+    event = {"status": "success", "polls": 3, "waiter_name": "instance_stopped",
+             "waiter_args": {"InstanceIds": ["i-1"]}, "calls_failed": "create_image i-1: InvalidParameterValue",
+             "calls_failed_transient": transient}
+    wait = waiting.deferring("aws_default", REGION, resumed=event)
+    with pytest.raises((waiting.WaitFailed, waiting.CallFailed), match="InvalidParameterValue") as failed:
+        wait(None, "instance_stopped", timeout=60, delay=2, then=[("create_image", {"InstanceId": "i-1"})],
+             next_wait=("image_available", named("x")), InstanceIds=["i-1"])
+    assert type(failed.value).__name__ == raised
+    assert isinstance(failed.value, waiting.WaitFailed) == (not transient)  # permanent: no retry
 
 
 def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_when_run_again(

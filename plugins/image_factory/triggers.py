@@ -65,7 +65,7 @@ class Ec2StateTrigger(BaseTrigger):
             return
         failed = await asyncio.to_thread(call_after, ec2, self.then)
         if failed:
-            self.log.warning("left to the task, which runs again: %s", failed)
+            self.log.warning("left to the task, which runs again: %s", failed[0])
         elif self.next_wait:
             waiter_name, waiter_args = self.next_wait
             answer, more, ended = await self._poll(ec2, waiter_name, waiter_args, time.time())
@@ -80,7 +80,8 @@ class Ec2StateTrigger(BaseTrigger):
             # The last answer goes back too: the task need not describe again what it waited for.
             shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
             yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": waiter_name,
-                                "waiter_args": waiter_args, "calls_failed": failed,
+                                "waiter_args": waiter_args, "calls_failed": failed[0] if failed else None,
+                                "calls_failed_transient": failed[1] if failed else None,
                                 "answer": json.loads(json.dumps(shown, default=str))})
 
     async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float):

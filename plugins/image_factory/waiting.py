@@ -36,6 +36,16 @@ class WaitFailed(PermanentError):
     pass
 
 
+class CallFailed(Exception):
+    """A call made after a wait failed for a reason that may pass (throttling, a dependency not gone yet, a
+    dropped connection): the step runs again (Airflow's retry)."""
+
+
+def failure(message: str, transient: bool) -> Exception:
+    """The error that a failed call after a wait (see :func:`call_after`) fails its step with."""
+    return CallFailed(message) if transient else WaitFailed(message)
+
+
 class WaitDeferred(Exception):
     """Not an error: the state is not reached yet, and the wait moves to the triggerer."""
 
@@ -83,7 +93,7 @@ def blocking(ec2, waiter_name: str, *, timeout: float, delay: float, since: floa
                         first_now)
     failed = call_after(ec2, then)
     if failed:
-        raise WaitFailed(failed)
+        raise failure(*failed)
     if next_wait:
         answer = _poll_here(ec2, *next_wait, time.time(), timeout, delay, first_now=False)
     return answer
@@ -104,20 +114,21 @@ def _poll_here(ec2, waiter_name: str, waiter_args: dict, since: float, timeout: 
             raise WaitFailed(f"{describe(waiter_name)} {ids(waiter_args)}: not reached within {timeout:.0f} s")
 
 
-def call_after(ec2, then: tuple[Call, ...] | list) -> str | None:
+def call_after(ec2, then: tuple[Call, ...] | list) -> tuple[str, bool] | None:
     """Make the calls that waited for the state, in order; a resource gone already counts as deleted, one
-    there already (made by an earlier run of the same wait) as created. Returns what failed (the rest is
-    left undone), else None."""
+    there already (made by an earlier run of the same wait) as created. Returns what failed and whether
+    retrying may help (the rest is left undone), else None."""
     from image_factory.aws import error_code
     from image_factory.build import created, deleted
+    from image_factory.errors import is_transient
 
     for operation, arguments in then:
         try:
             answer = getattr(ec2, operation)(**arguments)
         except Exception as exc:
-            done = ".NotFound" if operation.startswith("delete_") else ".Duplicate"
-            if not error_code(exc).endswith(done):
-                return f"{operation} {ids(arguments)}: {exc}"
+            code, done = error_code(exc), ".NotFound" if operation.startswith("delete_") else ".Duplicate"
+            if not code.endswith(done):
+                return f"{operation} {ids(arguments)}: {exc}", not code or is_transient(code)
             continue  # done already
         kind = operation.split("_", 1)[1].replace("_", "-")  # as the build's log lines name it: security-group
         if operation.startswith("delete_"):
@@ -139,6 +150,9 @@ def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> 
     def wait(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
              then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None, result=None,
              **waiter_args) -> dict:
+        if next_wait and resumed_after(resumed, waiter_name, waiter_args) and resumed.get("calls_failed"):
+            # The calls that were to start the next change failed in the triggerer: nothing to wait for.
+            raise failure(resumed["calls_failed"], bool(resumed.get("calls_failed_transient")))
         last_name, last_args = next_wait or (waiter_name, waiter_args)
         if resumed_after(resumed, last_name, last_args):
             log.info("%s %s (in %s polls by the triggerer)", describe(last_name), ids(last_args),
