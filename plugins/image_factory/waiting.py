@@ -11,8 +11,9 @@ Both poll on a fixed grid from the moment the change was started (``since``): ev
 it, never at once (the state cannot have changed yet), and without drifting by the time each poll takes.
 A wait can end with EC2 calls that had to wait for the state (``then``: deleting a security group once its
 instance is gone; creating the image once the instance is stopped), and go on to wait for the change those
-calls started (``next_wait``: the image available). A failed call is logged and left to the step, which then
-runs again. Both waits return the last describe answer.
+calls started (``next_wait``: the image available). A failed call goes back to the step: it runs again (the
+teardown, by tag), or, when the call was to start the next change, fails, permanent or transient as the AWS
+error says (:func:`failure`). Both waits return the last describe answer.
 """
 
 from __future__ import annotations
