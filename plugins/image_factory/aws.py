@@ -19,6 +19,7 @@ def retry_config():
 
     return Config(retries={"mode": "standard", "max_attempts": 10})
 
+
 #: The services a build calls.
 SERVICES = ("ec2", "ssm")
 

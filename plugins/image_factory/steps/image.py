@@ -58,7 +58,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     task): no need to look for it or describe it again. An image this step leaves incomplete is deregistered
     by the build's teardown.
     """
-    image_id = available["ImageId"] if available else None
+    image_id = None
     for image in [] if build.fresh or available else find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
             log.info("image %s of this build is registered already", image["ImageId"])
@@ -74,15 +74,15 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     elif image_id is None:
         checkpoint("before:register")
         # A retry asks for the stop again (stopping a stopped instance is a no-op).
-        requested_at = stop_requested_at if build.fresh and stop_requested_at else None
+        since = (stop_requested_at if build.fresh and stop_requested_at
+                 else instances.request_stop(ec2, instance_id))
         create = ("create_image", {
             "InstanceId": instance_id, "Name": name,
             "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
             "TagSpecifications": build.tag_specifications("image", tags=tags)})
         described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
                          delay=build.settings.poll_interval,
-                         since=requested_at or instances.request_stop(ec2, instance_id),
-                         then=(create,), next_wait=("image_available", named(name)),
+                         since=since, then=(create,), next_wait=("image_available", named(name)),
                          InstanceIds=[instance_id])["Images"][0]
     else:
         described = wait(ec2, "image_available", timeout=build.settings.image_timeout,

@@ -85,6 +85,6 @@ def _make_staging(sftp) -> str:
         try:
             sftp.mkdir(staging, mode=0o700)
             return staging
-        except OSError:
-            continue  # taken: draw another name
-    raise RoleError(f"could not make a directory {STAGING_PREFIX}* on the instance over SFTP")
+        except OSError as exc:
+            refused = exc  # taken (or not allowed): draw another name
+    raise RoleError(f"could not make a directory {STAGING_PREFIX}* on the instance over SFTP: {refused}")
