@@ -184,6 +184,31 @@ def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_
     assert calls["ec2:CreateImage"] == 2  # the second answered InvalidAMIName.Duplicate
 
 
+def test_the_next_wait_polls_on_its_own_interval(local_cloud, ec2, ssm, aws_connection):
+    """register's trigger polls the short stop often and the image's long wait at the deployment's interval."""
+    from image_factory.steps.image import named
+
+    instance_id = launch(ec2, ssm)
+    name = f"intervals-{instance_id}"
+    local_cloud.configure(latency={"instance_stopped": 1, "image_available": 2})
+    try:
+        ec2.stop_instances(InstanceIds=[instance_id])
+        local_cloud.reset_stats()
+        event = first_event(Ec2StateTrigger(
+            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, delay=0.25,
+            then=[("create_image", {"InstanceId": instance_id, "Name": name})],
+            next_wait=["image_available", named(name)], next_delay=1))
+        calls = local_cloud.stats()["calls"]
+    finally:
+        local_cloud.configure(latency=OFF)
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    for image in ec2.describe_images(**named(name))["Images"]:
+        ec2.deregister_image(ImageId=image["ImageId"])
+    assert event.payload["status"] == "success" and event.payload["waiter_name"] == "image_available"
+    assert 3 <= calls["ec2:DescribeInstances"] <= 1 / 0.25 + 2  # the stop: every 0.25 s
+    assert 2 <= calls["ec2:DescribeImages"] <= 2 / 1 + 1  # the image: every second, not every 0.25 s
+
+
 def test_ssh_ready_reads_the_servers_banner(local_cloud):
     port = local_cloud.state().ssh_port
     trigger = SshReadyTrigger(LOOPBACK, port, timeout=30, delay=0.5)
@@ -203,7 +228,8 @@ def test_ssh_ready_times_out_when_nothing_answers():
 def test_triggers_come_back_from_their_serialized_form(aws_connection):
     for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
                                     finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
-                                    elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}]),
+                                    elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}],
+                                    next_delay=4),
                     SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")

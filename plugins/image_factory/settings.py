@@ -34,7 +34,8 @@ class Settings:
     #: Create build subnets in this VPC; empty means each build makes a VPC of its own.
     builder_vpc_id: str = ""
     builder_vpc_cidr: str = "10.213.0.0/24"
-    #: Seconds between polls of a cloud state (instance running, image available, ...).
+    #: Seconds between polls of a cloud state (instance running, image available, ...); the short stop before
+    #: the image is polled at half of it.
     poll_interval: float = 15.0
     ssh_timeout: float = 600.0
     configure_timeout: float = 3600.0

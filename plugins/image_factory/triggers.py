@@ -26,7 +26,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
                  delay: float, finish: bool = False, started: float | None = None, then: list | None = None,
-                 elapsed: float = 0.0, next_wait: list | None = None):
+                 elapsed: float = 0.0, next_wait: list | None = None, next_delay: float | None = None):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region = region
@@ -42,12 +42,15 @@ class Ec2StateTrigger(BaseTrigger):
         #: [waiter name, waiter args]: a second wait, from when the ``then`` calls are made (they start the
         #: change it waits for: the image that CreateImage makes once the instance is stopped).
         self.next_wait = list(next_wait) if next_wait else None
+        #: Seconds between the polls of the second wait (``delay`` when not given).
+        self.next_delay = next_delay
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.Ec2StateTrigger", {
             "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
             "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay, "finish": self.finish,
-            "started": self.started, "then": self.then, "elapsed": self.elapsed, "next_wait": self.next_wait})
+            "started": self.started, "then": self.then, "elapsed": self.elapsed, "next_wait": self.next_wait,
+            "next_delay": self.next_delay})
 
     def __repr__(self) -> str:
         shown = f" then {self.next_wait[0]}" if self.next_wait else ""
@@ -59,7 +62,7 @@ class Ec2StateTrigger(BaseTrigger):
 
         ec2 = await asyncio.to_thread(aws.shared_ec2, self.aws_conn_id, self.region)
         waiter_name, waiter_args = self.waiter_name, self.waiter_args
-        answer, polls, ended = await self._poll(ec2, waiter_name, waiter_args, self.started)
+        answer, polls, ended = await self._poll(ec2, waiter_name, waiter_args, self.started, self.delay)
         if ended:
             yield ended
             return
@@ -68,7 +71,8 @@ class Ec2StateTrigger(BaseTrigger):
             self.log.warning("left to the task, which runs again: %s", failed[0])
         elif self.next_wait:
             waiter_name, waiter_args = self.next_wait
-            answer, more, ended = await self._poll(ec2, waiter_name, waiter_args, time.time())
+            answer, more, ended = await self._poll(ec2, waiter_name, waiter_args, time.time(),
+                                                    self.next_delay or self.delay)
             polls += more
             if ended:
                 yield ended
@@ -84,15 +88,15 @@ class Ec2StateTrigger(BaseTrigger):
                                 "calls_failed_transient": failed[1] if failed else None,
                                 "answer": json.loads(json.dumps(shown, default=str))})
 
-    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float):
-        """Poll on the grid from ``since`` until the state is reached: (the answer, polls, None), or
-        (None, polls, the event that ends the wait: failed or timed out)."""
+    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float, delay: float):
+        """Poll every ``delay`` seconds on the grid from ``since`` until the state is reached: (the answer,
+        polls, None), or (None, polls, the event that ends the wait: failed or timed out)."""
         from image_factory.waiting import WaitFailed, next_poll, reached
 
         deadline = since + self.timeout
         polls = 0
         while True:
-            await asyncio.sleep(max(0.0, min(next_poll(since, self.delay, time.time()), deadline) - time.time()))
+            await asyncio.sleep(max(0.0, min(next_poll(since, delay, time.time()), deadline) - time.time()))
             polls += 1
             try:
                 answer = await asyncio.to_thread(reached, ec2, waiter_name, waiter_args)

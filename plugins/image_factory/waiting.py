@@ -84,11 +84,12 @@ def next_poll(since: float, delay: float, now: float) -> float:
 
 
 def blocking(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
-             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None, result=None,
-             **waiter_args) -> dict:
+             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None,
+             next_delay: float | None = None, result=None, **waiter_args) -> dict:
     """Poll here until the state is reached: on the grid from ``since``, else once now and then on the grid
-    from now; then make the ``then`` calls and wait for ``next_wait`` (from then on, on its own grid).
-    Returns the last describe answer (``result`` is for :func:`deferring`: ignored here)."""
+    from now; then make the ``then`` calls and wait for ``next_wait`` (from then on, on its own grid, every
+    ``next_delay`` seconds: ``delay`` when not given). Returns the last describe answer (``result`` is for
+    :func:`deferring`: ignored here)."""
     first_now = since is None
     answer = _poll_here(ec2, waiter_name, waiter_args, time.time() if first_now else since, timeout, delay,
                         first_now)
@@ -96,7 +97,7 @@ def blocking(ec2, waiter_name: str, *, timeout: float, delay: float, since: floa
     if failed:
         raise failure(*failed)
     if next_wait:
-        answer = _poll_here(ec2, *next_wait, time.time(), timeout, delay, first_now=False)
+        answer = _poll_here(ec2, *next_wait, time.time(), timeout, next_delay or delay, first_now=False)
     return answer
 
 
@@ -149,8 +150,8 @@ def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> 
     from image_factory.triggers import Ec2StateTrigger
 
     def wait(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
-             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None, result=None,
-             **waiter_args) -> dict:
+             then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None,
+             next_delay: float | None = None, result=None, **waiter_args) -> dict:
         if next_wait and resumed_after(resumed, waiter_name, waiter_args) and resumed.get("calls_failed"):
             # The calls that were to start the next change failed in the triggerer: nothing to wait for.
             raise failure(resumed["calls_failed"], bool(resumed.get("calls_failed_transient")))
@@ -164,7 +165,7 @@ def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> 
                  describe(waiter_name), ids(waiter_args), shown)
         trigger = Ec2StateTrigger(aws_conn_id, region, waiter_name, waiter_args, timeout, delay,
                                   finish=result is not None, started=since or time.time(), then=list(then),
-                                  next_wait=list(next_wait) if next_wait else None)
+                                  next_wait=list(next_wait) if next_wait else None, next_delay=next_delay)
         raise WaitDeferred(trigger, timeout * (2 if next_wait else 1), result=result)
 
     return wait
