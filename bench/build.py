@@ -1,13 +1,16 @@
-"""Build latency: one image build end to end on the local cloud with AWS-like state-change times, Image Factory
-under a real Airflow scheduler vs HashiCorp Packer (amazon-ebs) measured in the same run.
+"""Build latency: image builds end to end on the local cloud with AWS-like state-change times, Image Factory
+under a real Airflow scheduler vs HashiCorp Packer (amazon-ebs) measured in the same run: three builds on each
+side, one after the other (``--latency-builds``), medians reported (one build varies by about a second: the
+scheduler's and the triggerer's loops).
 
 ``python -m bench.run build-latency`` (or ``python -m bench.build``, which writes bench/results-build-<date>.md),
 from the project root with ``PYTHONPATH=plugins:.``.
 
 The local cloud (a fresh one, in a temporary directory) emulates boot 20 s, stop 5 s, image 30 s and
 terminate 5 s (localcloud/proxy.py), so a build cannot take less than 20 + 5 + 30 = 55 s to its image.
-Both sides poll every 2 s (Image Factory: ``[image_factory] poll_interval``; Packer: ``AWS_POLL_DELAY_SECONDS``).
-The API calls are counted by the local cloud's front, reset before each side.
+Both sides poll every 2 s (Image Factory: ``[image_factory] poll_interval``, and the stop before the image at
+half of it; Packer: ``AWS_POLL_DELAY_SECONDS``). The API calls are counted by the local cloud's front, reset
+before each build.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import getpass
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +40,8 @@ AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 LATENCY = {"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}
 MINIMUM = LATENCY["instance_running"] + LATENCY["instance_stopped"] + LATENCY["image_available"]
 POLL = 2
-BUILD_TIMEOUT = 900  # seconds one side may take at most
+BUILD_TIMEOUT = 900  # seconds one build may take at most
+BUILDS = 3  # builds on each side: the table shows medians
 BUILD_TAG = "image-factory:build-id"
 
 
@@ -53,12 +58,12 @@ def _calls(cloud: LocalCloud) -> dict[str, int]:
 # --- Image Factory under a real scheduler ----------------------------------------------------------------------
 
 
-def image_factory(cloud: LocalCloud, work: Path) -> dict:
+def image_factory(cloud: LocalCloud, work: Path, builds: int) -> list[dict]:
+    """``builds`` builds one after the other, each triggered through the REST API when the one before ended."""
     from bench import postgres
-    from image_factory.build import TAG_COMPLETE, build_id_for
     from localcloud.airflow_stack import AirflowStack
 
-    # A copy of the spec without its nightly schedule: unpausing it then starts no catch-up run.
+    # A copy of the spec without its nightly schedule: unpausing it then starts no run.
     specs = work / "specs"
     specs.mkdir()
     spec = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text()
@@ -77,36 +82,42 @@ def image_factory(cloud: LocalCloud, work: Path) -> dict:
                     "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": default_vpc,
                     "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(PROJECT / "include/roles")}
 
-    ec2 = _client(cloud, "ec2", direct=True)
     # Airflow's database on PostgreSQL, as a deployment has it: on SQLite the scheduler starts a new run only
     # once the clock has passed the whole second after its creation (SQLite's now() has no fraction).
     with postgres.server() as pg, Stack(work / "airflow", cloud, port=free_port(), database_url=pg.url,
                                         database_async_url=pg.async_url) as stack:
         stack.wait_until_healthy()
         stack.wait_for_dag(DAG_ID, timeout=300)
-        cloud.reset_stats()
-        started, started_wall = time.monotonic(), time.time()
-        run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
         stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
-        build_id = build_id_for(DAG_ID, run["dag_run_id"])
-        to_complete = None
-        state = run.get("state")
-        for _ in range(BUILD_TIMEOUT):
-            if to_complete is None:
-                images = ec2.describe_images(Owners=["self"], Filters=[
-                    {"Name": f"tag:{BUILD_TAG}", "Values": [build_id]},
-                    {"Name": f"tag:{TAG_COMPLETE}", "Values": ["true"]}])["Images"]
-                if images:
-                    to_complete = time.monotonic() - started
-                    image_id = images[0]["ImageId"]
-            state = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")["state"]
-            if state in ("success", "failed") or time.monotonic() - started > BUILD_TIMEOUT:
-                break
-            time.sleep(1)
-        to_end = time.monotonic() - started
-        calls = _calls(cloud)
-        to_image = _available_after(cloud, image_id, started_wall) if to_complete is not None else None
-        tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+        return [_one_build(stack, cloud) for _ in range(builds)]
+
+
+def _one_build(stack, cloud: LocalCloud) -> dict:
+    from image_factory.build import TAG_COMPLETE, build_id_for
+
+    ec2 = _client(cloud, "ec2", direct=True)
+    cloud.reset_stats()
+    started, started_wall = time.monotonic(), time.time()
+    run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
+    build_id = build_id_for(DAG_ID, run["dag_run_id"])
+    to_complete = None
+    state = run.get("state")
+    for _ in range(BUILD_TIMEOUT):
+        if to_complete is None:
+            images = ec2.describe_images(Owners=["self"], Filters=[
+                {"Name": f"tag:{BUILD_TAG}", "Values": [build_id]},
+                {"Name": f"tag:{TAG_COMPLETE}", "Values": ["true"]}])["Images"]
+            if images:
+                to_complete = time.monotonic() - started
+                image_id = images[0]["ImageId"]
+        state = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")["state"]
+        if state in ("success", "failed") or time.monotonic() - started > BUILD_TIMEOUT:
+            break
+        time.sleep(1)
+    to_end = time.monotonic() - started
+    calls = _calls(cloud)
+    to_image = _available_after(cloud, image_id, started_wall) if to_complete is not None else None
+    tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
     steps = {t["task_id"]: (t["state"], t.get("duration")) for t in tasks}
     # Seconds the run spent between its tasks up to the image (scheduling, task process start-up).
     spans = sorted((datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"]))
@@ -128,17 +139,28 @@ def _available_after(cloud: LocalCloud, image_id: str, started_wall: float) -> f
 # --- Packer -----------------------------------------------------------------------------------------------
 
 
-def packer(cloud: LocalCloud, work: Path, source_ami: str) -> dict:
+def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int) -> tuple[str, list[dict]]:
+    """Packer's version and its ``builds`` builds, one after the other (a failed one ends the series)."""
     binary = shutil.which("packer") or _install_packer()
     if binary is None:
-        return {"error": "packer is not installed and could not be (apt-get install -y packer)"}
+        return "", [{"error": "packer is not installed and could not be (apt-get install -y packer)"}]
     version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    results = []
+    for number in range(1, builds + 1):
+        results.append(_packer_build(binary, cloud, work / f"packer-{number}", source_ami))
+        if "error" in results[-1]:
+            break
+    return version, results
+
+
+def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str) -> dict:
+    work.mkdir()
     ec2 = _client(cloud, "ec2")
     # Packer 1.6.6 cannot tag its temporary key pair, and the local sshd trusts only key pairs tagged
     # image-factory:build-id: Packer gets a key pair imported here, with that tag.
     key = work / "packer-key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
-    key_name = f"packer-bench-{int(time.time())}"
+    key_name = f"packer-bench-{int(time.time())}-{work.name}"
     ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=(work / "packer-key.pub").read_bytes(),
                         TagSpecifications=[{"ResourceType": "key-pair",
                                             "Tags": [{"Key": BUILD_TAG, "Value": key_name}]}])
@@ -174,7 +196,7 @@ def packer(cloud: LocalCloud, work: Path, source_ami: str) -> dict:
         result = subprocess.run([binary, "build", "-machine-readable", str(work / "packer.json")], env=env,
                                 cwd=work, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return {"error": f"packer build did not end within {BUILD_TIMEOUT} s", "version": version}
+        return {"error": f"packer build did not end within {BUILD_TIMEOUT} s"}
     to_end = time.monotonic() - started
     calls = _calls(cloud)
     (work / "packer.out").write_text(result.stdout + result.stderr)
@@ -183,9 +205,9 @@ def packer(cloud: LocalCloud, work: Path, source_ami: str) -> dict:
     if result.returncode != 0 or not images:
         tail = "\n".join(line for line in result.stdout.splitlines() if ",error," in line or "ui,error" in line)
         return {"error": f"packer build exited {result.returncode}: {tail[-800:] or result.stdout[-800:]}",
-                "version": version, "calls": calls}
+                "calls": calls}
     return {"to_image": _available_after(cloud, images[0]["ImageId"], started_wall), "to_complete": to_complete,
-            "to_end": to_end, "calls": calls, "version": version}
+            "to_end": to_end, "calls": calls}
 
 
 def _install_packer() -> str | None:
@@ -241,7 +263,8 @@ def _warm_up(cloud: LocalCloud) -> str:
     return source_ami
 
 
-def measure() -> tuple[dict, dict]:
+def measure(builds: int = BUILDS) -> tuple[list[dict], str, list[dict]]:
+    """Image Factory's builds, Packer's version and its builds, all on one fresh local cloud."""
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     cloud = LocalCloud(work / "local-cloud")
     # Only the region built in: the local sshd's key lookup asks every region of the local cloud at each login.
@@ -250,69 +273,101 @@ def measure() -> tuple[dict, dict]:
         cloud.configure(latency=LATENCY)
         print(f"local cloud {cloud.endpoint}, latency {LATENCY}; work in {work}", flush=True)
         source_ami = _warm_up(cloud)
-        print("Image Factory: one shopspinner-linux-image build under the scheduler ...", flush=True)
-        ours = image_factory(cloud, work)
-        print(f"  {ours}", flush=True)
-        print("Packer: the same build (amazon-ebs) ...", flush=True)
+        print(f"Image Factory: {builds} {DAG_ID} builds under the scheduler, one after the other ...", flush=True)
+        ours = image_factory(cloud, work, builds)
+        for build in ours:
+            print(f"  {build}", flush=True)
+        print(f"Packer: the same build (amazon-ebs), {builds} times ...", flush=True)
         try:
-            peer = packer(cloud, work, source_ami)
+            version, peer = packer(cloud, work, source_ami, builds)
         except Exception as exc:  # a failing peer is a result
-            peer = {"error": f"{type(exc).__name__}: {exc}"}
-        print(f"  {peer}", flush=True)
+            version, peer = "", [{"error": f"{type(exc).__name__}: {exc}"}]
+        for build in peer:
+            print(f"  {build}", flush=True)
     finally:
         cloud.down()
-    return ours, peer
+    return ours, version, peer
 
 
-def result(ours: dict, peer: dict) -> Result:
+def _median(builds: list[dict], key: str) -> float | None:
+    values = [build[key] for build in builds if build.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _spread(builds: list[dict], key: str) -> str:
+    values = sorted(build[key] for build in builds if build.get(key) is not None)
+    return f"{values[0]:.1f}-{values[-1]:.1f} s" if values else "-"
+
+
+def result(ours: list[dict], version: str, peer: list[dict]) -> Result:
     name = "build-latency"
-    note_peer = peer.get("error", "")
+    note_peer = next((build["error"] for build in peer if "error" in build), "")
+    done = [build for build in peer if "error" not in build]
+    n = len(ours)
+    # The API calls of each side's build that made the most EC2 calls: the goal is "no more than Packer's".
+    ours_calls = max((build["calls"] for build in ours), key=_ec2)
+    peer_calls = max((build["calls"] for build in done), key=_ec2) if done else None
+
+    def timed(measure: str, key: str, note: str) -> Row:
+        mine, theirs = _median(ours, key), _median(done, key)
+        return Row(name, f"{measure} (median of {n})", _s(mine), _s(theirs), _ratio(theirs, mine),
+                   f"{note}; ours {_spread(ours, key)}, Packer {_spread(done, key)}")
+
+    image, peer_image = _median(ours, "to_image"), _median(done, "to_image")
     rows = [
-        Row(name, "time to image available", _s(ours["to_image"]), _s(peer.get("to_image")),
-            _ratio(peer.get("to_image"), ours["to_image"]),
-            f"emulated minimum {MINIMUM} s; ours/minimum {ours['to_image'] / MINIMUM:.2f}"
-            + (f", Packer/minimum {peer['to_image'] / MINIMUM:.2f}" if peer.get("to_image") else "")),
-        Row(name, "time until the build knows", _s(ours["to_complete"]), _s(peer.get("to_complete")),
-            _ratio(peer.get("to_complete"), ours["to_complete"]),
-            "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
-        Row(name, "time to teardown done", _s(ours["to_end"]), _s(peer.get("to_end")),
-            _ratio(peer.get("to_end"), ours["to_end"]), "trigger to run success / packer build exit"),
-        Row(name, "EC2 API calls", str(_ec2(ours["calls"])), str(_ec2(peer["calls"])) if peer.get("calls") else "-",
-            _ratio(_ec2(peer.get("calls", {})), _ec2(ours["calls"])), "the goal's count: no more than Packer's"),
-        Row(name, "EC2+SSM API calls", str(sum(ours["calls"].values())),
-            str(sum(peer["calls"].values())) if peer.get("calls") else "-",
-            _ratio(sum(peer.get("calls", {}).values()), sum(ours["calls"].values())), note_peer[:200]),
+        timed("time to image available", "to_image",
+              f"emulated minimum {MINIMUM} s; ours/minimum {image / MINIMUM:.2f}"
+              + (f", Packer/minimum {peer_image / MINIMUM:.2f}" if peer_image else "")),
+        timed("time until the build knows", "to_complete",
+              "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
+        timed("time to teardown done", "to_end", "trigger to run success / packer build exit"),
+        Row(name, "EC2 API calls (the most in one build)", str(_ec2(ours_calls)),
+            str(_ec2(peer_calls)) if peer_calls else "-", _ratio(_ec2(peer_calls or {}), _ec2(ours_calls)),
+            "the goal's count: no more than Packer's; per build: ours "
+            f"{', '.join(str(_ec2(b['calls'])) for b in ours)}, Packer "
+            f"{', '.join(str(_ec2(b['calls'])) for b in done) or '-'}"),
+        Row(name, "EC2+SSM API calls (the most in one build)", str(sum(ours_calls.values())),
+            str(sum(peer_calls.values())) if peer_calls else "-",
+            _ratio(sum((peer_calls or {}).values()), sum(ours_calls.values())), note_peer[:200]),
     ]
-    actions = sorted(set(ours["calls"]) | set(peer.get("calls", {})))
+    actions = sorted(set(ours_calls) | set(peer_calls or {}))
     lines = ["| API call | Image Factory | Packer |", "|---|---:|---:|"]
-    lines += [f"| {a} | {ours['calls'].get(a, 0)} | {peer.get('calls', {}).get(a, 0) if 'calls' in peer else '-'} |"
-              for a in actions]
-    steps = ", ".join(f"{task} {d:.1f} s" for task, (_, d) in ours["steps"].items() if d is not None)
+    lines += [f"| {a} | {ours_calls.get(a, 0)} | {peer_calls.get(a, 0) if peer_calls else '-'} |" for a in actions]
+    steps = "; ".join(f"build {number}: " + ", ".join(f"{task} {d:.1f} s" for task, (_, d) in build["steps"].items()
+                                                     if d is not None)
+                      for number, build in enumerate(ours, 1))
+    in_tasks = "; ".join(f"{build['in_tasks']:.1f} of {build['to_complete']:.1f} s" for build in ours)
     details = [
-        f"**build-latency.** One `{DAG_ID}` build on a fresh local cloud emulating AWS state-change times "
-        f"(boot {LATENCY['instance_running']} s, stop {LATENCY['instance_stopped']} s, image "
-        f"{LATENCY['image_available']} s, terminate {LATENCY['instance_terminated']} s: {MINIMUM} s to an image at "
-        f"the least), both sides polling every {POLL} s. Image Factory: AirflowStack (scheduler, dag-processor, "
-        "triggerer, api-server, LocalExecutor on SQLite), the run created by the REST API, the end when the run "
-        "is success. Packer: `packer build` of an amazon-ebs template with `custom_endpoint_ec2` = the local "
-        "cloud and a key pair imported beforehand with the image-factory:build-id tag (Packer 1.6.6 cannot tag "
-        f"its temporary key pair, and the local sshd trusts only tagged key pairs). Packer: "
-        f"{peer.get('version', '?')}. *Time to image available* is read from the local cloud for both sides: the "
-        "moment its CreateImage answer plus the emulated image time have passed (when DescribeImages first shows "
-        "the image available), whatever each side's polling. *Time until the build knows* adds each side's lag "
-        "in seeing it: Image Factory's image tagged image-factory:complete=true (read from the emulator every "
-        "second), Packer's first line after 'Waiting for AMI to become ready' (its time stamps are whole seconds).",
-        f"Image Factory step durations (the last try's, as the REST API shows them): {steps}. Up to the image "
-        f"tagged complete, {ours['in_tasks']:.1f} s of the {ours['to_complete']:.1f} s were spent inside tasks "
-        "(deferred waits included) and the rest before the first and between tasks (scheduling, task process "
-        "start-up).",
+        f"**build-latency.** {n} `{DAG_ID}` builds on each side, one after the other, on a fresh local cloud "
+        f"emulating AWS state-change times (boot {LATENCY['instance_running']} s, stop "
+        f"{LATENCY['instance_stopped']} s, image {LATENCY['image_available']} s, terminate "
+        f"{LATENCY['instance_terminated']} s: {MINIMUM} s to an image at the least); medians, and each side's "
+        f"range. Both sides poll every {POLL} s, but for the stop before the image, which Image Factory polls "
+        f"at half its interval (every {POLL / 2:g} s: a short wait that CreateImage waits for). Image Factory: "
+        "AirflowStack (scheduler, dag-processor, triggerer, api-server, LocalExecutor) on a PostgreSQL server "
+        "the benchmark starts (bench/postgres.py), each run created by the REST API once the one before "
+        "ended, the end when the run is success. Packer: `packer build` of an amazon-ebs template with "
+        "`custom_endpoint_ec2` = the local cloud and a key pair imported beforehand with the "
+        "image-factory:build-id tag (Packer 1.6.6 cannot tag its temporary key pair, and the local sshd trusts "
+        f"only tagged key pairs). Packer: {version or '?'}. Before either side, the benchmark resolves the origin "
+        "AMI and launches and terminates an instance with an encrypted root volume in moto itself (not counted): "
+        "the emulator's first-call costs fall on neither side. *Time to image available* is read from the local "
+        "cloud for both sides: the moment its CreateImage answer plus the emulated image time have passed (when "
+        "DescribeImages first shows the image available), whatever each side's polling. *Time until the build "
+        "knows* adds each side's lag in seeing it: Image Factory's image tagged image-factory:complete=true "
+        "(read from the emulator every second), Packer's first line after 'Waiting for AMI to become ready' "
+        "(its time stamps are whole seconds).",
+        f"Image Factory step durations (as the REST API shows them): {steps}. Up to the image tagged complete, "
+        f"the time spent inside tasks (deferred waits included), the rest being before the first and between "
+        f"tasks (scheduling, task process start-up): {in_tasks}.",
         "Not alike on both sides: Image Factory resolves the origin AMI from SSM, makes and deletes a subnet (in "
         "the default VPC, given as the deployment's builder VPC), a security group with its own ingress and "
         "egress rules, a key pair and an SSM parameter holding its private key, all counted; Packer was given "
-        "the AMI id (resolved by the benchmark before counting) and the key pair (imported before counting), "
-        "makes only a temporary security group and uses the default VPC. Image Factory runs each step as an "
-        "Airflow task (a process each, under the scheduler), Packer is one process.",
-        "API calls by action (counted by the local cloud's front, reset before each side):\n\n" + "\n".join(lines),
+        "the AMI id and the key pair (imported before counting), makes only a temporary security group and "
+        "uses the default VPC. Image Factory runs each step as an Airflow task (a process each, under the "
+        "scheduler), Packer is one process.",
+        "API calls by action of each side's build with the most EC2 calls (counted by the local cloud's front, "
+        "reset before each build):\n\n" + "\n".join(lines),
     ]
     if note_peer:
         details.append(f"Packer did not give a figure: {note_peer}")
@@ -320,7 +375,7 @@ def result(ours: dict, peer: dict) -> Result:
 
 
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
-    return result(*measure())
+    return result(*measure(getattr(args, "latency_builds", BUILDS)))
 
 
 def main() -> int:
@@ -328,7 +383,7 @@ def main() -> int:
 
     info = machine()
     started = time.perf_counter()
-    outcome = run(argparse.Namespace())
+    outcome = run(argparse.Namespace(latency_builds=BUILDS))
     publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
             HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
