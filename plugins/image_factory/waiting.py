@@ -1,7 +1,7 @@
 """Waiting for a cloud state (instance running, image available, ...), two ways.
 
-Steps call a ``wait`` function. :func:`blocking` polls in the calling process (tests, the CLI, and the short
-stop wait). :func:`deferring` hands the wait to Airflow's triggerer at once, by raising :class:`WaitDeferred`:
+Steps call a ``wait`` function. :func:`blocking` polls in the calling process (tests and the CLI).
+:func:`deferring` hands the wait to Airflow's triggerer at once, by raising :class:`WaitDeferred`:
 the DAG turns it into a deferral, so that the wait holds no worker slot (triggers.py polls). When the state is
 reached, either the trigger ends the task itself (the step gave its ``result``: nothing is left to do after the
 wait), or the task runs again from the start; steps are idempotent, so the rerun finds what it made, and the
@@ -11,9 +11,10 @@ Both poll on a fixed grid from the moment the change was started (``since``): ev
 it, never at once (the state cannot have changed yet), and without drifting by the time each poll takes.
 A wait can end with EC2 calls that had to wait for the state (``then``: deleting a security group once its
 instance is gone; creating the image once the instance is stopped), and go on to wait for the change those
-calls started (``next_wait``: the image available). A failed call goes back to the step: it runs again (the
-teardown, by tag), or, when the call was to start the next change, fails, permanent or transient as the AWS
-error says (:func:`failure`). Both waits return the last describe answer.
+calls started (``next_wait``: the image available, polled every ``next_delay`` seconds). A failed call goes
+back to the step: it runs again (the teardown, by tag), or, when the call was to start the next change,
+fails, permanent or transient as the AWS error says (:func:`failure`). Both waits return the last describe
+answer.
 """
 
 from __future__ import annotations
