@@ -4,6 +4,7 @@ them (their async ``run()``), against the local cloud with emulated state-change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -149,19 +150,34 @@ def test_a_step_whose_trigger_could_not_start_the_next_change_fails_instead_of_w
     assert isinstance(failed.value, waiting.WaitFailed) == (not transient)  # permanent: no retry
 
 
+@contextlib.contextmanager
+def stopping_instance(local_cloud, ec2, ssm, latency: dict, prefix: str):
+    """An instance asked to stop on the local cloud emulating ``latency`` (call counts reset), and the name of
+    an image to make from it: (instance id, name). The instance and the image are removed afterwards."""
+    from image_factory.steps.image import named
+
+    instance_id = launch(ec2, ssm)
+    name = f"{prefix}-{instance_id}"
+    local_cloud.configure(latency=latency)
+    try:
+        ec2.stop_instances(InstanceIds=[instance_id])
+        local_cloud.reset_stats()
+        yield instance_id, name
+    finally:
+        local_cloud.configure(latency=OFF)
+        ec2.terminate_instances(InstanceIds=[instance_id])
+        for image in ec2.describe_images(**named(name))["Images"]:
+            ec2.deregister_image(ImageId=image["ImageId"])
+
+
 def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_when_run_again(
         local_cloud, ec2, ssm, aws_connection):
     """The whole registration in the triggerer: no task runs while the image is pending. A triggerer that
     restarts runs the trigger again: AWS refuses the image's name as a duplicate, and it goes on with the image."""
     from image_factory.steps.image import named
 
-    instance_id = launch(ec2, ssm)
-    name = f"register-trigger-{instance_id}"
-    local_cloud.configure(latency={"instance_stopped": 1, "image_available": 1})
-    try:
-        ec2.stop_instances(InstanceIds=[instance_id])
-        local_cloud.reset_stats()
-
+    latency = {"instance_stopped": 1, "image_available": 1}
+    with stopping_instance(local_cloud, ec2, ssm, latency, "register-trigger") as (instance_id, name):
         def trigger():
             return Ec2StateTrigger(aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]},
                                    timeout=30, delay=0.3, then=[("create_image", {"InstanceId": instance_id,
@@ -170,12 +186,7 @@ def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_
 
         first, again = first_event(trigger()), first_event(trigger())
         calls = local_cloud.stats()["calls"]
-    finally:
-        local_cloud.configure(latency=OFF)
-        ec2.terminate_instances(InstanceIds=[instance_id])
-    images = ec2.describe_images(**named(name))["Images"]
-    for image in images:
-        ec2.deregister_image(ImageId=image["ImageId"])
+        images = ec2.describe_images(**named(name))["Images"]
     assert [i["State"] for i in images] == ["available"]  # one image, however often the trigger ran
     for event in (first, again):
         assert event.payload["status"] == "success" and event.payload["calls_failed"] is None
@@ -188,22 +199,13 @@ def test_the_next_wait_polls_on_its_own_interval(local_cloud, ec2, ssm, aws_conn
     """register's trigger polls the short stop often and the image's long wait at the deployment's interval."""
     from image_factory.steps.image import named
 
-    instance_id = launch(ec2, ssm)
-    name = f"intervals-{instance_id}"
-    local_cloud.configure(latency={"instance_stopped": 1, "image_available": 2})
-    try:
-        ec2.stop_instances(InstanceIds=[instance_id])
-        local_cloud.reset_stats()
+    latency = {"instance_stopped": 1, "image_available": 2}
+    with stopping_instance(local_cloud, ec2, ssm, latency, "intervals") as (instance_id, name):
         event = first_event(Ec2StateTrigger(
             aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, delay=0.25,
             then=[("create_image", {"InstanceId": instance_id, "Name": name})],
             next_wait=["image_available", named(name)], next_delay=1))
         calls = local_cloud.stats()["calls"]
-    finally:
-        local_cloud.configure(latency=OFF)
-        ec2.terminate_instances(InstanceIds=[instance_id])
-    for image in ec2.describe_images(**named(name))["Images"]:
-        ec2.deregister_image(ImageId=image["ImageId"])
     assert event.payload["status"] == "success" and event.payload["waiter_name"] == "image_available"
     assert 3 <= calls["ec2:DescribeInstances"] <= 1 / 0.25 + 2  # the stop: every 0.25 s
     assert 2 <= calls["ec2:DescribeImages"] <= 2 / 1 + 1  # the image: every second, not every 0.25 s
