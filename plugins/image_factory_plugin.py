@@ -21,8 +21,11 @@ aws.preload()
 # tenth of a second of CPU that each task process would otherwise pay when it parses its DAG.
 image_factory.dag.image_asset("preload")
 # The Execution API client's TLS context (certifi's CA bundle read: 0.13 s of CPU), cached per process: read once
-# here rather than at the first task of each executor worker.
-execution_api.Client._get_ssl_context_cached(execution_api.API_SSL_CA_FILE_PATH, execution_api.API_SSL_CERT_PATH)
+# here rather than at the first task of each executor worker. A private helper of the Task SDK: should an upgrade
+# rename it, only this preload is lost, not the plugin (and its links).
+ssl_context = getattr(execution_api.Client, "_get_ssl_context_cached", None)
+if ssl_context is not None:
+    ssl_context(execution_api.API_SSL_CA_FILE_PATH, execution_api.API_SSL_CERT_PATH)
 
 
 class ImageFactoryPlugin(AirflowPlugin):
