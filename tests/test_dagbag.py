@@ -10,14 +10,14 @@ from airflow.dag_processing.dagbag import DagBag
 from image_factory.spec import load_specs
 
 PROJECT = Path(__file__).resolve().parents[1]
-STEPS = ["create_builder_infrastructure", "configure", "register_image", "tear_down"]
+STEPS = ["create_builder_network", "launch_builder_instance", "configure", "register_image", "tear_down"]
 
 
 def image_build_dags(bag: DagBag) -> list[str]:
     return sorted(dag_id for dag_id, dag in bag.dags.items() if "image-build" in dag.tags)
 
 
-def test_one_dag_per_live_spec_with_the_four_steps():
+def test_one_dag_per_live_spec_with_the_five_steps_in_order():
     bag = DagBag(str(PROJECT / "dags"))
     assert bag.import_errors == {}
     specs, errors = load_specs(PROJECT / "include" / "specs")
@@ -26,12 +26,12 @@ def test_one_dag_per_live_spec_with_the_four_steps():
     assert "shopspinner-linux-image" in bag.dag_ids
     for dag_id in image_build_dags(bag):
         dag = bag.dags[dag_id]
-        assert sorted(dag.task_ids) == sorted(STEPS)
-        setup_task, teardown_task = dag.get_task("create_builder_infrastructure"), dag.get_task("tear_down")
+        assert [t.task_id for t in dag.tasks] == STEPS
+        setup_task, teardown_task = dag.get_task("create_builder_network"), dag.get_task("tear_down")
         assert setup_task.is_setup and not setup_task.is_teardown
         assert teardown_task.is_teardown
         assert setup_task.task_id in teardown_task.upstream_task_ids  # tied to its setup
-        assert [t.task_id for t in dag.tasks if t.is_setup] == ["create_builder_infrastructure"]
+        assert [t.task_id for t in dag.tasks if t.is_setup] == ["create_builder_network"]
         # The teardown also runs when the setup fails half-way (a teardown's own rule would skip it).
         assert teardown_task.trigger_rule == "all_done"
         assert [t.task_id for t in dag.tasks if t.is_teardown] == ["tear_down"]

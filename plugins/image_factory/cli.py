@@ -25,8 +25,8 @@ import yaml
 
 from image_factory import parameters
 from image_factory.errors import PermanentError
+from image_factory.parameters import BUILDER_OUTPUTS
 from image_factory.spec import (
-    BUILDER_OUTPUTS,
     IMAGE_NAME,
     SSM_PREFIX,
     LoadedSpec,
@@ -41,8 +41,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_SPECS = PROJECT / "include" / "specs"
 
 OK, PROBLEMS, USAGE = 0, 1, 2
-MADE_BY_INFRASTRUCTURE = "<made by create_builder_infrastructure>"
-MADE_BY_ORIGIN = "<resolved by create_builder_infrastructure>"
+MADE_BY_INFRASTRUCTURE = "<made by create_builder_network>"
+MADE_BY_ORIGIN = "<resolved by create_builder_network>"
 AT_RUN_TIME = "(resolved at run time)"
 
 
@@ -239,7 +239,7 @@ def _origin(spec) -> dict:
     return {"does": f"resolves the origin to an AMI id in {spec.region}: {how}", "origin": shown}
 
 
-def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
+def _network_task(spec, build, settings, warnings: list[str]) -> dict:
     from image_factory.settings import SettingsError
     from image_factory.steps.infrastructure import private_key_parameter
 
@@ -281,15 +281,12 @@ def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
     }})
     outputs["IMAGE_BUILDER_SECURITY_GROUP_ID"] = "the security group's id"
     outputs["IMAGE_BUILDER_SSH_KEY"] = build.resource_name
-    creates.append(_instance(spec, build))
-    return {"task_id": "create_builder_infrastructure",
-            "does": "resolves the origin, creates the builder infrastructure (an Airflow setup task), each "
-                    "resource tagged with the builder tags in its create call, and launches the builder "
-                    "instance; the triggerer waits until it is running, then ends the task",
-            "origin": _origin(spec), "creates": creates, "outputs": outputs}
+    return {"setup": "an Airflow setup task: tear_down is its teardown",
+            "origin": _origin(spec), "creates": creates, "outputs": outputs,
+            "tagged": "each resource with the builder tags (below), in its create call"}
 
 
-def _instance(spec, build) -> dict:
+def _launch_task(spec, build) -> dict:
     if spec.wants_builder_subnet or spec.subnet:
         subnet = spec.subnet
     else:
@@ -306,32 +303,39 @@ def _instance(spec, build) -> dict:
                 "metadata": "IMDSv2 required (HttpTokens=required, hop limit 1)",
                 "root_volume": "the origin's root volume, encrypted, deleted with the instance",
                 "shutdown_behaviour": "terminate",
-            }}
+            },
+            "waits": f"until it runs: {_polls(build, 'instance_running')}"}
 
 
-def _ssh(spec, settings) -> dict:
+def _polls(build, waiter_name: str) -> str:
+    return f"polled {build.schedule(waiter_name).describe()} after the change began (a first build's priors; "\
+           "later builds fit the polls to the spec's recent ones)" if not build.settings.poll_interval else \
+        f"polled {build.schedule(waiter_name).describe()} ([image_factory] poll_interval)"
+
+
+def _ssh(spec, settings, build) -> dict:
     host = settings.ssh_host or ("the instance's public address" if spec.public_ip
                                  else "the instance's private address")
     return {"does": f"waits until SSH accepts the build's key (in the triggerer while SSH does not answer; "
-                    f"every {settings.poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
+                    f"every {build.ssh_poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
             "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port}
 
 
 def _configure_task(spec, build, settings, known: _Parameters, warnings: list[str]) -> dict:
-    task: dict[str, Any] = {"task_id": "configure"}
+    task: dict[str, Any] = {}
     configure = spec.configure
     if configure is None:
-        task["does"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
+        task["how"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
                         "origin")
         return task
-    task["ssh"] = _ssh(spec, settings)
+    task["ssh"] = _ssh(spec, settings, build)
     task.update(tool=configure.tool, server_role=configure.server_role)
     role_unknown = known.unresolved(configure.server_role)
     if configure.tool == "shell":
         from image_factory.tools.shell import ROLES_DIR, role_files
 
         roles_dir = Path(settings.roles_folder) if settings.roles_folder else ROLES_DIR
-        task["does"] = ("copies the role's folder over SFTP to a fresh private directory on the instance "
+        task["how"] = ("copies the role's folder over SFTP to a fresh private directory on the instance "
                         "(/tmp/image-factory-role.<random>), runs its top-level *.sh scripts there in name order "
                         "with bash (the first failure stops the role), then removes the directory")
         task["role_folder"] = _shown_path(roles_dir / configure.server_role)
@@ -348,7 +352,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
                                    "IMAGE_FACTORY_BUILD_ID": build.build_id}
             task["commands"] = [Command(f"bash ./{f.name}") for f in files if f.suffix == ".sh" and len(f.parts) == 1]
     elif configure.tool == "ansible":
-        task["does"] = (f"ansible-playbook on the worker applies role {configure.server_role!r} of the playbook "
+        task["how"] = (f"ansible-playbook on the worker applies role {configure.server_role!r} of the playbook "
                         "source to the builder instance over SSH with the build's key")
         task["role_folder"] = _ansible_source(configure, settings, warnings)
     else:
@@ -357,7 +361,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
         template = configure.command or settings.servermaker_command
         origin = ("the spec's configure.command" if configure.command
                   else "[image_factory] servermaker_command")
-        task["does"] = f"runs one command line on the instance, from {origin}; its values are shell-quoted"
+        task["how"] = f"runs one command line on the instance, from {origin}; its values are shell-quoted"
         task["template"] = template
         task["commands"] = [Command(render(template, configure.code_repo, configure.server_role))]
         unknown = known.unresolved(configure.code_repo or "") + role_unknown
@@ -402,23 +406,28 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
     schedule = spec.schedule or "none: manual builds only"
     if getattr(spec, "rebuild_on_origin_change", False):
         schedule += ", and when the origin resolves to a new image"
-    tasks = [
-        _infrastructure_task(spec, build, settings, warnings),
-        _configure_task(spec, build, settings, known, warnings),
-        {"task_id": "register_image",
-         "does": "in the triggerer: waits until the instance is stopped, creates the image, waits until it is "
-                 "available; then tags its snapshots and tags it image-factory:complete=true",
-         "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"),
-         "tags": "the image tags (below)"},
-        {"task_id": "tear_down",
-         "does": "the teardown of the setup: runs whether the build succeeded or failed, and deletes what the "
-                 "setup recorded, or on a retry or when the setup failed, what it finds tagged "
-                 f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
-                 "triggerer once it is",
-         "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
-                     "complete, and their snapshots", "the key pair and its SSM parameter", "the security group",
-                     *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
-    ]
+    from image_factory import dag
+
+    details = {
+        "create_builder_network": lambda: _network_task(spec, build, settings, warnings),
+        "launch_builder_instance": lambda: _launch_task(spec, build),
+        "configure": lambda: _configure_task(spec, build, settings, known, warnings),
+        "register_image": lambda: {
+            "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"), "tags": "the image tags (below)",
+            "waits": {"stop": _polls(build, "instance_stopped"), "image": _polls(build, "image_available")}},
+        "tear_down": lambda: {
+            "teardown_of": dag.SETUP, "runs": "whether the build succeeded or failed, the setup included",
+            "finds": "what the setup and the launch recorded, or on a retry or when they failed, what is tagged "
+                     f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
+                     "triggerer once it is",
+            "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
+                        "complete, and their snapshots", "the key pair and its SSM parameter",
+                        "the security group",
+                        *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
+    }
+    tasks = [{"task_id": step.task_id, "does": step.does,
+              **({"after": list(step.inputs + step.after)} if step.inputs or step.after else {}),
+              **details.get(step.task_id, dict)()} for step in dag.STEPS]
     document = {
         "spec": str(loaded.path),
         "spec_hash": loaded.content_hash,

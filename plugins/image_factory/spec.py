@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from image_factory.errors import PermanentError
-from image_factory.parameters import PARAMETER_PATTERN, parameter_names
+from image_factory.errors import InvalidValues, PermanentError
+from image_factory.parameters import PARAMETER_PATTERN, check_parameters, parameter_names
 
 #: libyaml's safe loader when PyYAML was built with it: ten times faster than the pure-Python one.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -55,8 +55,6 @@ CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly
 #: The tools that configure the builder instance; ``command`` takes its command line from the spec.
 TOOLS = ("shell", "servermaker", "command", "ansible")
 
-#: Parameters produced by the builder-infrastructure step.
-BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
 
 
 class SpecError(PermanentError):
@@ -303,6 +301,14 @@ class ImageSpec(_Strict):
             raise ValueError("expected an Airflow connection id")
         return value
 
+    def with_values(self, data: dict, context: dict | None = None) -> ImageSpec:
+        """A spec of this model from ``data`` (this one's, changed); raises InvalidValues naming each field."""
+        try:
+            return type(self).model_validate(data, context=context)
+        except ValidationError as exc:
+            raise InvalidValues("; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
+                                ) from None
+
     def parameters(self) -> set[str]:
         """Every ``${NAME}`` the spec refers to."""
         return parameter_names(self.model_dump(exclude_none=True))
@@ -414,8 +420,6 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         spec = ImageSpec.model_validate(body)
     except ValidationError as exc:
         raise SpecError(path, validation_problems(exc)) from None
-    from image_factory.parameters import check_parameters
-
     problems = check_parameters(spec)
     if problems:
         raise SpecError(path, problems)

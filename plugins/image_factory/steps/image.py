@@ -44,7 +44,8 @@ def named(name: str) -> dict:
 
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
-             stop_requested_at: float | None = None, available: dict | None = None) -> dict:
+             stop_requested_at: float | None = None, available: dict | None = None,
+             windows: dict | None = None) -> dict:
     """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
     once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
     as described.
@@ -56,7 +57,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
     a failed one is replaced. ``available``: the image as the triggerer described it available (a resumed
     task): no need to look for it or describe it again. An image this step leaves incomplete is deregistered
-    by the build's teardown.
+    by the build's teardown. ``windows`` gets the windows the stop and the image were seen in (polling.py).
     """
     image_id = None
     for image in [] if build.fresh or available else find(ec2, build.build_id):
@@ -80,15 +81,15 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
             "InstanceId": instance_id, "Name": name,
             "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
             "TagSpecifications": build.tag_specifications("image", tags=tags)})
-        # The stop is short and CreateImage waits for it: polled twice as often, it costs a few calls more
-        # and its lag is halved (the image's long wait keeps the deployment's interval).
-        interval = build.settings.poll_interval
-        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout, delay=interval / 2,
-                         since=since, then=(create,), next_wait=("image_available", named(name)),
-                         next_delay=interval, InstanceIds=[instance_id])["Images"][0]
+        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
+                         schedule=build.schedule("instance_stopped"), since=since, then=(create,),
+                         next_wait=("image_available", named(name)),
+                         next_schedule=build.schedule("image_available"), windows=windows,
+                         InstanceIds=[instance_id])["Images"][0]
     else:
         described = wait(ec2, "image_available", timeout=build.settings.image_timeout,
-                         delay=build.settings.poll_interval, ImageIds=[image_id])["Images"][0]
+                         schedule=build.schedule("image_available"), windows=windows,
+                         ImageIds=[image_id])["Images"][0]
     image_id = described["ImageId"]
     checkpoint("after:register")
     # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);

@@ -1,0 +1,220 @@
+"""The task bodies of an image build: plain functions of the task (:class:`BuildTask`: the spec and the task's
+Airflow context) and of the results of the tasks they follow. dag.py wires them into a DAG; the cloud work
+itself is in steps/ (Airflow-free), the waits in waiting.py.
+
+Each body is safe to run again (a retry, a resumed wait): a step first looks for what it would create for
+this build, except on its first try, when nothing of it can exist yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from airflow.sdk import Variable, get_current_context
+
+from image_factory import aws, links, parameters, polling, remote, settings, tools, waiting
+from image_factory.assets import image_asset
+from image_factory.build import Build, build_id_for
+from image_factory.spec import LoadedSpec
+from image_factory.steps import image, infrastructure, instance, origin
+from image_factory.steps import teardown as teardown_step
+from image_factory.triggers import SshReadyTrigger
+
+log = logging.getLogger("image_factory")
+
+NETWORK, LAUNCH, CONFIGURE, REGISTER, TEARDOWN = (
+    "create_builder_network", "launch_builder_instance", "configure", "register_image", "tear_down")
+#: The tasks whose durations the build summary reports.
+TIMED = (NETWORK, LAUNCH, CONFIGURE)
+#: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
+WAITING = {LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
+           TEARDOWN: ("instance_terminated",)}
+
+#: Task instance id -> the trigger event it was resumed with (see operators.BuildStep.resume). By id:
+#: `airflow dags test` runs every task of a run in one process.
+_resumed_events: dict = {}
+
+
+def remember_resumed(ti_id, event: dict) -> None:
+    _resumed_events[ti_id] = event
+
+
+class BuildTask:
+    """One task of one build: the spec, the task's context, and what follows from them."""
+
+    def __init__(self, loaded: LoadedSpec, context=None):
+        self.loaded = loaded
+        self.context = context if context is not None else get_current_context()
+        self.ti = self.context["ti"]
+        self.dag_run = self.context["dag_run"]
+
+    @functools.cached_property
+    def resumed(self) -> dict | None:
+        """The event this task was resumed with, after a wait in the triggerer."""
+        return _resumed_events.get(self.ti.id)
+
+    @property
+    def build_id(self) -> str:
+        return build_id_for(self.loaded.name, self.dag_run.run_id)
+
+    def build(self, network: dict | None = None, fields: tuple[str, ...] | None = None) -> Build:
+        """The :class:`Build` of this run, its parameters resolved (``network``: the builder network's record,
+        whose outputs are parameters too; without it, the fields that need them stay unresolved)."""
+        fresh = self.ti.try_number == 1 and self.resumed is None
+        trigger = {**(self.context.get("params") or {}), **(self.dag_run.conf or {})}
+        outputs = infrastructure.BuilderInfrastructure.from_dict(network).outputs() if network else {}
+        lookup = parameters.chain(outputs, trigger, _variable, os.environ)
+        spec = parameters.apply_overrides(self.loaded.image, trigger)
+        if network is None and fields is None:
+            data = spec.model_dump(exclude_none=True)
+            fields = tuple(k for k, v in data.items()
+                           if not parameters.parameter_names(v) & set(parameters.BUILDER_OUTPUTS))
+        resolved = parameters.resolve(spec, lookup, fields)
+        return Build(spec=resolved, spec_hash=self.loaded.content_hash, run_id=self.dag_run.run_id,
+                     settings=settings.load(), build_id=self.build_id, fresh=fresh,
+                     history=(network or {}).get("history", {}))
+
+    def clients(self, build: Build) -> aws.Clients:
+        return aws.clients(build.spec.aws_conn_id, build.spec.region)
+
+    def wait(self, build: Build) -> waiting.Wait:
+        """A wait in the triggerer (this task resumes after it, or the trigger ends it)."""
+        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=self.resumed)
+
+    def pull(self, task_id: str, key: str = "return_value"):
+        return self.ti.xcom_pull(task_ids=task_id, key=key)
+
+    def recent_waits(self) -> dict:
+        """The windows of each wait in the spec's recent builds (XCom ``waits`` of the waiting tasks, each
+        holding the last few): one read per task, of its latest value in this DAG's runs up to this one."""
+        history: dict = {}
+        for task_id in WAITING:
+            value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True)
+            if isinstance(value, dict):
+                history.update({k: v for k, v in value.items() if isinstance(v, list)})
+        return history
+
+    def record_waits(self, build: Build, windows: dict) -> None:
+        """XCom ``waits``: the spec's recent windows with this build's added (for the next build's polls)."""
+        if windows:
+            self.ti.xcom_push(key="waits", value={name: polling.remember(build.history.get(name), seen)
+                                                  for name, seen in windows.items()})
+
+
+def _variable(name: str) -> str | None:
+    return Variable.get(name, default=None)
+
+
+# --- the tasks --------------------------------------------------------------------------------------------
+
+def create_builder_network(task: BuildTask) -> dict:
+    """The setup: the origin resolved, then the subnet, the security group and the key pair of the build."""
+    build = task.build()
+    c = task.clients(build)
+    origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+    network = infrastructure.create(c.ec2, c.ssm, build)
+    log.info("builder network ready: %s", network.outputs())
+    history = task.recent_waits()
+    log.info("polls: %s", "; ".join(f"{name} {build.schedule(name).describe()}"
+                                    for name in ("instance_running", "instance_stopped", "image_available",
+                                                 "instance_terminated")
+                                    ) if not history else f"fitted to the spec's recent builds: {history}")
+    return {"origin_ami": origin_image["ImageId"], "origin_image": instance.launch_view(origin_image),
+            **network.to_dict(), "history": history}
+
+
+def launch_builder_instance(task: BuildTask, network: dict) -> dict:
+    """RunInstances (or the instance a try before made); the triggerer ends the task once it runs."""
+    build = task.build(network)
+    c = task.clients(build)
+    launched = instance.launch(c.ec2, build, network["origin_image"], network["security_group_id"],
+                               network["key_name"], wait=None)
+    links.persist(links.BuilderInstanceLink, task.context, build.region, c.endpoint_url,
+                  instance_id=launched["instance_id"])
+    instance.wait_running(c.ec2, build, launched["instance_id"], task.wait(build), result=launched)
+    return launched
+
+
+def configure(task: BuildTask, network: dict, launched: dict) -> dict:
+    """The wait for SSH, the server role over SSH, then the stop (it goes on while register_image starts)."""
+    build = task.build(network)
+    c = task.clients(build)
+    instance_id = launched["instance_id"]
+    if build.spec.configure is None:
+        log.info("the spec has no configure section: the image is a copy of its origin")
+    else:
+        _apply_role(task, build, c, launched)
+    return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
+
+
+def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:
+    host = instance.address(c.ec2, launched, build, emulated=c.emulated)
+    port, user = build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
+    key = infrastructure.private_key(c.ssm, build)
+    interval = build.ssh_poll_interval
+
+    def defer() -> None:  # SSH does not answer yet: wait for its banner in the triggerer
+        raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval),
+                                   build.settings.ssh_timeout)
+
+    hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout, interval=interval,
+                                   defer=None if task.resumed else defer)
+    lines = tools.apply(hook, build.spec.configure, build, remote.SSHTarget(host, port, user, key))
+    log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role, len(lines))
+
+
+def register_image(task: BuildTask, network: dict, launched: dict, configured: dict) -> dict:
+    """In the triggerer: the stop, CreateImage and the image's wait; then the image is marked complete.
+    Returns the build summary."""
+    build = task.build(network)
+    c = task.clients(build)
+    logical = task.dag_run.run_after.strftime("%Y%m%d-%H%M%S")
+    resumed = task.resumed or {}
+    # After the image wait: the image as the triggerer saw it available.
+    available = (resumed["answer"]["Images"][0] if resumed.get("waiter_name") == "image_available" else None)
+    windows = dict(resumed.get("windows") or {})
+    described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
+                               image.image_name(build, logical), wait=task.wait(build),
+                               stop_requested_at=configured["stop_requested_at"], available=available,
+                               windows=windows)
+    links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
+    task.record_waits(build, windows)
+    summary = {
+        "image_id": described["ImageId"],
+        "name": described["Name"],
+        "region": build.region,
+        "origin": network["origin_ami"],
+        "server_role": build.spec.configure.server_role if build.spec.configure else None,
+        "build_id": build.build_id,
+        # float(): a value stored by the triggerer (TaskSuccessEvent) reads back as its JSON text.
+        "step_seconds": {step: float(seconds) for step, seconds in zip(TIMED, task.ti.xcom_pull(
+            task_ids=list(TIMED), key="step_seconds"), strict=True)},
+        # Seconds after each change began: (last poll that did not see it done, first that did).
+        "waits": windows,
+    }
+    # The asset event tells downstream DAGs which image this build made.
+    task.context["outlet_events"][image_asset(build.spec.name)].extra = {
+        "image_id": described["ImageId"], "region": build.region, "name": described["Name"]}
+    log.info("build summary: %s", summary)
+    return summary
+
+
+def tear_down(task: BuildTask) -> list[str]:
+    """The teardown of the builder network: also when a task failed, the setup included (half-way or not)."""
+    # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
+    build = task.build(fields=parameters.EARLY_FIELDS)
+    c = task.clients(build)
+    network, launched = task.pull(NETWORK), task.pull(LAUNCH)
+    # What the setup and the launch recorded names what they made, unless this is a retry or a rerun, or the
+    # launch has no record (it failed, perhaps after RunInstances): then, what carries the build's tag.
+    record = {**network, **launched} if build.fresh and network and launched else None
+    history = (network or {}).get("history", {})
+    schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
+                                    build.settings.poll_interval)
+    removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
+                                      record=record, image_complete=task.pull(REGISTER) is not None,
+                                      history=history)
+    log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)
+    return removed
