@@ -115,13 +115,17 @@ def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, 
     assert builder_resources(ec2, ssm, build_id) == []
 
 
-def test_builder_infrastructure_was_made_then_deleted(shopspinner_run, ec2):
-    log = shopspinner_run.task_logs["create_builder_infrastructure"]
+def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):
+    log = shopspinner_run.task_logs["create_builder_network"]
     for kind in ("vpc", "subnet", "security-group", "key-pair"):
         assert f"created {kind} " in log
     group_id = log.split("created security-group ")[1].split()[0]
     with pytest.raises(Exception, match=r"InvalidGroup\.NotFound"):
         ec2.describe_security_groups(GroupIds=[group_id])
+    assert "created instance i-" not in log  # the launch is a task of its own
+    assert "created instance i-" in shopspinner_run.task_logs["launch_builder_instance"]
+    assert list(shopspinner_run.task_states) == ["create_builder_network", "launch_builder_instance", "configure",
+                                                 "register_image", "tear_down"]
     teardown_log = shopspinner_run.task_logs["tear_down"]
     assert f"deleted security-group {group_id}" in teardown_log
     assert "deleted instance i-" in teardown_log
@@ -253,7 +257,7 @@ def test_command_template_tool_quotes_spec_values(local_cloud, airflow_home, ec2
     build_id = build_id_for("servermaker-image", result.run_id)
     assert [i["InstanceType"] for i in instances_of(ec2, build_id)] == ["t3.medium"]
     # No builder subnet asked for: the instance ran in the default VPC, and nothing is left.
-    assert "created subnet" not in result.task_logs["create_builder_infrastructure"]
+    assert "created subnet" not in result.task_logs["create_builder_network"]
     assert tag_dict(find_images(ec2, build_id)[0]["Tags"])[TAG_ROLE] == "appserver"
     assert builder_resources(ec2, ssm, build_id) == []
 
@@ -271,7 +275,10 @@ def test_register_returns_a_build_summary_with_step_durations(shopspinner_run, e
     build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
     assert summary["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
     assert summary["region"] == "eu-west-1" and summary["server_role"] == "appserver"
-    assert set(summary["step_seconds"]) == {"create_builder_infrastructure", "configure"}
+    assert set(summary["step_seconds"]) == {"create_builder_network", "launch_builder_instance", "configure"}
+    # The windows the stop and the image were seen in: what the spec's next build polls around.
+    assert set(summary["waits"]) == {"instance_stopped", "image_available"}
+    assert all(0 <= low <= high for low, high in summary["waits"].values())
     assert all(isinstance(s, int | float) and s >= 0 for s in summary["step_seconds"].values())
 
 
@@ -280,9 +287,9 @@ def test_console_links_point_at_the_emulator_dashboard(shopspinner_run, local_cl
                     shopspinner_run.run_id)
     dashboard = f"{local_cloud.endpoint}/moto-api/"
     assert sorted((task, key, json.loads(value)) for task, key, value in rows) == [
-        ("create_builder_infrastructure", "_link_BuilderInstanceLink", dashboard),
+        ("launch_builder_instance", "_link_BuilderInstanceLink", dashboard),
         ("register_image", "_link_ImageLink", dashboard)]
-    assert "ran on an emulated cloud, not on AWS" in shopspinner_run.task_logs["create_builder_infrastructure"]
+    assert "ran on an emulated cloud, not on AWS" in shopspinner_run.task_logs["launch_builder_instance"]
 
 
 def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
@@ -294,3 +301,23 @@ def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
     build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
     assert extra["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
     assert extra["region"] == "eu-west-1"
+
+
+def test_a_failing_launch_fails_the_run_still_tears_down_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm):
+    """RunInstances went through, then the launch task failed (a permanent fault right after it): the run
+    fails, the later steps never run, and tear_down, which has no launch record, finds the instance by tag."""
+    env = airflow_env(local_cloud, airflow_home)
+    env["IMAGE_FACTORY_FAULTS"] = "after:launch"
+    result = run_dag("shopspinner-linux-image", env)
+
+    assert result.exit_code != 0 and result.state == "failed"
+    assert result.task_states["create_builder_network"] == "success"
+    assert result.task_states["launch_builder_instance"] == "failed"
+    assert "configure" not in result.task_states and "register_image" not in result.task_states
+    assert result.task_states["tear_down"] == "success"
+    build_id = build_id_for("shopspinner-linux-image", result.run_id)
+    made = instances_of(ec2, build_id)
+    assert [i["State"]["Name"] for i in made] == ["terminated"]  # it was made, and it is gone
+    assert f"deleted instance {made[0]['InstanceId']}" in result.task_logs["tear_down"]
+    assert find_images(ec2, build_id) == []
+    assert builder_resources(ec2, ssm, build_id) == []
