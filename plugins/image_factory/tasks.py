@@ -9,6 +9,7 @@ this build, except on its first try, when nothing of it can exist yet.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 
@@ -92,6 +93,8 @@ class BuildTask:
         history: dict = {}
         for task_id in WAITING:
             value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True)
+            if isinstance(value, str):  # pushed by the triggerer (TaskSuccessEvent): it reads back as JSON text
+                value = json.loads(value)
             if isinstance(value, dict):
                 history.update({k: v for k, v in value.items() if isinstance(v, list)})
         return history
