@@ -26,7 +26,8 @@ SHIPPED = sorted((PROJECT / "include" / "specs").glob("*.y*ml"))
 LIVE_SPEC = PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml"
 EXPECT = re.compile(r"^# expect: (?P<field>.+?) \| (?P<substring>.+)$")
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-TASKS = ["create_builder_network", "launch_builder_instance", "configure", "register_image", "tear_down"]
+TASKS = ["create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image", "promote",
+         "tear_down"]
 HOSTILE = "servermaker.shopspinner.xyz; rm -rf /"
 
 
@@ -125,7 +126,9 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
     # The plan is made from the DAG's own table: each task's line is the one the DAG's tasks carry.
     from image_factory.dag import STEPS
 
-    assert {step.task_id: step.does for step in STEPS} == {t["task_id"]: t["does"] for t in plan["tasks"]}
+    assert {s.task_id: s.does for s in STEPS if s.task_id in TASKS} == {t["task_id"]: t["does"] for t in plan["tasks"]}
+    assert tasks["test_image"]["tool"] == "testinfra" and tasks["test_image"]["files"] == ["test_appserver.py"]
+    assert tasks["promote"]["channels"] == {"latest": "/image-factory/shopspinner-linux-image/latest"}
     assert tasks["configure"]["after"] == ["create_builder_network", "launch_builder_instance"]
     assert tasks["tear_down"]["teardown_of"] == "create_builder_network"
     assert plan["parameters"] == {"IMAGE_BUILDER_SUBNET_ID": "<made by create_builder_network>",

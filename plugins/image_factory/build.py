@@ -30,6 +30,16 @@ TAG_ORIGIN = "image-factory:origin-ami"
 TAG_ROLE = "image-factory:server-role"
 #: Set on an image once it is available; teardown deregisters an image of a build that lacks it.
 TAG_COMPLETE = "image-factory:complete"
+#: What an instance of a build is for: ``builder`` (the role is applied to it) or ``test`` (a new image's).
+TAG_INSTANCE = "image-factory:instance"
+#: The tests of an image: ``passed``, ``failed`` or ``untested``; the counts and the time in the tags below.
+TAG_TESTS = "image-factory:tests"
+TAG_TESTS_PASSED = "image-factory:tests-passed"
+TAG_TESTS_FAILED = "image-factory:tests-failed"
+TAG_TESTED_AT = "image-factory:tested-at"
+#: The origin's own spec and build, when the origin is an Image Factory image (images built on images).
+TAG_ORIGIN_SPEC = "image-factory:origin-spec"
+TAG_ORIGIN_BUILD = "image-factory:origin-build-id"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:

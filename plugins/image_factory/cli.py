@@ -373,6 +373,31 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
     return task
 
 
+def _test_task(spec, build, settings) -> dict:
+    if spec.test is None:
+        return {"tests": "none: the image is tagged image-factory:tests=untested and moves no channel"}
+    from image_factory.spec import tests_folder
+
+    folder = (Path(settings.tests_folder) if settings.tests_folder else tests_folder()) / spec.test.tests
+    pattern = "test_*.py" if spec.test.tool == "testinfra" else "*.sh"
+    return {"tool": spec.test.tool, "tests_folder": _shown_path(folder),
+            "files": sorted(p.name for p in folder.glob(pattern)),
+            "test_instance": f"{instance_type(spec.test.instance_size or spec.instance_size)} from the new image, "
+                             "in the build's subnet, security group and key",
+            "waits": f"until it runs: {_polls(build, 'instance_running')}",
+            "tags": "image-factory:tests (passed/failed), tests-passed, tests-failed, tested-at"}
+
+
+def _promote_task(spec, settings, channels: list[str]) -> dict:
+    from image_factory.spec import channel_parameter
+
+    return {"channels": {channel: channel_parameter(spec.name, channel, settings.channel_prefix)
+                         for channel in channels},
+            "parameter": "SSM String, DataType aws:ec2:image, in the image's region; its versions are the history",
+            "events": [f"image-factory://images/{spec.name}",
+                       *(f"image-factory://images/{spec.name}/{channel}" for channel in channels)]}
+
+
 def _ansible_source(configure, settings, warnings: list[str]) -> str:
     try:
         from image_factory.tools import ansible
@@ -415,6 +440,12 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
         "register_image": lambda: {
             "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"), "tags": "the image tags (below)",
             "waits": {"stop": _polls(build, "instance_stopped"), "image": _polls(build, "image_available")}},
+        "test_image": lambda: _test_task(spec, build, settings),
+        "promote": lambda: _promote_task(spec, settings, spec.promote.channels),
+        "approve_promotion": lambda: {
+            "approvers": "a person, in the Airflow UI (Required Actions) or PATCH .../hitlDetails",
+            "timeout": f"{spec.promote.approval_timeout_hours:g} h: no answer by then is a rejection"},
+        "promote_approved": lambda: _promote_task(spec, settings, spec.promote.approval),
         "tear_down": lambda: {
             "teardown_of": dag.SETUP, "runs": "whether the build succeeded or failed, the setup included",
             "finds": "what the setup and the launch recorded, or on a retry or when they failed, what is tagged "
@@ -425,9 +456,11 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
                         "the security group",
                         *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
     }
+    steps = dag.steps_of(spec)
+    present = {step.task_id for step in steps}
     tasks = [{"task_id": step.task_id, "does": step.does,
-              **({"after": list(step.inputs + step.after)} if step.inputs or step.after else {}),
-              **details.get(step.task_id, dict)()} for step in dag.STEPS]
+              **({"after": after} if (after := [t for t in step.inputs + step.after if t in present]) else {}),
+              **details.get(step.task_id, dict)()} for step in steps]
     document = {
         "spec": str(loaded.path),
         "spec_hash": loaded.content_hash,

@@ -2,8 +2,9 @@
 :func:`build_dag` makes them into a DAG. The task bodies are in tasks.py; ``render`` (cli.py) prints the plan
 from the same table, so the DAG and the plan cannot drift apart.
 
-create_builder_network (setup) -> launch_builder_instance -> configure -> register_image -> tear_down
-(the teardown of the setup: runs whatever failed)
+create_builder_network (setup) -> launch_builder_instance -> configure -> register_image -> test_image
+-> promote -> approve_promotion -> promote_approved (the last three as the spec's ``promote`` asks), and
+tear_down after test_image (the teardown of the setup: runs whatever failed; an approval never holds it up)
 
 Every task retries transient errors with backoff and fails at once on permanent ones (operators.py); a retry
 creates nothing twice. The waits (instance running, SSH answering, image available, instance terminated) are
@@ -25,9 +26,9 @@ from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 from airflow.task.trigger_rule import TriggerRule
 
 from image_factory import settings, tasks
-from image_factory.assets import image_asset, origin_asset
-from image_factory.operators import RETRY_POLICY, BuildStep, ImageStep, InstanceStep, classified
-from image_factory.spec import LoadedSpec
+from image_factory.assets import channel_asset, origin_asset, promotion_assets
+from image_factory.operators import RETRY_POLICY, BuildStep, ImageApproval, ImageStep, InstanceStep, classified
+from image_factory.spec import ImageSpec, LoadedSpec, channel_of
 from image_factory.ui import dag_doc, trigger_params
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -44,13 +45,15 @@ class Step:
     inputs: tuple[str, ...] = ()
     #: Tasks it runs after without their results.
     after: tuple[str, ...] = ()
-    operator: type[BuildStep] = BuildStep
+    operator: type = BuildStep
     #: Calls the cloud API: runs in the deployment's pool (which bounds the builds calling it at once).
     pool: bool = True
     #: What it does, in a line: the DAG's documentation and ``render`` show it.
     does: str = ""
-    #: The Airflow assets whose events it emits, made from the spec's name.
-    outlets: Callable[[str], list] | None = None
+    #: The Airflow assets whose events it emits, made from the spec.
+    outlets: Callable[[ImageSpec], list] | None = None
+    #: Whether a spec's DAG has this task (default: every spec's).
+    when: Callable[[ImageSpec], bool] | None = None
 
 
 STEPS: tuple[Step, ...] = (
@@ -61,12 +64,27 @@ STEPS: tuple[Step, ...] = (
     Step(tasks.CONFIGURE, tasks.configure, inputs=(tasks.NETWORK, tasks.LAUNCH), pool=False,
          does="waits until SSH answers, applies the server role over SSH, then asks the instance to stop"),
     Step(tasks.REGISTER, tasks.register_image, inputs=(tasks.NETWORK, tasks.LAUNCH, tasks.CONFIGURE),
-         operator=ImageStep, outlets=lambda name: [image_asset(name)],
+         operator=ImageStep,
          does="in the triggerer: waits for the stop, creates the image, waits until it is available; then "
               "marks it complete and returns the build summary"),
-    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER,),
-         does="the teardown of the setup, whatever failed: terminates the instance, deletes a half-made image, "
-              "the key pair, the security group and the subnet"),
+    Step(tasks.TEST, tasks.test_image, inputs=(tasks.NETWORK, tasks.LAUNCH, tasks.REGISTER),
+         does="boots a test instance of the new image and runs the spec's tests on it over SSH; the result is "
+              "tagged on the image, and failed tests fail the run (no channel moves)"),
+    Step(tasks.PROMOTE, tasks.promote, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
+         when=lambda spec: bool(spec.promote and spec.promote.channels),
+         outlets=lambda spec: promotion_assets(spec.name, spec.promote.channels),
+         does="moves the spec's channels (SSM parameters) to the tested image and emits its promotion event"),
+    Step(tasks.APPROVE, None, after=(tasks.TEST, tasks.PROMOTE), operator=ImageApproval, pool=False,
+         when=lambda spec: bool(spec.promote and spec.promote.approval),
+         does="asks a person to approve the approval channels (Airflow's human-in-the-loop: no slot held); no "
+              "answer before the timeout is a rejection"),
+    Step(tasks.PROMOTE_APPROVED, tasks.promote_approved, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
+         after=(tasks.APPROVE,), when=lambda spec: bool(spec.promote and spec.promote.approval),
+         outlets=lambda spec: promotion_assets(spec.name, spec.promote.approval),
+         does="once approved: moves the approval channels to the image and emits its promotion event"),
+    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.TEST,),
+         does="the teardown of the setup, whatever failed: terminates the builder and test instances, deletes a "
+              "half-made image, the key pair, the security group and the subnet"),
 )
 SETUP, TEARDOWN = STEPS[0].task_id, STEPS[-1].task_id
 
@@ -75,24 +93,41 @@ def _run(body: Callable, loaded: LoadedSpec, *results):
     return body(tasks.BuildTask(loaded), *results)
 
 
+def steps_of(spec: ImageSpec) -> list[Step]:
+    """The tasks of ``spec``'s DAG, in order."""
+    return [step for step in STEPS if step.when is None or step.when(spec)]
+
+
+def _schedule(spec: ImageSpec):
+    """The spec's cron schedule, or-ed with the assets it is rebuilt on: its origin's new images (the origin
+    watcher's), and the promotions of the channel it is built on (images built on images)."""
+    assets = []
+    if spec.rebuild_on_origin_change:
+        assets.append(origin_asset(spec.name))
+    if base := channel_of(spec.origin):
+        assets.append(channel_asset(*base))
+    if not assets:
+        return spec.schedule
+    condition = functools.reduce(lambda left, right: left | right, assets)
+    if not spec.schedule:
+        return condition
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=condition)
+
+
 def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -> DAG:
     """The spec's DAG; ``deployment`` (retries, pool) is read from Airflow's config when not given."""
     spec = loaded.image
     deployment = deployment or settings.load()  # config values only: no network, no Variable
-    schedule = spec.schedule
-    if spec.rebuild_on_origin_change:
-        schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"),
-                                        assets=origin_asset(spec.name))
-                    if spec.schedule else origin_asset(spec.name))
+    steps = steps_of(spec)
     dag = DAG(
         dag_id=spec.name,
         description=f"Build the {spec.name} image in {spec.region}",
-        schedule=schedule,
+        schedule=_schedule(spec),
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=["image-build", spec.platform] + ([f"role:{spec.configure.server_role}"] if spec.configure else []),
-        doc_md=dag_doc(loaded, STEPS),
+        doc_md=dag_doc(loaded, steps),
         default_args={
             "owner": "image-factory",
             "retries": deployment.retries,
@@ -104,15 +139,19 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
     )
     with dag:
         made = {}
-        for step in STEPS:
+        for step in steps:
             options = {"pool": deployment.pool} if step.pool else {}
             if step.outlets:
-                options["outlets"] = step.outlets(spec.name)
-            made[step.task_id] = step.operator(
-                task_id=step.task_id, python_callable=classified(functools.partial(_run, step.body, loaded)),
-                op_args=[made[name].output for name in step.inputs], doc=step.does, **options)
+                options["outlets"] = step.outlets(spec)
+            if step.body is None:  # the approval: Airflow's own operator, no task body of ours
+                made[step.task_id] = step.operator(task_id=step.task_id, spec=spec, doc=step.does, **options)
+            else:
+                made[step.task_id] = step.operator(
+                    task_id=step.task_id, python_callable=classified(functools.partial(_run, step.body, loaded)),
+                    op_args=[made[name].output for name in step.inputs], doc=step.does, **options)
             for name in step.after:
-                made[name] >> made[step.task_id]
+                if name in made:  # (a task this spec's DAG has)
+                    made[name] >> made[step.task_id]
         teardown = made[TEARDOWN]
         teardown.as_teardown(setups=made[SETUP])
         # Also when the setup itself fails half-way: whatever it made before failing is torn down (a

@@ -9,6 +9,7 @@ import logging
 import time
 from datetime import timedelta
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import get_current_context
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
@@ -79,3 +80,42 @@ class ImageStep(BuildStep):
     """A build task with a link to the image (see links.py)."""
 
     operator_extra_links = (links.ImageLink(),)
+
+
+class ImageApproval(ApprovalOperator):
+    """A person approves moving the spec's approval channels to the new, tested image (Airflow's
+    human-in-the-loop: on Airflow 3.3 the task waits in ``awaiting_input``, holding no worker, pool or
+    triggerer slot). Its text shows the image, its lineage and its test results; no answer before the timeout
+    counts as a rejection. Approve: ``promote_approved`` moves the channels. Reject: it is skipped, and this
+    task's log says why."""
+
+    def __init__(self, *, spec, **kwargs):
+        promote = spec.promote
+        self.channels = list(promote.approval)
+        super().__init__(
+            subject=f"Promote a new {spec.name} image to {', '.join(self.channels)}?",
+            body="(the image, its lineage and its tests are filled in when the task runs)",
+            defaults=ApprovalOperator.REJECT, response_timeout=timedelta(hours=promote.approval_timeout_hours),
+            **kwargs)
+
+    def execute(self, context):
+        from image_factory import approval
+
+        ti = context["ti"]
+        self.body = approval.text(self.channels, ti.xcom_pull(task_ids="register_image"),
+                                  ti.xcom_pull(task_ids="test_image"), ti.xcom_pull(task_ids="promote"),
+                                  ti.xcom_pull(task_ids="create_builder_network"))
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        if "error" in event and event.get("error_type") == "timeout":
+            log.warning("no answer before the timeout: %s not moved", ", ".join(self.channels))
+        result = super().execute_complete(context, event)
+        chosen = result["chosen_options"][0]
+        who = result.get("responded_by_user") or {}
+        if chosen == self.APPROVE:
+            log.info("approved by %s: %s moves to the image", who.get("name") or who, ", ".join(self.channels))
+        else:
+            log.warning("%s by %s: %s not moved", "rejected" if who else "no answer before the timeout (rejected "
+                        "by default)", who.get("name") or "nobody", ", ".join(self.channels))
+        return result

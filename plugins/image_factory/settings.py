@@ -53,6 +53,10 @@ class Settings:
     retry_delay: float = 20.0
     #: The Airflow pool of the steps that call the cloud API: bounds how many builds hit it at once.
     pool: str = "image_factory"
+    #: Where the test tools find ``test.tests`` folders; empty means include/tests of this project.
+    tests_folder: str = ""
+    #: The SSM path of the channels: ``<channel_prefix>/<spec>/<channel>``.
+    channel_prefix: str = "/image-factory"
 
     def cidr(self, allow_anywhere: bool) -> str:
         if not self.provisioner_cidr:

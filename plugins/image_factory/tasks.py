@@ -12,21 +12,26 @@ import functools
 import json
 import logging
 import os
+from pathlib import Path
 
 from airflow.sdk import Variable, get_current_context
 
 from image_factory import aws, links, parameters, polling, remote, settings, tools, waiting
-from image_factory.assets import image_asset
-from image_factory.build import Build, build_id_for
-from image_factory.spec import LoadedSpec
-from image_factory.steps import image, infrastructure, instance, origin
+from image_factory.assets import channel_asset, image_asset
+from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
+from image_factory.spec import LoadedSpec, tests_folder
+from image_factory.steps import channels, image, infrastructure, instance, origin, testing
 from image_factory.steps import teardown as teardown_step
+from image_factory.tools import tests as test_tools
 from image_factory.triggers import SshReadyTrigger
 
 log = logging.getLogger("image_factory")
 
-NETWORK, LAUNCH, CONFIGURE, REGISTER, TEARDOWN = (
-    "create_builder_network", "launch_builder_instance", "configure", "register_image", "tear_down")
+NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
+    "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image", "promote",
+    "approve_promotion", "promote_approved", "tear_down")
 #: The tasks whose durations the build summary reports.
 TIMED = (NETWORK, LAUNCH, CONFIGURE)
 #: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
@@ -124,8 +129,11 @@ def create_builder_network(task: BuildTask) -> dict:
                                     for name in ("instance_running", "instance_stopped", "image_available",
                                                  "instance_terminated")
                                     ) if not history else f"fitted to the spec's recent builds: {history}")
+    # An origin built by Image Factory names its own spec and build: the new image's lineage goes through it.
+    made_by = tag_dict(origin_image.get("Tags"))
+    lineage = {"spec": made_by[TAG_SPEC], "build_id": made_by[TAG_BUILD]} if TAG_BUILD in made_by else None
     return {"origin_ami": origin_image["ImageId"], "origin_image": instance.launch_view(origin_image),
-            **network.to_dict(), "history": history}
+            "origin_lineage": lineage, **network.to_dict(), "history": history}
 
 
 def launch_builder_instance(task: BuildTask, network: dict) -> dict:
@@ -152,7 +160,9 @@ def configure(task: BuildTask, network: dict, launched: dict) -> dict:
     return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
 
 
-def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:
+def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: str = "ssh"):
+    """Logged in to ``launched`` with the build's key, once SSH answers (while it does not, the wait is in the
+    triggerer): the hook and the target."""
     host = instance.address(c.ec2, launched, build, emulated=c.emulated)
     port, user = build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
     key = infrastructure.private_key(c.ssm, build)
@@ -162,9 +172,15 @@ def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -
         raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval),
                                    build.settings.ssh_timeout)
 
+    resumed_by_ssh = (task.resumed or {}).get("waiter_name") == "ssh_ready"
     hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout, interval=interval,
-                                   defer=None if task.resumed else defer)
-    lines = tools.apply(hook, build.spec.configure, build, remote.SSHTarget(host, port, user, key))
+                                   defer=None if resumed_by_ssh else defer, stage=stage)
+    return hook, remote.SSHTarget(host, port, user, key)
+
+
+def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:
+    hook, target = _ssh(task, build, c, launched)
+    lines = tools.apply(hook, build.spec.configure, build, target)
     log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role, len(lines))
 
 
@@ -184,6 +200,7 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
                                windows=windows)
     links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
     task.record_waits(build, windows)
+    task.ti.xcom_push(key="image", value=instance.launch_view(described))  # what the test instance boots
     summary = {
         "image_id": described["ImageId"],
         "name": described["Name"],
@@ -197,11 +214,70 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
         # Seconds after each change began: (last poll that did not see it done, first that did).
         "waits": windows,
     }
-    # The asset event tells downstream DAGs which image this build made.
-    task.context["outlet_events"][image_asset(build.spec.name)].extra = {
-        "image_id": described["ImageId"], "region": build.region, "name": described["Name"]}
     log.info("build summary: %s", summary)
     return summary
+
+
+class TestsFailed(PermanentError):
+    pass
+
+
+def test_image(task: BuildTask, network: dict, launched: dict, registered: dict) -> dict:
+    """A fresh instance of the new image, the spec's tests run on it over SSH, the result tagged on the image.
+    Failed tests fail the task: the image stays, tagged failed, and no channel moves."""
+    build = task.build(network)
+    c = task.clients(build)
+    image_id = registered["image_id"]
+    if build.spec.test is None:
+        log.info("the spec has no test section: image %s is untested (tagged so), and no channel moves to it",
+                 image_id)
+        testing.record(c.ec2, image_id, None)
+        return {"image_id": image_id, "status": "untested"}
+    tests = build.spec.test
+    test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
+                                   network["key_name"], task.wait(build))
+    hook, target = _ssh(task, build, c, test_instance, stage="test-ssh")
+    folder = (tests_folder() if not build.settings.tests_folder else Path(build.settings.tests_folder)) / tests.tests
+    log.info("testing image %s on instance %s: %s tests of %s", image_id, test_instance["instance_id"], tests.tool,
+             folder)
+    outcome = test_tools.run(tests, folder, hook, target).summary()
+    checkpoint("after:tests")
+    testing.record(c.ec2, image_id, outcome)
+    testing.finish(c.ec2, test_instance)
+    result = {"image_id": image_id, **outcome, "instance_id": test_instance["instance_id"]}
+    if outcome["status"] != "passed":
+        shown = ", ".join(outcome["failed_tests"]) or "none ran"
+        raise TestsFailed(f"image {image_id}: {outcome['failed']} of {outcome['passed'] + outcome['failed']} tests "
+                          f"failed ({shown}); it stays, tagged image-factory:tests=failed, and no channel moves")
+    log.info("image %s passed its %d tests", image_id, outcome["passed"])
+    return result
+
+
+def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted: list[str]) -> dict:
+    build = task.build(network)
+    c = task.clients(build)
+    versions = channels.move(c.ssm, build.spec.name, wanted, registered["image_id"], tested,
+                             build.settings.channel_prefix)
+    extra = {"image_id": registered["image_id"], "region": build.region, "name": registered["name"],
+             "channels": sorted(versions), "build_id": build.build_id}
+    # Downstream DAGs follow tested images only: these events fire on a promotion, never on a registration.
+    events = task.context["outlet_events"]
+    events[image_asset(build.spec.name)].extra = extra
+    for channel in versions:
+        events[channel_asset(build.spec.name, channel)].extra = extra
+    return {"image_id": registered["image_id"], "channels": versions}
+
+
+def promote(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
+    """Move ``promote.channels`` to the tested image."""
+    spec = task.loaded.image
+    return _move(task, network, registered, tested, spec.promote.channels)
+
+
+def promote_approved(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
+    """Move ``promote.approval``'s channels to the image a person approved."""
+    spec = task.loaded.image
+    return _move(task, network, registered, tested, spec.promote.approval)
 
 
 def tear_down(task: BuildTask) -> list[str]:
@@ -209,10 +285,12 @@ def tear_down(task: BuildTask) -> list[str]:
     # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
     build = task.build(fields=parameters.EARLY_FIELDS)
     c = task.clients(build)
-    network, launched = task.pull(NETWORK), task.pull(LAUNCH)
-    # What the setup and the launch recorded names what they made, unless this is a retry or a rerun, or the
-    # launch has no record (it failed, perhaps after RunInstances): then, what carries the build's tag.
-    record = {**network, **launched} if build.fresh and network and launched else None
+    network, launched, tested = task.pull(NETWORK), task.pull(LAUNCH), task.pull(TEST)
+    # What the setup, the launch and the test stage recorded names what they made, unless this is a retry or a
+    # rerun, or one of them has no record (it failed, perhaps after RunInstances): then, what carries the
+    # build's tag.
+    record = ({**network, **launched, "test_instance_id": (tested or {}).get("instance_id")}
+              if build.fresh and network and launched and tested else None)
     history = (network or {}).get("history", {})
     schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
                                     build.settings.poll_interval)

@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import time
 
-from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.build import TAG_BUILD, TAG_INSTANCE, Build, created, deleted
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import instance_type
@@ -24,11 +24,13 @@ class InstanceError(PermanentError):
     pass
 
 
-def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
-    reservations = ec2.describe_instances(Filters=[
-        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
-        {"Name": "instance-state-name", "Values": list(states)},
-    ])["Reservations"]
+def find(ec2, build_id: str, states=LIVE_STATES, purpose: str | None = None) -> list[dict]:
+    """The build's instances in ``states``; ``purpose``: only its builder, or only its test instance."""
+    filters = [{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+               {"Name": "instance-state-name", "Values": list(states)}]
+    if purpose:
+        filters.append({"Name": f"tag:{TAG_INSTANCE}", "Values": [purpose]})
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
     return [i for r in reservations for i in r["Instances"]]
 
 
@@ -38,24 +40,26 @@ def launch_view(image: dict) -> dict:
 
 
 def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
-           wait: Wait | None = blocking) -> dict:
-    """Launch (or find) the build's instance from the origin (:func:`launch_view`) and wait until it is
-    running (``wait=None``: do not wait, see :func:`wait_running`). Returns ``instance_id`` and
-    ``private_ip`` (AWS gives the private address in RunInstances' answer already)."""
+           wait: Wait | None = blocking, purpose: str = "builder", size: str | None = None) -> dict:
+    """Launch (or find) the build's ``purpose`` instance (``builder``, or ``test``: of the new image) from
+    ``origin_image`` (:func:`launch_view`) and wait until it is running (``wait=None``: do not wait, see
+    :func:`wait_running`). Returns ``instance_id`` and ``private_ip`` (AWS gives the private address in
+    RunInstances' answer already), and its ``state`` as found."""
     spec = build.spec
-    existing = [] if build.fresh else find(ec2, build.build_id)
+    size = size or spec.instance_size
+    existing = [] if build.fresh else find(ec2, build.build_id, purpose=purpose)
     if existing:
         found = existing[0]
         log.info("instance %s of this build exists already (%s)", found["InstanceId"], found["State"]["Name"])
     else:
-        checkpoint("before:launch")
+        checkpoint("before:launch" if purpose == "builder" else f"before:{purpose}-launch")
         origin_ami = origin_image["ImageId"]
         interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
         response = ec2.run_instances(
             ImageId=origin_ami,
-            InstanceType=instance_type(spec.instance_size),
+            InstanceType=instance_type(size),
             MinCount=1,
             MaxCount=1,
             KeyName=key_name,
@@ -64,14 +68,16 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             BlockDeviceMappings=[_encrypted_root(origin_image)],
             InstanceInitiatedShutdownBehavior="terminate",
-            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface"),
-            ClientToken=f"{build.build_id}-launch",
+            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface",
+                                                       tags=build.tags(**{TAG_INSTANCE: purpose})),
+            ClientToken=f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}",
         )
         found = response["Instances"][0]
-        created("instance", found["InstanceId"], type=instance_type(spec.instance_size), image=origin_ami,
-                address=found.get("PrivateIpAddress"))
-        checkpoint("after:launch")
-    launched = {"instance_id": found["InstanceId"], "private_ip": found.get("PrivateIpAddress")}
+        created("instance", found["InstanceId"], type=instance_type(size), image=origin_ami,
+                address=found.get("PrivateIpAddress"), purpose=purpose)
+        checkpoint("after:launch" if purpose == "builder" else f"after:{purpose}-launch")
+    launched = {"instance_id": found["InstanceId"], "private_ip": found.get("PrivateIpAddress"),
+                "state": found.get("State", {}).get("Name", "pending")}
     if wait is not None:
         wait_running(ec2, build, launched["instance_id"], wait)
     return launched
