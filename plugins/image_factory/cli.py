@@ -2,7 +2,8 @@
 
     python -m image_factory validate FILE_OR_FOLDER...       one line per problem; exit 0 only if all are good
     python -m image_factory render SPEC [--param NAME=VALUE]  the build's plan as YAML, no network call
-    python -m image_factory list SPEC [--region R]            the spec's images, from their lineage tags
+    python -m image_factory list SPEC [--region R]            the spec's images, their tests and channels
+    python -m image_factory show IMAGE [--region R]           an image's lineage back to its root origin
     python -m image_factory schema                            the JSON Schema of spec files
 
 ``SPEC`` is a spec file or, for ``render`` and ``list``, the name of a spec in the specs folder. Exit codes:
@@ -497,16 +498,40 @@ def render(argument: str, params: Sequence[str], run_id: str | None) -> int:
 
 # --- list -----------------------------------------------------------------------------------------------
 
-COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE")
+COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE",
+           "TESTS", "CHANNELS")
 
 
-def _image_row(image: dict) -> tuple[str, ...]:
+def _tests(tags: dict[str, str]) -> str:
+    from image_factory.build import TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED
+
+    status = tags.get(TAG_TESTS, "-")
+    if status in ("passed", "failed"):
+        passed, failed = int(tags.get(TAG_TESTS_PASSED) or 0), int(tags.get(TAG_TESTS_FAILED) or 0)
+        return f"{status} ({passed}/{passed + failed})"
+    return status
+
+
+def _image_row(image: dict, channels: dict[str, list[str]]) -> tuple[str, ...]:
     from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, tag_dict
 
     tags = tag_dict(image.get("Tags"))
     return (image["ImageId"], image.get("Name", ""), image.get("State", ""), image.get("CreationDate", ""),
             tags.get(TAG_ORIGIN, "-"), tags.get(TAG_ROLE, "-"), tags.get(TAG_SPEC_HASH, "-"),
-            tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no")
+            tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no", _tests(tags),
+            ",".join(channels.get(image["ImageId"], [])) or "-")
+
+
+def _channels_by_image(ssm, spec_name: str) -> dict[str, list[str]]:
+    """Image id -> the spec's channels that name it (one read of the spec's channel parameters)."""
+    from image_factory.spec import channel_prefix
+
+    path = f"{channel_prefix()}/{spec_name}"
+    found: dict[str, list[str]] = {}
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=False):
+        for parameter in page["Parameters"]:
+            found.setdefault(parameter["Value"], []).append(parameter["Name"].rsplit("/", 1)[1])
+    return {image: sorted(names) for image, names in found.items()}
 
 
 def list_images(argument: str, region: str | None, aws_conn_id: str | None) -> int:
@@ -531,17 +556,63 @@ def list_images(argument: str, region: str | None, aws_conn_id: str | None) -> i
         paginator = clients.ec2.get_paginator("describe_images")
         images = [image for page in paginator.paginate(
             Owners=["self"], Filters=[{"Name": f"tag:{TAG_SPEC}", "Values": [name]}]) for image in page["Images"]]
+        channels = _channels_by_image(clients.ssm, name) if images else {}
     except Exception as exc:  # the connection, the credentials, the endpoint or the call itself
         raise Failure(f"cannot list the images of {name!r} (connection {conn_id!r}): "
                       f"{type(exc).__name__}: {exc}") from None
     if not images:
         print(f"no images of spec {name!r} in {where}")
         return OK
-    rows = [_image_row(image) for image in sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)]
+    rows = [_image_row(image, channels)
+            for image in sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)]
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     for row in [COLUMNS, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return OK
+
+
+def lineage(ec2, ssm, image_id: str, limit: int = 20) -> list[dict]:
+    """The image and its origins back to the root origin (the first image Image Factory did not build)."""
+    from image_factory.build import TAG_BUILD, TAG_ORIGIN, TAG_ROLE, TAG_SPEC, tag_dict
+
+    levels: list[dict] = []
+    while image_id and len(levels) < limit:
+        found = ec2.describe_images(ImageIds=[image_id])["Images"]
+        if not found:
+            levels.append({"image": image_id, "missing": "no such image (deregistered?)"})
+            break
+        image = found[0]
+        tags = tag_dict(image.get("Tags"))
+        level = {"image": image_id, "name": image.get("Name", ""), "created": image.get("CreationDate", "")}
+        if TAG_SPEC not in tags:
+            levels.append({**level, "root origin": f"owner {image.get('OwnerId', '?')}"})
+            break
+        level.update(spec=tags[TAG_SPEC], build=tags.get(TAG_BUILD, "-"), role=tags.get(TAG_ROLE, "-"),
+                     origin=tags.get(TAG_ORIGIN, "-"), tests=_tests(tags),
+                     channels=",".join(_channels_by_image(ssm, tags[TAG_SPEC]).get(image_id, [])) or "-")
+        levels.append(level)
+        image_id = tags.get(TAG_ORIGIN)
+    return levels
+
+
+def show(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
+    _quiet_airflow()
+    from image_factory import aws
+
+    conn_id = aws_conn_id or "aws_default"
+    try:
+        clients = aws.clients(conn_id, region)
+        levels = lineage(clients.ec2, clients.ssm, image_id)
+    except Exception as exc:
+        raise Failure(f"cannot show image {image_id!r} (connection {conn_id!r}): {type(exc).__name__}: {exc}") from None
+    for depth, level in enumerate(levels):
+        indent = "  " * depth
+        heading = "image" if depth == 0 else "built from"
+        print(f"{indent}{heading} {level['image']} {level.get('name', '')}".rstrip())
+        for key in ("spec", "build", "role", "origin", "tests", "channels", "created", "root origin", "missing"):
+            if key in level:
+                print(f"{indent}  {key}: {level[key]}")
+    return OK if "missing" not in levels[-1] else PROBLEMS
 
 
 # --- schema and main ------------------------------------------------------------------------------------
@@ -582,6 +653,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--region", help="default: the spec's region, else the connection's")
     command.add_argument("--aws-conn-id", help="default: the spec's aws_conn_id, else aws_default")
     command.set_defaults(run=lambda a: list_images(a.spec, a.region, a.aws_conn_id))
+
+    command = commands.add_parser("show", help="print an image's lineage back to its root origin",
+                                  description="Print IMAGE and each image it was built from, back to the first "
+                                              "one Image Factory did not build: spec, build, role, origin, tests "
+                                              "and channels at each level.")
+    command.add_argument("image", metavar="IMAGE", help="an AMI id")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: show(a.image, a.region, a.aws_conn_id))
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())
