@@ -31,8 +31,8 @@ class BaseError(Exception):
     pass
 
 
-def base_dir(cache: Path = CACHE) -> Path:
-    return cache / f"{SUITE}-base"
+def base_dir(cache: Path | None = None) -> Path:
+    return (cache or CACHE) / f"{SUITE}-base"
 
 
 def is_complete(path: Path) -> bool:
@@ -63,8 +63,9 @@ def debian_mirror(sources=SOURCES) -> str:
                     "made from the mirror this machine's apt uses")
 
 
-def ensure_base(cache: Path = CACHE, log=print) -> Path:
+def ensure_base(cache: Path | None = None, log=print) -> Path:
     """The origin root filesystem, built first if the cache has none (about 40 s, 240 MB)."""
+    cache = cache or CACHE
     target = base_dir(cache)
     if is_complete(target):
         return target

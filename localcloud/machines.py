@@ -139,7 +139,9 @@ def route_vpc(cidr: str) -> None:
     run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
 
 
-def host_network_down(remove_blackhole: bool) -> None:
+def host_network_down(remove_blackhole: bool, pid_namespaces: tuple[int, ...] = ()) -> None:
+    for pid_inode in pid_namespaces:
+        kill_namespace_processes("", pid_inode)
     for name in run("ip", "netns", "list", check=False).stdout.split("\n"):
         name = name.split(" ")[0]
         if name.startswith(NETNS_PREFIX):
@@ -169,6 +171,11 @@ def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        try:  # a zombie has ended already (its parent has yet to reap it)
+            if Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+        except (OSError, IndexError):
+            continue
         for kind in ("net", "pid"):
             try:
                 if os.readlink(f"/proc/{entry.name}/ns/{kind}") in wanted:
@@ -182,7 +189,7 @@ def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[
 def kill_namespace_processes(netns: str, pid_inode: int | None = None, timeout: float = 10) -> None:
     """SIGKILL every process of the machine, by PID, until none is left (a PID namespace's init may outlive a
     SIGTERM, and its outer ``unshare`` then waits for ever)."""
-    net_inode = _namespace_inode(f"/run/netns/{netns}")
+    net_inode = _namespace_inode(f"/run/netns/{netns}") if netns else None
     deadline = time.monotonic() + timeout
     while True:
         pids = namespace_pids(net_inode, pid_inode)
@@ -705,7 +712,9 @@ class Machines:
 def teardown(state_dir: Path, remove_blackhole: bool) -> None:
     """Everything the machines made on the host (also without the front): processes, namespaces, veths, the
     bridge, the blackhole route (when made here), the disks and layers, the registry."""
-    host_network_down(remove_blackhole)
+    registry = state_dir / "machines.json"
+    known = json.loads(registry.read_text()).get("machines", {}) if registry.exists() else {}
+    host_network_down(remove_blackhole, tuple(m["pid_namespace"] for m in known.values() if m.get("pid_namespace")))
     for name in ("machines", "layers"):
         shutil.rmtree(state_dir / name, ignore_errors=True)
     (state_dir / "machines.json").unlink(missing_ok=True)
