@@ -370,3 +370,35 @@ def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key
     finally:
         # The session's other tests go on with a local cloud on the same endpoint (moto's records start afresh).
         local_cloud.up(state.regions, ec2_port=state.ec2_port)
+
+
+def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fleet, base_ami, ssh_group):
+    """As the shell tool runs it (plugins/image_factory/tools/shell.py): copied to a private /tmp directory,
+    its scripts run there in name order as ec2-user, the directory removed; then the image is made."""
+    instance_id, ip, _ = fleet.launch(base_ami, ssh_group)
+    role = Path(__file__).resolve().parents[1] / "include" / "roles" / "appserver"
+    staging = f"/tmp/image-factory-role.{uuid.uuid4().hex[:8]}"
+    ok(fleet.ssh(ip, f"mkdir -m 0700 {staging}"))
+    copy = subprocess.run(["scp", "-q", "-i", str(fleet.key_path), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                           *map(str, sorted(role.glob("*.sh"))), f"ec2-user@{ip}:{staging}/"],
+                          capture_output=True, text=True, timeout=60)
+    ok(copy)
+    output = ok(fleet.ssh(ip, f"trap 'cd / && rm -rf -- {staging}' EXIT; cd {staging} && "
+                              "export IMAGE_FACTORY_SERVER_ROLE=appserver IMAGE_FACTORY_IMAGE_NAME=machines-test "
+                              "IMAGE_FACTORY_BUILD_ID=b-123 && for s in ./*.sh; do bash $s || exit $?; done"))
+    assert output.strip().splitlines()[-1] == "appserver role: done"
+    assert not Path("/etc/shopspinner/appserver.conf").exists() or "machines-test" not in Path(
+        "/etc/shopspinner/build-info").read_text()
+    ec2m.stop_instances(InstanceIds=[instance_id])
+    image = ec2m.create_image(InstanceId=instance_id, Name=f"appserver-{uuid.uuid4().hex[:8]}")["ImageId"]
+    wait_image(ec2m, image)
+    _, child_ip, _ = fleet.launch(image, ssh_group)
+    seen = ok(fleet.ssh(child_ip, "cat /etc/shopspinner/build-info; test -x /opt/shopspinner/appserver/start.sh && "
+                                  "grep -c listen_port /etc/shopspinner/appserver.conf && "
+                                  "grep ExecStart /etc/systemd/system/shopspinner-appserver.service; "
+                                  "ls -d /tmp/image-factory-role.* 2>/dev/null | wc -l"))
+    assert seen.split("\n")[:3] == ["build b-123", "image machines-test", "role appserver"]
+    assert "ExecStart=/opt/shopspinner/appserver/start.sh" in seen
+    assert seen.strip().splitlines()[-1] == "0"  # the role's own files are not in the image
+    ec2m.deregister_image(ImageId=image)
