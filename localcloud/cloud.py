@@ -188,6 +188,62 @@ class LocalCloud:
             "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
         }
 
+    def shell(self, image: str | None = None, region: str | None = None, command: list[str] | None = None,
+              boot_timeout: float = 120) -> int:
+        """Boot an instance of ``image`` through the front with a temporary key pair and a group letting SSH in
+        from this host, open an interactive ssh session in it (or run ``command``), terminate it at the end;
+        returns ssh's exit code."""
+        import tempfile
+
+        import boto3
+
+        state = self._require()
+        if not state.machines:
+            raise LocalCloudError("this local cloud runs without machines (--no-machines): nothing to log in to")
+        region = region or state.regions.split(",")[0]
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+                                        region_name=region)
+        ec2 = session.client("ec2", endpoint_url=self.endpoint)
+        if not image:
+            image = session.client("ssm", endpoint_url=self.endpoint).get_parameter(
+                Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+        name = f"localcloud-shell-{os.getpid()}-{int(time.time())}"
+        env = self.env()
+        with tempfile.TemporaryDirectory(prefix="localcloud-shell-") as folder:
+            key = Path(folder) / "id_ed25519"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+            ec2.import_key_pair(KeyName=name, PublicKeyMaterial=key.with_suffix(".pub").read_bytes())
+            group = instance_id = None
+            try:
+                vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+                group = ec2.create_security_group(GroupName=name, Description="localcloud shell: SSH from the host",
+                                                  VpcId=vpc)["GroupId"]
+                ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
+                    "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                    "IpRanges": [{"CidrIp": env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"]}]}])
+                instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName=name,
+                                             SecurityGroupIds=[group])["Instances"][0]
+                instance_id, address = instance["InstanceId"], instance["PrivateIpAddress"]
+                print(f"local cloud: {instance_id} of {image} booting at {address}", file=sys.stderr)
+                deadline = time.monotonic() + boot_timeout
+                while ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
+                        "State"]["Name"] != "running":
+                    if time.monotonic() > deadline:
+                        raise LocalCloudError(f"{instance_id} not running after {boot_timeout} s "
+                                              "(python -m localcloud machines shows why)")
+                    time.sleep(0.1)
+                ssh = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                       "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                       *([] if command else ["-t"]), f"ec2-user@{address}", *(command or [])]
+                return subprocess.run(ssh).returncode
+            finally:
+                if instance_id:
+                    ec2.terminate_instances(InstanceIds=[instance_id])
+                    print(f"local cloud: {instance_id} terminated", file=sys.stderr)
+                if group:
+                    ec2.delete_security_group(GroupId=group)
+                ec2.delete_key_pair(KeyName=name)
+
     def _require(self) -> State:
         state = self.state()
         if state is None:
