@@ -42,7 +42,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from localcloud.moto_server import BRIDGE_ADDRESS, HOST_BLOCK, RESERVED
+from localcloud.moto_server import BRIDGE_ADDRESS, HOST_BLOCK, PUBLIC, RESERVED
 
 BRIDGE = "lcbr0"
 NETNS_PREFIX = "lc-"
@@ -128,7 +128,8 @@ def host_network_up() -> bool:
         disable_ipv6.write_text("1\n")
     run("ip", "addr", "replace", f"{BRIDGE_ADDRESS}/32", "dev", BRIDGE)
     run("ip", "link", "set", BRIDGE, "up")
-    run("ip", "route", "replace", str(HOST_BLOCK), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
+    for network in (HOST_BLOCK, PUBLIC):
+        run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
     return not exists
 
 
@@ -245,6 +246,7 @@ def instances_of(root: ET.Element) -> list[dict]:
             continue
         found.append({
             "id": instance_id, "image": item.findtext("imageId"), "ip": item.findtext("privateIpAddress"),
+            "public_ip": item.findtext("ipAddress") or "",
             "key_name": item.findtext("keyName") or "", "vpc": item.findtext("vpcId") or "",
             "subnet": item.findtext("subnetId") or "",
             "groups": [g.findtext("groupId") for g in item.findall("groupSet/item") if g.findtext("groupId")],
@@ -582,7 +584,10 @@ class Machines:
         if not host_key.exists():
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", instance_id, "-f", str(host_key))
         (disk / "authorized_keys").write_text(self._public_key(machine))
-        (disk / "sshd_config").write_text(SSHD_CONFIG.format(ip=ip))
+        public = machine.get("public_ip") if machine.get("public_ip") and ipaddress.ip_address(
+            machine["public_ip"]) in PUBLIC else ""
+        config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
+        (disk / "sshd_config").write_text(config)
         lower = ":".join([*(str(self.layers_dir / layer) for layer in machine["layers"]), str(self.base)])
         overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
         script = BOOT_SCRIPT.format(
@@ -599,6 +604,8 @@ class Machines:
         run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
         run("ip", "-n", netns, "link", "set", "lo", "up")
         run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        if public:  # as AWS's NAT would: the public address reaches the machine
+            run("ip", "-n", netns, "addr", "add", f"{public}/32", "dev", "eth0")
         run("ip", "-n", netns, "link", "set", "eth0", "up")
         # The reserved range only, on the link: the bridge, the other machines; no default route.
         run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", ip)

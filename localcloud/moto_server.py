@@ -8,7 +8,9 @@ moto/ec2/models/subnets.py). Here each region gets a /21 of 198.18.0.0/15 of its
 :func:`region_block`): its default VPC is the block's first /22 (default subnets: /25s of it, eight at most;
 us-east-1 has six zones) and the second /22 is left for the builder VPC that ``LocalCloud.up`` makes. The
 regions named by ``--regions`` get the first blocks in that order; any other region gets the next free block
-when moto first sets it up. Block 0 is the host's own (the bridge address, the test namespaces).
+when moto first sets it up. Block 0 is the host's own (the bridge address, the test namespaces). Public
+addresses (an instance's public IP, Elastic IPs) come from 198.19.0.0/16, one after the other; a machine holds
+its public address beside its private one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ import sys
 import threading
 
 RESERVED = ipaddress.ip_network("198.18.0.0/15")
+#: the VPCs: 198.18.0.0/16 (block 0 the host's, then a /21 per region: 31 regions at most)
+PRIVATE = ipaddress.ip_network("198.18.0.0/16")
+#: the public addresses moto hands out (instances' public IPs, Elastic IPs): 198.19.0.0/16, in turn, so that a
+#: client that SSHes to an instance's "public" address stays inside the reserved range too
+PUBLIC = ipaddress.ip_network("198.19.0.0/16")
 BLOCK_PREFIX = 21
 #: block 0: the host side (bridge 198.18.0.1) and the namespaces tests make
 HOST_BLOCK = next(RESERVED.subnets(new_prefix=BLOCK_PREFIX))
@@ -35,10 +42,19 @@ def region_block(region: str) -> ipaddress.IPv4Network:
         if region not in _blocks:
             _blocks[region] = len(_blocks) + 1
         index = _blocks[region]
-    blocks = RESERVED.num_addresses >> (32 - BLOCK_PREFIX)
+    blocks = PRIVATE.num_addresses >> (32 - BLOCK_PREFIX)
     if index >= blocks:
-        raise RuntimeError(f"the local cloud has no address block left in {RESERVED} for region {region}")
-    return ipaddress.ip_network(f"{RESERVED.network_address + index * (1 << (32 - BLOCK_PREFIX))}/{BLOCK_PREFIX}")
+        raise RuntimeError(f"the local cloud has no address block left in {PRIVATE} for region {region}")
+    return ipaddress.ip_network(f"{PRIVATE.network_address + index * (1 << (32 - BLOCK_PREFIX))}/{BLOCK_PREFIX}")
+
+
+_public = iter(PUBLIC.hosts())
+
+
+def public_ip() -> str:
+    """The next public address (moto draws 54.214.x.y and 127.x.y.z at random instead)."""
+    with _lock:
+        return str(next(_public))
 
 
 def default_vpc_cidr(region: str) -> ipaddress.IPv4Network:
@@ -97,6 +113,10 @@ def install() -> None:
                     kwargs["subnet_id"] = subnet.id
         return original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
 
+    from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
+
+    elastic_network_interfaces.random_public_ip = public_ip
+    elastic_ip_addresses.random_ip = public_ip
     VPCBackend.create_default_vpc = create_default_vpc
     SubnetBackend.create_default_subnet = create_default_subnet
     InstanceBackend.run_instances = run_instances

@@ -7,6 +7,7 @@ Every namespace, veth and listener a test makes is removed in a finally.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 
 from localcloud import base, machines
 from localcloud.cloud import LocalCloud, LocalCloudError
-from localcloud.moto_server import BRIDGE_ADDRESS, RESERVED
+from localcloud.moto_server import BRIDGE_ADDRESS, PUBLIC, RESERVED
 
 REGION = "eu-west-1"
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -144,7 +145,11 @@ def test_a_machine_boots_and_ec2_user_logs_in_with_the_key_pair(local_cloud, fle
     assert (user, sudo) == ("ec2-user", "sudo-ok")
     assert hostname == f"ip-{ip.replace('.', '-')}"
     assert init == "sshd"  # its own PID namespace: the machine's sshd is its PID 1
-    assert sorted(filter(None, addresses)) == ["eth0 " + ip + "/32", "lo 127.0.0.1/8"]
+    public = fleet.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0].get(
+        "PublicIpAddress")
+    assert public and ipaddress.ip_address(public) in PUBLIC  # the "public" address is in the range too
+    assert sorted(filter(None, addresses)) == sorted([f"eth0 {ip}/32", f"eth0 {public}/32", "lo 127.0.0.1/8"])
+    assert ok(fleet.ssh(public, "hostname")).strip() == hostname
     # A key that is not the key pair's is refused.
     stranger = fleet.key_path.parent / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
@@ -155,8 +160,6 @@ def test_a_machine_boots_and_ec2_user_logs_in_with_the_key_pair(local_cloud, fle
 
 
 def ipaddress_in_reserved(ip: str) -> bool:
-    import ipaddress
-
     return ipaddress.ip_address(ip) in RESERVED
 
 
@@ -350,28 +353,6 @@ def test_up_names_a_missing_feature_instead_of_falling_back(tmp_path, monkeypatc
         cloud.up()
 
 
-def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
-    fleet = Fleet(ec2m, key)
-    instance_id, _, _ = fleet.launch(base_ami, ssh_group)
-    pid_namespace = registry(local_cloud)["machines"][instance_id]["pid_namespace"]
-    state = local_cloud.state()
-    try:
-        local_cloud.down()
-        assert host_traces(instance_id, local_cloud.state_dir, pid_namespace) == []
-        assert [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-                if n.startswith(machines.NETNS_PREFIX)] == []
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        assert machines.BRIDGE not in links and f" {machines.VETH_PREFIX}" not in links
-        if state.blackhole_made:
-            assert str(RESERVED) not in subprocess.run(["ip", "route", "show", "type", "blackhole"],
-                                                       capture_output=True, text=True).stdout
-        assert str(local_cloud.state_dir) not in Path("/proc/mounts").read_text()
-        assert not (local_cloud.state_dir / "machines").exists()
-    finally:
-        # The session's other tests go on with a local cloud on the same endpoint (moto's records start afresh).
-        local_cloud.up(state.regions, ec2_port=state.ec2_port)
-
-
 def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fleet, base_ami, ssh_group):
     """As the shell tool runs it (plugins/image_factory/tools/shell.py): copied to a private /tmp directory,
     its scripts run there in name order as ec2-user, the directory removed; then the image is made."""
@@ -402,3 +383,26 @@ def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fle
     assert "ExecStart=/opt/shopspinner/appserver/start.sh" in seen
     assert seen.strip().splitlines()[-1] == "0"  # the role's own files are not in the image
     ec2m.deregister_image(ImageId=image)
+
+
+# Last: it takes the session's local cloud down and brings it up again (moto's records start afresh).
+def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
+    fleet = Fleet(ec2m, key)
+    instance_id, _, _ = fleet.launch(base_ami, ssh_group)
+    pid_namespace = registry(local_cloud)["machines"][instance_id]["pid_namespace"]
+    state = local_cloud.state()
+    try:
+        local_cloud.down()
+        assert host_traces(instance_id, local_cloud.state_dir, pid_namespace) == []
+        assert [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if n.startswith(machines.NETNS_PREFIX)] == []
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert machines.BRIDGE not in links and f" {machines.VETH_PREFIX}" not in links
+        if state.blackhole_made:
+            assert str(RESERVED) not in subprocess.run(["ip", "route", "show", "type", "blackhole"],
+                                                       capture_output=True, text=True).stdout
+        assert str(local_cloud.state_dir) not in Path("/proc/mounts").read_text()
+        assert not (local_cloud.state_dir / "machines").exists()
+    finally:
+        # The session's other tests go on with a local cloud on the same endpoint (moto's records start afresh).
+        local_cloud.up(state.regions, ec2_port=state.ec2_port)
