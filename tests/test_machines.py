@@ -385,6 +385,27 @@ def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fle
     ec2m.deregister_image(ImageId=image)
 
 
+def test_running_shows_only_once_sshd_answers_and_the_latency_has_passed(local_cloud, ec2m, fleet, base_ami,
+                                                                        ssh_group):
+    try:
+        local_cloud.configure(latency={"instance_running": 2})
+        instance_id, _, seconds = fleet.launch(base_ami, ssh_group)
+    finally:
+        local_cloud.configure(latency={"instance_running": 0})
+    assert seconds >= 2
+    assert registry(local_cloud)["machines"][instance_id]["boot_seconds"] < 2
+    # A machine that cannot boot (its key pair is not there) never shows running; the registry says why.
+    broken = ec2m.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=f"missing-{uuid.uuid4().hex[:6]}",
+                                SecurityGroupIds=[ssh_group])["Instances"][0]["InstanceId"]
+    fleet.ids.append(broken)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert fleet.state(broken) == "pending"
+        time.sleep(0.2)
+    machine = registry(local_cloud)["machines"][broken]
+    assert machine["state"] == "failed" and "InvalidKeyPair.NotFound" in machine["error"]
+
+
 # Last: it takes the session's local cloud down and brings it up again (moto's records start afresh).
 def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
     fleet = Fleet(ec2m, key)
