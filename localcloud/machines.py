@@ -249,7 +249,11 @@ def instances_of(root: ET.Element) -> list[dict]:
             "public_ip": item.findtext("ipAddress") or "",
             "key_name": item.findtext("keyName") or "", "vpc": item.findtext("vpcId") or "",
             "subnet": item.findtext("subnetId") or "",
-            "groups": [g.findtext("groupId") for g in item.findall("groupSet/item") if g.findtext("groupId")],
+            # An instance launched with NetworkInterfaces has its groups on the interfaces only.
+            "groups": list(dict.fromkeys(
+                g.findtext("groupId") for g in [*item.findall("groupSet/item"),
+                                                *item.findall("networkInterfaceSet/item/groupSet/item")]
+                if g.findtext("groupId"))),
         })
     return found
 

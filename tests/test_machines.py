@@ -406,6 +406,33 @@ def test_running_shows_only_once_sshd_answers_and_the_latency_has_passed(local_c
     assert machine["state"] == "failed" and "InvalidKeyPair.NotFound" in machine["error"]
 
 
+def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vpc(local_cloud, ec2m, fleet, base_ami):
+    """As plugins/image_factory/steps/instance.py launches: NetworkInterfaces with the group, a /28 of the
+    builder VPC that LocalCloud.env() names."""
+    vpc = local_cloud.env()["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID"]
+    network = ipaddress.ip_network(ec2m.describe_vpcs(VpcIds=[vpc])["Vpcs"][0]["CidrBlock"])
+    assert network.subnet_of(RESERVED)
+    taken = [ipaddress.ip_network(s["CidrBlock"]) for s in ec2m.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
+    cidr = next(c for c in network.subnets(new_prefix=28) if not any(c.overlaps(t) for t in taken))
+    subnet = ec2m.create_subnet(VpcId=vpc, CidrBlock=str(cidr))["Subnet"]["SubnetId"]
+    group = ec2m.create_security_group(GroupName=f"b-{uuid.uuid4().hex[:8]}", Description="b", VpcId=vpc)["GroupId"]
+    ec2m.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": PROVISIONER}]}])
+    try:
+        instance = ec2m.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=fleet.key_name,
+                                      NetworkInterfaces=[{"DeviceIndex": 0, "Groups": [group], "SubnetId": subnet,
+                                                          "AssociatePublicIpAddress": False}])["Instances"][0]
+        fleet.ids.append(instance["InstanceId"])
+        assert ipaddress.ip_address(instance["PrivateIpAddress"]) in cidr
+        fleet.wait_running(instance["InstanceId"])
+        assert ok(fleet.ssh(instance["PrivateIpAddress"], "id -un")).strip() == "ec2-user"
+    finally:
+        fleet.terminate()
+        ec2m.delete_security_group(GroupId=group)
+        ec2m.delete_subnet(SubnetId=subnet)
+
+
 # Last: it takes the session's local cloud down and brings it up again (moto's records start afresh).
 def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
     fleet = Fleet(ec2m, key)
