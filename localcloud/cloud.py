@@ -154,6 +154,14 @@ class LocalCloud:
         except OSError as exc:
             raise LocalCloudError(f"the local cloud's front at {self.endpoint} does not answer: {exc}") from exc
 
+    def summary(self) -> str:
+        """One line for people: the endpoint, and where builds SSH to."""
+        state = self._require()
+        if state.machines:
+            return (f"EC2 emulator {self.endpoint}, instances are machines on bridge 198.18.0.1 "
+                    "(SSH to their private addresses)")
+        return f"EC2 emulator {self.endpoint}, SSH server 127.0.0.1:{state.ssh_port} (no machines)"
+
     def machines_list(self) -> dict:
         """The front's registry: ``{"images": {ami: {"layers": [...]}}, "machines": {instance: {...}}}``."""
         return self._control("GET", "machines")
@@ -320,6 +328,9 @@ class LocalCloud:
             if other != self.state_dir and LocalCloud(other).running():
                 raise LocalCloudError(f"another local cloud with machines runs on this host (state in {other}): "
                                       f"one at a time (`python -m localcloud down --state-dir {other}`)")
+            if other != self.state_dir:  # a dead one's leftovers (its machines, bridge, blackhole route) first
+                LocalCloud(other).down()
+                machines.host_network_down(remove_blackhole=False)
         try:
             return base.ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True))
         except base.BaseError as exc:
