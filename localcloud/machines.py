@@ -400,10 +400,16 @@ class Machines:
         self.lock = threading.RLock()
         self.boots = threading.Semaphore(2)  # two cores: boots beyond that only wait for each other
         self.processes: dict[str, subprocess.Popen] = {}
+        self.machine_locks: dict[str, threading.Lock] = {}
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.registry = self._load()
 
     # --- registry ------------------------------------------------------------------------------------
+
+    def machine_lock(self, instance_id: str) -> threading.Lock:
+        """Serializes making, ending and imaging one machine."""
+        with self.lock:
+            return self.machine_locks.setdefault(instance_id, threading.Lock())
 
     def _load(self) -> dict:
         if self.registry_file.exists():
@@ -465,7 +471,8 @@ class Machines:
                     continue
                 machine["state"] = "stopping"
                 self._save()
-            self._halt(instance_id)
+            with self.machine_lock(instance_id):
+                self._halt(instance_id)
             with self.lock:
                 machine["state"] = "stopped"
                 self._save()
@@ -476,16 +483,21 @@ class Machines:
                 machine = self.registry["machines"].get(instance_id)
             if machine is None:
                 continue
-            self._halt(instance_id)
-            shutil.rmtree(self.disks_dir / instance_id, ignore_errors=True)
             with self.lock:
-                self.registry["machines"].pop(instance_id, None)
+                machine["state"] = "terminating"
                 self._save()
+            with self.machine_lock(instance_id):
+                self._halt(instance_id)
+                shutil.rmtree(self.disks_dir / instance_id, ignore_errors=True)
+                with self.lock:
+                    self.registry["machines"].pop(instance_id, None)
+                    self.machine_locks.pop(instance_id, None)
+                    self._save()
             self.collect_layers()
 
     def image_created(self, region: str, instance_id: str, image_id: str) -> None:
         """The instance's upper directory frozen as a new layer; the image = its origin's layers + it."""
-        with self.lock:
+        with self.machine_lock(instance_id), self.lock:
             machine = self.registry["machines"].get(instance_id)
             if machine is None:
                 return
@@ -548,7 +560,15 @@ class Machines:
         with self.boots:
             started = time.monotonic()
             try:
-                self._boot_machine(instance_id)
+                # A stop or terminate that comes while the machine is being made waits until it is made (then
+                # ends it); one that came before leaves nothing to boot.
+                with self.machine_lock(instance_id):
+                    with self.lock:
+                        machine = self.registry["machines"].get(instance_id)
+                        if machine is None or machine["state"] != "booting":
+                            return
+                    started_machine = self._boot_machine(instance_id)
+                self._await_sshd(*started_machine)
             except Exception as exc:
                 self.log(f"localcloud machines: {instance_id} failed to boot: {exc}")
                 with self.lock:
@@ -568,7 +588,7 @@ class Machines:
             self.log(f"localcloud machines: {instance_id} answers SSH on {machine and machine['ip']}:22 "
                      f"{seconds:.2f} s after its boot began")
 
-    def _boot_machine(self, instance_id: str) -> None:
+    def _boot_machine(self, instance_id: str) -> tuple[subprocess.Popen, str, str, Path]:
         with self.lock:
             machine = dict(self.registry["machines"][instance_id])
             others = {m["ip"] for iid, m in self.registry["machines"].items()
@@ -638,6 +658,9 @@ class Machines:
             self.registry["machines"][instance_id]["pid"] = process.pid
             self.registry["machines"][instance_id]["pid_namespace"] = pid_inode
             self._save()
+        return process, netns, ip, disk
+
+    def _await_sshd(self, process: subprocess.Popen, netns: str, ip: str, disk: Path) -> None:
         probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-I", "-S", "-c", PROBE, ip,
                                   str(BOOT_TIMEOUT)])
         while probe.poll() is None:

@@ -307,8 +307,13 @@ def host_traces(instance_id: str, state_dir: Path, pid_namespace: int | None) ->
         traces.append("veth")
     if pid_namespace and machines.namespace_pids(None, pid_namespace):
         traces.append(f"processes {machines.namespace_pids(None, pid_namespace)}")
-    if str(state_dir / "machines" / instance_id) in Path("/proc/mounts").read_text():
+    disk = str(state_dir / "machines" / instance_id)
+    if disk in Path("/proc/mounts").read_text():
         traces.append("mounts")
+    for entry in Path("/proc").iterdir():  # the machine's outer processes name its disk (boot.sh)
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and disk.encode() in (entry / "cmdline").read_bytes():
+                traces.append(f"process {entry.name}")
     return traces
 
 
@@ -332,6 +337,20 @@ def test_stop_keeps_the_disk_and_terminate_leaves_nothing(local_cloud, ec2m, fle
     assert not (local_cloud.state_dir / "machines" / instance_id).exists()
     assert instance_id not in registry(local_cloud)["machines"]
     assert "localcloud" not in subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+
+
+def test_a_machine_ended_while_it_boots_leaves_nothing(local_cloud, ec2m, fleet, base_ami, ssh_group):
+    ids = [i["InstanceId"] for i in ec2m.run_instances(ImageId=base_ami, MinCount=3, MaxCount=3,
+                                                       KeyName=fleet.key_name, SecurityGroupIds=[ssh_group])[
+        "Instances"]]
+    ec2m.stop_instances(InstanceIds=ids[:1])
+    ec2m.terminate_instances(InstanceIds=ids[1:])
+    time.sleep(2)  # boots that were under way have ended by now
+    for instance_id in ids:
+        assert host_traces(instance_id, local_cloud.state_dir, None) == [], instance_id
+    assert set(registry(local_cloud)["machines"]) & set(ids) == {ids[0]}
+    assert registry(local_cloud)["machines"][ids[0]]["state"] == "stopped"
+    fleet.ids += ids[:1]
 
 
 def test_up_names_a_missing_feature_instead_of_falling_back(tmp_path, monkeypatch):
