@@ -322,6 +322,7 @@ def test_stop_keeps_the_disk_and_terminate_leaves_nothing(local_cloud, ec2m, fle
     ok(fleet.ssh(ip, "echo kept > ~/kept"))
     pid_namespace = registry(local_cloud)["machines"][instance_id]["pid_namespace"]
     assert machines.namespace_pids(None, pid_namespace)
+    assert {"netns", "veth"} <= set(host_traces(instance_id, local_cloud.state_dir, pid_namespace))
 
     ec2m.stop_instances(InstanceIds=[instance_id])
     assert fleet.state(instance_id) == "stopped"
