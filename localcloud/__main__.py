@@ -1,4 +1,4 @@
-"""python -m localcloud up|down|status|env|stats|config"""
+"""python -m localcloud up|down|status|env|stats|config|machines|base|shell AMI"""
 
 import argparse
 import json
@@ -10,23 +10,32 @@ from localcloud.cloud import DEFAULT_REGIONS, DEFAULT_STATE, LocalCloud, LocalCl
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "env", "stats", "config"])
+    parser.add_argument("action", choices=["up", "down", "status", "env", "stats", "config", "machines", "base",
+                                           "shell"])
+    parser.add_argument("image", nargs="?", help="shell: the AMI to boot (default: the AL2023 public parameter's)")
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE))
-    parser.add_argument("--regions", default=DEFAULT_REGIONS, help="regions whose key pairs sshd trusts")
+    parser.add_argument("--regions", default=DEFAULT_REGIONS, help="up: the regions set up first, in this order "
+                        "(each gets its address block of 198.18.0.0/15 in that order)")
+    parser.add_argument("--region", help="shell: the region of the image (default: the first of the cloud's)")
+    parser.add_argument("--no-machines", action="store_true",
+                        help="up: no machines: one sshd on 127.0.0.1 for every instance, roles run on this host "
+                             "(the Docker Compose profile's model)")
     parser.add_argument("--latency", metavar="boot=S,stop=S,image=S,terminate=S",
                         help="up, config: emulated state-change times in seconds (0: instant, the default)")
     args = parser.parse_args()
     from pathlib import Path
 
-    cloud = LocalCloud(Path(args.state_dir))
+    cloud = LocalCloud(Path(args.state_dir), machines=not args.no_machines)
     try:
         latency = parse_latency(args.latency) if args.latency else None
         if args.action == "up":
             state = cloud.up(args.regions)
             if latency:
                 print(f"latency: {cloud.configure(latency=latency).get('latency')}", file=sys.stderr)
+            where = ("machines on bridge 198.18.0.1 (instances answer SSH on their private addresses)"
+                     if state.machines else f"SSH server 127.0.0.1:{state.ssh_port}")
             print(f"local cloud up: EC2 emulator {cloud.endpoint} (a front before moto at {cloud.moto_endpoint}), "
-                  f"SSH server 127.0.0.1:{state.ssh_port} (state in {cloud.state_dir})", file=sys.stderr)
+                  f"{where} (state in {cloud.state_dir})", file=sys.stderr)
             print(f"load its settings with: eval \"$(python -m localcloud env --state-dir {cloud.state_dir})\"",
                   file=sys.stderr)
         elif args.action == "down":
@@ -37,8 +46,19 @@ def main() -> int:
             return 0 if cloud.running() else 1
         elif args.action == "stats":
             print(json.dumps(cloud.stats(), indent=2))
+        elif args.action == "machines":
+            print(json.dumps(cloud.machines_list(), indent=2))
         elif args.action == "config":
             print(json.dumps(cloud.configure(latency=latency), indent=2))
+        elif args.action == "base":
+            from localcloud.base import BaseError, ensure_base
+
+            try:
+                print(ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True)))
+            except BaseError as exc:
+                raise LocalCloudError(str(exc)) from None
+        elif args.action == "shell":
+            return cloud.shell(args.image, region=args.region)
         else:
             for key, value in cloud.env().items():
                 print(f"export {key}={shlex.quote(value)}")

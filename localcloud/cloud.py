@@ -1,8 +1,17 @@
-"""Start, stop and describe the local cloud. ``python -m localcloud up|down|status|env|stats``.
+"""Start, stop and describe the local cloud. ``python -m localcloud up|down|status|env|stats|shell``.
 
-Three processes, each in a session of its own and all on 127.0.0.1: moto (the AWS emulator), the front before
-it (localcloud/proxy.py: every AWS client goes through it; it counts API calls and can throttle a share of
-them) and one real sshd.
+Processes each in a session of its own and on 127.0.0.1: moto (the AWS emulator, through
+localcloud/moto_server.py so that every VPC is in 198.18.0.0/15) and the front before it (localcloud/proxy.py:
+every AWS client goes through it; it counts API calls and can throttle a share of them).
+
+Two models of the instances:
+
+* ``machines=True`` (the default): every instance is a real, isolated Linux machine made by the front
+  (localcloud/machines.py): network, mount and PID namespaces, an overlay disk on the images' layers, its own
+  sshd on its private address in 198.18.0.0/15, security groups as nftables. Needs root, network namespaces,
+  overlayfs, nftables (and mmdebstrap once, for the origin root filesystem); ``up`` names what is missing.
+* ``machines=False``: instances are moto's records only and one sshd on 127.0.0.1 stands in for all of them
+  (roles run on the host, as the host's user). The Docker Compose profile's model (its own containers).
 """
 
 from __future__ import annotations
@@ -69,12 +78,17 @@ class State:
     moto_port: int = 0
     proxy_pid: int = 0
     host: str = LOOPBACK
+    machines: bool = False
+    #: region -> the builder VPC made at up (machines only)
+    builder_vpcs: dict | None = None
+    blackhole_made: bool = False
 
 
 class LocalCloud:
-    def __init__(self, state_dir: Path = DEFAULT_STATE):
+    def __init__(self, state_dir: Path = DEFAULT_STATE, machines: bool = True):
         self.state_dir = state_dir.resolve()
         self.state_file = self.state_dir / "state.json"
+        self.machines = machines
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -85,8 +99,10 @@ class LocalCloud:
 
     def running(self) -> bool:
         state = self.state()
-        return bool(state) and all(pid > 0 and _alive(pid) for pid in (state.moto_pid, state.proxy_pid,
-                                                                         state.sshd_pid))
+        if state is None:
+            return False
+        pids = (state.moto_pid, state.proxy_pid) + (() if state.machines else (state.sshd_pid,))
+        return all(pid > 0 and _alive(pid) for pid in pids)
 
     @property
     def endpoint(self) -> str:
@@ -138,15 +154,39 @@ class LocalCloud:
         except OSError as exc:
             raise LocalCloudError(f"the local cloud's front at {self.endpoint} does not answer: {exc}") from exc
 
+    def summary(self) -> str:
+        """One line for people: the endpoint, and where builds SSH to."""
+        state = self._require()
+        if state.machines:
+            return (f"EC2 emulator {self.endpoint}, instances are machines on bridge 198.18.0.1 "
+                    "(SSH to their private addresses)")
+        return f"EC2 emulator {self.endpoint}, SSH server 127.0.0.1:{state.ssh_port} (no machines)"
+
+    def machines_list(self) -> dict:
+        """The front's registry: ``{"images": {ami: {"layers": [...]}}, "machines": {instance: {...}}}``."""
+        return self._control("GET", "machines")
+
     def env(self) -> dict[str, str]:
         """The settings that point Airflow (and any AWS client) at this local cloud."""
         state = self._require()
+        region = state.regions.split(",")[0]
         connection = {
             "conn_type": "aws",
             "login": "testing",
             "password": "testing",
-            "extra": {"endpoint_url": self.endpoint, "region_name": state.regions.split(",")[0]},
+            "extra": {"endpoint_url": self.endpoint, "region_name": region},
         }
+        if state.machines:
+            # Builds SSH to the instance's own private address, as on AWS, from the bridge's address.
+            from localcloud.moto_server import BRIDGE_ADDRESS, OWN_VPC_CIDR
+
+            return {
+                "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
+                "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": f"{BRIDGE_ADDRESS}/32",
+                "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": (state.builder_vpcs or {}).get(region, ""),
+                "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR": str(OWN_VPC_CIDR),
+                "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
+            }
         return {
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
             "AIRFLOW__IMAGE_FACTORY__SSH_HOST": LOOPBACK,
@@ -155,6 +195,62 @@ class LocalCloud:
             "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": f"{LOOPBACK}/32",
             "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
         }
+
+    def shell(self, image: str | None = None, region: str | None = None, command: list[str] | None = None,
+              boot_timeout: float = 120) -> int:
+        """Boot an instance of ``image`` through the front with a temporary key pair and a group letting SSH in
+        from this host, open an interactive ssh session in it (or run ``command``), terminate it at the end;
+        returns ssh's exit code."""
+        import tempfile
+
+        import boto3
+
+        state = self._require()
+        if not state.machines:
+            raise LocalCloudError("this local cloud runs without machines (--no-machines): nothing to log in to")
+        region = region or state.regions.split(",")[0]
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106
+                                        region_name=region)
+        ec2 = session.client("ec2", endpoint_url=self.endpoint)
+        if not image:
+            image = session.client("ssm", endpoint_url=self.endpoint).get_parameter(
+                Name="/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")["Parameter"]["Value"]
+        name = f"localcloud-shell-{os.getpid()}-{int(time.time())}"
+        env = self.env()
+        with tempfile.TemporaryDirectory(prefix="localcloud-shell-") as folder:
+            key = Path(folder) / "id_ed25519"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+            ec2.import_key_pair(KeyName=name, PublicKeyMaterial=key.with_suffix(".pub").read_bytes())
+            group = instance_id = None
+            try:
+                vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+                group = ec2.create_security_group(GroupName=name, Description="localcloud shell: SSH from the host",
+                                                  VpcId=vpc)["GroupId"]
+                ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
+                    "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                    "IpRanges": [{"CidrIp": env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"]}]}])
+                instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName=name,
+                                             SecurityGroupIds=[group])["Instances"][0]
+                instance_id, address = instance["InstanceId"], instance["PrivateIpAddress"]
+                print(f"local cloud: {instance_id} of {image} booting at {address}", file=sys.stderr)
+                deadline = time.monotonic() + boot_timeout
+                while ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
+                        "State"]["Name"] != "running":
+                    if time.monotonic() > deadline:
+                        raise LocalCloudError(f"{instance_id} not running after {boot_timeout} s "
+                                              "(python -m localcloud machines shows why)")
+                    time.sleep(0.1)
+                ssh = ["ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                       "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                       *([] if command else ["-t"]), f"ec2-user@{address}", *(command or [])]
+                return subprocess.run(ssh).returncode
+            finally:
+                if instance_id:
+                    ec2.terminate_instances(InstanceIds=[instance_id])
+                    print(f"local cloud: {instance_id} terminated", file=sys.stderr)
+                if group:
+                    ec2.delete_security_group(GroupId=group)
+                ec2.delete_key_pair(KeyName=name)
 
     def _require(self) -> State:
         state = self.state()
@@ -169,56 +265,125 @@ class LocalCloud:
         if self.running():
             return self._require()
         self.down()
-        if not Path(SSHD).exists():
+        base = None
+        if self.machines:
+            base = self._machines_preflight()
+        elif not Path(SSHD).exists():
             raise LocalCloudError(f"{SSHD} is missing: install Debian's openssh-server (make setup does)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ec2_port = ec2_port or free_port()
-        ssh_port = ssh_port or free_port(ec2_port)
+        ssh_port = 0 if self.machines else (ssh_port or free_port(ec2_port))
         moto_port = free_port(ec2_port, ssh_port)
-        moto = self._start_moto(moto_port)
-        started = [(moto.pid, "moto.server")]
+        started: list[tuple[int, str]] = []
+        blackhole_made = False
         try:
-            proxy = self._start_proxy(ec2_port, moto_port)
+            if self.machines:
+                from localcloud import machines
+
+                machines.RUN_DIR.mkdir(parents=True, exist_ok=True)
+                machines.OWNER_FILE.write_text(str(self.state_dir))
+                # The blackhole route first: nothing for 198.18.0.0/15 leaves this host, before any machine.
+                blackhole_made = machines.host_network_up()
+                # Written before anything else can fail: `down` then knows what to remove.
+                self.state_file.write_text(json.dumps(asdict(State(
+                    0, 0, 0, 0, getpass.getuser(), regions, machines=True, blackhole_made=blackhole_made))))
+            moto = self._start_moto(moto_port, regions)
+            started.append((moto.pid, "moto_server"))
+            proxy = self._start_proxy(ec2_port, moto_port, base)
             started.append((proxy.pid, "localcloud.proxy"))
-            # sshd's key lookup stands in for the cloud's own plumbing, not for a client: it asks moto directly,
-            # so it is neither throttled nor counted.
-            sshd = self._start_sshd(ssh_port, moto_port, regions)
-            # moto sets a region up on its first request there (a second or so): do it now, not in the
-            # first build's SSH login (the sshd's key lookup asks every region).
+            sshd_pid = 0
+            if not self.machines:
+                # sshd's key lookup stands in for the cloud's own plumbing, not for a client: it asks moto
+                # directly, so it is neither throttled nor counted.
+                sshd_pid = self._start_sshd(ssh_port, moto_port, regions).pid
+            # moto sets a region up on its first request there (a second or so): do it now, in the order of
+            # `regions` (each region's address block follows from it), not in the first build.
             from localcloud.authorized_keys import public_keys
 
             for region in regions.split(","):
                 public_keys(f"http://{LOOPBACK}:{moto_port}", region)
+            builder_vpcs = self._make_builder_vpcs(moto_port, regions) if self.machines else None
         except BaseException:
             for pid, marker in reversed(started):
                 _terminate(pid, marker)
+            if self.machines:
+                self._machines_down(blackhole_made)
             raise
-        state = State(ec2_port, ssh_port, moto.pid, sshd.pid, getpass.getuser(), regions, moto_port, proxy.pid)
+        state = State(ec2_port, ssh_port, moto.pid, sshd_pid, getpass.getuser(), regions, moto_port, proxy.pid,
+                      machines=self.machines, builder_vpcs=builder_vpcs, blackhole_made=blackhole_made)
         self.state_file.write_text(json.dumps(asdict(state)))
         return state
+
+    def _machines_preflight(self) -> Path:
+        """Root, the commands and the kernel features the machines need, and the origin root filesystem."""
+        from localcloud import base, machines
+
+        missing = machines.missing_features(need_mmdebstrap=not base.is_complete(base.base_dir()))
+        if missing:
+            raise LocalCloudError("the local cloud's machines cannot run here: missing " + "; ".join(missing)
+                                  + ". (LocalCloud(machines=False) is the single-sshd model, which runs roles "
+                                  "on this host: the Docker Compose profile's.)")
+        if machines.OWNER_FILE.exists():
+            other = Path(machines.OWNER_FILE.read_text().strip())
+            if other != self.state_dir and LocalCloud(other).running():
+                raise LocalCloudError(f"another local cloud with machines runs on this host (state in {other}): "
+                                      f"one at a time (`python -m localcloud down --state-dir {other}`)")
+            if other != self.state_dir:  # a dead one's leftovers (its machines, bridge, blackhole route) first
+                LocalCloud(other).down()
+                machines.host_network_down(remove_blackhole=False)
+        try:
+            return base.ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True))
+        except base.BaseError as exc:
+            raise LocalCloudError(str(exc)) from None
+
+    def _make_builder_vpcs(self, moto_port: int, regions: str) -> dict[str, str]:
+        """In each region a VPC of the reserved range for the builds' subnets (made in moto directly)."""
+        from localcloud.machines import Moto
+        from localcloud.moto_server import builder_vpc_cidr
+
+        moto, made = Moto(moto_port), {}
+        for region in regions.split(","):
+            default = moto.query(region, "DescribeVpcs", {"Filter.1.Name": "is-default", "Filter.1.Value.1": "true"})
+            cidr = builder_vpc_cidr(default.find("vpcSet/item/cidrBlock").text)
+            vpc = moto.query(region, "CreateVpc", {
+                "CidrBlock": cidr, "TagSpecification.1.ResourceType": "vpc",
+                "TagSpecification.1.Tag.1.Key": "Name", "TagSpecification.1.Tag.1.Value": "image-factory-builders"})
+            made[region] = vpc.find("vpc/vpcId").text
+        return made
+
+    def _machines_down(self, remove_blackhole: bool) -> None:
+        from localcloud import machines
+
+        machines.teardown(self.state_dir, remove_blackhole)
+        if machines.OWNER_FILE.exists() and machines.OWNER_FILE.read_text().strip() == str(self.state_dir):
+            machines.OWNER_FILE.unlink()
 
     def down(self) -> None:
         state = self.state()
         if state:
             _terminate(state.sshd_pid, "sshd")
             _terminate(state.proxy_pid, "localcloud.proxy")
-            _terminate(state.moto_pid, "moto.server")
+            _terminate(state.moto_pid, "moto_server")
+            if state.machines:
+                self._machines_down(state.blackhole_made)
             self.state_file.unlink()
         shutil.rmtree(self._command_dir(), ignore_errors=True)
 
-    def _start_moto(self, port: int) -> subprocess.Popen:
+    def _start_moto(self, port: int, regions: str) -> subprocess.Popen:
         log = self.state_dir / "moto.log"
         # moto listens on every address unless told otherwise: keep the emulator on loopback.
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "localcloud.moto_server", "--regions", regions,
+                                    "-H", LOOPBACK, "-p", str(port)], cwd=PROJECT,
                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for_port(port, process, log)
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/moto-api/", timeout=10).close()
         return process
 
-    def _start_proxy(self, port: int, moto_port: int) -> subprocess.Popen:
+    def _start_proxy(self, port: int, moto_port: int, base: Path | None) -> subprocess.Popen:
         log = self.state_dir / "proxy.log"
         process = subprocess.Popen([sys.executable, "-m", "localcloud.proxy", "--listen-port", str(port),
-                                    "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir)],
+                                    "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir),
+                                    *(["--machines", str(base)] if base else [])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
         _wait_for_port(port, process, log)

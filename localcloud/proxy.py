@@ -47,7 +47,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 from xml.sax.saxutils import escape
 
 LOOPBACK = "127.0.0.1"
@@ -207,12 +207,14 @@ class Stats:
             while len(self.changes) > MAX_REMEMBERED:
                 del self.changes[next(iter(self.changes))]
 
-    def delayed(self, body: bytes) -> bytes:
-        """A describe answer with the states whose emulated change time has not yet passed put back."""
+    def delayed(self, body: bytes, booting: set[str] = frozenset()) -> bytes:
+        """A describe answer with the states whose emulated change time has not yet passed put back; the
+        instances in ``booting`` (machines whose sshd does not answer yet) show pending too."""
         now = time.monotonic()
         with self.lock:
             pending = {resource_id: kind for resource_id, (kind, at, _) in self.changes.items()
                        if now - at < self.latency[kind]}
+        pending.update(dict.fromkeys(booting, "instance_running"))
         if not pending or not any(resource_id.encode() in body for resource_id in pending):
             return body
         try:
@@ -400,10 +402,17 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.drop_upstream()
         service, _, action = (name or "").partition(":")
         if service == "ec2" and response.status == 200:
+            machines = self.server.machines
             if action in LATENCY_STARTS:
                 self.server.stats.remember_change(action, response.body)
             elif action in LATENCY_DESCRIBES:
-                response.body = self.server.stats.delayed(response.body)
+                booting = machines.not_ready() if machines is not None and action != "DescribeImages" else set()
+                response.body = self.server.stats.delayed(response.body, booting)
+            if machines is not None and action in MACHINE_ACTIONS:
+                try:  # before the answer is relayed: a stop, a rule change has happened when the client hears
+                    machine_call(machines, action, _region(self.headers), body, response.body)
+                except Exception as exc:
+                    self.log_message("machines: %s failed: %r", action, exc)
         self.relay(response)
         return response
 
@@ -463,6 +472,9 @@ class FrontHandler(BaseHTTPRequestHandler):
         stats = self.server.stats
         if name == "stats" and self.command == "GET":
             self.reply_json(200, stats.snapshot())
+        elif name == "machines" and self.command == "GET":
+            machines = self.server.machines
+            self.reply_json(200, machines.snapshot() if machines is not None else {"images": {}, "machines": {}})
         elif name == "reset" and self.command == "POST":
             stats.reset()
             self.reply_json(200, stats.snapshot())
@@ -480,7 +492,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.reply_json(200, stats.config())
         else:
             self.reply_json(404, {"error": f"no {self.command} {CONTROL_PREFIX}{name}; there are GET stats, "
-                                           "POST reset, GET/POST config"})
+                                           "POST reset, GET/POST config, GET machines"})
 
     def reply_json(self, status: int, document: dict) -> None:
         self.reply(status, [("Content-Type", "application/json")], json.dumps(document).encode() + b"\n")
@@ -488,6 +500,39 @@ class FrontHandler(BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-") -> None:
         if self.server.verbose:
             super().log_request(code, size)
+
+
+MACHINE_ACTIONS = frozenset({
+    "RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "CreateImage", "DeregisterImage",
+    "DeleteSnapshot", "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress",
+    "RevokeSecurityGroupEgress", "ModifyInstanceAttribute", "ModifySecurityGroupRules"})
+
+
+def machine_call(machines, action: str, region: str, body: bytes, answer: bytes) -> None:
+    """What a call moto answered does to the machines (localcloud/machines.py)."""
+    params = parse_qs(body.decode("utf-8", errors="replace"))
+    instance_ids = [values[0] for key, values in sorted(params.items()) if re.fullmatch(r"InstanceId\.\d+", key)]
+    if action == "RunInstances":
+        machines.ran(region, answer)
+    elif action == "StartInstances":
+        machines.started(region, instance_ids)
+    elif action == "StopInstances":
+        machines.stopped(instance_ids)
+    elif action == "TerminateInstances":
+        machines.terminated(instance_ids)
+    elif action == "CreateImage":
+        made = RESOURCE_ID.search(answer)
+        if made and params.get("InstanceId"):
+            machines.image_created(region, params["InstanceId"][0], made.group(2).decode())
+    elif action in ("DeregisterImage", "DeleteSnapshot"):
+        if params.get("ImageId"):
+            machines.image_deregistered(params["ImageId"][0])
+        else:
+            machines.collect_layers()
+    elif action == "ModifyInstanceAttribute" and params.get("InstanceId"):
+        machines.instance_groups_changed(region, params["InstanceId"][0])
+    else:
+        machines.groups_changed(region)
 
 
 def _connection_tokens(headers) -> set[str]:
@@ -499,11 +544,12 @@ def _connection_tokens(headers) -> set[str]:
 class FrontServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, upstream_port: int, verbose: bool = False):
+    def __init__(self, port: int, upstream_port: int, verbose: bool = False, machines=None):
         super().__init__((LOOPBACK, port), FrontHandler)
         self.upstream_port = upstream_port
         self.stats = Stats()
         self.verbose = verbose
+        self.machines = machines  # localcloud.machines.Machines, or None: instances are records only
 
 
 def main() -> int:
@@ -512,8 +558,17 @@ def main() -> int:
     parser.add_argument("--upstream-port", type=int, required=True, help="moto's port on 127.0.0.1")
     parser.add_argument("--state-dir", help="the local cloud's state directory (informational)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--machines", metavar="BASE", help="make a real machine of every instance, booting "
+                        "images from this origin root filesystem (localcloud/machines.py; needs root)")
     args = parser.parse_args()
-    server = FrontServer(args.listen_port, args.upstream_port, args.verbose)
+    machines = None
+    if args.machines:
+        from pathlib import Path
+
+        from localcloud.machines import Machines, Moto
+
+        machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port))
+    server = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines)
     print(f"local cloud front on {LOOPBACK}:{server.server_address[1]} -> moto on {LOOPBACK}:{args.upstream_port}",
           file=sys.stderr, flush=True)
     try:

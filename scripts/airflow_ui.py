@@ -56,7 +56,7 @@ def main() -> int:
             say("airflow-ui: starting the local cloud")
             cloud.up()
             started_cloud = True
-        say(f"airflow-ui: EC2 emulator {cloud.endpoint}, SSH server 127.0.0.1:{cloud.state().ssh_port}")
+        say(f"airflow-ui: {cloud.summary()}")
         say(f"airflow-ui: migrating the database and starting Airflow in {stack.home} ...")
         stack.start()
         stack.wait_until_healthy(timeout=300)

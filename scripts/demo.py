@@ -67,8 +67,8 @@ def main() -> int:
 
     cloud = LocalCloud()
     started_cloud = not cloud.running()
-    state = cloud.up()
-    print(f"local cloud: EC2 emulator {cloud.endpoint}, SSH server 127.0.0.1:{state.ssh_port}")
+    cloud.up()
+    print(f"local cloud: {cloud.summary()}")
     try:
         env = airflow_env(cloud, PROJECT / ".airflow")
         print("airflow: preparing the metadata database (.airflow/)", flush=True)

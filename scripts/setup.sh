@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Image Factory needs on a fresh Debian machine with Python 3.11:
-# Debian's OpenSSH server (the local cloud's instance), Debian's Chromium (the browser test) and a virtualenv
-# with the pinned requirements.
+# Debian's OpenSSH server, iproute2, nftables and mmdebstrap (the local cloud's machines), Debian's Chromium (the
+# browser test) and a virtualenv with the pinned requirements; as root, also the machines' origin root filesystem
+# (once, cached in /var/cache/image-factory/local-cloud).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -12,6 +13,12 @@ command -v ssh-keygen >/dev/null || packages+=(openssh-client)
 command -v make >/dev/null || packages+=(make)
 # Headless Chromium for the browser test (tests/test_browser.py drives it with Playwright: no browser download).
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+# The local cloud's machines (localcloud/machines.py): namespaces and veths, nftables security groups, and the
+# origin root filesystem made by mmdebstrap (localcloud/base.py).
+command -v ip >/dev/null || packages+=(iproute2)
+command -v nft >/dev/null || packages+=(nftables)
+command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+command -v unshare >/dev/null || packages+=(util-linux)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -27,4 +34,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
   "$PYTHON" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$wanted" > "$stamp"
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  .venv/bin/python -m localcloud base
 fi

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local cloud (moto + a real sshd on 127.0.0.1) and one Airflow home per test session."""
+"""Shared fixtures: one local cloud (moto and its front on 127.0.0.1; its instances real machines, see
+localcloud/machines.py) and one Airflow home per test session."""
 
 from __future__ import annotations
 

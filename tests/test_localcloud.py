@@ -1,8 +1,10 @@
-"""The local cloud's front (localcloud/proxy.py): forwarding to moto, call counts, throttling, loopback only."""
+"""The local cloud's front (localcloud/proxy.py): forwarding to moto, call counts, throttling, loopback only; the
+addresses of both models (the machines of tests/test_machines.py, and the single sshd)."""
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import subprocess
 import uuid
 from pathlib import Path
@@ -13,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from localcloud.authorized_keys import BUILD_TAG
-from localcloud.cloud import LocalCloudError
+from localcloud.cloud import LocalCloud, LocalCloudError
 from localcloud.proxy import call_name
 
 REGION = "eu-west-1"
@@ -229,18 +231,66 @@ def test_an_image_name_in_use_is_refused_as_aws_refuses_it(local_cloud, ec2):
     assert again != made
 
 
-def test_everything_listens_on_127_0_0_1_only(local_cloud):
-    state = local_cloud.state()
+@pytest.fixture(scope="module")
+def single_sshd_cloud(tmp_path_factory):
+    """The model without machines (``machines=False``): one sshd on 127.0.0.1 for every instance."""
+    cloud = LocalCloud(tmp_path_factory.mktemp("single-sshd") / "cloud", machines=False)
+    try:
+        cloud.up()
+        yield cloud
+    finally:
+        cloud.down()
+
+
+@pytest.mark.parametrize("model", ["machines", "single-sshd"])
+def test_everything_listens_on_127_0_0_1_only(request, model):
+    cloud = request.getfixturevalue("local_cloud" if model == "machines" else "single_sshd_cloud")
+    state = cloud.state()
     assert state.host == "127.0.0.1"
-    assert local_cloud.endpoint == f"http://127.0.0.1:{state.ec2_port}"
-    assert local_cloud.moto_endpoint == f"http://127.0.0.1:{state.moto_port}"
-    assert len({state.ec2_port, state.moto_port, state.ssh_port}) == 3
-    for port in (state.ec2_port, state.moto_port, state.ssh_port):
+    assert cloud.endpoint == f"http://127.0.0.1:{state.ec2_port}"
+    assert cloud.moto_endpoint == f"http://127.0.0.1:{state.moto_port}"
+    ports = [state.ec2_port, state.moto_port] + ([] if state.machines else [state.ssh_port])
+    assert state.machines == (model == "machines") and len(set(ports)) == len(ports)
+    for port in ports:
         assert listening_addresses(port) == {"0100007F"}, port  # 127.0.0.1, little-endian hex; no IPv6 socket
-    assert local_cloud.running()
+    assert cloud.running()
 
 
-def test_sshd_trusts_only_registered_build_keys_and_asks_moto_directly(local_cloud, tmp_path):
+def test_single_sshd_env_points_builds_at_the_one_sshd(single_sshd_cloud):
+    env = single_sshd_cloud.env()
+    assert env["AIRFLOW__IMAGE_FACTORY__SSH_HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__IMAGE_FACTORY__SSH_PORT"] == str(single_sshd_cloud.state().ssh_port)
+    assert env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"] == "127.0.0.1/32"
+
+
+def test_machines_env_sends_builds_to_the_instances_own_addresses(local_cloud, ec2):
+    env = local_cloud.env()
+    assert not {"AIRFLOW__IMAGE_FACTORY__SSH_HOST", "AIRFLOW__IMAGE_FACTORY__SSH_PORT",
+                "AIRFLOW__IMAGE_FACTORY__SSH_USERNAME"} & set(env)
+    assert env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"] == "198.18.0.1/32"
+    reserved = ipaddress.ip_network("198.18.0.0/15")
+    assert ipaddress.ip_network(env["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR"]).subnet_of(reserved)
+    builder = ec2.describe_vpcs(VpcIds=[env["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID"]])["Vpcs"][0]
+    assert ipaddress.ip_network(builder["CidrBlock"]).subnet_of(reserved)
+    # Every VPC and subnet of every region, the default VPC's included, is in the reserved range, and the
+    # regions' ranges do not overlap.
+    ranges = []
+    for region in local_cloud.state().regions.split(","):
+        regional = boto3.client("ec2", endpoint_url=local_cloud.endpoint, region_name=region,
+                                aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106
+        vpcs = regional.describe_vpcs()["Vpcs"]
+        assert any(v["IsDefault"] for v in vpcs)
+        for block in [v["CidrBlock"] for v in vpcs] + [s["CidrBlock"] for s in regional.describe_subnets()["Subnets"]]:
+            assert ipaddress.ip_network(block).subnet_of(reserved), (region, block)
+        ranges.append({region: [ipaddress.ip_network(v["CidrBlock"]) for v in vpcs
+                                if v["IsDefault"] or v["VpcId"] == local_cloud.state().builder_vpcs[region]]})
+    flat = [(region, network) for item in ranges for region, networks in item.items() for network in networks]
+    for region, network in flat:
+        assert not any(network.overlaps(other) for r, other in flat if r != region), (region, network)
+
+
+def test_sshd_trusts_only_registered_build_keys_and_asks_moto_directly(single_sshd_cloud, tmp_path):
+    local_cloud = single_sshd_cloud
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     state = local_cloud.state()

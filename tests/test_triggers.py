@@ -204,14 +204,35 @@ def test_the_next_wait_polls_on_its_own_interval(local_cloud, ec2, ssm, aws_conn
     assert 2 <= calls["ec2:DescribeImages"] <= 2 / 1 + 1  # the image: every second, not every 0.25 s
 
 
-def test_ssh_ready_reads_the_servers_banner(local_cloud):
-    port = local_cloud.state().ssh_port
-    trigger = SshReadyTrigger(LOOPBACK, port, timeout=30, delay=0.5)
-    # Stored in the database as it is: an address, never a key.
-    assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started"}
-    event = first_event(trigger)
+@contextlib.contextmanager
+def ssh_server(local_cloud, ec2):
+    """(address, port) of a real sshd: a machine's on its private address (single-sshd model: the one sshd)."""
+    state = local_cloud.state()
+    if not state.machines:
+        yield LOOPBACK, state.ssh_port
+        return
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName=f"ssh-ready-{time.time_ns()}", Description="ssh", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
+        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+        "IpRanges": [{"CidrIp": local_cloud.env()["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"]}]}])
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SecurityGroupIds=[group])["Instances"][0]
+    try:
+        yield instance["PrivateIpAddress"], 22  # its sshd may not answer yet: the trigger waits
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        ec2.delete_security_group(GroupId=group)
+
+
+def test_ssh_ready_reads_the_servers_banner(local_cloud, ec2):
+    with ssh_server(local_cloud, ec2) as (host, port):
+        trigger = SshReadyTrigger(host, port, timeout=30, delay=0.5)
+        # Stored in the database as it is: an address, never a key.
+        assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started"}
+        event = first_event(trigger)
     assert event.payload["status"] == "success"
-    assert event.payload["waiter_args"] == {"address": [f"{LOOPBACK}:{port}"]}
+    assert event.payload["waiter_args"] == {"address": [f"{host}:{port}"]}
 
 
 def test_ssh_ready_times_out_when_nothing_answers():

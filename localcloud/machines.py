@@ -1,0 +1,754 @@
+"""The local cloud's instances as real Linux machines, its images as real disks.
+
+The front (localcloud/proxy.py) calls :class:`Machines` for the EC2 calls that change a machine, once moto
+has answered them:
+
+* RunInstances, StartInstances: a machine boots, asynchronously. It is a network namespace ``lc-<instance>``
+  holding exactly the private address moto gave the instance (a veth pair onto the host bridge ``lcbr0``,
+  whose address 198.18.0.1 is the provisioner's), a mount namespace whose root is an overlay (lower: the
+  image's layers, then the origin root filesystem of localcloud/base.py; upper: the instance's own disk in
+  the state directory), PID, UTS and IPC namespaces of its own, and its own sshd on the instance's
+  address, port 22. The key pair's public key goes into ec2-user's authorized_keys at boot, as cloud-init
+  does. The front shows the instance ``pending`` until that sshd answers.
+* StopInstances: every process of the machine is killed (by PID, checked until none is left), its network
+  namespace removed; the disk stays. TerminateInstances: also the disk.
+* CreateImage: the instance's upper directory becomes a read-only layer; the image is its origin's layers
+  plus that one. DeregisterImage, DeleteSnapshot: layers no image and no instance uses are removed.
+* Authorize/RevokeSecurityGroupIngress/Egress, ModifyInstanceAttribute: the nftables rulesets of the region's
+  machines are built again from moto's security groups (asked directly, not through the counted front).
+
+Every address is inside 198.18.0.0/15; the host keeps a blackhole route for that range, routes the VPC
+ranges onto the bridge only, and forwards nothing (a machine has no default route: it reaches the bridge
+and the other machines, nothing else). The registry (``machines.json`` in the state directory) maps images
+to layers and instances to machines, so that ``down`` can remove everything even without the front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from localcloud.moto_server import BRIDGE_ADDRESS, HOST_BLOCK, PUBLIC, RESERVED
+
+BRIDGE = "lcbr0"
+NETNS_PREFIX = "lc-"
+VETH_PREFIX = "lch"
+RUN_DIR = Path("/run/image-factory-local-cloud")
+OWNER_FILE = RUN_DIR / "machines.owner"
+HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
+BOOT_TIMEOUT = 120
+USER = "ec2-user"
+MACHINE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class MachinesError(Exception):
+    pass
+
+
+def run(*command: str, check: bool = True, input: str | None = None, timeout: float = 60
+        ) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise MachinesError(f"{shlex.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+# --- what the host must have ---------------------------------------------------------------------------
+
+def missing_features(need_mmdebstrap: bool) -> list[str]:
+    """What this host lacks for machines: rights, binaries (looked up on PATH) and kernel features."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root rights (the machines need network and mount namespaces, overlay mounts, nftables)")
+    binaries = [*HOST_BINARIES, *(("mmdebstrap",) if need_mmdebstrap else ())]
+    packages = {"ip": "iproute2", "nft": "nftables", "unshare": "util-linux", "mount": "mount",
+                "chroot": "coreutils", "ssh-keygen": "openssh-client", "mmdebstrap": "mmdebstrap"}
+    for binary in binaries:
+        if shutil.which(binary) is None:
+            missing.append(f"the command {binary} (Debian's {packages[binary]}; `make setup` installs it)")
+    if missing:
+        return missing  # the kernel probes below need those
+    if not Path("/proc/self/ns/net").exists():
+        missing.append("network namespaces (no /proc/self/ns/net)")
+    filesystems = Path("/proc/filesystems").read_text()
+    if "overlay" not in filesystems:
+        subprocess.run(["modprobe", "overlay"], capture_output=True)
+        if "overlay" not in Path("/proc/filesystems").read_text():
+            missing.append("the overlay filesystem (not in /proc/filesystems; modprobe overlay failed)")
+    if missing:
+        return missing
+    probe = f"{NETNS_PREFIX}probe-{os.getpid()}"
+    scratch = Path(f"/tmp/lc-probe-{os.getpid()}")
+    try:
+        if run("ip", "netns", "add", probe, check=False).returncode != 0:
+            missing.append("network namespaces (`ip netns add` failed)")
+            return missing
+        nft = run("ip", "netns", "exec", probe, "nft", "add table inet localcloud_probe", check=False)
+        if nft.returncode != 0:
+            missing.append(f"nftables in a network namespace (`nft add table` failed: {nft.stderr.strip()})")
+        for name in ("lower", "upper", "work", "root"):
+            (scratch / name).mkdir(parents=True, exist_ok=True)
+        mount = run("unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--", "mount", "-t", "overlay",
+                    "overlay", "-o", f"lowerdir={scratch}/lower,upperdir={scratch}/upper,workdir={scratch}/work",
+                    str(scratch / "root"), check=False)
+        if mount.returncode != 0:
+            missing.append(f"overlay mounts in a mount namespace ({mount.stderr.strip()})")
+    finally:
+        run("ip", "netns", "del", probe, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return missing
+
+
+# --- the host's side of the network ------------------------------------------------------------------
+
+def host_network_up() -> bool:
+    """The blackhole route for 198.18.0.0/15 (first), the bridge with the host's address; True when the
+    blackhole route was made here (``down`` removes only that one)."""
+    exists = run("ip", "route", "show", "exact", str(RESERVED), "type", "blackhole").stdout.strip()
+    if not exists:
+        run("ip", "route", "add", "blackhole", str(RESERVED))
+    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        run("ip", "link", "add", BRIDGE, "type", "bridge")
+    disable_ipv6 = Path(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6")
+    if disable_ipv6.exists():
+        disable_ipv6.write_text("1\n")
+    run("ip", "addr", "replace", f"{BRIDGE_ADDRESS}/32", "dev", BRIDGE)
+    run("ip", "link", "set", BRIDGE, "up")
+    for network in (HOST_BLOCK, PUBLIC):
+        run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
+    return not exists
+
+
+def route_vpc(cidr: str) -> None:
+    network = ipaddress.ip_network(cidr)
+    if not network.subnet_of(RESERVED):
+        raise MachinesError(f"VPC range {cidr} is outside {RESERVED}: the local cloud's machines live only there")
+    run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
+
+
+def host_network_down(remove_blackhole: bool, pid_namespaces: tuple[int, ...] = ()) -> None:
+    for pid_inode in pid_namespaces:
+        kill_namespace_processes("", pid_inode)
+    for name in run("ip", "netns", "list", check=False).stdout.split("\n"):
+        name = name.split(" ")[0]
+        if name.startswith(NETNS_PREFIX):
+            kill_namespace_processes(name)
+            run("ip", "netns", "del", name, check=False)
+    for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if name.startswith(VETH_PREFIX) or name == BRIDGE:
+            run("ip", "link", "del", name, check=False)
+    if remove_blackhole:
+        run("ip", "route", "del", "blackhole", str(RESERVED), check=False)
+
+
+# --- processes of a machine --------------------------------------------------------------------------
+
+def _namespace_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[int]:
+    """Every process in the network namespace ``net_inode`` or the PID namespace ``pid_inode``."""
+    wanted = {f"net:[{net_inode}]" if net_inode else None, f"pid:[{pid_inode}]" if pid_inode else None} - {None}
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:  # a zombie has ended already (its parent has yet to reap it)
+            if Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                continue
+        except (OSError, IndexError):
+            continue
+        for kind in ("net", "pid"):
+            try:
+                if os.readlink(f"/proc/{entry.name}/ns/{kind}") in wanted:
+                    pids.append(int(entry.name))
+                    break
+            except OSError:
+                pass
+    return pids
+
+
+def kill_namespace_processes(netns: str, pid_inode: int | None = None, timeout: float = 10) -> None:
+    """SIGKILL every process of the machine, by PID, until none is left (a PID namespace's init may outlive a
+    SIGTERM, and its outer ``unshare`` then waits for ever)."""
+    net_inode = _namespace_inode(f"/run/netns/{netns}") if netns else None
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = namespace_pids(net_inode, pid_inode)
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            raise MachinesError(f"processes {pids} of machine {netns} survive SIGKILL")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+# --- moto, asked directly (neither counted nor throttled) --------------------------------------------
+
+class Moto:
+    def __init__(self, port: int):
+        self.port = port
+
+    def query(self, region: str, action: str, params: dict[str, str] | None = None) -> ET.Element:
+        from urllib.parse import urlencode
+
+        body = urlencode({"Action": action, "Version": "2016-11-15", **(params or {})}).encode()
+        request = (f"POST / HTTP/1.0\r\nHost: 127.0.0.1:{self.port}\r\n"
+                   "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
+                   f"Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, "
+                   "SignedHeaders=host, Signature=0\r\n"
+                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as connection:
+            connection.sendall(request)
+            chunks = []
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+        if head.split(b" ")[1:2] != [b"200"]:
+            raise MachinesError(f"{action} in {region}: moto answered {payload[:300].decode(errors='replace')}")
+        return strip_namespace(ET.fromstring(payload))  # noqa: S314 moto's own answer, on loopback
+
+
+def strip_namespace(root: ET.Element) -> ET.Element:
+    for element in root.iter():
+        if element.tag.startswith("{"):
+            element.tag = element.tag.split("}", 1)[1]
+    return root
+
+
+def instances_of(root: ET.Element) -> list[dict]:
+    """The instances of a RunInstances or DescribeInstances answer (namespace stripped)."""
+    found = []
+    for item in root.iter("item"):
+        instance_id = item.findtext("instanceId")
+        if not instance_id or item.find("imageId") is None:
+            continue
+        found.append({
+            "id": instance_id, "image": item.findtext("imageId"), "ip": item.findtext("privateIpAddress"),
+            "public_ip": item.findtext("ipAddress") or "",
+            "key_name": item.findtext("keyName") or "", "vpc": item.findtext("vpcId") or "",
+            "subnet": item.findtext("subnetId") or "",
+            # An instance launched with NetworkInterfaces has its groups on the interfaces only.
+            "groups": list(dict.fromkeys(
+                g.findtext("groupId") for g in [*item.findall("groupSet/item"),
+                                                *item.findall("networkInterfaceSet/item/groupSet/item")]
+                if g.findtext("groupId"))),
+        })
+    return found
+
+
+# --- security groups as nftables ------------------------------------------------------------------------
+
+PROTOCOLS = {"6": "tcp", "17": "udp", "1": "icmp", "tcp": "tcp", "udp": "udp", "icmp": "icmp"}
+
+
+def _rule(permission: ET.Element, direction: str, members) -> list[str]:
+    """nft rules of one IpPermission: ``direction`` is ``saddr`` (ingress) or ``daddr`` (egress)."""
+    protocol = (permission.findtext("ipProtocol") or "-1").lower()
+    sources = [r.findtext("cidrIp") for r in permission.findall("ipRanges/item") if r.findtext("cidrIp")]
+    for pair in permission.findall("groups/item"):
+        sources += [f"{ip}/32" for ip in members(pair.findtext("groupId"))]
+    if not sources:
+        return []
+    if "0.0.0.0/0" in sources:
+        address = "meta nfproto ipv4"
+    else:
+        address = f"ip {direction} {{ {', '.join(sorted(set(sources)))} }}"
+    name = PROTOCOLS.get(protocol)
+    if protocol in ("-1", "all"):
+        return [f"{address} accept"]
+    if name is None:
+        return [f"{address} meta l4proto {int(protocol)} accept"]
+    low, high = permission.findtext("fromPort"), permission.findtext("toPort")
+    if name == "icmp":
+        if low in (None, "-1"):
+            return [f"{address} meta l4proto icmp accept"]
+        return [f"{address} icmp type {int(low)} accept"]
+    if low in (None, "-1") or (low == "0" and high == "65535"):
+        return [f"{address} meta l4proto {name} accept"]
+    ports = low if low == high or high is None else f"{low}-{high}"
+    return [f"{address} {name} dport {ports} accept"]
+
+
+def ruleset(groups: list[ET.Element], members) -> str:
+    """The nftables ruleset of a machine in ``groups`` (DescribeSecurityGroups items)."""
+    ingress, egress = [], []
+    for group in groups:
+        for permission in group.findall("ipPermissions/item"):
+            ingress += _rule(permission, "saddr", members)
+        for permission in group.findall("ipPermissionsEgress/item"):
+            egress += _rule(permission, "daddr", members)
+    lines = ["table inet localcloud", "delete table inet localcloud", "table inet localcloud {",
+             "  chain input {", "    type filter hook input priority 0; policy drop;",
+             "    ct state established,related accept", "    iif lo accept",
+             *[f"    {rule}" for rule in ingress], "  }",
+             "  chain output {", "    type filter hook output priority 0; policy drop;",
+             "    ct state established,related accept", "    oif lo accept",
+             *[f"    {rule}" for rule in egress], "  }", "}", ""]
+    return "\n".join(lines)
+
+
+# --- the machines ----------------------------------------------------------------------------------------
+
+def netns_name(instance_id: str) -> str:
+    return f"{NETNS_PREFIX}{instance_id}"
+
+
+def veth_name(instance_id: str) -> str:
+    return VETH_PREFIX + hashlib.sha256(instance_id.encode()).hexdigest()[:10]
+
+
+BOOT_SCRIPT = r"""
+set -eu
+R={root}
+mount -t overlay overlay -o {overlay} "$R"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+mount -t tmpfs -o mode=0755,nosuid,size=64m run "$R/run"
+mount -t tmpfs -o mode=0755,nosuid,size=1m dev "$R/dev"
+for node in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0; do
+  IFS=: read -r name major minor <<EOF
+$node
+EOF
+  mknod -m 0666 "$R/dev/$name" c "$major" "$minor"
+done
+mkdir -p "$R/dev/pts" "$R/dev/shm" "$R/run/sshd" "$R/run/localcloud"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$R/dev/pts"
+mount -t tmpfs -o mode=1777,nosuid,nodev,size=64m shm "$R/dev/shm"
+ln -s pts/ptmx "$R/dev/ptmx"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
+chmod 0755 "$R/run/sshd" "$R/run/localcloud"
+cp {host_key} "$R/run/localcloud/ssh_host_ed25519_key"
+chmod 0600 "$R/run/localcloud/ssh_host_ed25519_key"
+cp {sshd_config} "$R/run/localcloud/sshd_config"
+cp {authorized_keys} "$R/run/localcloud/authorized_keys"
+hostname {hostname}
+echo {hostname} > "$R/etc/hostname"
+printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
+# As cloud-init does: the key pair's public key is ec2-user's.
+chroot "$R" /bin/sh -c 'install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh &&
+  install -m 0600 -o {user} -g {user} /run/localcloud/authorized_keys /home/{user}/.ssh/authorized_keys'
+echo "localcloud: booted {instance_id}, sshd on {ip}:22"
+exec chroot "$R" /usr/sbin/sshd -D -e -f /run/localcloud/sshd_config
+"""
+
+SSHD_CONFIG = """\
+ListenAddress {ip}:22
+HostKey /run/localcloud/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UsePAM no
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+MaxStartups 100
+LogLevel INFO
+"""
+
+PROBE = """
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        with socket.create_connection((sys.argv[1], 22), timeout=2) as s:
+            s.settimeout(5)
+            if s.recv(64).startswith(b"SSH-"):
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.02)
+sys.exit(1)
+"""
+
+
+class Machines:
+    """The machines and image layers of one local cloud (used by its front, one process)."""
+
+    def __init__(self, state_dir: Path, base: Path, moto: Moto, log=None):
+        self.state_dir = state_dir
+        self.base = base
+        self.moto = moto
+        self.registry_file = state_dir / "machines.json"
+        self.layers_dir = state_dir / "layers"
+        self.disks_dir = state_dir / "machines"
+        self.lock = threading.RLock()
+        self.boots = threading.Semaphore(2)  # two cores: boots beyond that only wait for each other
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.machine_locks: dict[str, threading.Lock] = {}
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.registry = self._load()
+
+    # --- registry ------------------------------------------------------------------------------------
+
+    def machine_lock(self, instance_id: str) -> threading.Lock:
+        """Serializes making, ending and imaging one machine."""
+        with self.lock:
+            return self.machine_locks.setdefault(instance_id, threading.Lock())
+
+    def _load(self) -> dict:
+        if self.registry_file.exists():
+            return json.loads(self.registry_file.read_text())
+        return {"images": {}, "machines": {}}
+
+    def _save(self) -> None:
+        with self.lock:
+            temporary = self.registry_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.registry, indent=1, sort_keys=True))
+            temporary.replace(self.registry_file)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return json.loads(json.dumps(self.registry))
+
+    def not_ready(self) -> set[str]:
+        """Instances moto shows running whose machine does not answer SSH yet (or failed to boot)."""
+        with self.lock:
+            return {iid for iid, m in self.registry["machines"].items() if m["state"] in ("booting", "failed")}
+
+    # --- EC2 calls ----------------------------------------------------------------------------------
+
+    def ran(self, region: str, answer: bytes) -> None:
+        """RunInstances answered: make a machine of each instance and boot it."""
+        for instance in instances_of(strip_namespace(ET.fromstring(answer))):  # noqa: S314 moto's answer
+            with self.lock:
+                image = self.registry["images"].get(instance["image"], {})
+                self.registry["machines"][instance["id"]] = {
+                    **instance, "region": region, "layers": list(image.get("layers", [])), "state": "booting",
+                    "boots": 0}
+                self._save()
+            self._boot_async(instance["id"])
+
+    def started(self, region: str, instance_ids: list[str]) -> None:
+        for instance_id in instance_ids:
+            with self.lock:
+                machine = self.registry["machines"].get(instance_id)
+                if machine is not None and machine["state"] in ("booting", "running"):
+                    continue
+                if machine is None:  # made before this front: describe it
+                    described = instances_of(self.moto.query(region, "DescribeInstances",
+                                                             {"InstanceId.1": instance_id}))
+                    if not described:
+                        continue
+                    image = self.registry["images"].get(described[0]["image"], {})
+                    machine = {**described[0], "region": region, "layers": list(image.get("layers", [])),
+                               "boots": 0}
+                    self.registry["machines"][instance_id] = machine
+                machine["state"] = "booting"
+                self._save()
+            self._boot_async(instance_id)
+
+    def stopped(self, instance_ids: list[str]) -> None:
+        for instance_id in instance_ids:
+            with self.lock:
+                machine = self.registry["machines"].get(instance_id)
+                if machine is None or machine["state"] == "stopped":
+                    continue
+                machine["state"] = "stopping"
+                self._save()
+            with self.machine_lock(instance_id):
+                self._halt(instance_id)
+            with self.lock:
+                machine["state"] = "stopped"
+                self._save()
+
+    def terminated(self, instance_ids: list[str]) -> None:
+        for instance_id in instance_ids:
+            with self.lock:
+                machine = self.registry["machines"].get(instance_id)
+            if machine is None:
+                continue
+            with self.lock:
+                machine["state"] = "terminating"
+                self._save()
+            with self.machine_lock(instance_id):
+                self._halt(instance_id)
+                shutil.rmtree(self.disks_dir / instance_id, ignore_errors=True)
+                with self.lock:
+                    self.registry["machines"].pop(instance_id, None)
+                    self.machine_locks.pop(instance_id, None)
+                    self._save()
+            self.collect_layers()
+
+    def image_created(self, region: str, instance_id: str, image_id: str) -> None:
+        """The instance's upper directory frozen as a new layer; the image = its origin's layers + it."""
+        with self.machine_lock(instance_id), self.lock:
+            machine = self.registry["machines"].get(instance_id)
+            if machine is None:
+                return
+            layer = f"{image_id}-{uuid.uuid4().hex[:8]}"
+            upper = self.disks_dir / instance_id / "upper"
+            target = self.layers_dir / layer
+            self.layers_dir.mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            if machine["state"] == "stopped" or not upper.exists():
+                # A stopped disk is frozen as it is: the layer is the old upper directory, the instance's disk
+                # goes on as that layer plus a fresh upper one (the same files, no copy).
+                if upper.exists():
+                    upper.rename(target)
+                else:
+                    target.mkdir()
+                upper.mkdir(parents=True, exist_ok=True)
+                machine["layers"] = [layer, *machine["layers"]]
+                layers = list(machine["layers"])
+            else:  # running: a copy (AWS would reboot it first; this one is not)
+                run("cp", "-a", "--reflink=auto", str(upper), str(target), timeout=1800)
+                layers = [layer, *machine["layers"]]
+            self.registry["images"][image_id] = {"layers": layers, "region": region, "from": instance_id,
+                                                 "seconds": round(time.monotonic() - started, 3)}
+            self._save()
+        self.log(f"localcloud machines: image {image_id} of {instance_id}: layers {layers}")
+
+    def image_deregistered(self, image_id: str) -> None:
+        with self.lock:
+            self.registry["images"].pop(image_id, None)
+            self._save()
+        self.collect_layers()
+
+    def groups_changed(self, region: str) -> None:
+        """A security group of the region changed: every live machine's ruleset is built again, at once."""
+        with self.lock:
+            live = [iid for iid, m in self.registry["machines"].items()
+                    if m["region"] == region and m["state"] in ("booting", "running")]
+        for instance_id in live:
+            try:
+                self._firewall(instance_id)
+            except MachinesError as exc:
+                self.log(f"localcloud machines: firewall of {instance_id}: {exc}")
+
+    def instance_groups_changed(self, region: str, instance_id: str) -> None:
+        described = instances_of(self.moto.query(region, "DescribeInstances", {"InstanceId.1": instance_id}))
+        with self.lock:
+            machine = self.registry["machines"].get(instance_id)
+            if machine is None or not described:
+                return
+            machine["groups"] = described[0]["groups"]
+            self._save()
+        self.groups_changed(region)
+
+    # --- boot and halt --------------------------------------------------------------------------------
+
+    def _boot_async(self, instance_id: str) -> None:
+        threading.Thread(target=self._boot, args=(instance_id,), name=f"boot-{instance_id}", daemon=True).start()
+
+    def _boot(self, instance_id: str) -> None:
+        with self.boots:
+            started = time.monotonic()
+            try:
+                # A stop or terminate that comes while the machine is being made waits until it is made (then
+                # ends it); one that came before leaves nothing to boot.
+                with self.machine_lock(instance_id):
+                    with self.lock:
+                        machine = self.registry["machines"].get(instance_id)
+                        if machine is None or machine["state"] != "booting":
+                            return
+                    started_machine = self._boot_machine(instance_id)
+                self._await_sshd(*started_machine)
+            except Exception as exc:
+                self.log(f"localcloud machines: {instance_id} failed to boot: {exc}")
+                with self.lock:
+                    machine = self.registry["machines"].get(instance_id)
+                    if machine is not None and machine["state"] == "booting":
+                        machine["state"], machine["error"] = "failed", str(exc)
+                        self._save()
+                return
+            seconds = time.monotonic() - started
+            with self.lock:
+                machine = self.registry["machines"].get(instance_id)
+                if machine is not None and machine["state"] == "booting":
+                    machine["state"], machine["boot_seconds"] = "running", round(seconds, 3)
+                    machine["boots"] += 1
+                    machine.pop("error", None)
+                    self._save()
+            self.log(f"localcloud machines: {instance_id} answers SSH on {machine and machine['ip']}:22 "
+                     f"{seconds:.2f} s after its boot began")
+
+    def _boot_machine(self, instance_id: str) -> tuple[subprocess.Popen, str, str, Path]:
+        with self.lock:
+            machine = dict(self.registry["machines"][instance_id])
+            others = {m["ip"] for iid, m in self.registry["machines"].items()
+                      if iid != instance_id and m["state"] in ("booting", "running")}
+        ip = machine["ip"]
+        if not ip or ipaddress.ip_address(ip) not in RESERVED:
+            raise MachinesError(f"address {ip} is outside {RESERVED}")
+        if ip in others:
+            raise MachinesError(f"address {ip} is another live machine's (two VPCs of the same range)")
+        vpcs = self.moto.query(machine["region"], "DescribeVpcs", {"VpcId.1": machine["vpc"]})
+        for cidr in vpcs.iter("cidrBlock"):
+            route_vpc(cidr.text)
+        disk = self.disks_dir / instance_id
+        for name in ("upper", "work", "root"):
+            (disk / name).mkdir(parents=True, exist_ok=True)
+        host_key = disk / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", instance_id, "-f", str(host_key))
+        (disk / "authorized_keys").write_text(self._public_key(machine))
+        public = machine.get("public_ip") if machine.get("public_ip") and ipaddress.ip_address(
+            machine["public_ip"]) in PUBLIC else ""
+        config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
+        (disk / "sshd_config").write_text(config)
+        lower = ":".join([*(str(self.layers_dir / layer) for layer in machine["layers"]), str(self.base)])
+        overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
+        script = BOOT_SCRIPT.format(
+            root=shlex.quote(str(disk / "root")), overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
+            sshd_config=shlex.quote(str(disk / "sshd_config")),
+            authorized_keys=shlex.quote(str(disk / "authorized_keys")), user=USER, instance_id=instance_id, ip=ip,
+            hostname="ip-" + ip.replace(".", "-"))
+        (disk / "boot.sh").write_text(script)
+        netns, veth = netns_name(instance_id), veth_name(instance_id)
+        self._unplug(instance_id)
+        run("ip", "netns", "add", netns)
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        run("ip", "link", "set", veth, "master", BRIDGE, "up")
+        run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
+        run("ip", "-n", netns, "link", "set", "lo", "up")
+        run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        if public:  # as AWS's NAT would: the public address reaches the machine
+            run("ip", "-n", netns, "addr", "add", f"{public}/32", "dev", "eth0")
+        run("ip", "-n", netns, "link", "set", "eth0", "up")
+        # The reserved range only, on the link: the bridge, the other machines; no default route.
+        run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", ip)
+        self._firewall(instance_id)
+        console = (disk / "console.log").open("a")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "unshare", "--mount", "--pid", "--fork", "--uts", "--ipc",
+             "--propagation", "private", "--", "/bin/sh", str(disk / "boot.sh")],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+            env={"PATH": MACHINE_PATH, "LANG": "C.UTF-8"})
+        console.close()
+        pid_inode = None
+        for _ in range(200):  # the PID namespace's init: the child of unshare
+            try:
+                child = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+                if child:
+                    pid_inode = _namespace_inode(f"/proc/{child[0]}/ns/pid")
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None:
+                break
+            time.sleep(0.005)
+        with self.lock:
+            self.processes[instance_id] = process
+            self.registry["machines"][instance_id]["pid"] = process.pid
+            self.registry["machines"][instance_id]["pid_namespace"] = pid_inode
+            self._save()
+        return process, netns, ip, disk
+
+    def _await_sshd(self, process: subprocess.Popen, netns: str, ip: str, disk: Path) -> None:
+        probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-I", "-S", "-c", PROBE, ip,
+                                  str(BOOT_TIMEOUT)])
+        while probe.poll() is None:
+            if process.poll() is not None:
+                probe.kill()
+                probe.wait()
+                raise MachinesError(f"the machine exited ({process.returncode}): "
+                                    f"{(disk / 'console.log').read_text()[-1500:]}")
+            time.sleep(0.02)
+        if probe.returncode != 0:
+            raise MachinesError(f"sshd on {ip}:22 did not answer in {BOOT_TIMEOUT} s; see {disk / 'console.log'}")
+
+    def _public_key(self, machine: dict) -> str:
+        if not machine.get("key_name"):
+            return ""
+        answer = self.moto.query(machine["region"], "DescribeKeyPairs",
+                                 {"KeyName.1": machine["key_name"], "IncludePublicKey": "true"})
+        return "".join(f"{key.text.strip()}\n" for key in answer.iter("publicKey") if key.text)
+
+    def _firewall(self, instance_id: str) -> None:
+        with self.lock:
+            machine = dict(self.registry["machines"].get(instance_id) or {})
+        if not machine or not machine["groups"]:
+            groups = []
+        else:
+            params = {f"GroupId.{n}": group for n, group in enumerate(machine["groups"], 1)}
+            groups = list(self.moto.query(machine["region"], "DescribeSecurityGroups", params).findall(
+                "securityGroupInfo/item"))
+
+        def members(group_id: str) -> list[str]:
+            with self.lock:
+                return [m["ip"] for m in self.registry["machines"].values()
+                        if group_id in m["groups"] and m["region"] == machine["region"]]
+
+        run("ip", "netns", "exec", netns_name(instance_id), "nft", "-f", "-", input=ruleset(groups, members))
+
+    def _unplug(self, instance_id: str) -> None:
+        """Remove the machine's processes, network namespace and veth (each if there)."""
+        netns = netns_name(instance_id)
+        with self.lock:
+            pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
+        if Path(f"/run/netns/{netns}").exists() or pid_inode:
+            kill_namespace_processes(netns, pid_inode)
+            run("ip", "netns", "del", netns, check=False)
+        run("ip", "link", "del", veth_name(instance_id), check=False)
+
+    def _halt(self, instance_id: str) -> None:
+        with self.lock:
+            process = self.processes.pop(instance_id, None)
+        self._unplug(instance_id)
+        if process is not None:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        with self.lock:
+            pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
+        left = namespace_pids(None, pid_inode) if pid_inode else []
+        if left:
+            kill_namespace_processes(netns_name(instance_id), pid_inode)
+        if run("ip", "link", "show", veth_name(instance_id), check=False).returncode == 0:
+            raise MachinesError(f"machine {instance_id} left its veth {veth_name(instance_id)}")
+
+    def collect_layers(self) -> None:
+        """Remove the layers that no image and no instance uses."""
+        with self.lock:
+            used = {layer for kind in ("images", "machines") for item in self.registry[kind].values()
+                    for layer in item.get("layers", [])}
+            if not self.layers_dir.exists():
+                return
+            for path in self.layers_dir.iterdir():
+                if path.name not in used:
+                    shutil.rmtree(path, ignore_errors=True)
+
+    def halt_all(self) -> None:
+        with self.lock:
+            ids = list(self.registry["machines"])
+        for instance_id in ids:
+            self._halt(instance_id)
+
+
+def teardown(state_dir: Path, remove_blackhole: bool) -> None:
+    """Everything the machines made on the host (also without the front): processes, namespaces, veths, the
+    bridge, the blackhole route (when made here), the disks and layers, the registry."""
+    registry = state_dir / "machines.json"
+    known = json.loads(registry.read_text()).get("machines", {}) if registry.exists() else {}
+    host_network_down(remove_blackhole, tuple(m["pid_namespace"] for m in known.values() if m.get("pid_namespace")))
+    for name in ("machines", "layers"):
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+    (state_dir / "machines.json").unlink(missing_ok=True)
