@@ -41,7 +41,7 @@ def test_one_dag_per_live_spec_with_the_five_steps_in_order():
         for earlier, later in itertools.pairwise(STEPS):
             assert later in dag.get_task(earlier).get_flat_relative_ids(upstream=False)
         # The teardown waits for the test instance, not for the promotion (nor an approval, see below).
-        assert teardown_task.upstream_task_ids == {"test_image", "create_builder_network"}
+        assert teardown_task.upstream_task_ids == {"register_image", "test_image", "create_builder_network"}
         assert "tear_down" not in dag.get_task("promote").get_flat_relative_ids(upstream=False)
         # A failing step fails the run: the teardown does not count for the run's state.
         assert not teardown_task.on_failure_fail_dagrun
@@ -96,7 +96,7 @@ def test_an_approval_and_a_base_image_shape_the_dag(tmp_path, monkeypatch):
     assert approval.upstream_task_ids == {"test_image", "promote"}
     assert approval.response_timeout.total_seconds() == 72 * 3600 and approval.defaults == ["Reject"]
     assert dag.get_task("promote_approved").upstream_task_ids >= {"approve_promotion"}
-    assert dag.get_task("tear_down").upstream_task_ids == {"test_image", "create_builder_network"}
+    assert dag.get_task("tear_down").upstream_task_ids == {"register_image", "test_image", "create_builder_network"}
     # Rebuilt when the base spec's `latest` moves: an asset event, no polling.
     assert dag.timetable.asset_condition.uri == "image-factory://images/shopspinner-linux-image/latest"
     outlets = {t.task_id: sorted(a.uri for a in t.outlets) for t in dag.tasks if t.outlets}
@@ -104,3 +104,15 @@ def test_an_approval_and_a_base_image_shape_the_dag(tmp_path, monkeypatch):
                                    "image-factory://images/shopspinner-webapp-image/latest"],
                        "promote_approved": ["image-factory://images/shopspinner-webapp-image",
                                             "image-factory://images/shopspinner-webapp-image/production"]}
+
+
+def test_a_spec_without_tests_has_exactly_the_five_steps(tmp_path, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "plain.yaml").write_text("image:\n  name: plain-image\n  origin: ami-0123456789abcdef0\n"
+                                      "  region: eu-west-1\n  subnet: ${IMAGE_BUILDER_SUBNET_ID}\n")
+    monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER", str(specs))
+    bag = DagBag(str(PROJECT / "dags"))
+    dag = bag.dags["plain-image"]
+    assert [t.task_id for t in dag.tasks] == STEPS
+    assert dag.get_task("tear_down").upstream_task_ids == {"register_image", "create_builder_network"}

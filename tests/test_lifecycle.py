@@ -125,8 +125,8 @@ def test_a_spec_without_tests_builds_an_untested_image_and_says_so(local_cloud, 
                                          "  region: eu-west-1\n")
     result = run_dag("untested-image", airflow_env(local_cloud, airflow_home, specs_folder=str(specs)))
     assert result.succeeded, result.output[-5000:]
-    assert "promote" not in result.task_states
-    assert "the spec has no test section" in result.task_logs["test_image"]
+    assert "promote" not in result.task_states and "test_image" not in result.task_states
+    assert "the spec has no test section" in result.task_logs["register_image"]
     build_id = build_id_for("untested-image", result.run_id)
     [image] = find_images(ec2, build_id)
     assert tag_dict(image["Tags"])[TAG_TESTS] == "untested"

@@ -3,8 +3,9 @@
 from the same table, so the DAG and the plan cannot drift apart.
 
 create_builder_network (setup) -> launch_builder_instance -> configure -> register_image -> test_image
--> promote -> approve_promotion -> promote_approved (the last three as the spec's ``promote`` asks), and
-tear_down after test_image (the teardown of the setup: runs whatever failed; an approval never holds it up)
+-> promote -> approve_promotion -> promote_approved (test_image as the spec's ``test`` asks, the last three as
+its ``promote`` does), and tear_down after them (the teardown of the setup: runs whatever failed; an approval
+never holds it up)
 
 Every task retries transient errors with backoff and fails at once on permanent ones (operators.py); a retry
 creates nothing twice. The waits (instance running, SSH answering, image available, instance terminated) are
@@ -68,6 +69,7 @@ STEPS: tuple[Step, ...] = (
          does="in the triggerer: waits for the stop, creates the image, waits until it is available; then "
               "marks it complete and returns the build summary"),
     Step(tasks.TEST, tasks.test_image, inputs=(tasks.NETWORK, tasks.LAUNCH, tasks.REGISTER),
+         when=lambda spec: spec.test is not None,
          does="boots a test instance of the new image and runs the spec's tests on it over SSH; the result is "
               "tagged on the image, and failed tests fail the run (no channel moves)"),
     Step(tasks.PROMOTE, tasks.promote, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
@@ -82,7 +84,7 @@ STEPS: tuple[Step, ...] = (
          after=(tasks.APPROVE,), when=lambda spec: bool(spec.promote and spec.promote.approval),
          outlets=lambda spec: promotion_assets(spec.name, spec.promote.approval),
          does="once approved: moves the approval channels to the image and emits its promotion event"),
-    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.TEST,),
+    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER, tasks.TEST),
          does="the teardown of the setup, whatever failed: terminates the builder and test instances, deletes a "
               "half-made image, the key pair, the security group and the subnet"),
 )

@@ -224,15 +224,11 @@ class TestsFailed(PermanentError):
 
 def test_image(task: BuildTask, network: dict, launched: dict, registered: dict) -> dict:
     """A fresh instance of the new image, the spec's tests run on it over SSH, the result tagged on the image.
-    Failed tests fail the task: the image stays, tagged failed, and no channel moves."""
+    Failed tests fail the task: the image stays, tagged failed, and no channel moves. (A spec without tests
+    has no such task: register_image tags its image untested.)"""
     build = task.build(network)
     c = task.clients(build)
     image_id = registered["image_id"]
-    if build.spec.test is None:
-        log.info("the spec has no test section: image %s is untested (tagged so), and no channel moves to it",
-                 image_id)
-        testing.record(c.ec2, image_id, None)
-        return {"image_id": image_id, "status": "untested"}
     tests = build.spec.test
     test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
                                    network["key_name"], task.wait(build))

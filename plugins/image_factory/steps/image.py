@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import logging
 
-from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, Build, tag_dict
+from image_factory.build import (
+    TAG_BUILD,
+    TAG_COMPLETE,
+    TAG_ORIGIN,
+    TAG_ROLE,
+    TAG_SPEC_HASH,
+    TAG_TESTS,
+    Build,
+    tag_dict,
+)
 from image_factory.faults import checkpoint
 from image_factory.steps import instance as instances
 from image_factory.waiting import Wait, blocking
@@ -96,6 +105,10 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
     # same call: only an image whose registration went through to here is an output of the build.
     tags[TAG_COMPLETE] = "true"
+    if build.spec.test is None:
+        tags[TAG_TESTS] = "untested"
+        log.info("the spec has no test section: image %s is untested (tagged %s=untested), and no channel will "
+                 "move to it", image_id, TAG_TESTS)
     ec2.create_tags(Resources=[*_snapshot_ids(described), image_id],
                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     return described

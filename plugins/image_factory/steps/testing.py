@@ -30,12 +30,11 @@ def launch(ec2, build: Build, image: dict, security_group_id: str, key_name: str
     return launched
 
 
-def record(ec2, image_id: str, outcome: dict | None) -> dict[str, str]:
-    """Tag the image with its tests' result (``outcome``: tools.tests.TestOutcome.summary(); None: untested)."""
+def record(ec2, image_id: str, outcome: dict) -> dict[str, str]:
+    """Tag the image with its tests' result (``outcome``: tools.tests.TestOutcome.summary())."""
     checkpoint("before:test-record")
-    tags = {TAG_TESTS: "untested"} if outcome is None else {
-        TAG_TESTS: outcome["status"], TAG_TESTS_PASSED: str(outcome["passed"]),
-        TAG_TESTS_FAILED: str(outcome["failed"]), TAG_TESTED_AT: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    tags = {TAG_TESTS: outcome["status"], TAG_TESTS_PASSED: str(outcome["passed"]),
+            TAG_TESTS_FAILED: str(outcome["failed"]), TAG_TESTED_AT: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     log.info("image %s tagged: %s", image_id, ", ".join(f"{k}={v}" for k, v in tags.items()))
     return tags
