@@ -18,7 +18,7 @@ local cloud's front, reset before each build.
 from __future__ import annotations
 
 import argparse
-import getpass
+import contextlib
 import json
 import shutil
 import statistics
@@ -62,18 +62,30 @@ def _calls(cloud: LocalCloud) -> dict[str, int]:
 # --- Image Factory under a real scheduler ----------------------------------------------------------------------
 
 
-def image_factory(cloud: LocalCloud, work: Path, builds: int, poll: float | None) -> list[dict]:
-    """``builds`` builds one after the other, each triggered through the REST API when the one before ended
-    (the later ones poll on what the earlier ones saw, unless ``poll`` fixes the interval)."""
+def spec_copy(folder: Path, lifecycle: bool) -> None:
+    """The shipped spec without its nightly schedule (unpausing it then starts no run); without ``lifecycle``
+    also without its tests and promotion: the build Packer does too."""
+    folder.mkdir()
+    lines = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text().splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        key = line.strip().split(":", 1)[0]
+        if line.startswith("  ") and not line.startswith("   "):  # a key of image:
+            skipping = key == "schedule" or (not lifecycle and key in ("test", "promote"))
+        if not skipping:
+            kept.append(line)
+    (folder / f"{DAG_ID}.yaml").write_text("".join(kept))
+
+
+@contextlib.contextmanager
+def scheduler_stack(cloud: LocalCloud, work: Path, poll: float | None, lifecycle: bool = False):
+    """A real Airflow (scheduler, triggerer, api-server, dag-processor, LocalExecutor) on PostgreSQL, building
+    the spec copy on ``cloud``, its DAG unpaused."""
     from bench import postgres
     from localcloud.airflow_stack import AirflowStack
 
-    # A copy of the spec without its nightly schedule: unpausing it then starts no run.
     specs = work / "specs"
-    specs.mkdir()
-    spec = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text()
-    (specs / f"{DAG_ID}.yaml").write_text("".join(line for line in spec.splitlines(keepends=True)
-                                                  if not line.strip().startswith("schedule:")))
+    spec_copy(specs, lifecycle)
 
     # The builder subnet goes into the region's default VPC, where Packer's instance goes: a deployment's
     # builder VPC ([image_factory] builder_vpc_id), as in production, rather than a VPC per build.
@@ -97,6 +109,13 @@ def image_factory(cloud: LocalCloud, work: Path, builds: int, poll: float | None
         stack.wait_until_healthy()
         stack.wait_for_dag(DAG_ID, timeout=300)
         stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        yield stack
+
+
+def image_factory(cloud: LocalCloud, work: Path, builds: int, poll: float | None) -> list[dict]:
+    """``builds`` builds one after the other, each triggered through the REST API when the one before ended
+    (the later ones poll on what the earlier ones saw, unless ``poll`` fixes the interval)."""
+    with scheduler_stack(cloud, work, poll) as stack:
         return [_one_build(stack, cloud) for _ in range(builds)]
 
 
@@ -164,16 +183,14 @@ def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int, poll: fl
 def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, poll: float | None) -> dict:
     work.mkdir()
     ec2 = _client(cloud, "ec2")
-    # Packer 1.6.6 cannot tag its temporary key pair, and the local sshd trusts only key pairs tagged
-    # image-factory:build-id: Packer gets a key pair imported here, with that tag.
+    # A key pair imported here, as the spec's builds are given theirs (Packer 1.6.6 cannot tag a temporary one):
+    # the local cloud's machine of the instance trusts its public key, as cloud-init would.
     key = work / "packer-key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
     key_name = f"packer-bench-{int(time.time())}-{work.name}"
     ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=(work / "packer-key.pub").read_bytes(),
                         TagSpecifications=[{"ResourceType": "key-pair",
                                             "Tags": [{"Key": BUILD_TAG, "Value": key_name}]}])
-    role_dir = work / "packer-role"  # the "instance" is this machine: the role writes only in here
-    role_dir.mkdir()
     template = {
         "builders": [{
             "type": "amazon-ebs",
@@ -181,9 +198,8 @@ def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, p
             "custom_endpoint_ec2": cloud.endpoint, "skip_region_validation": True,
             "skip_metadata_api_check": True,
             "source_ami": source_ami, "instance_type": "t3.small", "ami_name": key_name,
-            "ssh_keypair_name": key_name, "ssh_private_key_file": str(key),
-            "ssh_host": "127.0.0.1", "ssh_port": cloud.state().ssh_port, "ssh_username": getpass.getuser(),
-            "ssh_timeout": "2m",
+            "ssh_keypair_name": key_name, "ssh_private_key_file": str(key), "ssh_username": "ec2-user",
+            "ssh_interface": "private_ip", "ssh_timeout": "2m",
             "tags": {"Name": key_name, "team": "shopspinner"},
         }],
         "provisioners": [{
@@ -191,7 +207,6 @@ def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, p
             "scripts": [str(p) for p in sorted((PROJECT / "include/roles/appserver").glob("*.sh"))],
             "environment_vars": ["IMAGE_FACTORY_SERVER_ROLE=appserver", f"IMAGE_FACTORY_IMAGE_NAME={DAG_ID}",
                                  f"IMAGE_FACTORY_BUILD_ID={key_name}"],
-            "execute_command": f"cd {role_dir} && chmod +x {{{{ .Path }}}} && {{{{ .Vars }}}} {{{{ .Path }}}}",
         }],
     }
     (work / "packer.json").write_text(json.dumps(template, indent=2))

@@ -12,6 +12,7 @@ import functools
 import io
 import logging
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class TestsError(PermanentError):
 class TestOutcome:
     passed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    #: How long the tests themselves ran (SSH already logged in).
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -36,14 +39,15 @@ class TestOutcome:
 
     def summary(self) -> dict:
         return {"status": "passed" if self.ok else "failed", "passed": len(self.passed),
-                "failed": len(self.failed), "failed_tests": self.failed[:20]}
+                "failed": len(self.failed), "failed_tests": self.failed[:20], "seconds": round(self.seconds, 2)}
 
 
 def run(tests, folder: Path, hook, target: remote.SSHTarget) -> TestOutcome:
     """Run the spec's ``tests`` (spec.ImageTests) from ``folder`` against the instance ``hook`` is connected to."""
-    if tests.tool == "testinfra":
-        return _testinfra(folder, target)
-    return _shell(folder, hook)
+    started = time.monotonic()
+    outcome = _testinfra(folder, target) if tests.tool == "testinfra" else _shell(folder, hook)
+    outcome.seconds = time.monotonic() - started
+    return outcome
 
 
 # --- testinfra ------------------------------------------------------------------------------------------
