@@ -197,7 +197,7 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
     described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
                                image.image_name(build, logical), wait=task.wait(build),
                                stop_requested_at=configured["stop_requested_at"], available=available,
-                               windows=windows)
+                               windows=windows, origin_lineage=network.get("origin_lineage"))
     links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
     task.record_waits(build, windows)
     task.ti.xcom_push(key="image", value=instance.launch_view(described))  # what the test instance boots

@@ -12,6 +12,8 @@ from image_factory.build import (
     TAG_BUILD,
     TAG_COMPLETE,
     TAG_ORIGIN,
+    TAG_ORIGIN_BUILD,
+    TAG_ORIGIN_SPEC,
     TAG_ROLE,
     TAG_SPEC_HASH,
     TAG_TESTS,
@@ -30,7 +32,8 @@ def image_name(build: Build, logical_time: str) -> str:
     return f"{build.spec.name}-{logical_time}-{build.build_id}"
 
 
-def lineage_tags(build: Build, origin_ami: str) -> dict[str, str]:
+def lineage_tags(build: Build, origin_ami: str, origin_lineage: dict | None = None) -> dict[str, str]:
+    """``origin_lineage``: the origin's own spec and build, when Image Factory built it."""
     spec = build.spec
     tags = dict(spec.tags)
     tags.update(build.tags(**{
@@ -38,6 +41,8 @@ def lineage_tags(build: Build, origin_ami: str) -> dict[str, str]:
         TAG_SPEC_HASH: build.spec_hash,
         TAG_ORIGIN: origin_ami,
         TAG_ROLE: spec.configure.server_role if spec.configure else "none",
+        **({TAG_ORIGIN_SPEC: origin_lineage["spec"], TAG_ORIGIN_BUILD: origin_lineage["build_id"]}
+           if origin_lineage else {}),
     }))
     return tags
 
@@ -54,7 +59,7 @@ def named(name: str) -> dict:
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
              stop_requested_at: float | None = None, available: dict | None = None,
-             windows: dict | None = None) -> dict:
+             windows: dict | None = None, origin_lineage: dict | None = None) -> dict:
     """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
     once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
     as described.
@@ -78,7 +83,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
             log.info("image %s of this build exists already (%s); resuming", image_id, image["State"])
         else:
             deregister(ec2, image)
-    tags = lineage_tags(build, origin_ami)
+    tags = lineage_tags(build, origin_ami, origin_lineage)
     if available:
         described = available
     elif image_id is None:
