@@ -207,3 +207,22 @@ def test_permanent_faults_in_the_test_stage_leak_nothing_and_never_move_a_channe
     print(f"\ntest-stage faults: {len(results)} injected, {leaked} builder resources left, no channel on an "
           "untested image")
     assert problems == []
+
+
+def test_the_command_line_shows_tests_channels_and_the_lineage(lifecycle, local_cloud, ec2):
+    from tests.test_cli import cli_env, run_cli
+
+    passing, (image_id, _), _, _ = lifecycle
+    env = cli_env(AIRFLOW_CONN_AWS_DEFAULT=local_cloud.env()["AIRFLOW_CONN_AWS_DEFAULT"])
+    listed = run_cli("list", "lifecycle-image", "--region", "eu-west-1", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(image_id)]
+    assert "passed (5/5)" in row and row.rstrip().endswith("latest")
+    shown = run_cli("show", image_id, "--region", "eu-west-1", env=env)
+    assert shown.returncode == 0, shown.stderr
+    origin = tag_dict(ec2.describe_images(ImageIds=[image_id])["Images"][0]["Tags"])["image-factory:origin-ami"]
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"image {image_id}")
+    assert "  spec: lifecycle-image" in lines and "  tests: passed (5/5)" in lines and "  channels: latest" in lines
+    assert any(line.startswith(f"  built from {origin}") for line in lines)
+    assert any("root origin: owner" in line for line in lines)  # moto's own image: not built by Image Factory
