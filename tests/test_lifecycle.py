@@ -212,7 +212,7 @@ def test_permanent_faults_in_the_test_stage_leak_nothing_and_never_move_a_channe
 def test_the_command_line_shows_tests_channels_and_the_lineage(lifecycle, local_cloud, ec2):
     from tests.test_cli import cli_env, run_cli
 
-    passing, (image_id, _), _, _ = lifecycle
+    _, (image_id, _), _, _ = lifecycle
     env = cli_env(AIRFLOW_CONN_AWS_DEFAULT=local_cloud.env()["AIRFLOW_CONN_AWS_DEFAULT"])
     listed = run_cli("list", "lifecycle-image", "--region", "eu-west-1", env=env)
     assert listed.returncode == 0, listed.stderr
