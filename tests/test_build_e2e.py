@@ -107,17 +107,22 @@ def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, 
     assert tags[TAG_RUN] == result.run_id
     assert tags["team"] == "shopspinner"  # the spec's own tags
 
-    launched = instances_of(ec2, build_id)
-    assert len(launched) == 1
-    assert launched[0]["State"]["Name"] == "terminated"
-    assert launched[0]["InstanceType"] == "t3.small"
-    assert launched[0]["MetadataOptions"]["HttpTokens"] == "required"
+    # The builder, and the test instance of the new image: both locked down, both gone.
+    launched = {tag_dict(i["Tags"])["image-factory:instance"]: i for i in instances_of(ec2, build_id)}
+    assert sorted(launched) == ["builder", "test"]
+    assert launched["test"]["ImageId"] == image["ImageId"]
+    for instance in launched.values():
+        assert instance["State"]["Name"] == "terminated"
+        assert instance["InstanceType"] == "t3.small"
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert (tags["image-factory:tests"], tags["image-factory:tests-failed"]) == ("passed", "0")
     assert builder_resources(ec2, ssm, build_id) == []
 
 
 def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):
     log = shopspinner_run.task_logs["create_builder_network"]
-    for kind in ("vpc", "subnet", "security-group", "key-pair"):
+    # (The local cloud gives builds a builder VPC, as a deployment's builder_vpc_id does: no VPC per build.)
+    for kind in ("subnet", "security-group", "key-pair"):
         assert f"created {kind} " in log
     group_id = log.split("created security-group ")[1].split()[0]
     with pytest.raises(Exception, match=r"InvalidGroup\.NotFound"):
@@ -125,7 +130,7 @@ def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):
     assert "created instance i-" not in log  # the launch is a task of its own
     assert "created instance i-" in shopspinner_run.task_logs["launch_builder_instance"]
     assert list(shopspinner_run.task_states) == ["create_builder_network", "launch_builder_instance", "configure",
-                                                 "register_image", "tear_down"]
+                                                 "register_image", "test_image", "promote", "tear_down"]
     teardown_log = shopspinner_run.task_logs["tear_down"]
     assert f"deleted security-group {group_id}" in teardown_log
     assert "deleted instance i-" in teardown_log
@@ -195,8 +200,8 @@ def actions_in_code(folder: Path) -> set[str]:
 def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm, tmp_path):
     roles = tmp_path / "roles"
     (roles / "failing").mkdir(parents=True)
-    # The "instance" is this machine: the role notes where it ran, and how private that folder was.
-    (roles / "failing" / "10-fail.sh").write_text(f"echo \"$PWD $(stat -c %a .)\" > {tmp_path}/staging\n"
+    # The role says where it ran, and how private that folder was, then fails.
+    (roles / "failing" / "10-fail.sh").write_text("echo \"staging $PWD $(stat -c %a .)\"\n"
                                                   "echo 'about to fail on purpose'\nexit 1\n")
     write_spec(tmp_path / "specs", "failing-role-image", f"""\
         image:
@@ -220,9 +225,9 @@ def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home
     configure_log = result.task_logs["configure"]
     assert "exited with status 1" in configure_log
     assert "| about to fail on purpose" in configure_log  # the tail of the remote output, in the error
-    staging, mode = (tmp_path / "staging").read_text().split()
+    staging, mode = re.search(r"staging (\S+) (\d+)", configure_log).groups()
     assert staging.startswith("/tmp/image-factory-role.") and mode == "700"
-    assert not Path(staging).exists()  # removed although the role failed
+    assert not Path(staging).exists()  # it ran on the instance, not on this host
     build_id = build_id_for("failing-role-image", result.run_id)
     assert find_images(ec2, build_id) == []
     result.airflow_home = airflow_home
