@@ -162,6 +162,20 @@ class LocalCloud:
                     "(SSH to their private addresses)")
         return f"EC2 emulator {self.endpoint}, SSH server 127.0.0.1:{state.ssh_port} (no machines)"
 
+    def instance_file(self, instance_id: str, path: str) -> Path | None:
+        """Where, on this host, a file the instance wrote (``/tmp/x`` -> ``.../upper/tmp/x``) is: its disk,
+        then the layers under it; None when the instance did not write it (for tests; read-only use: write into
+        a machine over SSH, never into its disk from here while it runs)."""
+        machine = self.machines_list()["machines"].get(instance_id)
+        if machine is None:
+            return None
+        relative = path.lstrip("/")
+        for folder in [self.state_dir / "machines" / instance_id / "upper",
+                       *(self.state_dir / "layers" / layer for layer in machine["layers"])]:
+            if (folder / relative).exists() or (folder / relative).is_symlink():
+                return folder / relative
+        return None
+
     def machines_list(self) -> dict:
         """The front's registry: ``{"images": {ami: {"layers": [...]}}, "machines": {instance: {...}}}``."""
         return self._control("GET", "machines")

@@ -182,6 +182,8 @@ def test_an_image_holds_what_was_written_on_its_instance_and_nothing_leaks(local
         assert not Path(path).exists() or mark not in Path(path).read_text(), path
         assert not (base.base_dir() / path.lstrip("/")).exists(), path
     assert (local_cloud.state_dir / "machines" / builder / "upper" / "usr" / "bin" / mark).exists()
+    assert local_cloud.instance_file(builder, f"/root/{mark}").read_text().strip() == mark
+    assert local_cloud.instance_file(builder, "/etc/passwd") is None  # the base's, not written by the instance
 
     ec2m.stop_instances(InstanceIds=[builder])
     assert fleet.state(builder) == "stopped"
