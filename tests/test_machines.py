@@ -473,6 +473,43 @@ def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vp
         ec2m.delete_subnet(SubnetId=subnet)
 
 
+def test_a_second_local_cloud_runs_beside_in_a_slot_of_its_own(local_cloud, ec2m, fleet, base_ami, ssh_group,
+                                                               tmp_path):
+    instance_id, ip, _ = fleet.launch(base_ami, ssh_group)
+    second = LocalCloud(tmp_path / "second")
+    second_bridge = None
+    try:
+        second.up("eu-west-1")
+        second_bridge = second.plan.bridge
+        assert second.plan.slot != local_cloud.plan.slot and second.plan.bridge != local_cloud.plan.bridge
+        assert not second.plan.private.overlaps(local_cloud.plan.private)
+        other_ec2 = client(second, "ec2")
+        group = other_ec2.create_security_group(GroupName="ssh", Description="ssh", VpcId=default_vpc(other_ec2))[
+            "GroupId"]
+        other_ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+             "IpRanges": [{"CidrIp": f"{second.plan.bridge_address}/32"}]}])
+        other = Fleet(other_ec2, fleet_key(second, fleet.key_path))
+        _, other_ip, _ = other.launch(base_ami, group)
+        assert other_ip != ip and ipaddress.ip_address(other_ip) in second.plan.private
+        assert ok(other.ssh(other_ip, "hostname")).strip() == f"ip-{other_ip.replace('.', '-')}"
+    finally:
+        second.down()
+    # The first cloud's machine and the blackhole route are untouched.
+    assert ok(fleet.ssh(ip, "true")) == ""
+    assert str(RESERVED) in subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True,
+                                           text=True).stdout
+    assert second_bridge and f" {second_bridge}:" not in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                                          text=True).stdout
+    assert registry(local_cloud)["machines"][instance_id]["state"] == "running"
+
+
+def fleet_key(cloud: LocalCloud, path: Path) -> tuple[str, Path]:
+    name = f"second-{uuid.uuid4().hex[:6]}"
+    client(cloud, "ec2").import_key_pair(KeyName=name, PublicKeyMaterial=path.with_suffix(".pub").read_bytes())
+    return name, path
+
+
 # Last: it takes the session's local cloud down and brings it up again (moto's records start afresh).
 def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
     fleet = Fleet(ec2m, key)
