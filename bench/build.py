@@ -8,15 +8,17 @@ from the project root with ``PYTHONPATH=plugins:.``.
 
 The local cloud (a fresh one, in a temporary directory) emulates boot 20 s, stop 5 s, image 30 s and
 terminate 5 s (localcloud/proxy.py), so a build cannot take less than 20 + 5 + 30 = 55 s to its image.
-Both sides poll every 2 s (Image Factory: ``[image_factory] poll_interval``, and the stop before the image at
-half of it; Packer: ``AWS_POLL_DELAY_SECONDS``). The API calls are counted by the local cloud's front, reset
-before each build.
+Two settings, each side measured at both: first the defaults a user gets (Image Factory: no poll_interval, so
+each wait polls on the schedule fitted to the spec's recent builds, the first on priors; Packer: no
+``AWS_POLL_DELAY_SECONDS``), then both polling every 2 s (Image Factory: ``[image_factory] poll_interval``, and
+the stop before the image at half of it; Packer: ``AWS_POLL_DELAY_SECONDS``). The API calls are counted by the
+local cloud's front, reset before each build.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import contextlib
 import json
 import shutil
 import statistics
@@ -40,6 +42,8 @@ AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 LATENCY = {"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}
 MINIMUM = LATENCY["instance_running"] + LATENCY["instance_stopped"] + LATENCY["image_available"]
 POLL = 2
+#: The settings measured, in this order: the defaults a user gets (None), then both sides polling every 2 s.
+SETTINGS = (None, POLL)
 BUILD_TIMEOUT = 900  # seconds one build may take at most
 BUILDS = 3  # builds on each side: the table shows medians
 BUILD_TAG = "image-factory:build-id"
@@ -58,17 +62,30 @@ def _calls(cloud: LocalCloud) -> dict[str, int]:
 # --- Image Factory under a real scheduler ----------------------------------------------------------------------
 
 
-def image_factory(cloud: LocalCloud, work: Path, builds: int) -> list[dict]:
-    """``builds`` builds one after the other, each triggered through the REST API when the one before ended."""
+def spec_copy(folder: Path, lifecycle: bool) -> None:
+    """The shipped spec without its nightly schedule (unpausing it then starts no run); without ``lifecycle``
+    also without its tests and promotion: the build Packer does too."""
+    folder.mkdir()
+    lines = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text().splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        key = line.strip().split(":", 1)[0]
+        if line.startswith("  ") and not line.startswith("   "):  # a key of image:
+            skipping = key == "schedule" or (not lifecycle and key in ("test", "promote"))
+        if not skipping:
+            kept.append(line)
+    (folder / f"{DAG_ID}.yaml").write_text("".join(kept))
+
+
+@contextlib.contextmanager
+def scheduler_stack(cloud: LocalCloud, work: Path, poll: float | None, lifecycle: bool = False):
+    """A real Airflow (scheduler, triggerer, api-server, dag-processor, LocalExecutor) on PostgreSQL, building
+    the spec copy on ``cloud``, its DAG unpaused."""
     from bench import postgres
     from localcloud.airflow_stack import AirflowStack
 
-    # A copy of the spec without its nightly schedule: unpausing it then starts no run.
     specs = work / "specs"
-    specs.mkdir()
-    spec = (PROJECT / "include/specs" / f"{DAG_ID}.yaml").read_text()
-    (specs / f"{DAG_ID}.yaml").write_text("".join(line for line in spec.splitlines(keepends=True)
-                                                  if not line.strip().startswith("schedule:")))
+    spec_copy(specs, lifecycle)
 
     # The builder subnet goes into the region's default VPC, where Packer's instance goes: a deployment's
     # builder VPC ([image_factory] builder_vpc_id), as in production, rather than a VPC per build.
@@ -77,10 +94,13 @@ def image_factory(cloud: LocalCloud, work: Path, builds: int) -> list[dict]:
 
     class Stack(AirflowStack):
         def env(self) -> dict[str, str]:
-            return {**super().env(), "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
-                    "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(specs),
-                    "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": default_vpc,
-                    "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(PROJECT / "include/roles")}
+            env = {**super().env(), "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(specs),
+                   "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": default_vpc,
+                   "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(PROJECT / "include/roles")}
+            env.pop("AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL", None)  # the local cloud's own setting: not a default
+            if poll:
+                env["AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL"] = str(poll)
+            return env
 
     # Airflow's database on PostgreSQL, as a deployment has it: on SQLite the scheduler starts a new run only
     # once the clock has passed the whole second after its creation (SQLite's now() has no fraction).
@@ -89,6 +109,13 @@ def image_factory(cloud: LocalCloud, work: Path, builds: int) -> list[dict]:
         stack.wait_until_healthy()
         stack.wait_for_dag(DAG_ID, timeout=300)
         stack.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        yield stack
+
+
+def image_factory(cloud: LocalCloud, work: Path, builds: int, poll: float | None) -> list[dict]:
+    """``builds`` builds one after the other, each triggered through the REST API when the one before ended
+    (the later ones poll on what the earlier ones saw, unless ``poll`` fixes the interval)."""
+    with scheduler_stack(cloud, work, poll) as stack:
         return [_one_build(stack, cloud) for _ in range(builds)]
 
 
@@ -139,7 +166,7 @@ def _available_after(cloud: LocalCloud, image_id: str, started_wall: float) -> f
 # --- Packer -----------------------------------------------------------------------------------------------
 
 
-def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int) -> tuple[str, list[dict]]:
+def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int, poll: float | None) -> tuple[str, list[dict]]:
     """Packer's version and its ``builds`` builds, one after the other (a failed one ends the series)."""
     binary = shutil.which("packer") or _install_packer()
     if binary is None:
@@ -147,25 +174,23 @@ def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int) -> tuple
     version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60).stdout.strip()
     results = []
     for number in range(1, builds + 1):
-        results.append(_packer_build(binary, cloud, work / f"packer-{number}", source_ami))
+        results.append(_packer_build(binary, cloud, work / f"packer-{number}", source_ami, poll))
         if "error" in results[-1]:
             break
     return version, results
 
 
-def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str) -> dict:
+def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, poll: float | None) -> dict:
     work.mkdir()
     ec2 = _client(cloud, "ec2")
-    # Packer 1.6.6 cannot tag its temporary key pair, and the local sshd trusts only key pairs tagged
-    # image-factory:build-id: Packer gets a key pair imported here, with that tag.
+    # A key pair imported here, as the spec's builds are given theirs (Packer 1.6.6 cannot tag a temporary one):
+    # the local cloud's machine of the instance trusts its public key, as cloud-init would.
     key = work / "packer-key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
     key_name = f"packer-bench-{int(time.time())}-{work.name}"
     ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=(work / "packer-key.pub").read_bytes(),
                         TagSpecifications=[{"ResourceType": "key-pair",
                                             "Tags": [{"Key": BUILD_TAG, "Value": key_name}]}])
-    role_dir = work / "packer-role"  # the "instance" is this machine: the role writes only in here
-    role_dir.mkdir()
     template = {
         "builders": [{
             "type": "amazon-ebs",
@@ -173,9 +198,8 @@ def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str) -
             "custom_endpoint_ec2": cloud.endpoint, "skip_region_validation": True,
             "skip_metadata_api_check": True,
             "source_ami": source_ami, "instance_type": "t3.small", "ami_name": key_name,
-            "ssh_keypair_name": key_name, "ssh_private_key_file": str(key),
-            "ssh_host": "127.0.0.1", "ssh_port": cloud.state().ssh_port, "ssh_username": getpass.getuser(),
-            "ssh_timeout": "2m",
+            "ssh_keypair_name": key_name, "ssh_private_key_file": str(key), "ssh_username": "ec2-user",
+            "ssh_interface": "private_ip", "ssh_timeout": "2m",
             "tags": {"Name": key_name, "team": "shopspinner"},
         }],
         "provisioners": [{
@@ -183,13 +207,13 @@ def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str) -
             "scripts": [str(p) for p in sorted((PROJECT / "include/roles/appserver").glob("*.sh"))],
             "environment_vars": ["IMAGE_FACTORY_SERVER_ROLE=appserver", f"IMAGE_FACTORY_IMAGE_NAME={DAG_ID}",
                                  f"IMAGE_FACTORY_BUILD_ID={key_name}"],
-            "execute_command": f"cd {role_dir} && chmod +x {{{{ .Path }}}} && {{{{ .Vars }}}} {{{{ .Path }}}}",
         }],
     }
     (work / "packer.json").write_text(json.dumps(template, indent=2))
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "AWS_POLL_DELAY_SECONDS": str(POLL),
-           "AWS_MAX_ATTEMPTS": "300", "PACKER_CACHE_DIR": str(work / "packer-cache"), "CHECKPOINT_DISABLE": "1",
-           "PACKER_LOG": "1", "PACKER_LOG_PATH": str(work / "packer.log")}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "PACKER_CACHE_DIR": str(work / "packer-cache"),
+           "CHECKPOINT_DISABLE": "1", "PACKER_LOG": "1", "PACKER_LOG_PATH": str(work / "packer.log")}
+    if poll:  # else Packer's own defaults
+        env.update({"AWS_POLL_DELAY_SECONDS": str(poll), "AWS_MAX_ATTEMPTS": "300"})
     cloud.reset_stats()
     started, started_wall = time.monotonic(), time.time()
     try:
@@ -263,8 +287,9 @@ def _warm_up(cloud: LocalCloud) -> str:
     return source_ami
 
 
-def measure(builds: int = BUILDS) -> tuple[list[dict], str, list[dict]]:
-    """Image Factory's builds, Packer's version and its builds, all on one fresh local cloud."""
+def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict], str, list[dict]]:
+    """Image Factory's builds, Packer's version and its builds, all on one fresh local cloud, both sides at
+    ``poll`` (None: each at its defaults)."""
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     cloud = LocalCloud(work / "local-cloud")
     # Only the region built in: the local sshd's key lookup asks every region of the local cloud at each login.
@@ -274,12 +299,12 @@ def measure(builds: int = BUILDS) -> tuple[list[dict], str, list[dict]]:
         print(f"local cloud {cloud.endpoint}, latency {LATENCY}; work in {work}", flush=True)
         source_ami = _warm_up(cloud)
         print(f"Image Factory: {builds} {DAG_ID} builds under the scheduler, one after the other ...", flush=True)
-        ours = image_factory(cloud, work, builds)
+        ours = image_factory(cloud, work, builds, poll)
         for build in ours:
             print(f"  {build}", flush=True)
         print(f"Packer: the same build (amazon-ebs), {builds} times ...", flush=True)
         try:
-            version, peer = packer(cloud, work, source_ami, builds)
+            version, peer = packer(cloud, work, source_ami, builds, poll)
         except Exception as exc:  # a failing peer is a result
             version, peer = "", [{"error": f"{type(exc).__name__}: {exc}"}]
         for build in peer:
@@ -299,8 +324,12 @@ def _spread(builds: list[dict], key: str) -> str:
     return f"{values[0]:.1f}-{values[-1]:.1f} s" if values else "-"
 
 
-def result(ours: list[dict], version: str, peer: list[dict]) -> Result:
-    name = "build-latency"
+def _setting(poll: float | None) -> str:
+    return "at the defaults" if poll is None else f"every {poll:g} s"
+
+
+def result(ours: list[dict], version: str, peer: list[dict], poll: float | None = POLL) -> Result:
+    name = f"build-latency {_setting(poll)}"
     note_peer = next((build["error"] for build in peer if "error" in build), "")
     done = [build for build in peer if "error" not in build]
     n = len(ours)
@@ -338,12 +367,11 @@ def result(ours: list[dict], version: str, peer: list[dict]) -> Result:
                       for number, build in enumerate(ours, 1))
     in_tasks = "; ".join(f"{build['in_tasks']:.1f} of {build['to_complete']:.1f} s" for build in ours)
     details = [
-        f"**build-latency.** {n} `{DAG_ID}` builds on each side, one after the other, on a fresh local cloud "
+        f"**{name}.** {n} `{DAG_ID}` builds on each side, one after the other, on a fresh local cloud "
         f"emulating AWS state-change times (boot {LATENCY['instance_running']} s, stop "
         f"{LATENCY['instance_stopped']} s, image {LATENCY['image_available']} s, terminate "
         f"{LATENCY['instance_terminated']} s: {MINIMUM} s to an image at the least); medians, and each side's "
-        f"range. Both sides poll every {POLL} s, but for the stop before the image, which Image Factory polls "
-        f"at half its interval (every {POLL / 2:g} s: a short wait that CreateImage waits for). Image Factory: "
+        f"range. {_polling(poll)} Image Factory: "
         "AirflowStack (scheduler, dag-processor, triggerer, api-server, LocalExecutor) on a PostgreSQL server "
         "the benchmark starts (bench/postgres.py), each run created by the REST API once the one before "
         "ended, the end when the run is success. Packer: `packer build` of an amazon-ebs template with "
@@ -368,14 +396,38 @@ def result(ours: list[dict], version: str, peer: list[dict]) -> Result:
         "scheduler), Packer is one process.",
         "API calls by action of each side's build with the most EC2 calls (counted by the local cloud's front, "
         "reset before each build):\n\n" + "\n".join(lines),
+        *([_learning(ours)] if poll is None else []),
     ]
     if note_peer:
         details.append(f"Packer did not give a figure: {note_peer}")
     return Result(rows, details)
 
 
+def _polling(poll: float | None) -> str:
+    if poll is None:
+        return ("Each side at its defaults: Image Factory with no poll_interval (each wait polls on the schedule "
+                "of plugins/image_factory/polling.py: a spec's first build on priors, the later ones fitted to the "
+                "windows the earlier ones saw); Packer with no AWS_POLL_DELAY_SECONDS or AWS_MAX_ATTEMPTS.")
+    return (f"Both sides poll every {poll:g} s, but for the stop before the image, which Image Factory polls at "
+            f"half its interval (every {poll / 2:g} s: a short wait that CreateImage waits for).")
+
+
+def _learning(ours: list[dict]) -> str:
+    """Per build at the defaults: the figures that show the schedule learning from the builds before."""
+    return "Image Factory at the defaults, build by build (the first on priors): " + "; ".join(
+        f"build {number}: image {build['to_image']:.1f} s, run done {build['to_end']:.1f} s, "
+        f"{_ec2(build['calls'])} EC2 calls ({build['calls'].get('ec2:DescribeInstances', 0)} DescribeInstances, "
+        f"{build['calls'].get('ec2:DescribeImages', 0)} DescribeImages)" for number, build in enumerate(ours, 1))
+
+
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
-    return result(*measure(getattr(args, "latency_builds", BUILDS)))
+    """Both settings, the defaults first: one table, each setting's rows under its own name."""
+    rows, details = [], []
+    for poll in SETTINGS:
+        measured = result(*measure(getattr(args, "latency_builds", BUILDS), poll), poll=poll)
+        rows += measured.rows
+        details += measured.details
+    return Result(rows, details)
 
 
 def main() -> int:

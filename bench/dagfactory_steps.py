@@ -7,7 +7,11 @@ PythonOperator. They are never run: the benchmark only parses the DAGs.
 from __future__ import annotations
 
 
-def create_builder_infrastructure(**context) -> None:
+def create_builder_network(**context) -> None:
+    pass
+
+
+def launch_builder_instance(**context) -> None:
     pass
 
 

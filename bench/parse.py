@@ -3,7 +3,7 @@
 Both sides are parsed by Airflow's own ``DagBag`` in a fresh Python process each (imports counted), alternating
 Image Factory and dag-factory ``repeat`` times; the medians are reported. Each worker times the DagBag
 construction with ``time.perf_counter`` and prints JSON; the parent times the whole process and reads its peak
-RSS from ``os.wait4``. Both bags must hold N DAGs of the same 4 tasks and 5 edges, with no import error.
+RSS from ``os.wait4``. Both bags must hold N DAGs of the same 5 tasks and 8 edges, with no import error.
 
     PYTHONPATH=plugins:. .venv/bin/python -m bench.parse [--n 1000] [--repeat 3] [--profile]
 
@@ -27,18 +27,21 @@ from bench import Result, Row
 
 PROJECT = Path(__file__).resolve().parents[1]
 
-STEPS = ("create_builder_infrastructure", "configure", "register_image", "tear_down")
+STEPS = ("create_builder_network", "launch_builder_instance", "configure", "register_image", "tear_down")
 #: The dependencies of an Image Factory DAG (plugins/image_factory/dag.py), XCom arguments and the teardown's
 #: setup included. The dag-factory DAGs get exactly these; both bags are checked against them.
 EDGES = (
-    ("create_builder_infrastructure", "configure"),
-    ("create_builder_infrastructure", "register_image"),
-    ("create_builder_infrastructure", "tear_down"),
+    ("create_builder_network", "launch_builder_instance"),
+    ("create_builder_network", "configure"),
+    ("create_builder_network", "register_image"),
+    ("create_builder_network", "tear_down"),
+    ("launch_builder_instance", "configure"),
+    ("launch_builder_instance", "register_image"),
     ("configure", "register_image"),
     ("register_image", "tear_down"),
 )
 #: The steps that call the cloud API run in the image_factory pool.
-POOLED = ("create_builder_infrastructure", "register_image", "tear_down")
+POOLED = ("create_builder_network", "launch_builder_instance", "register_image", "tear_down")
 SCHEDULE = "0 2 * * *"
 PYTHON_OPERATOR = "airflow.providers.standard.operators.python.PythonOperator"
 REGIONS = ("eu-west-1", "us-east-1", "us-west-2", "ap-southeast-2")
@@ -96,7 +99,7 @@ def spec_yaml(i: int) -> str:
 
 
 def dagfactory_yaml(i: int) -> str:
-    """The dag-factory DAG equivalent to spec ``i``: same dag_id, the 4 steps as PythonOperators with the same
+    """The dag-factory DAG equivalent to spec ``i``: same dag_id, the 5 steps as PythonOperators with the same
     dependencies, pool, schedule, catchup, max_active_runs, tags, trigger params and default_args (retries,
     delay, backoff), and the spec's data as each step's op_kwargs."""
     role, region = ROLES[i % len(ROLES)], REGIONS[i % len(REGIONS)]
@@ -320,7 +323,7 @@ def run_process(args: list[str], env: dict[str, str], log: Path, timeout: float 
 
 
 def check(side: str, result: dict, n: int) -> None:
-    """Fail loudly unless the bag holds N DAGs of 4 tasks with the expected edges and no import error."""
+    """Fail loudly unless the bag holds N DAGs of 5 tasks with the expected edges and no import error."""
     problems = []
     if result["import_error_count"]:
         problems.append(f"{result['import_error_count']} import errors: {result['import_errors']}")
@@ -482,7 +485,7 @@ def _profile(n: int, root: Path, logs: Path, ratio: float) -> list[str]:
         f"| {ms(phase['pydantic_validate_s'])} |",
         f"| `load_specs` (read, YAML, validation, parameter checks, hash) | {phase['load_specs_s']:.2f} "
         f"| {ms(phase['load_specs_s'])} |",
-        f"| `build_dag` (DAG, params, doc, 4 tasks, edges) | {phase['build_dag_s']:.2f} "
+        f"| `build_dag` (DAG, params, doc, 5 tasks, edges) | {phase['build_dag_s']:.2f} "
         f"| {ms(phase['build_dag_s'])} |",
         f"| `DagSerialization.to_dict` of each DAG (the dag-processor's next step) | {phase['serialize_s']:.2f} "
         f"| {ms(phase['serialize_s'])} |",

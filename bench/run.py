@@ -45,6 +45,12 @@ def _concurrency(args: argparse.Namespace) -> Result:
     return concurrency.run(args)
 
 
+def _lifecycle(args: argparse.Namespace) -> Result:
+    from bench import lifecycle
+
+    return lifecycle.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -57,6 +63,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("parse", "DagBag load of N specs vs dag-factory on N equivalent YAML DAGs", _parse),
         Benchmark("build-latency", "builds on the local cloud with AWS-like state-change times vs Packer",
                   _build_latency),
+        Benchmark("lifecycle", "the test stage: image available to promoted, vs the test boot and the tests",
+                  _lifecycle),
         Benchmark("concurrency", "N builds at once vs one alone, same stack (LocalExecutor on PostgreSQL), "
                   "local cloud with AWS-like state-change times", _concurrency),
     )

@@ -15,7 +15,7 @@ from airflow.sdk import DAG, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from image_factory import aws
-from image_factory.dag import origin_asset
+from image_factory.assets import origin_asset
 from image_factory.errors import permanent_aws_errors
 from image_factory.origin_watch import new_origin
 from image_factory.settings import specs_folder

@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from image_factory import settings
+from image_factory.polling import schedule_for
 
 log = logging.getLogger("image_factory")
 
@@ -167,7 +168,8 @@ with DAG(
         log.info("sweeper: %s: %d builds with builder resources", region, len(builds))
         chosen = sweeper.orphans(builds, datetime.now(UTC), grace,
                                  lambda dag_id, run_id: _dagrun_state(ti, dag_id, run_id), max_age)
-        summary = sweeper.sweep(clients.ec2, clients.ssm, chosen, dry_run, settings.load().poll_interval)
+        summary = sweeper.sweep(clients.ec2, clients.ssm, chosen, dry_run,
+                                schedule_for("instance_terminated", poll_interval=settings.load().poll_interval))
         if summary.failed:
             raise RuntimeError(f"sweeper: {region}: could not tear down {len(summary.failed)} builds: "
                                + "; ".join(f"{b}: {why}" for b, why in summary.failed.items()))

@@ -12,14 +12,15 @@ import paramiko  # noqa: F401 (configure's SSH)
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk.api import client as execution_api
 
-import image_factory.dag  # imported for the task processes forked from this one
+import image_factory.dag  # noqa: F401 (imported for the task processes forked from this one)
 from image_factory import aws
+from image_factory.assets import image_asset
 from image_factory.links import BuilderInstanceLink, ImageLink
 
 aws.preload()
 # A process's first Asset loads every provider's asset URI handlers (the Amazon one imports the S3 hook): a
 # tenth of a second of CPU that each task process would otherwise pay when it parses its DAG.
-image_factory.dag.image_asset("preload")
+image_asset("preload")
 # The Execution API client's TLS context (certifi's CA bundle read: 0.13 s of CPU), cached per process: read once
 # here rather than at the first task of each executor worker. A private helper of the Task SDK: should an upgrade
 # rename it, only this preload is lost, not the plugin (and its links).

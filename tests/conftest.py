@@ -40,6 +40,15 @@ def airflow_home(local_cloud) -> Path:
     return home
 
 
+@pytest.fixture
+def aws_connection(local_cloud, monkeypatch):
+    """The local cloud's Airflow AWS connection, as the triggerer process has it."""
+    for key, value in local_cloud.env().items():
+        if key.startswith("AIRFLOW_CONN_"):
+            monkeypatch.setenv(key, value)
+    return "aws_default"
+
+
 @pytest.fixture(scope="session")
 def ec2(local_cloud):
     return _client("ec2", local_cloud)

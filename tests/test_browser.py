@@ -25,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DAG_ID = "shopspinner-linux-image"
+LAYERED = "shopspinner-webapp-image"
 PARAM = "instance_size"
 CHANGED_TO = "medium"
 EXPECTED_INSTANCE_TYPE = "t3.medium"
@@ -42,7 +43,13 @@ sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright 
 
 @pytest.fixture(scope="module")
 def airflow_ui(local_cloud, tmp_path_factory):
-    stack = AirflowStack(tmp_path_factory.mktemp("airflow-ui") / "home", local_cloud, free_port())
+    # The shipped spec, and the example built on its `latest` channel whose `production` needs an approval.
+    specs = tmp_path_factory.mktemp("browser-specs")
+    for source in (PROJECT / "include" / "specs" / f"{DAG_ID}.yaml",
+                   PROJECT / "include" / "examples" / f"{LAYERED}.yaml"):
+        (specs / source.name).write_text(source.read_text())
+    stack = AirflowStack(tmp_path_factory.mktemp("airflow-ui") / "home", local_cloud, free_port(),
+                         extra_env={"AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(specs)})
     started = time.monotonic()
     stack.start()
     try:
@@ -191,3 +198,47 @@ def test_trigger_from_the_form_and_read_the_run_in_the_ui(airflow_ui, browser, e
     assert types == {EXPECTED_INSTANCE_TYPE}, f"build {build_id} ran on {types}"
     print(f"browser: build {build_id} ran on {EXPECTED_INSTANCE_TYPE}; screenshot {screenshot}")
 
+
+
+def test_approve_a_promotion_in_the_ui(airflow_ui, browser, ssm):
+    """The layered example's build waits for a person; its approval, given on the task's page in the UI, moves
+    its `production` channel (the run above promoted the base image's `latest`, which it is built on)."""
+    stack = airflow_ui
+    stack.api("PATCH", f"/dags/{LAYERED}", {"is_paused": False})
+    run_id = stack.api("POST", f"/dags/{LAYERED}/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
+    path = f"/dags/{LAYERED}/dagRuns/{quote(run_id, safe='')}"
+    deadline = time.monotonic() + RUN_TIMEOUT
+    states = {}
+    while time.monotonic() < deadline:
+        states = {t["task_id"]: t["state"] for t in stack.api("GET", f"{path}/taskInstances")["task_instances"]}
+        if states.get("approve_promotion") == "awaiting_input" or "failed" in states.values():
+            break
+        time.sleep(2)
+    assert states.get("approve_promotion") == "awaiting_input", states
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    try:
+        log_in(page, stack)
+        page.goto(f"{stack.url}/dags/{LAYERED}/runs/{quote(run_id, safe='')}/tasks/approve_promotion")
+        page.get_by_text("Promote a new").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "approval.png"), full_page=True)
+        page.get_by_role("button", name="Approve").first.click()
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline and stack.api("GET", path)["state"] not in ("success", "failed"):
+            time.sleep(2)
+        page.reload()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "approved.png"), full_page=True)
+    except Exception:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(ARTIFACTS / "approval-failure.png"), full_page=True)
+        raise
+    finally:
+        context.close()
+        stack.api("PATCH", f"/dags/{LAYERED}", {"is_paused": True})
+    states = {t["task_id"]: t["state"] for t in stack.api("GET", f"{path}/taskInstances")["task_instances"]}
+    assert states["promote_approved"] == "success", states
+    image_id = ssm.get_parameter(Name=f"/image-factory/{LAYERED}/latest")["Parameter"]["Value"]
+    assert ssm.get_parameter(Name=f"/image-factory/{LAYERED}/production")["Parameter"]["Value"] == image_id
+    print(f"browser: approved in the UI; {LAYERED} production -> {image_id}")

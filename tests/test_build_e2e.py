@@ -107,21 +107,30 @@ def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, 
     assert tags[TAG_RUN] == result.run_id
     assert tags["team"] == "shopspinner"  # the spec's own tags
 
-    launched = instances_of(ec2, build_id)
-    assert len(launched) == 1
-    assert launched[0]["State"]["Name"] == "terminated"
-    assert launched[0]["InstanceType"] == "t3.small"
-    assert launched[0]["MetadataOptions"]["HttpTokens"] == "required"
+    # The builder, and the test instance of the new image: both locked down, both gone.
+    launched = {tag_dict(i["Tags"])["image-factory:instance"]: i for i in instances_of(ec2, build_id)}
+    assert sorted(launched) == ["builder", "test"]
+    assert launched["test"]["ImageId"] == image["ImageId"]
+    for instance in launched.values():
+        assert instance["State"]["Name"] == "terminated"
+        assert instance["InstanceType"] == "t3.small"
+        assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert (tags["image-factory:tests"], tags["image-factory:tests-failed"]) == ("passed", "0")
     assert builder_resources(ec2, ssm, build_id) == []
 
 
-def test_builder_infrastructure_was_made_then_deleted(shopspinner_run, ec2):
-    log = shopspinner_run.task_logs["create_builder_infrastructure"]
-    for kind in ("vpc", "subnet", "security-group", "key-pair"):
+def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):
+    log = shopspinner_run.task_logs["create_builder_network"]
+    # (The local cloud gives builds a builder VPC, as a deployment's builder_vpc_id does: no VPC per build.)
+    for kind in ("subnet", "security-group", "key-pair"):
         assert f"created {kind} " in log
     group_id = log.split("created security-group ")[1].split()[0]
     with pytest.raises(Exception, match=r"InvalidGroup\.NotFound"):
         ec2.describe_security_groups(GroupIds=[group_id])
+    assert "created instance i-" not in log  # the launch is a task of its own
+    assert "created instance i-" in shopspinner_run.task_logs["launch_builder_instance"]
+    assert list(shopspinner_run.task_states) == ["create_builder_network", "launch_builder_instance", "configure",
+                                                 "register_image", "test_image", "promote", "tear_down"]
     teardown_log = shopspinner_run.task_logs["tear_down"]
     assert f"deleted security-group {group_id}" in teardown_log
     assert "deleted instance i-" in teardown_log
@@ -191,8 +200,8 @@ def actions_in_code(folder: Path) -> set[str]:
 def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm, tmp_path):
     roles = tmp_path / "roles"
     (roles / "failing").mkdir(parents=True)
-    # The "instance" is this machine: the role notes where it ran, and how private that folder was.
-    (roles / "failing" / "10-fail.sh").write_text(f"echo \"$PWD $(stat -c %a .)\" > {tmp_path}/staging\n"
+    # The role says where it ran, and how private that folder was, then fails.
+    (roles / "failing" / "10-fail.sh").write_text("echo \"staging $PWD $(stat -c %a .)\"\n"
                                                   "echo 'about to fail on purpose'\nexit 1\n")
     write_spec(tmp_path / "specs", "failing-role-image", f"""\
         image:
@@ -216,9 +225,9 @@ def test_failing_role_fails_the_run_and_leaves_nothing(local_cloud, airflow_home
     configure_log = result.task_logs["configure"]
     assert "exited with status 1" in configure_log
     assert "| about to fail on purpose" in configure_log  # the tail of the remote output, in the error
-    staging, mode = (tmp_path / "staging").read_text().split()
+    staging, mode = re.search(r"staging (\S+) (\d+)", configure_log).groups()
     assert staging.startswith("/tmp/image-factory-role.") and mode == "700"
-    assert not Path(staging).exists()  # removed although the role failed
+    assert not Path(staging).exists()  # it ran on the instance, not on this host
     build_id = build_id_for("failing-role-image", result.run_id)
     assert find_images(ec2, build_id) == []
     result.airflow_home = airflow_home
@@ -253,7 +262,7 @@ def test_command_template_tool_quotes_spec_values(local_cloud, airflow_home, ec2
     build_id = build_id_for("servermaker-image", result.run_id)
     assert [i["InstanceType"] for i in instances_of(ec2, build_id)] == ["t3.medium"]
     # No builder subnet asked for: the instance ran in the default VPC, and nothing is left.
-    assert "created subnet" not in result.task_logs["create_builder_infrastructure"]
+    assert "created subnet" not in result.task_logs["create_builder_network"]
     assert tag_dict(find_images(ec2, build_id)[0]["Tags"])[TAG_ROLE] == "appserver"
     assert builder_resources(ec2, ssm, build_id) == []
 
@@ -271,7 +280,10 @@ def test_register_returns_a_build_summary_with_step_durations(shopspinner_run, e
     build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
     assert summary["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
     assert summary["region"] == "eu-west-1" and summary["server_role"] == "appserver"
-    assert set(summary["step_seconds"]) == {"create_builder_infrastructure", "configure"}
+    assert set(summary["step_seconds"]) == {"create_builder_network", "launch_builder_instance", "configure"}
+    # The windows the stop and the image were seen in: what the spec's next build polls around.
+    assert set(summary["waits"]) == {"instance_stopped", "image_available"}
+    assert all(0 <= low <= high for low, high in summary["waits"].values())
     assert all(isinstance(s, int | float) and s >= 0 for s in summary["step_seconds"].values())
 
 
@@ -280,9 +292,9 @@ def test_console_links_point_at_the_emulator_dashboard(shopspinner_run, local_cl
                     shopspinner_run.run_id)
     dashboard = f"{local_cloud.endpoint}/moto-api/"
     assert sorted((task, key, json.loads(value)) for task, key, value in rows) == [
-        ("create_builder_infrastructure", "_link_BuilderInstanceLink", dashboard),
+        ("launch_builder_instance", "_link_BuilderInstanceLink", dashboard),
         ("register_image", "_link_ImageLink", dashboard)]
-    assert "ran on an emulated cloud, not on AWS" in shopspinner_run.task_logs["create_builder_infrastructure"]
+    assert "ran on an emulated cloud, not on AWS" in shopspinner_run.task_logs["launch_builder_instance"]
 
 
 def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
@@ -294,3 +306,23 @@ def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
     build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
     assert extra["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
     assert extra["region"] == "eu-west-1"
+
+
+def test_a_failing_launch_fails_the_run_still_tears_down_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm):
+    """RunInstances went through, then the launch task failed (a permanent fault right after it): the run
+    fails, the later steps never run, and tear_down, which has no launch record, finds the instance by tag."""
+    env = airflow_env(local_cloud, airflow_home)
+    env["IMAGE_FACTORY_FAULTS"] = "after:launch"
+    result = run_dag("shopspinner-linux-image", env)
+
+    assert result.exit_code != 0 and result.state == "failed"
+    assert result.task_states["create_builder_network"] == "success"
+    assert result.task_states["launch_builder_instance"] == "failed"
+    assert "configure" not in result.task_states and "register_image" not in result.task_states
+    assert result.task_states["tear_down"] == "success"
+    build_id = build_id_for("shopspinner-linux-image", result.run_id)
+    made = instances_of(ec2, build_id)
+    assert [i["State"]["Name"] for i in made] == ["terminated"]  # it was made, and it is gone
+    assert f"deleted instance {made[0]['InstanceId']}" in result.task_logs["tear_down"]
+    assert find_images(ec2, build_id) == []
+    assert builder_resources(ec2, ssm, build_id) == []

@@ -26,7 +26,8 @@ SHIPPED = sorted((PROJECT / "include" / "specs").glob("*.y*ml"))
 LIVE_SPEC = PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml"
 EXPECT = re.compile(r"^# expect: (?P<field>.+?) \| (?P<substring>.+)$")
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-TASKS = ["create_builder_infrastructure", "configure", "register_image", "tear_down"]
+TASKS = ["create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image", "promote",
+         "tear_down"]
 HOSTILE = "servermaker.shopspinner.xyz; rm -rf /"
 
 
@@ -122,17 +123,27 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
     assert plan["schedule"] == "0 2 * * *"
     assert [task["task_id"] for task in plan["tasks"]] == TASKS
     tasks = {task["task_id"]: task for task in plan["tasks"]}
-    assert plan["parameters"] == {"IMAGE_BUILDER_SUBNET_ID": "<made by create_builder_infrastructure>",
-                                  "IMAGE_BUILDER_SSH_KEY": "<made by create_builder_infrastructure>"}
-    created = {kind: value for item in tasks["create_builder_infrastructure"]["creates"]
+    # The plan is made from the DAG's own table: each task's line is the one the DAG's tasks carry.
+    from image_factory.dag import STEPS
+
+    assert {s.task_id: s.does for s in STEPS if s.task_id in TASKS} == {t["task_id"]: t["does"] for t in plan["tasks"]}
+    assert tasks["test_image"]["tool"] == "testinfra" and tasks["test_image"]["files"] == ["test_appserver.py"]
+    assert tasks["promote"]["channels"] == {"latest": "/image-factory/shopspinner-linux-image/latest"}
+    assert tasks["configure"]["after"] == ["create_builder_network", "launch_builder_instance"]
+    assert tasks["tear_down"]["teardown_of"] == "create_builder_network"
+    assert plan["parameters"] == {"IMAGE_BUILDER_SUBNET_ID": "<made by create_builder_network>",
+                                  "IMAGE_BUILDER_SSH_KEY": "<made by create_builder_network>"}
+    created = {kind: value for item in tasks["create_builder_network"]["creates"]
                for kind, value in item.items()}
-    assert set(created) == {"vpc", "subnet", "security_group", "key_pair", "instance"}
+    assert set(created) == {"vpc", "subnet", "security_group", "key_pair"}
     assert created["security_group"]["ingress"] == ["tcp 22 from 10.20.0.0/16"]
     assert created["security_group"]["egress"] == ["tcp 53 to 0.0.0.0/0", "tcp 80 to 0.0.0.0/0",
                                                    "tcp 443 to 0.0.0.0/0", "udp 53 to 0.0.0.0/0"]
-    instance = created["instance"]
+    instance = tasks["launch_builder_instance"]["instance"]
     assert instance["instance_type"] == "t3.small (small)"
-    assert instance["subnet"] == "<made by create_builder_infrastructure>"
+    assert instance["subnet"] == "<made by create_builder_network>"
+    # At the defaults the waits poll on the priors of a spec's first build.
+    assert "from 10.0 s" in tasks["launch_builder_instance"]["waits"]
     configure = tasks["configure"]
     assert (configure["tool"], configure["server_role"]) == ("shell", "appserver")
     assert configure["commands"] == ["bash ./10-base.sh", "bash ./20-appserver.sh"]

@@ -93,8 +93,9 @@ def test_transient_faults_at_every_step_are_retried_and_create_everything_once(
     creates = {action: count for action, count in calls.items()
                if action.split(":")[1].startswith(("Create", "Import", "Run", "Put"))
                and action != "ec2:CreateTags"}
+    # Two instances (the builder, the image's test instance) and two parameters (the key, the channel).
     assert creates == {"ec2:CreateVpc": 1, "ec2:CreateSubnet": 1, "ec2:CreateSecurityGroup": 1,
-                       "ec2:ImportKeyPair": 1, "ssm:PutParameter": 1, "ec2:RunInstances": 1,
+                       "ec2:ImportKeyPair": 1, "ssm:PutParameter": 2, "ec2:RunInstances": 2,
                        "ec2:CreateImage": 1}
     build_id = build_id_for(DAG, result.run_id)
     assert [i["State"] for i in find_images(ec2, build_id)] == ["available"]

@@ -104,6 +104,6 @@ def test_a_build_defers_its_waits_and_leaves_nothing(local_cloud, ec2, ssm, tmp_
     assert "waiting for instance running i-" in logs, logs[-5000:]
     # The stop, the image's creation and its wait: one deferral.
     assert re.search(r"waiting for instance stopped i-\w+, then image available without holding a worker slot "
-                     r"\(deferred to the triggerer\)", logs), logs[-5000:]
+                     r"\(deferred to the triggerer; polls ", logs), logs[-5000:]
     build_id = build_id_for("shopspinner-linux-image", result.run_id)
     assert builder_resources(ec2, ssm, build_id) == []

@@ -62,7 +62,7 @@ def test_dag_docs_tags_owner_and_console_links(bag):
     assert "`0 2 * * *`" in dag.doc_md and "security group" in dag.doc_md
     assert {"image-build", "aws", "role:appserver"} <= set(dag.tags)
     assert {task.owner for task in dag.tasks} == {"image-factory"}
-    for task_id, link in (("create_builder_infrastructure", "Builder instance"), ("register_image", "Image")):
+    for task_id, link in (("launch_builder_instance", "Builder instance"), ("register_image", "Image")):
         assert [lk.name for lk in dag.get_task(task_id).operator_extra_links] == [link]
     assert [o.uri for o in dag.get_task("register_image").outlets] == ["image-factory://images/shopspinner-linux-image"]
 

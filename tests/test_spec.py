@@ -211,3 +211,20 @@ def test_two_specs_with_the_same_name_are_both_rejected(tmp_path):
         assert "'shopspinner-linux-image'" in message
         assert "first.yaml" in message and "second.yml" in message
         assert str(error).startswith(f"{error.path}: image.name: ")
+
+
+def test_an_origin_naming_a_channel_needs_that_spec_and_that_channel(tmp_path):
+    base = LIVE_SPEC.read_text()
+    layered = (LIVE_SPEC.parents[1] / "examples" / "shopspinner-webapp-image.yaml").read_text()
+    (tmp_path / "webapp.yaml").write_text(layered)
+    specs, errors = load_specs(tmp_path)
+    assert specs == []
+    assert [str(e) for e in errors] == [f"{tmp_path / 'webapp.yaml'}: image.origin: names channel 'latest' of spec "
+                                        "'shopspinner-linux-image', and no spec of that name is loaded"]
+    (tmp_path / "base.yaml").write_text(base.replace("[latest]", "[stable]"))
+    specs, errors = load_specs(tmp_path)
+    assert [s.name for s in specs] == ["shopspinner-linux-image"]
+    assert "which promotes stable" in str(errors[0])
+    (tmp_path / "base.yaml").write_text(base)
+    specs, errors = load_specs(tmp_path)
+    assert [s.name for s in specs] == ["shopspinner-linux-image", "shopspinner-webapp-image"] and errors == []

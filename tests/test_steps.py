@@ -75,8 +75,10 @@ def test_every_step_run_twice_creates_each_resource_once(ec2, ssm, build):
     assert first == second
     outputs = first.outputs()
     launched = with_subnet(build, outputs["IMAGE_BUILDER_SUBNET_ID"])
-    instance_id = instance.launch(ec2, launched, origin_image, first.security_group_id, first.key_name)
-    assert instance.launch(ec2, launched, origin_image, first.security_group_id, first.key_name) == instance_id
+    view = instance.launch_view(origin_image)
+    made = instance.launch(ec2, launched, view, first.security_group_id, first.key_name)
+    assert instance.launch(ec2, launched, view, first.security_group_id, first.key_name) == made
+    instance_id = made["instance_id"]
     registered = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
     again = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
     assert again["ImageId"] == registered["ImageId"]
@@ -90,7 +92,7 @@ def test_launched_instance_is_locked_down(ec2, ssm, build):
     origin_image = origin.describe_origin(ec2, ssm, build.spec.origin, build.region)
     infra = infrastructure.create(ec2, ssm, build)
     launched = with_subnet(build, infra.subnet_id)
-    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)
+    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)["instance_id"]
     described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     assert described["MetadataOptions"]["HttpTokens"] == "required"
     assert "PublicIpAddress" not in described
@@ -139,7 +141,7 @@ def test_teardown_by_the_setups_record_makes_no_lookups_and_leaves_nothing(local
     origin_image = origin.describe_origin(ec2, ssm, build.spec.origin, build.region)
     infra = infrastructure.create(ec2, ssm, build)
     launched = with_subnet(build, infra.subnet_id)
-    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)
+    instance_id = instance.launch(ec2, launched, origin_image, infra.security_group_id, infra.key_name)["instance_id"]
     record = {"origin_ami": origin_image["ImageId"], **infra.to_dict(), "instance_id": instance_id}
     local_cloud.reset_stats()
 

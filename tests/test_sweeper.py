@@ -170,7 +170,7 @@ def clean_up(ec2, ssm, *build_ids: str, specs: tuple[str, ...] = ()) -> None:
                                  )["Images"] if specs else []
     found |= {tag_dict(i.get("Tags"))[TAG_BUILD] for i in images}
     for build_id in sorted(set(build_ids) | found):
-        tear_down(ec2, ssm, build_id, poll_interval=1)
+        tear_down(ec2, ssm, build_id, schedule=1)
         for image in find_images(ec2, build_id):
             deregister(ec2, image)
         assert builder_resources(ec2, ssm, build_id) == []
@@ -372,7 +372,7 @@ def test_resources_without_image_factory_tags_survive_a_sweep(ec2, ssm, caplog):
         chosen = [o for o in orphans(builds, datetime.now(UTC), timedelta(0), lambda spec, run: None,
                                      timedelta(hours=12)) if o.build_id == build_id]
         with caplog.at_level("INFO", logger="image_factory"):
-            summary = sweep(ec2, ssm, chosen, dry_run=False, poll_interval=1)
+            summary = sweep(ec2, ssm, chosen, dry_run=False, schedule=1)
 
         assert summary.failed == {}
         expected = {resource_id for _, resource_id in made}
@@ -461,7 +461,7 @@ def test_dry_run_lists_without_calling_the_cloud(caplog):
     found = build("b1", timedelta(hours=2))
     chosen = orphans([found], NOW, timedelta(minutes=60), lambda spec, run: None, timedelta(hours=12))
     with caplog.at_level("INFO", logger="image_factory"):
-        summary = sweep(None, None, chosen, dry_run=True, poll_interval=1)
+        summary = sweep(None, None, chosen, dry_run=True, schedule=1)
     assert summary.would_delete == {"b1": ["vpc vpc-b1"]}
     assert summary.deleted == {}
     assert "would delete vpc vpc-b1" in caplog.text

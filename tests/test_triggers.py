@@ -18,15 +18,6 @@ REGION = "eu-west-1"
 OFF = {"instance_running": 0, "instance_stopped": 0, "image_available": 0, "instance_terminated": 0}
 
 
-@pytest.fixture
-def aws_connection(local_cloud, monkeypatch):
-    """The local cloud's Airflow AWS connection, as the triggerer process has it."""
-    for key, value in local_cloud.env().items():
-        if key.startswith("AIRFLOW_CONN_"):
-            monkeypatch.setenv(key, value)
-    return "aws_default"
-
-
 def first_event(trigger):
     async def run():
         async for event in trigger.run():
@@ -45,7 +36,7 @@ def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(loc
         instance_id = launch(ec2, ssm)
         local_cloud.reset_stats()
         trigger = Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                  timeout=30, delay=0.5, finish=True)
+                                  timeout=30, schedule=0.5, finish=True)
         event = first_event(trigger)
         waited = time.time() - trigger.started
         polls = local_cloud.stats()["calls"].get("ec2:DescribeInstances", 0)
@@ -63,7 +54,7 @@ def test_a_wait_that_cannot_succeed_goes_back_to_the_task_with_the_reason(ec2, s
     instance_id = launch(ec2, ssm)
     ec2.terminate_instances(InstanceIds=[instance_id])
     event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                        timeout=30, delay=0.2, finish=True))
+                                        timeout=30, schedule=0.2, finish=True))
     assert not isinstance(event, TaskSuccessEvent)
     assert event.payload["status"] == "failed" and instance_id in event.payload["message"]
 
@@ -73,7 +64,7 @@ def test_a_wait_past_its_timeout_goes_back_to_the_task(ec2, ssm, aws_connection)
     try:
         started = time.monotonic()
         event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_stopped",
-                                            {"InstanceIds": [instance_id]}, timeout=1.5, delay=0.5))
+                                            {"InstanceIds": [instance_id]}, timeout=1.5, schedule=0.5))
         assert event.payload["status"] == "timeout" and "not reached within 2 s" in event.payload["message"]
         assert time.monotonic() - started < 5
     finally:
@@ -84,13 +75,15 @@ def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_
     instance_id = launch(ec2, ssm)
     try:
         event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running",
-                                            {"InstanceIds": [instance_id]}, timeout=30, delay=0.2))
+                                            {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2))
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
     answer = event.payload.pop("answer")
+    low, high = event.payload.pop("windows")["instance_running"]
     assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
                              "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None,
                              "calls_failed_transient": None}
+    assert low == 0.0 and 0.2 <= high < 1  # seen at the first poll: after one step of the schedule
     # The last describe answer comes along (JSON-safe): the task need not describe the instance again.
     (described,) = [i for r in answer["Reservations"] for i in r["Instances"]]
     assert described["InstanceId"] == instance_id and described["State"]["Name"] == "running"
@@ -106,7 +99,7 @@ def test_the_calls_that_waited_for_the_state_are_made_by_the_trigger(local_cloud
     ec2.terminate_instances(InstanceIds=[instance_id])
     local_cloud.reset_stats()
     event = first_event(Ec2StateTrigger(
-        aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, delay=0.2,
+        aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
         finish=True, then=[("delete_security_group", {"GroupId": group}), ("delete_subnet", {"SubnetId": subnet}),
                            ("delete_vpc", {"VpcId": vpc})]))
     assert isinstance(event, TaskSuccessEvent)
@@ -122,7 +115,7 @@ def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm,
     ec2.terminate_instances(InstanceIds=[instance_id])
     try:
         event = first_event(Ec2StateTrigger(
-            aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, delay=0.2,
+            aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
             finish=True, then=[("delete_vpc", {"VpcId": vpc})]))  # its subnet is still there: DependencyViolation
     finally:
         ec2.delete_subnet(SubnetId=subnet)
@@ -136,18 +129,18 @@ def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm,
 @pytest.mark.parametrize(("transient", "raised"), [(False, "WaitFailed"), (True, "CallFailed")])
 def test_a_step_whose_trigger_could_not_start_the_next_change_fails_instead_of_waiting_again(transient, raised):
     """CreateImage refused in the triggerer: the resumed register step must not defer the same wait again."""
-    from image_factory import waiting
+    from image_factory import polling, waiting
     from image_factory.steps.image import named
 
     event = {"status": "success", "polls": 3, "waiter_name": "instance_stopped",
              "waiter_args": {"InstanceIds": ["i-1"]}, "calls_failed": "create_image i-1: InvalidParameterValue",
              "calls_failed_transient": transient}
     wait = waiting.deferring("aws_default", REGION, resumed=event)
-    with pytest.raises((waiting.WaitFailed, waiting.CallFailed), match="InvalidParameterValue") as failed:
-        wait(None, "instance_stopped", timeout=60, delay=2, then=[("create_image", {"InstanceId": "i-1"})],
+    with pytest.raises((polling.WaitFailed, polling.CallFailed), match="InvalidParameterValue") as failed:
+        wait(None, "instance_stopped", timeout=60, schedule=2, then=[("create_image", {"InstanceId": "i-1"})],
              next_wait=("image_available", named("x")), InstanceIds=["i-1"])
     assert type(failed.value).__name__ == raised
-    assert isinstance(failed.value, waiting.WaitFailed) == (not transient)  # permanent: no retry
+    assert isinstance(failed.value, polling.WaitFailed) == (not transient)  # permanent: no retry
 
 
 @contextlib.contextmanager
@@ -180,7 +173,7 @@ def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_
     with stopping_instance(local_cloud, ec2, ssm, latency, "register-trigger") as (instance_id, name):
         def trigger():
             return Ec2StateTrigger(aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]},
-                                   timeout=30, delay=0.3, then=[("create_image", {"InstanceId": instance_id,
+                                   timeout=30, schedule=0.3, then=[("create_image", {"InstanceId": instance_id,
                                                                                   "Name": name})],
                                    next_wait=["image_available", named(name)])
 
@@ -202,9 +195,9 @@ def test_the_next_wait_polls_on_its_own_interval(local_cloud, ec2, ssm, aws_conn
     latency = {"instance_stopped": 1, "image_available": 2}
     with stopping_instance(local_cloud, ec2, ssm, latency, "intervals") as (instance_id, name):
         event = first_event(Ec2StateTrigger(
-            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, delay=0.25,
+            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.25,
             then=[("create_image", {"InstanceId": instance_id, "Name": name})],
-            next_wait=["image_available", named(name)], next_delay=1))
+            next_wait=["image_available", named(name)], next_schedule=1))
         calls = local_cloud.stats()["calls"]
     assert event.payload["status"] == "success" and event.payload["waiter_name"] == "image_available"
     assert 3 <= calls["ec2:DescribeInstances"] <= 1 / 0.25 + 2  # the stop: every 0.25 s
@@ -252,7 +245,7 @@ def test_triggers_come_back_from_their_serialized_form(aws_connection):
     for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
                                     finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
                                     elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}],
-                                    next_delay=4),
+                                    next_schedule=4),
                     SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")

@@ -11,10 +11,14 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from image_factory.polling import Schedule, schedule_for
 from image_factory.settings import Settings
 from image_factory.spec import ImageSpec
 
 log = logging.getLogger("image_factory")
+
+#: Seconds between SSH attempts when the deployment sets no poll_interval.
+SSH_POLL_INTERVAL = 1.0
 
 TAG_SPEC = "image-factory:spec"
 TAG_BUILD = "image-factory:build-id"
@@ -26,6 +30,16 @@ TAG_ORIGIN = "image-factory:origin-ami"
 TAG_ROLE = "image-factory:server-role"
 #: Set on an image once it is available; teardown deregisters an image of a build that lacks it.
 TAG_COMPLETE = "image-factory:complete"
+#: What an instance of a build is for: ``builder`` (the role is applied to it) or ``test`` (a new image's).
+TAG_INSTANCE = "image-factory:instance"
+#: The tests of an image: ``passed``, ``failed`` or ``untested``; the counts and the time in the tags below.
+TAG_TESTS = "image-factory:tests"
+TAG_TESTS_PASSED = "image-factory:tests-passed"
+TAG_TESTS_FAILED = "image-factory:tests-failed"
+TAG_TESTED_AT = "image-factory:tested-at"
+#: The origin's own spec and build, when the origin is an Image Factory image (images built on images).
+TAG_ORIGIN_SPEC = "image-factory:origin-spec"
+TAG_ORIGIN_BUILD = "image-factory:origin-build-id"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:
@@ -44,6 +58,8 @@ class Build:
     #: The first try of a step, not resumed: what the step creates cannot exist yet, so it does not look for
     #: it first (those lookups are what make a retry create nothing twice).
     fresh: bool = False
+    #: The spec's recent windows of each wait (polling.py), by waiter name: what this build's polls start from.
+    history: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.build_id:
@@ -57,6 +73,15 @@ class Build:
     def resource_name(self) -> str:
         """Prefix of the names of this build's resources (security group, key pair, ...)."""
         return f"image-factory-{self.build_id}"
+
+    def schedule(self, waiter_name: str) -> Schedule:
+        """When this build polls for ``waiter_name``'s state (the deployment's fixed poll_interval, if set)."""
+        return schedule_for(waiter_name, self.history.get(waiter_name), self.settings.poll_interval)
+
+    @property
+    def ssh_poll_interval(self) -> float:
+        """Seconds between SSH attempts (a banner read: no cloud API call)."""
+        return self.settings.poll_interval or SSH_POLL_INTERVAL
 
     def tags(self, **extra: str) -> dict[str, str]:
         return {

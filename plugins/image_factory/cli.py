@@ -2,7 +2,8 @@
 
     python -m image_factory validate FILE_OR_FOLDER...       one line per problem; exit 0 only if all are good
     python -m image_factory render SPEC [--param NAME=VALUE]  the build's plan as YAML, no network call
-    python -m image_factory list SPEC [--region R]            the spec's images, from their lineage tags
+    python -m image_factory list SPEC [--region R]            the spec's images, their tests and channels
+    python -m image_factory show IMAGE [--region R]           an image's lineage back to its root origin
     python -m image_factory schema                            the JSON Schema of spec files
 
 ``SPEC`` is a spec file or, for ``render`` and ``list``, the name of a spec in the specs folder. Exit codes:
@@ -25,8 +26,8 @@ import yaml
 
 from image_factory import parameters
 from image_factory.errors import PermanentError
+from image_factory.parameters import BUILDER_OUTPUTS
 from image_factory.spec import (
-    BUILDER_OUTPUTS,
     IMAGE_NAME,
     SSM_PREFIX,
     LoadedSpec,
@@ -41,8 +42,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_SPECS = PROJECT / "include" / "specs"
 
 OK, PROBLEMS, USAGE = 0, 1, 2
-MADE_BY_INFRASTRUCTURE = "<made by create_builder_infrastructure>"
-MADE_BY_ORIGIN = "<resolved by create_builder_infrastructure>"
+MADE_BY_INFRASTRUCTURE = "<made by create_builder_network>"
+MADE_BY_ORIGIN = "<resolved by create_builder_network>"
 AT_RUN_TIME = "(resolved at run time)"
 
 
@@ -239,7 +240,7 @@ def _origin(spec) -> dict:
     return {"does": f"resolves the origin to an AMI id in {spec.region}: {how}", "origin": shown}
 
 
-def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
+def _network_task(spec, build, settings, warnings: list[str]) -> dict:
     from image_factory.settings import SettingsError
     from image_factory.steps.infrastructure import private_key_parameter
 
@@ -281,15 +282,12 @@ def _infrastructure_task(spec, build, settings, warnings: list[str]) -> dict:
     }})
     outputs["IMAGE_BUILDER_SECURITY_GROUP_ID"] = "the security group's id"
     outputs["IMAGE_BUILDER_SSH_KEY"] = build.resource_name
-    creates.append(_instance(spec, build))
-    return {"task_id": "create_builder_infrastructure",
-            "does": "resolves the origin, creates the builder infrastructure (an Airflow setup task), each "
-                    "resource tagged with the builder tags in its create call, and launches the builder "
-                    "instance; the triggerer waits until it is running, then ends the task",
-            "origin": _origin(spec), "creates": creates, "outputs": outputs}
+    return {"setup": "an Airflow setup task: tear_down is its teardown",
+            "origin": _origin(spec), "creates": creates, "outputs": outputs,
+            "tagged": "each resource with the builder tags (below), in its create call"}
 
 
-def _instance(spec, build) -> dict:
+def _launch_task(spec, build) -> dict:
     if spec.wants_builder_subnet or spec.subnet:
         subnet = spec.subnet
     else:
@@ -306,32 +304,39 @@ def _instance(spec, build) -> dict:
                 "metadata": "IMDSv2 required (HttpTokens=required, hop limit 1)",
                 "root_volume": "the origin's root volume, encrypted, deleted with the instance",
                 "shutdown_behaviour": "terminate",
-            }}
+            },
+            "waits": f"until it runs: {_polls(build, 'instance_running')}"}
 
 
-def _ssh(spec, settings) -> dict:
+def _polls(build, waiter_name: str) -> str:
+    return f"polled {build.schedule(waiter_name).describe()} after the change began (a first build's priors; "\
+           "later builds fit the polls to the spec's recent ones)" if not build.settings.poll_interval else \
+        f"polled {build.schedule(waiter_name).describe()} ([image_factory] poll_interval)"
+
+
+def _ssh(spec, settings, build) -> dict:
     host = settings.ssh_host or ("the instance's public address" if spec.public_ip
                                  else "the instance's private address")
     return {"does": f"waits until SSH accepts the build's key (in the triggerer while SSH does not answer; "
-                    f"every {settings.poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
+                    f"every {build.ssh_poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
             "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port}
 
 
 def _configure_task(spec, build, settings, known: _Parameters, warnings: list[str]) -> dict:
-    task: dict[str, Any] = {"task_id": "configure"}
+    task: dict[str, Any] = {}
     configure = spec.configure
     if configure is None:
-        task["does"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
+        task["how"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
                         "origin")
         return task
-    task["ssh"] = _ssh(spec, settings)
+    task["ssh"] = _ssh(spec, settings, build)
     task.update(tool=configure.tool, server_role=configure.server_role)
     role_unknown = known.unresolved(configure.server_role)
     if configure.tool == "shell":
         from image_factory.tools.shell import ROLES_DIR, role_files
 
         roles_dir = Path(settings.roles_folder) if settings.roles_folder else ROLES_DIR
-        task["does"] = ("copies the role's folder over SFTP to a fresh private directory on the instance "
+        task["how"] = ("copies the role's folder over SFTP to a fresh private directory on the instance "
                         "(/tmp/image-factory-role.<random>), runs its top-level *.sh scripts there in name order "
                         "with bash (the first failure stops the role), then removes the directory")
         task["role_folder"] = _shown_path(roles_dir / configure.server_role)
@@ -348,7 +353,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
                                    "IMAGE_FACTORY_BUILD_ID": build.build_id}
             task["commands"] = [Command(f"bash ./{f.name}") for f in files if f.suffix == ".sh" and len(f.parts) == 1]
     elif configure.tool == "ansible":
-        task["does"] = (f"ansible-playbook on the worker applies role {configure.server_role!r} of the playbook "
+        task["how"] = (f"ansible-playbook on the worker applies role {configure.server_role!r} of the playbook "
                         "source to the builder instance over SSH with the build's key")
         task["role_folder"] = _ansible_source(configure, settings, warnings)
     else:
@@ -357,7 +362,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
         template = configure.command or settings.servermaker_command
         origin = ("the spec's configure.command" if configure.command
                   else "[image_factory] servermaker_command")
-        task["does"] = f"runs one command line on the instance, from {origin}; its values are shell-quoted"
+        task["how"] = f"runs one command line on the instance, from {origin}; its values are shell-quoted"
         task["template"] = template
         task["commands"] = [Command(render(template, configure.code_repo, configure.server_role))]
         unknown = known.unresolved(configure.code_repo or "") + role_unknown
@@ -367,6 +372,31 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
     task["timeout"] = f"{settings.configure_timeout:g} s"
     task["then"] = "asks the instance to stop (register_image waits for it)"
     return task
+
+
+def _test_task(spec, build, settings) -> dict:
+    if spec.test is None:
+        return {"tests": "none: the image is tagged image-factory:tests=untested and moves no channel"}
+    from image_factory.spec import tests_folder
+
+    folder = (Path(settings.tests_folder) if settings.tests_folder else tests_folder()) / spec.test.tests
+    pattern = "test_*.py" if spec.test.tool == "testinfra" else "*.sh"
+    return {"tool": spec.test.tool, "tests_folder": _shown_path(folder),
+            "files": sorted(p.name for p in folder.glob(pattern)),
+            "test_instance": f"{instance_type(spec.test.instance_size or spec.instance_size)} from the new image, "
+                             "in the build's subnet, security group and key",
+            "waits": f"until it runs: {_polls(build, 'instance_running')}",
+            "tags": "image-factory:tests (passed/failed), tests-passed, tests-failed, tested-at"}
+
+
+def _promote_task(spec, settings, channels: list[str]) -> dict:
+    from image_factory.spec import channel_parameter
+
+    return {"channels": {channel: channel_parameter(spec.name, channel, settings.channel_prefix)
+                         for channel in channels},
+            "parameter": "SSM String, DataType aws:ec2:image, in the image's region; its versions are the history",
+            "events": [f"image-factory://images/{spec.name}",
+                       *(f"image-factory://images/{spec.name}/{channel}" for channel in channels)]}
 
 
 def _ansible_source(configure, settings, warnings: list[str]) -> str:
@@ -402,23 +432,36 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
     schedule = spec.schedule or "none: manual builds only"
     if getattr(spec, "rebuild_on_origin_change", False):
         schedule += ", and when the origin resolves to a new image"
-    tasks = [
-        _infrastructure_task(spec, build, settings, warnings),
-        _configure_task(spec, build, settings, known, warnings),
-        {"task_id": "register_image",
-         "does": "in the triggerer: waits until the instance is stopped, creates the image, waits until it is "
-                 "available; then tags its snapshots and tags it image-factory:complete=true",
-         "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"),
-         "tags": "the image tags (below)"},
-        {"task_id": "tear_down",
-         "does": "the teardown of the setup: runs whether the build succeeded or failed, and deletes what the "
-                 "setup recorded, or on a retry or when the setup failed, what it finds tagged "
-                 f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
-                 "triggerer once it is",
-         "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
-                     "complete, and their snapshots", "the key pair and its SSM parameter", "the security group",
-                     *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
-    ]
+    from image_factory import dag
+
+    details = {
+        "create_builder_network": lambda: _network_task(spec, build, settings, warnings),
+        "launch_builder_instance": lambda: _launch_task(spec, build),
+        "configure": lambda: _configure_task(spec, build, settings, known, warnings),
+        "register_image": lambda: {
+            "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"), "tags": "the image tags (below)",
+            "waits": {"stop": _polls(build, "instance_stopped"), "image": _polls(build, "image_available")}},
+        "test_image": lambda: _test_task(spec, build, settings),
+        "promote": lambda: _promote_task(spec, settings, spec.promote.channels),
+        "approve_promotion": lambda: {
+            "approvers": "a person, in the Airflow UI (Required Actions) or PATCH .../hitlDetails",
+            "timeout": f"{spec.promote.approval_timeout_hours:g} h: no answer by then is a rejection"},
+        "promote_approved": lambda: _promote_task(spec, settings, spec.promote.approval),
+        "tear_down": lambda: {
+            "teardown_of": dag.SETUP, "runs": "whether the build succeeded or failed, the setup included",
+            "finds": "what the setup and the launch recorded, or on a retry or when they failed, what is tagged "
+                     f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
+                     "triggerer once it is",
+            "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
+                        "complete, and their snapshots", "the key pair and its SSM parameter",
+                        "the security group",
+                        *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
+    }
+    steps = dag.steps_of(spec)
+    present = {step.task_id for step in steps}
+    tasks = [{"task_id": step.task_id, "does": step.does,
+              **({"after": after} if (after := [t for t in step.inputs + step.after if t in present]) else {}),
+              **details.get(step.task_id, dict)()} for step in steps]
     document = {
         "spec": str(loaded.path),
         "spec_hash": loaded.content_hash,
@@ -455,16 +498,40 @@ def render(argument: str, params: Sequence[str], run_id: str | None) -> int:
 
 # --- list -----------------------------------------------------------------------------------------------
 
-COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE")
+COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE",
+           "TESTS", "CHANNELS")
 
 
-def _image_row(image: dict) -> tuple[str, ...]:
+def _tests(tags: dict[str, str]) -> str:
+    from image_factory.build import TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED
+
+    status = tags.get(TAG_TESTS, "-")
+    if status in ("passed", "failed"):
+        passed, failed = int(tags.get(TAG_TESTS_PASSED) or 0), int(tags.get(TAG_TESTS_FAILED) or 0)
+        return f"{status} ({passed}/{passed + failed})"
+    return status
+
+
+def _image_row(image: dict, channels: dict[str, list[str]]) -> tuple[str, ...]:
     from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, tag_dict
 
     tags = tag_dict(image.get("Tags"))
     return (image["ImageId"], image.get("Name", ""), image.get("State", ""), image.get("CreationDate", ""),
             tags.get(TAG_ORIGIN, "-"), tags.get(TAG_ROLE, "-"), tags.get(TAG_SPEC_HASH, "-"),
-            tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no")
+            tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no", _tests(tags),
+            ",".join(channels.get(image["ImageId"], [])) or "-")
+
+
+def _channels_by_image(ssm, spec_name: str) -> dict[str, list[str]]:
+    """Image id -> the spec's channels that name it (one read of the spec's channel parameters)."""
+    from image_factory.spec import channel_prefix
+
+    path = f"{channel_prefix()}/{spec_name}"
+    found: dict[str, list[str]] = {}
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=False):
+        for parameter in page["Parameters"]:
+            found.setdefault(parameter["Value"], []).append(parameter["Name"].rsplit("/", 1)[1])
+    return {image: sorted(names) for image, names in found.items()}
 
 
 def list_images(argument: str, region: str | None, aws_conn_id: str | None) -> int:
@@ -489,17 +556,63 @@ def list_images(argument: str, region: str | None, aws_conn_id: str | None) -> i
         paginator = clients.ec2.get_paginator("describe_images")
         images = [image for page in paginator.paginate(
             Owners=["self"], Filters=[{"Name": f"tag:{TAG_SPEC}", "Values": [name]}]) for image in page["Images"]]
+        channels = _channels_by_image(clients.ssm, name) if images else {}
     except Exception as exc:  # the connection, the credentials, the endpoint or the call itself
         raise Failure(f"cannot list the images of {name!r} (connection {conn_id!r}): "
                       f"{type(exc).__name__}: {exc}") from None
     if not images:
         print(f"no images of spec {name!r} in {where}")
         return OK
-    rows = [_image_row(image) for image in sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)]
+    rows = [_image_row(image, channels)
+            for image in sorted(images, key=lambda i: i.get("CreationDate", ""), reverse=True)]
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
     for row in [COLUMNS, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return OK
+
+
+def lineage(ec2, ssm, image_id: str, limit: int = 20) -> list[dict]:
+    """The image and its origins back to the root origin (the first image Image Factory did not build)."""
+    from image_factory.build import TAG_BUILD, TAG_ORIGIN, TAG_ROLE, TAG_SPEC, tag_dict
+
+    levels: list[dict] = []
+    while image_id and len(levels) < limit:
+        found = ec2.describe_images(ImageIds=[image_id])["Images"]
+        if not found:
+            levels.append({"image": image_id, "missing": "no such image (deregistered?)"})
+            break
+        image = found[0]
+        tags = tag_dict(image.get("Tags"))
+        level = {"image": image_id, "name": image.get("Name", ""), "created": image.get("CreationDate", "")}
+        if TAG_SPEC not in tags:
+            levels.append({**level, "root origin": f"owner {image.get('OwnerId', '?')}"})
+            break
+        level.update(spec=tags[TAG_SPEC], build=tags.get(TAG_BUILD, "-"), role=tags.get(TAG_ROLE, "-"),
+                     origin=tags.get(TAG_ORIGIN, "-"), tests=_tests(tags),
+                     channels=",".join(_channels_by_image(ssm, tags[TAG_SPEC]).get(image_id, [])) or "-")
+        levels.append(level)
+        image_id = tags.get(TAG_ORIGIN)
+    return levels
+
+
+def show(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
+    _quiet_airflow()
+    from image_factory import aws
+
+    conn_id = aws_conn_id or "aws_default"
+    try:
+        clients = aws.clients(conn_id, region)
+        levels = lineage(clients.ec2, clients.ssm, image_id)
+    except Exception as exc:
+        raise Failure(f"cannot show image {image_id!r} (connection {conn_id!r}): {type(exc).__name__}: {exc}") from None
+    for depth, level in enumerate(levels):
+        indent = "  " * depth
+        heading = "image" if depth == 0 else "built from"
+        print(f"{indent}{heading} {level['image']} {level.get('name', '')}".rstrip())
+        for key in ("spec", "build", "role", "origin", "tests", "channels", "created", "root origin", "missing"):
+            if key in level:
+                print(f"{indent}  {key}: {level[key]}")
+    return OK if "missing" not in levels[-1] else PROBLEMS
 
 
 # --- schema and main ------------------------------------------------------------------------------------
@@ -540,6 +653,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--region", help="default: the spec's region, else the connection's")
     command.add_argument("--aws-conn-id", help="default: the spec's aws_conn_id, else aws_default")
     command.set_defaults(run=lambda a: list_images(a.spec, a.region, a.aws_conn_id))
+
+    command = commands.add_parser("show", help="print an image's lineage back to its root origin",
+                                  description="Print IMAGE and each image it was built from, back to the first "
+                                              "one Image Factory did not build: spec, build, role, origin, tests "
+                                              "and channels at each level.")
+    command.add_argument("image", metavar="IMAGE", help="an AMI id")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: show(a.image, a.region, a.aws_conn_id))
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())

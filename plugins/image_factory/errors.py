@@ -17,6 +17,10 @@ TRANSIENT_CODES = {
 }
 
 
+class InvalidValues(ValueError):
+    """Values that a spec's model refuses: the message lists each field and what is wrong with it."""
+
+
 class PermanentError(Exception):
     """A failure that a retry of the same step cannot fix."""
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from image_factory.errors import PermanentError
+from image_factory.errors import InvalidValues, PermanentError
 
 if TYPE_CHECKING:
     from image_factory.spec import ImageSpec
@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 PARAMETER_PATTERN = re.compile(r"\$\{([^}]*)\}")
 NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
-#: Fields read before the builder infrastructure exists: they cannot use its outputs.
+#: Parameters produced by the builder-network step.
+BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
+
+#: Fields read before the builder network exists: they cannot use its outputs.
 EARLY_FIELDS = ("origin", "region", "aws_conn_id")
 
 Lookup = Callable[[str], "str | None"]
@@ -46,8 +49,6 @@ def parameter_names(data: Any) -> set[str]:
 
 def check_parameters(spec: ImageSpec) -> list[tuple[str, str]]:
     """Parse-time checks: well-formed names, and no builder output where it cannot exist yet."""
-    from image_factory.spec import BUILDER_OUTPUTS
-
     problems = []
     data = spec.model_dump(exclude_none=True)
     for path, text in _strings(data):
@@ -109,15 +110,10 @@ def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = No
     data = spec.model_dump(exclude_none=True)
     resolved = {k: (walk(v, k) if fields is None or k in fields else v) for k, v in data.items()}
     # Re-validate: a parameter's value obeys the same rules as a literal would.
-    from pydantic import ValidationError
-
-    from image_factory.spec import validation_problems
-
     try:
-        return type(spec).model_validate(resolved, context={"resolved": True})
-    except ValidationError as exc:
-        details = "; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
-        raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid: {details}") from None
+        return spec.with_values(resolved, context={"resolved": True})
+    except InvalidValues as exc:
+        raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid: {exc}") from None
 
 
 #: Trigger-form fields that override the spec; empty means "as the spec says".
@@ -126,10 +122,6 @@ OVERRIDES = ("origin", "instance_size", "server_role", "extra_tags")
 
 def apply_overrides(spec: ImageSpec, trigger: Mapping[str, Any]) -> ImageSpec:
     """The spec with the trigger form's overrides applied, validated like the spec itself."""
-    from pydantic import ValidationError
-
-    from image_factory.spec import validation_problems
-
     given = {k: trigger[k] for k in OVERRIDES if trigger.get(k) not in (None, "", {})}
     if not given:
         return spec
@@ -145,8 +137,7 @@ def apply_overrides(spec: ImageSpec, trigger: Mapping[str, Any]) -> ImageSpec:
     if "extra_tags" in given:
         data["tags"] = {**data.get("tags", {}), **given["extra_tags"]}
     try:
-        return type(spec).model_validate(data)
-    except ValidationError as exc:
-        details = "; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
+        return spec.with_values(data)
+    except InvalidValues as exc:
         raise ParameterError(f"spec {spec.name!r}: a trigger param overrides it with a bad value: "
-                             f"{details}") from None
+                             f"{exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,12 +55,12 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
 
 
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
-                     interval: float, defer: Callable[[], None] | None = None):
+                     interval: float, defer: Callable[[], None] | None = None, stage: str = "ssh"):
     """Poll until SSH accepts the build's key; returns the connected hook.
 
     ``defer``, when given, is called if the first attempt fails: it hands the wait to the triggerer (raises).
     """
-    checkpoint("before:ssh")
+    checkpoint(f"before:{stage}")
     started = time.monotonic()
     attempt = 0
     while True:
@@ -80,8 +81,21 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
         time.sleep(interval)
     log.info("SSH to %s@%s:%d answers (attempt %d, waited %.1f s)", username, host, port, attempt,
              time.monotonic() - started)
-    checkpoint("after:ssh")
+    checkpoint(f"after:{stage}")
     return hook
+
+
+def private_directory(sftp, prefix: str) -> str:
+    """A fresh directory only the build's user can enter, made as ``mktemp -d`` would (mkdir fails on any
+    existing name, so nothing planted in /tmp is reused), but through the SFTP session: no extra command."""
+    for _ in range(5):
+        path = f"{prefix}{secrets.token_hex(4)}"
+        try:
+            sftp.mkdir(path, mode=0o700)
+            return path
+        except OSError as exc:
+            refused = exc  # taken (or not allowed): draw another name
+    raise RemoteCommandError(f"making a directory {prefix}* on the instance over SFTP ({refused})", -1, [])
 
 
 def run(hook, command: str, *, timeout: float, what: str = "remote command", tail_lines: int = 25) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from image_factory import spec as model
+from image_factory.parameters import BUILDER_OUTPUTS
 from image_factory.parameters import NAME as PARAMETER_NAME
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -50,7 +51,7 @@ def _body(regex: re.Pattern) -> str:
 #: A well-formed ``${NAME}`` somewhere in the value: the validators leave such values to run time.
 PARAMETER = r"\$\{" + _body(PARAMETER_NAME) + r"\}"
 #: The same, for fields needed before the builder infrastructure exists (its outputs are refused there).
-EARLY_PARAMETER = (r"\$\{(?!(?:" + "|".join(model.BUILDER_OUTPUTS) + r")\})" + _body(PARAMETER_NAME) + r"\}")
+EARLY_PARAMETER = (r"\$\{(?!(?:" + "|".join(BUILDER_OUTPUTS) + r")\})" + _body(PARAMETER_NAME) + r"\}")
 
 
 def _pattern(*alternatives: str, parameter: str | None = PARAMETER) -> str:

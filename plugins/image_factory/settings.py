@@ -34,9 +34,10 @@ class Settings:
     #: Create build subnets in this VPC; empty means each build makes a VPC of its own.
     builder_vpc_id: str = ""
     builder_vpc_cidr: str = "10.213.0.0/24"
-    #: Seconds between polls of a cloud state (instance running, image available, ...); the short stop before
-    #: the image is polled at half of it.
-    poll_interval: float = 15.0
+    #: Seconds between polls of a cloud state (instance running, image available, ...), the short stop before
+    #: the image at half of it; 0, the default: each wait polls on a schedule fitted to the spec's recent
+    #: builds (polling.py).
+    poll_interval: float = 0.0
     ssh_timeout: float = 600.0
     configure_timeout: float = 3600.0
     image_timeout: float = 3600.0
@@ -52,6 +53,10 @@ class Settings:
     retry_delay: float = 20.0
     #: The Airflow pool of the steps that call the cloud API: bounds how many builds hit it at once.
     pool: str = "image_factory"
+    #: Where the test tools find ``test.tests`` folders; empty means include/tests of this project.
+    tests_folder: str = ""
+    #: The SSM path of the channels: ``<channel_prefix>/<spec>/<channel>``.
+    channel_prefix: str = "/image-factory"
 
     def cidr(self, allow_anywhere: bool) -> str:
         if not self.provisioner_cidr:

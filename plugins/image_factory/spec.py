@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from image_factory.errors import PermanentError
-from image_factory.parameters import PARAMETER_PATTERN, parameter_names
+from image_factory.errors import InvalidValues, PermanentError
+from image_factory.parameters import PARAMETER_PATTERN, check_parameters, parameter_names
 
 #: libyaml's safe loader when PyYAML was built with it: ten times faster than the pure-Python one.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -54,9 +55,37 @@ TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
 CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
 #: The tools that configure the builder instance; ``command`` takes its command line from the spec.
 TOOLS = ("shell", "servermaker", "command", "ansible")
+#: A channel: one segment of an SSM parameter path (letters, digits, '.', '_', '-').
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Where the tests of include/tests/<tests>/ are, unless AIRFLOW__IMAGE_FACTORY__TESTS_FOLDER says otherwise.
+TESTS_DIR = Path(__file__).resolve().parents[2] / "include" / "tests"
+DEFAULT_CHANNEL_PREFIX = "/image-factory"
 
-#: Parameters produced by the builder-infrastructure step.
-BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
+
+def tests_folder() -> Path:
+    """The folder of the test suites (a config value, read without Airflow: the CLI validates specs too)."""
+    return Path(os.environ.get("AIRFLOW__IMAGE_FACTORY__TESTS_FOLDER") or TESTS_DIR)
+
+
+def channel_prefix() -> str:
+    """The SSM path under which each spec's channels are (``<prefix>/<spec>/<channel>``)."""
+    return (os.environ.get("AIRFLOW__IMAGE_FACTORY__CHANNEL_PREFIX") or DEFAULT_CHANNEL_PREFIX).rstrip("/")
+
+
+def channel_parameter(spec_name: str, channel: str, prefix: str | None = None) -> str:
+    return f"{prefix if prefix is not None else channel_prefix()}/{spec_name}/{channel}"
+
+
+def channel_of(origin: Any) -> tuple[str, str] | None:
+    """(spec, channel) when ``origin`` is another spec's channel (resolve:ssm:<prefix>/<spec>/<channel>)."""
+    if not isinstance(origin, str) or not origin.startswith(SSM_PREFIX):
+        return None
+    head, _, rest = origin[len(SSM_PREFIX):].partition(channel_prefix() + "/")
+    parts = rest.split("/")
+    if head or len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
 
 
 class SpecError(PermanentError):
@@ -153,6 +182,75 @@ class Configure(_Strict):
         return self
 
 
+class ImageTests(_Strict):
+    """How every new image is tested, on a fresh boot of itself."""
+
+    tool: Literal["testinfra", "shell"] = Field(
+        description="`testinfra`: the test_*.py files of include/tests/<tests>/, run with pytest-testinfra over "
+                    "SSH; `shell`: its *.sh scripts, each run on the instance (exit 0: passed).")
+    tests: str = Field(description="A folder of include/tests/.", examples=["appserver"])
+    instance_size: str | None = Field(default=None, description="The test instance (default: the build's "
+                                                                "instance_size).")
+
+    @field_validator("tests")
+    @classmethod
+    def _tests_folder(cls, value: str) -> str:
+        if not ROLE_NAME.match(value):
+            raise ValueError("expected a folder name: letters, digits, '.', '_' or '-', not starting with '.'")
+        folder = tests_folder() / value
+        if not folder.is_dir():
+            known = sorted(p.name for p in tests_folder().iterdir() if p.is_dir()) if tests_folder().is_dir() else []
+            raise ValueError(f"no tests folder {folder} (folders: {', '.join(known) or 'none'})")
+        return value
+
+    @field_validator("instance_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and value not in INSTANCE_SIZES and not INSTANCE_TYPE.match(value):
+            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} or an instance type such as m6i.large")
+        return value
+
+    @model_validator(mode="after")
+    def _files_for_tool(self) -> ImageTests:
+        pattern = "test_*.py" if self.tool == "testinfra" else "*.sh"
+        if not list((tests_folder() / self.tests).glob(pattern)):
+            raise ValueError(f"tool {self.tool!r} runs {pattern} files, and {tests_folder() / self.tests} has none")
+        return self
+
+
+class Promote(_Strict):
+    """The channels a tested image moves: SSM parameters <prefix>/<name>/<channel> naming the image."""
+
+    channels: list[str] = Field(default_factory=list, description="Moved once the tests pass.",
+                                examples=[["latest"]])
+    approval: list[str] = Field(default_factory=list, description="Moved only once a person approves, in the "
+                                                                  "Airflow UI or through its REST API.",
+                                examples=[["production"]])
+    approval_timeout_hours: float = Field(default=72, gt=0, le=24 * 30,
+                                          description="No answer by then: the approval channels do not move.")
+
+    @field_validator("channels", "approval")
+    @classmethod
+    def _channel_names(cls, value: list[str]) -> list[str]:
+        for channel in value:
+            if not CHANNEL_NAME.match(channel):
+                raise ValueError(f"channel {channel!r}: expected a parameter path segment of 1-64 letters, "
+                                 "digits, '.', '_' or '-'")
+        if len(set(value)) != len(value):
+            raise ValueError("a channel is named twice")
+        return value
+
+    @model_validator(mode="after")
+    def _apart(self) -> Promote:
+        both = sorted(set(self.channels) & set(self.approval))
+        if both:
+            raise ValueError(f"{', '.join(both)}: a channel is either moved after the tests (channels) or after "
+                             "an approval (approval), not both")
+        if not self.channels and not self.approval:
+            raise ValueError("name at least one channel in 'channels' or 'approval'")
+        return self
+
+
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
@@ -197,6 +295,9 @@ class ImageSpec(_Strict):
                                                                       "it).")
     configure: Configure | None = Field(default=None, description="How the instance is configured; absent: the "
                                                                   "image is a copy of its origin.")
+    test: ImageTests | None = Field(default=None, description="How each new image is tested on a fresh boot of "
+                                                              "itself; absent: images are untested (tagged so).")
+    promote: Promote | None = Field(default=None, description="The channels a tested image moves; needs `test`.")
 
     @model_validator(mode="before")
     @classmethod
@@ -302,6 +403,14 @@ class ImageSpec(_Strict):
         if not CONN_ID.match(value):
             raise ValueError("expected an Airflow connection id")
         return value
+
+    def with_values(self, data: dict, context: dict | None = None) -> ImageSpec:
+        """A spec of this model from ``data`` (this one's, changed); raises InvalidValues naming each field."""
+        try:
+            return type(self).model_validate(data, context=context)
+        except ValidationError as exc:
+            raise InvalidValues("; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
+                                ) from None
 
     def parameters(self) -> set[str]:
         """Every ``${NAME}`` the spec refers to."""
@@ -414,9 +523,9 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         spec = ImageSpec.model_validate(body)
     except ValidationError as exc:
         raise SpecError(path, validation_problems(exc)) from None
-    from image_factory.parameters import check_parameters
-
     problems = check_parameters(spec)
+    if spec.promote is not None and spec.test is None:
+        problems.append(("image.promote", "needs a test section: channels only ever point at tested images"))
     if problems:
         raise SpecError(path, problems)
     return spec
@@ -457,4 +566,32 @@ def load_specs(folder: Path, only: str | None = None) -> tuple[list[LoadedSpec],
         files = ", ".join(s.path.name for s in same)
         errors.extend(SpecError(s.path, [("image.name", f"{name!r} is used by several specs ({files})")])
                       for s in same)
+    if only is None:  # (a task process reads only its own spec: the dag-processor has checked the others)
+        unique, errors = _check_channel_origins(unique, errors)
     return sorted(unique, key=lambda s: s.name), errors
+
+
+def _check_channel_origins(specs: list[LoadedSpec], errors: list[SpecError]):
+    """A spec built on another spec's channel: that spec must exist and promote that channel."""
+    by_name = {spec.name: spec for spec in specs}
+    good = []
+    for spec in specs:
+        base = channel_of(spec.image.origin)
+        if base is None:
+            good.append(spec)
+            continue
+        name, channel = base
+        if name not in by_name:
+            problem = f"names channel {channel!r} of spec {name!r}, and no spec of that name is loaded"
+        elif channel not in (promoted := _channels(by_name[name].image)):
+            problem = (f"names channel {channel!r} of spec {name!r}, which promotes "
+                       f"{', '.join(promoted) or 'no channel'}")
+        else:
+            good.append(spec)
+            continue
+        errors.append(SpecError(spec.path, [("image.origin", problem)]))
+    return good, errors
+
+
+def _channels(spec: ImageSpec) -> list[str]:
+    return [*spec.promote.channels, *spec.promote.approval] if spec.promote else []

@@ -209,11 +209,12 @@ def _minutes(delta: timedelta) -> str:
 
 # --- sweeping -----------------------------------------------------------------------------------------
 
-def sweep(ec2, ssm, orphaned: Iterable[Orphan], dry_run: bool, poll_interval: float) -> SweepSummary:
+def sweep(ec2, ssm, orphaned: Iterable[Orphan], dry_run: bool, schedule) -> SweepSummary:
     """Tear down each orphan build with the build's own teardown; in a dry run, only say what it would do.
 
     Every deleted resource is logged (``deleted <kind> <id>``, by the teardown); one build that fails to
-    tear down does not stop the others, and is reported in the summary.
+    tear down does not stop the others, and is reported in the summary. ``schedule``: of the waits until
+    instances are terminated (polling.Schedule, or seconds between polls).
     """
     summary = SweepSummary(dry_run=dry_run)
     for orphan in orphaned:
@@ -227,7 +228,7 @@ def sweep(ec2, ssm, orphaned: Iterable[Orphan], dry_run: bool, poll_interval: fl
         log.info("sweeper: tearing down build %s (spec %s, run %s): %s", build_id, orphan.build.spec,
                  orphan.build.run_id, orphan.reason)
         try:
-            removed = tear_down(ec2, ssm, build_id, poll_interval)
+            removed = tear_down(ec2, ssm, build_id, schedule)
         except Exception as exc:
             log.exception("sweeper: tearing down build %s failed", build_id)
             summary.failed[build_id] = f"{type(exc).__name__}: {exc}"

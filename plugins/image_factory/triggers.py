@@ -2,7 +2,7 @@
 
 :class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (one describe
 call per poll, in a thread: the Amazon provider's async waiters need aiobotocore, which this project does not
-install), on the grid of waiting.py: every interval after the change was started, not at once. Then it makes
+install), on the schedule of polling.py (from when the change was started; never at once). Then it makes
 the EC2 calls that waited for the state (``then``). With ``finish``, it ends the task itself (a
 ``TaskSuccessEvent``; the task stored its result before deferring), so the task does not go back to a worker
 only to return a value; a failure, a timeout or a failed call always goes back to the task: it raises the
@@ -22,18 +22,22 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from image_factory.polling import Schedule, remember
+
 
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
-                 delay: float, finish: bool = False, started: float | None = None, then: list | None = None,
-                 elapsed: float = 0.0, next_wait: list | None = None, next_delay: float | None = None):
+                 schedule: Schedule | dict | float, finish: bool = False, started: float | None = None,
+                 then: list | None = None, elapsed: float = 0.0, next_wait: list | None = None,
+                 next_schedule: Schedule | dict | float | None = None, history: dict | None = None):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region = region
         self.waiter_name = waiter_name
         self.waiter_args = waiter_args
         self.timeout = timeout
-        self.delay = delay
+        #: When to poll, from ``started`` (polling.py).
+        self.schedule = Schedule.of(schedule)
         self.finish = finish
         self.started = started or time.time()
         self.then = [list(call) for call in then or []]
@@ -42,15 +46,17 @@ class Ec2StateTrigger(BaseTrigger):
         #: [waiter name, waiter args]: a second wait, from when the ``then`` calls are made (they start the
         #: change it waits for: the image that CreateImage makes once the instance is stopped).
         self.next_wait = list(next_wait) if next_wait else None
-        #: Seconds between the polls of the second wait (``delay`` when not given).
-        self.next_delay = next_delay
+        self.next_schedule = Schedule.of(next_schedule) if next_schedule is not None else self.schedule
+        #: With ``finish``: the spec's recent windows of this wait, which the task's XCom ``waits`` then holds
+        #: with this build's window added (the next build's schedule starts from them).
+        self.history = history or {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.Ec2StateTrigger", {
             "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
-            "waiter_args": self.waiter_args, "timeout": self.timeout, "delay": self.delay, "finish": self.finish,
-            "started": self.started, "then": self.then, "elapsed": self.elapsed, "next_wait": self.next_wait,
-            "next_delay": self.next_delay})
+            "waiter_args": self.waiter_args, "timeout": self.timeout, "schedule": self.schedule.to_dict(),
+            "finish": self.finish, "started": self.started, "then": self.then, "elapsed": self.elapsed,
+            "next_wait": self.next_wait, "next_schedule": self.next_schedule.to_dict(), "history": self.history})
 
     def __repr__(self) -> str:
         shown = f" then {self.next_wait[0]}" if self.next_wait else ""
@@ -58,56 +64,64 @@ class Ec2StateTrigger(BaseTrigger):
 
     async def run(self):
         from image_factory import aws
-        from image_factory.waiting import call_after
+        from image_factory.polling import call_after
 
         ec2 = await asyncio.to_thread(aws.shared_ec2, self.aws_conn_id, self.region)
         waiter_name, waiter_args = self.waiter_name, self.waiter_args
-        answer, polls, ended = await self._poll(ec2, waiter_name, waiter_args, self.started, self.delay)
+        answer, polls, ended, seen = await self._poll(ec2, waiter_name, waiter_args, self.started, self.schedule)
         if ended:
             yield ended
             return
+        windows = {waiter_name: seen}
         failed = await asyncio.to_thread(call_after, ec2, self.then)
         if failed:
             self.log.warning("left to the task, which runs again: %s", failed[0])
         elif self.next_wait:
             waiter_name, waiter_args = self.next_wait
-            answer, more, ended = await self._poll(ec2, waiter_name, waiter_args, time.time(),
-                                                    self.next_delay or self.delay)
+            answer, more, ended, seen = await self._poll(ec2, waiter_name, waiter_args, time.time(),
+                                                         self.next_schedule)
             polls += more
             if ended:
                 yield ended
                 return
+            windows[waiter_name] = seen
         if self.finish and not failed:
-            # The task stored its result before deferring; step_seconds feeds the build summary.
-            yield TaskSuccessEvent(xcoms={"step_seconds": round(self.elapsed + time.time() - self.started, 1)})
+            # The task stored its result before deferring; step_seconds feeds the build summary, waits the
+            # next build's schedule.
+            yield TaskSuccessEvent(xcoms={
+                "step_seconds": round(self.elapsed + time.time() - self.started, 1),
+                "waits": {name: remember(self.history.get(name), seen) for name, seen in windows.items()}})
         else:
             # The last answer goes back too: the task need not describe again what it waited for.
             shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
             yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": waiter_name,
                                 "waiter_args": waiter_args, "calls_failed": failed[0] if failed else None,
-                                "calls_failed_transient": failed[1] if failed else None,
+                                "calls_failed_transient": failed[1] if failed else None, "windows": windows,
                                 "answer": json.loads(json.dumps(shown, default=str))})
 
-    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float, delay: float):
-        """Poll every ``delay`` seconds on the grid from ``since`` until the state is reached: (the answer,
-        polls, None), or (None, polls, the event that ends the wait: failed or timed out)."""
-        from image_factory.waiting import WaitFailed, next_poll, reached
+    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float, schedule: Schedule):
+        """Poll on ``schedule`` from ``since`` until the state is reached: (the answer, polls, None, the
+        window it was reached in), or (None, polls, the event that ends the wait: failed or timed out, None)."""
+        from image_factory.polling import WaitFailed, reached, window
 
         deadline = since + self.timeout
-        polls = 0
+        polls, previous = 0, None
         while True:
-            await asyncio.sleep(max(0.0, min(next_poll(since, delay, time.time()), deadline) - time.time()))
+            moment = since + schedule.next_after(time.time() - since)
+            await asyncio.sleep(max(0.0, min(moment, deadline) - time.time()))
             polls += 1
+            polled = time.time() - since
             try:
                 answer = await asyncio.to_thread(reached, ec2, waiter_name, waiter_args)
             except WaitFailed as exc:
-                return None, polls, TriggerEvent({"status": "failed", "message": str(exc)})
+                return None, polls, TriggerEvent({"status": "failed", "message": str(exc)}), None
             if answer is not None:
-                self.log.info("%s %s after %d polls", waiter_name, waiter_args, polls)
-                return answer, polls, None
+                self.log.info("%s %s after %d polls (%.1f s)", waiter_name, waiter_args, polls, polled)
+                return answer, polls, None, window(schedule, previous, polled)
+            previous = polled
             if time.time() >= deadline:
                 return None, polls, TriggerEvent({"status": "timeout", "message": f"{waiter_name} {waiter_args}: "
-                                                  f"not reached within {self.timeout:.0f} s"})
+                                                  f"not reached within {self.timeout:.0f} s"}), None
 
 
 class SshReadyTrigger(BaseTrigger):

@@ -7,45 +7,37 @@ reached, either the trigger ends the task itself (the step gave its ``result``: 
 wait), or the task runs again from the start; steps are idempotent, so the rerun finds what it made, and the
 wait that succeeded is not polled again (:func:`resumed_after`).
 
-Both poll on a fixed grid from the moment the change was started (``since``): every ``delay`` seconds after
-it, never at once (the state cannot have changed yet), and without drifting by the time each poll takes.
-A wait can end with EC2 calls that had to wait for the state (``then``: deleting a security group once its
-instance is gone; creating the image once the instance is stopped), and go on to wait for the change those
-calls started (``next_wait``: the image available, polled every ``next_delay`` seconds). A failed call goes
-back to the step: it runs again (the teardown, by tag), or, when the call was to start the next change,
-fails, permanent or transient as the AWS error says (:func:`failure`). Both waits return the last describe
-answer.
+Both poll on the wait's ``schedule`` (polling.py) from the moment the change was started (``since``), never
+at once (the state cannot have changed yet). A wait can end with EC2 calls that had to wait for the state
+(``then``: deleting a security group once its instance is gone; creating the image once the instance is
+stopped), and go on to wait for the change those calls started (``next_wait``, on ``next_schedule``). A
+failed call goes back to the step: it runs again (the teardown, by tag), or, when the call was to start the
+next change, fails, permanent or transient as the AWS error says. Both waits return the last describe
+answer; given a ``windows`` dict, they put in it the window each change ended in (by waiter name), which
+the next build's schedule starts from.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
-from image_factory.errors import PermanentError
+from image_factory.polling import (
+    Call,
+    Schedule,
+    WaitFailed,
+    call_after,
+    describe,
+    failure,
+    ids,
+    reached,
+    window,
+)
 
 log = logging.getLogger("image_factory")
 
 Wait = Callable[..., dict]
-
-#: An EC2 call made once a wait is over: (operation name, its arguments), e.g. ("delete_subnet", {...}).
-Call = tuple[str, dict]
-
-
-class WaitFailed(PermanentError):
-    pass
-
-
-class CallFailed(Exception):
-    """A call made after a wait failed for a reason that may pass (throttling, a dependency not gone yet, a
-    dropped connection): the step runs again (Airflow's retry)."""
-
-
-def failure(message: str, transient: bool) -> Exception:
-    """The error that a failed call after a wait (see :func:`call_after`) fails its step with."""
-    return CallFailed(message) if transient else WaitFailed(message)
 
 
 class WaitDeferred(Exception):
@@ -59,100 +51,61 @@ class WaitDeferred(Exception):
         self.result = result
 
 
-def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
-    """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
-    (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
-    from botocore import xform_name
-    from botocore.exceptions import ClientError
-
-    config = ec2.get_waiter(waiter_name).config
-    try:
-        answer = getattr(ec2, xform_name(config.operation))(**waiter_args)
-    except ClientError as exc:
-        answer = exc.response  # some answers are errors the waiter expects (not found yet: retry)
-    for acceptor in config.acceptors:
-        if acceptor.matcher_func(answer):
-            if acceptor.state == "failure":
-                raise WaitFailed(f"{waiter_name} {waiter_args}: the waiter reached a terminal failure state "
-                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected})")
-            return answer if acceptor.state == "success" else None
-    return None
-
-
-def next_poll(since: float, delay: float, now: float) -> float:
-    """The first moment of the poll grid (``since`` + k * ``delay``, k >= 1) that is not in the past."""
-    return since + delay * max(1, math.ceil((now - since) / delay))
-
-
-def blocking(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
+def blocking(ec2, waiter_name: str, *, timeout: float, schedule: Schedule | float, since: float | None = None,
              then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None,
-             next_delay: float | None = None, result=None, **waiter_args) -> dict:
-    """Poll here until the state is reached: on the grid from ``since``, else once now and then on the grid
-    from now; then make the ``then`` calls and wait for ``next_wait`` (from then on, on its own grid, every
-    ``next_delay`` seconds: ``delay`` when not given). Returns the last describe answer (``result`` is for
-    :func:`deferring`: ignored here)."""
+             next_schedule: Schedule | float | None = None, result=None, history: dict | None = None,
+             windows: dict | None = None, **waiter_args) -> dict:
+    """Poll here until the state is reached: on the schedule from ``since``, else once now and then on the
+    schedule from now; then make the ``then`` calls and wait for ``next_wait`` (from then on, on
+    ``next_schedule``, else ``schedule``). Returns the last describe answer; ``windows`` gets each wait's window.
+    (``result`` and ``history`` are for :func:`deferring`: ignored here.)"""
+    schedule = Schedule.of(schedule)
     first_now = since is None
-    answer = _poll_here(ec2, waiter_name, waiter_args, time.time() if first_now else since, timeout, delay,
-                        first_now)
+    answer = _poll_here(ec2, waiter_name, waiter_args, time.time() if first_now else since, timeout, schedule,
+                        first_now, windows)
     failed = call_after(ec2, then)
     if failed:
         raise failure(*failed)
     if next_wait:
-        answer = _poll_here(ec2, *next_wait, time.time(), timeout, next_delay or delay, first_now=False)
+        later = Schedule.of(next_schedule) if next_schedule is not None else schedule
+        answer = _poll_here(ec2, *next_wait, time.time(), timeout, later, False, windows)
     return answer
 
 
-def _poll_here(ec2, waiter_name: str, waiter_args: dict, since: float, timeout: float, delay: float,
-               first_now: bool) -> dict:
+def _poll_here(ec2, waiter_name: str, waiter_args: dict, since: float, timeout: float, schedule: Schedule,
+               first_now: bool, windows: dict | None) -> dict:
     deadline = since + timeout
+    previous = None
     while True:
         if not first_now:
-            time.sleep(max(0.0, next_poll(since, delay, time.time()) - time.time()))
+            time.sleep(max(0.0, since + schedule.next_after(time.time() - since) - time.time()))
         first_now = False
+        polled = time.time() - since
         answer = reached(ec2, waiter_name, waiter_args)
         if answer is not None:
-            log.info("%s %s (waited %.1f s)", describe(waiter_name), ids(waiter_args), time.time() - since)
+            log.info("%s %s (waited %.1f s)", describe(waiter_name), ids(waiter_args), polled)
+            if windows is not None:
+                windows[waiter_name] = window(schedule, previous, polled)
             return answer
+        previous = polled
         if time.time() >= deadline:
             raise WaitFailed(f"{describe(waiter_name)} {ids(waiter_args)}: not reached within {timeout:.0f} s")
-
-
-def call_after(ec2, then: tuple[Call, ...] | list) -> tuple[str, bool] | None:
-    """Make the calls that waited for the state, in order; a resource gone already counts as deleted, one
-    there already (made by an earlier run of the same wait) as created. Returns what failed and whether
-    retrying may help (the rest is left undone), else None."""
-    from image_factory.aws import error_code
-    from image_factory.build import created, deleted
-    from image_factory.errors import is_transient
-
-    for operation, arguments in then:
-        try:
-            answer = getattr(ec2, operation)(**arguments)
-        except Exception as exc:
-            code, done = error_code(exc), ".NotFound" if operation.startswith("delete_") else ".Duplicate"
-            if not code.endswith(done):
-                return f"{operation} {ids(arguments)}: {exc}", not code or is_transient(code)
-            continue  # done already
-        kind = operation.split("_", 1)[1].replace("_", "-")  # as the build's log lines name it: security-group
-        if operation.startswith("delete_"):
-            deleted(kind, ids(arguments))
-        elif operation.startswith("create_"):
-            made = next((v for k, v in answer.items() if k.endswith("Id") and isinstance(v, str)), "")
-            created(kind, made, **({"name": arguments["Name"]} if "Name" in arguments else {}))
-    return None
 
 
 def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> Wait:
     """A wait that moves to the triggerer (through the AWS connection given) without polling here.
 
-    ``resumed``: the event the task was resumed with; the wait it reports as reached returns at once.
-    A step that gives the wait its ``result`` has nothing left to do after it: the trigger ends the task.
+    ``resumed``: the event the task was resumed with; the wait it reports as reached returns at once (and
+    gives ``windows`` the windows the trigger saw). A step that gives the wait its ``result`` has nothing
+    left to do after it: the trigger ends the task, and pushes the step's ``waits`` (``history`` with this
+    build's windows added).
     """
     from image_factory.triggers import Ec2StateTrigger
 
-    def wait(ec2, waiter_name: str, *, timeout: float, delay: float, since: float | None = None,
+    def wait(ec2, waiter_name: str, *, timeout: float, schedule: Schedule | float, since: float | None = None,
              then: tuple[Call, ...] = (), next_wait: tuple[str, dict] | None = None,
-             next_delay: float | None = None, result=None, **waiter_args) -> dict:
+             next_schedule: Schedule | float | None = None, result=None, history: dict | None = None,
+             windows: dict | None = None, **waiter_args) -> dict:
         if next_wait and resumed_after(resumed, waiter_name, waiter_args) and resumed.get("calls_failed"):
             # The calls that were to start the next change failed in the triggerer: nothing to wait for.
             raise failure(resumed["calls_failed"], bool(resumed.get("calls_failed_transient")))
@@ -160,13 +113,17 @@ def deferring(aws_conn_id: str, region: str, *, resumed: dict | None = None) -> 
         if resumed_after(resumed, last_name, last_args):
             log.info("%s %s (in %s polls by the triggerer)", describe(last_name), ids(last_args),
                      resumed.get("polls"))
+            if windows is not None:
+                windows.update(resumed.get("windows") or {})
             return resumed.get("answer") or {}
         shown = f", then {describe(next_wait[0])}" if next_wait else ""
-        log.info("waiting for %s %s%s without holding a worker slot (deferred to the triggerer)",
-                 describe(waiter_name), ids(waiter_args), shown)
-        trigger = Ec2StateTrigger(aws_conn_id, region, waiter_name, waiter_args, timeout, delay,
+        schedule = Schedule.of(schedule)
+        log.info("waiting for %s %s%s without holding a worker slot (deferred to the triggerer; polls %s)",
+                 describe(waiter_name), ids(waiter_args), shown, schedule.describe())
+        trigger = Ec2StateTrigger(aws_conn_id, region, waiter_name, waiter_args, timeout, schedule,
                                   finish=result is not None, started=since or time.time(), then=list(then),
-                                  next_wait=list(next_wait) if next_wait else None, next_delay=next_delay)
+                                  next_wait=list(next_wait) if next_wait else None, next_schedule=next_schedule,
+                                  history=history)
         raise WaitDeferred(trigger, timeout * (2 if next_wait else 1), result=result)
 
     return wait
@@ -177,11 +134,3 @@ def resumed_after(event: dict | None, waiter_name: str, waiter_args: dict) -> bo
     if not event or event.get("status") != "success":
         return False
     return (event.get("waiter_name"), event.get("waiter_args")) == (waiter_name, waiter_args)
-
-
-def describe(waiter_name: str) -> str:
-    return waiter_name.replace("_", " ")
-
-
-def ids(waiter_args: dict) -> str:
-    return ", ".join(str(i) for v in waiter_args.values() for i in (v if isinstance(v, list) else [v]))

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import logging
 
-from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, Build, tag_dict
+from image_factory.build import (
+    TAG_BUILD,
+    TAG_COMPLETE,
+    TAG_ORIGIN,
+    TAG_ORIGIN_BUILD,
+    TAG_ORIGIN_SPEC,
+    TAG_ROLE,
+    TAG_SPEC_HASH,
+    TAG_TESTS,
+    Build,
+    tag_dict,
+)
 from image_factory.faults import checkpoint
 from image_factory.steps import instance as instances
 from image_factory.waiting import Wait, blocking
@@ -21,7 +32,8 @@ def image_name(build: Build, logical_time: str) -> str:
     return f"{build.spec.name}-{logical_time}-{build.build_id}"
 
 
-def lineage_tags(build: Build, origin_ami: str) -> dict[str, str]:
+def lineage_tags(build: Build, origin_ami: str, origin_lineage: dict | None = None) -> dict[str, str]:
+    """``origin_lineage``: the origin's own spec and build, when Image Factory built it."""
     spec = build.spec
     tags = dict(spec.tags)
     tags.update(build.tags(**{
@@ -29,6 +41,8 @@ def lineage_tags(build: Build, origin_ami: str) -> dict[str, str]:
         TAG_SPEC_HASH: build.spec_hash,
         TAG_ORIGIN: origin_ami,
         TAG_ROLE: spec.configure.server_role if spec.configure else "none",
+        **({TAG_ORIGIN_SPEC: origin_lineage["spec"], TAG_ORIGIN_BUILD: origin_lineage["build_id"]}
+           if origin_lineage else {}),
     }))
     return tags
 
@@ -44,7 +58,8 @@ def named(name: str) -> dict:
 
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
-             stop_requested_at: float | None = None, available: dict | None = None) -> dict:
+             stop_requested_at: float | None = None, available: dict | None = None,
+             windows: dict | None = None, origin_lineage: dict | None = None) -> dict:
     """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
     once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
     as described.
@@ -56,7 +71,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
     a failed one is replaced. ``available``: the image as the triggerer described it available (a resumed
     task): no need to look for it or describe it again. An image this step leaves incomplete is deregistered
-    by the build's teardown.
+    by the build's teardown. ``windows`` gets the windows the stop and the image were seen in (polling.py).
     """
     image_id = None
     for image in [] if build.fresh or available else find(ec2, build.build_id):
@@ -68,7 +83,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
             log.info("image %s of this build exists already (%s); resuming", image_id, image["State"])
         else:
             deregister(ec2, image)
-    tags = lineage_tags(build, origin_ami)
+    tags = lineage_tags(build, origin_ami, origin_lineage)
     if available:
         described = available
     elif image_id is None:
@@ -80,21 +95,25 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
             "InstanceId": instance_id, "Name": name,
             "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
             "TagSpecifications": build.tag_specifications("image", tags=tags)})
-        # The stop is short and CreateImage waits for it: polled twice as often, it costs a few calls more
-        # and its lag is halved (the image's long wait keeps the deployment's interval).
-        interval = build.settings.poll_interval
-        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout, delay=interval / 2,
-                         since=since, then=(create,), next_wait=("image_available", named(name)),
-                         next_delay=interval, InstanceIds=[instance_id])["Images"][0]
+        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
+                         schedule=build.schedule("instance_stopped"), since=since, then=(create,),
+                         next_wait=("image_available", named(name)),
+                         next_schedule=build.schedule("image_available"), windows=windows,
+                         InstanceIds=[instance_id])["Images"][0]
     else:
         described = wait(ec2, "image_available", timeout=build.settings.image_timeout,
-                         delay=build.settings.poll_interval, ImageIds=[image_id])["Images"][0]
+                         schedule=build.schedule("image_available"), windows=windows,
+                         ImageIds=[image_id])["Images"][0]
     image_id = described["ImageId"]
     checkpoint("after:register")
     # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
     # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
     # same call: only an image whose registration went through to here is an output of the build.
     tags[TAG_COMPLETE] = "true"
+    if build.spec.test is None:
+        tags[TAG_TESTS] = "untested"
+        log.info("the spec has no test section: image %s is untested (tagged %s=untested), and no channel will "
+                 "move to it", image_id, TAG_TESTS)
     ec2.create_tags(Resources=[*_snapshot_ids(described), image_id],
                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     return described

@@ -1,11 +1,12 @@
-"""Step 3: the builder instance; launched locked down, terminated at teardown."""
+"""The builder instance: launched locked down, reached over SSH, stopped for its image, terminated at teardown."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 
-from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.build import TAG_BUILD, TAG_INSTANCE, Build, created, deleted
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import instance_type
@@ -14,38 +15,51 @@ from image_factory.waiting import Wait, blocking
 log = logging.getLogger("image_factory")
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+#: The addresses of an emulated cloud's machines (the local cloud's, RFC 2544's benchmarking range: never
+#: routed): when the AWS connection points at an emulator, builds SSH to nothing else (or to ssh_host).
+EMULATED_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
 
 class InstanceError(PermanentError):
     pass
 
 
-def find(ec2, build_id: str, states=LIVE_STATES) -> list[dict]:
-    reservations = ec2.describe_instances(Filters=[
-        {"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
-        {"Name": "instance-state-name", "Values": list(states)},
-    ])["Reservations"]
+def find(ec2, build_id: str, states=LIVE_STATES, purpose: str | None = None) -> list[dict]:
+    """The build's instances in ``states``; ``purpose``: only its builder, or only its test instance."""
+    filters = [{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]},
+               {"Name": "instance-state-name", "Values": list(states)}]
+    if purpose:
+        filters.append({"Name": f"tag:{TAG_INSTANCE}", "Values": [purpose]})
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
     return [i for r in reservations for i in r["Instances"]]
 
 
+def launch_view(image: dict) -> dict:
+    """What :func:`launch` needs of the origin image (as origin.describe_origin gives it)."""
+    return {k: image[k] for k in ("ImageId", "RootDeviceName", "BlockDeviceMappings") if k in image}
+
+
 def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
-           wait: Wait | None = blocking) -> str:
-    """Launch (or find) the build's instance from the origin (as origin.describe_origin gives it) and wait
-    until it is running (``wait=None``: do not wait, see :func:`wait_running`); returns its id."""
+           wait: Wait | None = blocking, purpose: str = "builder", size: str | None = None) -> dict:
+    """Launch (or find) the build's ``purpose`` instance (``builder``, or ``test``: of the new image) from
+    ``origin_image`` (:func:`launch_view`) and wait until it is running (``wait=None``: do not wait, see
+    :func:`wait_running`). Returns ``instance_id`` and ``private_ip`` (AWS gives the private address in
+    RunInstances' answer already), and its ``state`` as found."""
     spec = build.spec
-    existing = [] if build.fresh else find(ec2, build.build_id)
+    size = size or spec.instance_size
+    existing = [] if build.fresh else find(ec2, build.build_id, purpose=purpose)
     if existing:
-        instance_id = existing[0]["InstanceId"]
-        log.info("instance %s of this build exists already (%s)", instance_id, existing[0]["State"]["Name"])
+        found = existing[0]
+        log.info("instance %s of this build exists already (%s)", found["InstanceId"], found["State"]["Name"])
     else:
-        checkpoint("before:launch")
+        checkpoint("before:launch" if purpose == "builder" else f"before:{purpose}-launch")
         origin_ami = origin_image["ImageId"]
         interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
         response = ec2.run_instances(
             ImageId=origin_ami,
-            InstanceType=instance_type(spec.instance_size),
+            InstanceType=instance_type(size),
             MinCount=1,
             MaxCount=1,
             KeyName=key_name,
@@ -54,21 +68,25 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
             MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             BlockDeviceMappings=[_encrypted_root(origin_image)],
             InstanceInitiatedShutdownBehavior="terminate",
-            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface"),
-            ClientToken=f"{build.build_id}-launch",
+            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface",
+                                                       tags=build.tags(**{TAG_INSTANCE: purpose})),
+            ClientToken=f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}",
         )
-        instance_id = response["Instances"][0]["InstanceId"]
-        created("instance", instance_id, type=instance_type(spec.instance_size), image=origin_ami)
-        checkpoint("after:launch")
+        found = response["Instances"][0]
+        created("instance", found["InstanceId"], type=instance_type(size), image=origin_ami,
+                address=found.get("PrivateIpAddress"), purpose=purpose)
+        checkpoint("after:launch" if purpose == "builder" else f"after:{purpose}-launch")
+    launched = {"instance_id": found["InstanceId"], "private_ip": found.get("PrivateIpAddress"),
+                "state": found.get("State", {}).get("Name", "pending")}
     if wait is not None:
-        wait_running(ec2, build, instance_id, wait)
-    return instance_id
+        wait_running(ec2, build, launched["instance_id"], wait)
+    return launched
 
 
 def wait_running(ec2, build: Build, instance_id: str, wait: Wait = blocking, result=None) -> None:
     """``result``: the step's, when the wait is its last act (see waiting.deferring)."""
-    wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, delay=build.settings.poll_interval,
-         result=result, InstanceIds=[instance_id])
+    wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, schedule=build.schedule("instance_running"),
+         result=result, history=build.history, InstanceIds=[instance_id])
 
 
 def _encrypted_root(image: dict) -> dict:
@@ -79,15 +97,26 @@ def _encrypted_root(image: dict) -> dict:
     return {"DeviceName": root, "Ebs": {**ebs, "Encrypted": True, "DeleteOnTermination": True}}
 
 
-def address(ec2, instance_id: str, build: Build) -> str:
-    """The address builds SSH to: the deployment's ssh_host, else the instance's own address."""
+def address(ec2, launched: dict, build: Build, emulated: bool = False) -> str:
+    """The address builds SSH to: the deployment's ssh_host, else the instance's own address (the private
+    one as launch recorded it; the public one, given later, as described now). On an emulated cloud
+    (``emulated``), only an address of :data:`EMULATED_RANGE`: never one that could be somebody else's."""
     if build.settings.ssh_host:
         return build.settings.ssh_host
-    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-    host = instance.get("PublicIpAddress") if build.spec.public_ip else instance.get("PrivateIpAddress")
+    instance_id = launched["instance_id"]
+    host = None if build.spec.public_ip else launched.get("private_ip")
+    if not host:
+        instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        host = instance.get("PublicIpAddress") if build.spec.public_ip else instance.get("PrivateIpAddress")
     if not host:
         raise InstanceError(f"instance {instance_id} has no {'public' if build.spec.public_ip else 'private'} "
                             "address to reach it by")
+    if emulated and ipaddress.ip_address(host) not in EMULATED_RANGE:
+        raise InstanceError(
+            f"instance {instance_id}'s address {host} is outside {EMULATED_RANGE}, the range of an emulated "
+            "cloud's machines: the AWS connection points at an emulator, so the build refuses to connect there "
+            "(set [image_factory] ssh_host, AIRFLOW__IMAGE_FACTORY__SSH_HOST, for an emulator whose "
+            "instances are reached some other way)")
     return host
 
 
@@ -99,7 +128,7 @@ def request_stop(ec2, instance_id: str) -> float:
     return time.time()
 
 
-def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wait: Wait = blocking) -> list[str]:
+def terminate(ec2, build_id: str, schedule, timeout: float = 900, wait: Wait = blocking) -> list[str]:
     """Terminate every instance of the build and wait until they are gone (a rerun only waits)."""
     found = find(ec2, build_id, [*LIVE_STATES, "shutting-down"])
     live = [i["InstanceId"] for i in found if i["State"]["Name"] in LIVE_STATES]
@@ -109,5 +138,5 @@ def terminate(ec2, build_id: str, poll_interval: float, timeout: float = 900, wa
             deleted("instance", instance_id)
     going = [i["InstanceId"] for i in found]
     if going:
-        wait(ec2, "instance_terminated", timeout=timeout, delay=poll_interval, InstanceIds=going)
+        wait(ec2, "instance_terminated", timeout=timeout, schedule=schedule, InstanceIds=going)
     return live

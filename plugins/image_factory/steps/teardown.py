@@ -11,27 +11,32 @@ from __future__ import annotations
 
 from image_factory.build import deleted
 from image_factory.faults import checkpoint
+from image_factory.polling import Schedule
 from image_factory.steps import image, infrastructure, instance
 from image_factory.waiting import Wait, blocking
 
 
-def tear_down(ec2, ssm, build_id: str, poll_interval: float, wait: Wait = blocking, record: dict | None = None,
-              image_complete: bool = False, timeout: float = 900) -> list[str]:
-    """``record``: the setup's result (infrastructure.BuilderInfrastructure and ``instance_id``);
-    ``image_complete``: the build's image was registered (no half-made image can be left)."""
+def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Wait = blocking,
+              record: dict | None = None, image_complete: bool = False, timeout: float = 900,
+              history: dict | None = None) -> list[str]:
+    """``record``: what the setup made (infrastructure.BuilderInfrastructure), the ``instance_id`` launched and
+    the ``test_instance_id`` (if any);
+    ``image_complete``: the build's image was registered (no half-made image can be left); ``schedule``: of
+    the wait until the instance is terminated (``history``: for the next build's, see waiting.deferring)."""
     checkpoint("before:teardown")
     if record is None:
-        removed = instance.terminate(ec2, build_id, poll_interval, timeout, wait=wait)
+        removed = instance.terminate(ec2, build_id, schedule, timeout, wait=wait)
         removed += image.remove_incomplete(ec2, build_id)
         removed += infrastructure.destroy(ec2, ssm, build_id)
         return removed
-    instance_id = record["instance_id"]
-    ec2.terminate_instances(InstanceIds=[instance_id])
-    deleted("instance", instance_id)
-    removed = [instance_id] + ([] if image_complete else image.remove_incomplete(ec2, build_id))
+    instance_ids = [record["instance_id"], *([record["test_instance_id"]] if record.get("test_instance_id") else [])]
+    ec2.terminate_instances(InstanceIds=instance_ids)
+    for instance_id in instance_ids:
+        deleted("instance", instance_id)
+    removed = instance_ids + ([] if image_complete else image.remove_incomplete(ec2, build_id))
     gone, later = infrastructure.destroy_recorded(ec2, ssm, infrastructure.BuilderInfrastructure.from_dict(record))
     removed += gone + [next(iter(arguments.values())) for _, arguments in later]
     # The rest waits until the instance is gone; the wait makes those calls (in the triggerer, when deferred).
-    wait(ec2, "instance_terminated", timeout=timeout, delay=poll_interval, then=tuple(later), result=removed,
-         InstanceIds=[instance_id])
+    wait(ec2, "instance_terminated", timeout=timeout, schedule=schedule, then=tuple(later), result=removed,
+         history=history, InstanceIds=instance_ids)
     return removed

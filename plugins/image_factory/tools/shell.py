@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import shlex
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def run_shell_role(hook, role: str, build) -> list[str]:
     files = role_files(role, roles_dir)
     sftp = hook.get_conn().open_sftp()
     try:
-        staging = _make_staging(sftp)
+        staging = remote.private_directory(sftp, STAGING_PREFIX)
         try:
             for relative in files:
                 for parent in reversed(relative.parents[:-1]):
@@ -76,15 +75,3 @@ def run_shell_role(hook, role: str, build) -> list[str]:
                'for script in ./*.sh; do echo "==> $script"; bash "$script" || exit $?; done')
     return remote.run(hook, command, timeout=build.settings.configure_timeout, what=f"role {role!r}")
 
-
-def _make_staging(sftp) -> str:
-    """A fresh directory only the build's user can enter, made as ``mktemp -d`` would (mkdir fails on any
-    existing name, so nothing planted in /tmp is reused), but through the SFTP session: no extra command."""
-    for _ in range(5):
-        staging = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
-        try:
-            sftp.mkdir(staging, mode=0o700)
-            return staging
-        except OSError as exc:
-            refused = exc  # taken (or not allowed): draw another name
-    raise RoleError(f"could not make a directory {STAGING_PREFIX}* on the instance over SFTP: {refused}")

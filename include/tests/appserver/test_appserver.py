@@ -1,0 +1,38 @@
+"""What the appserver role (include/roles/appserver/) leaves in the image, checked on a fresh boot of it.
+
+Run by the `testinfra` test tool (spec `test: {tool: testinfra, tests: appserver}`): pytest-testinfra's
+``host`` is the new image's test instance, reached over SSH with the build's key.
+"""
+
+
+def test_the_configuration_is_in_place(host):
+    config = host.file("/etc/shopspinner/appserver.conf")
+    assert config.is_file
+    assert config.user == "root"
+    assert config.mode & 0o002 == 0  # nobody else may change it
+    assert "listen_port = 8080" in config.content_string
+
+
+def test_the_build_is_recorded(host):
+    info = host.file("/etc/shopspinner/build-info")
+    assert info.is_file
+    assert info.content_string.startswith("build b")
+    assert "role appserver" in info.content_string
+
+
+def test_the_start_script_is_executable(host):
+    script = host.file("/opt/shopspinner/appserver/start.sh")
+    assert script.is_file and script.mode & 0o111
+    assert "/etc/shopspinner/appserver.conf" in script.content_string
+
+
+def test_the_service_is_installed_and_enabled(host):
+    unit = host.file("/etc/systemd/system/shopspinner-appserver.service")
+    assert unit.is_file
+    assert "ExecStart=/opt/shopspinner/appserver/start.sh" in unit.content_string
+    enabled = host.file("/etc/systemd/system/multi-user.target.wants/shopspinner-appserver.service")
+    assert enabled.is_symlink and enabled.linked_to == "/etc/systemd/system/shopspinner-appserver.service"
+
+
+def test_the_role_left_no_staging_folder_behind(host):
+    assert host.run("ls -d /tmp/image-factory-role.* 2>/dev/null").stdout == ""

@@ -1,0 +1,24 @@
+"""The text a person reads before approving a promotion: the image, its lineage, its tests (Markdown)."""
+
+from __future__ import annotations
+
+
+def text(channels: list[str], registered: dict | None, tested: dict | None, promoted: dict | None,
+         network: dict | None) -> str:
+    registered, tested, network = registered or {}, tested or {}, network or {}
+    lineage = network.get("origin_lineage") or {}
+    origin = registered.get("origin", "?")
+    if lineage:
+        origin += f" (built by Image Factory: spec `{lineage.get('spec')}`, build `{lineage.get('build_id')}`)"
+    rows = [
+        ("image", f"`{registered.get('image_id', '?')}` `{registered.get('name', '')}`"),
+        ("region", registered.get("region", "?")),
+        ("built from", origin),
+        ("server role", registered.get("server_role") or "none"),
+        ("build", f"`{registered.get('build_id', '?')}`"),
+        ("tests", f"{tested.get('status', '?')}: {tested.get('passed', 0)} passed, {tested.get('failed', 0)} failed"),
+        ("channels moved already", ", ".join(f"{c} (version {v})" for c, v in (promoted or {}).get(
+            "channels", {}).items()) or "none"),
+        ("approving moves", ", ".join(channels)),
+    ]
+    return "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])

@@ -1,0 +1,64 @@
+"""Channels: SSM parameters ``<prefix>/<spec>/<channel>`` (DataType ``aws:ec2:image``) naming a spec's current
+image in a region. A consumer, or another spec, uses ``resolve:ssm:<prefix>/<spec>/<channel>``; a channel's
+history is its parameter's versions. Only a tested image moves a channel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from image_factory.aws import error_code
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
+from image_factory.spec import channel_parameter
+
+log = logging.getLogger("image_factory")
+
+
+class ChannelError(PermanentError):
+    pass
+
+
+def move(ssm, spec_name: str, channels: list[str], image_id: str, tests: dict, prefix: str) -> dict[str, int]:
+    """Point each channel at ``image_id``, whose ``tests`` (tools.tests.TestOutcome.summary()) must have
+    passed; returns each channel's new parameter version. Moving a channel to the image it names already
+    makes no new version (a retry)."""
+    if (tests or {}).get("status") != "passed":
+        raise ChannelError(f"image {image_id} did not pass its tests ({(tests or {}).get('status', 'untested')}): "
+                           "no channel moves to it")
+    versions = {}
+    for channel in channels:
+        name = channel_parameter(spec_name, channel, prefix)
+        current = _current(ssm, name)
+        if current and current[0] == image_id:
+            log.info("channel %s names %s already (version %d)", name, image_id, current[1])
+            versions[channel] = current[1]
+            continue
+        checkpoint("before:channel")
+        answer = ssm.put_parameter(Name=name, Value=image_id, Type="String", DataType="aws:ec2:image",
+                                   Overwrite=True, Description=f"Image Factory channel {channel} of {spec_name}")
+        versions[channel] = answer["Version"]
+        log.info("channel %s: %s -> %s (version %d)", name, current[0] if current else "(new)", image_id,
+                 answer["Version"])
+        checkpoint("after:channel")
+    return versions
+
+
+def _current(ssm, name: str) -> tuple[str, int] | None:
+    try:
+        parameter = ssm.get_parameter(Name=name)["Parameter"]
+    except Exception as exc:
+        if error_code(exc) == "ParameterNotFound":
+            return None
+        raise
+    return parameter["Value"], parameter["Version"]
+
+
+def current(ssm, spec_name: str, channels: list[str], prefix: str) -> dict[str, str]:
+    """The image each channel names (channels not set yet are left out)."""
+    found = {}
+    for channel in channels:
+        value = _current(ssm, channel_parameter(spec_name, channel, prefix))
+        if value:
+            found[channel] = value[0]
+    return found

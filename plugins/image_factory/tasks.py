@@ -1,0 +1,297 @@
+"""The task bodies of an image build: plain functions of the task (:class:`BuildTask`: the spec and the task's
+Airflow context) and of the results of the tasks they follow. dag.py wires them into a DAG; the cloud work
+itself is in steps/ (Airflow-free), the waits in waiting.py.
+
+Each body is safe to run again (a retry, a resumed wait): a step first looks for what it would create for
+this build, except on its first try, when nothing of it can exist yet.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+from airflow.sdk import Variable, get_current_context
+
+from image_factory import aws, links, parameters, polling, remote, settings, tools, waiting
+from image_factory.assets import channel_asset, image_asset
+from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
+from image_factory.errors import PermanentError
+from image_factory.faults import checkpoint
+from image_factory.spec import LoadedSpec, tests_folder
+from image_factory.steps import channels, image, infrastructure, instance, origin, testing
+from image_factory.steps import teardown as teardown_step
+from image_factory.tools import tests as test_tools
+from image_factory.triggers import SshReadyTrigger
+
+log = logging.getLogger("image_factory")
+
+NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
+    "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image", "promote",
+    "approve_promotion", "promote_approved", "tear_down")
+#: The tasks whose durations the build summary reports.
+TIMED = (NETWORK, LAUNCH, CONFIGURE)
+#: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
+WAITING = {LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
+           TEARDOWN: ("instance_terminated",)}
+
+#: Task instance id -> the trigger event it was resumed with (see operators.BuildStep.resume). By id:
+#: `airflow dags test` runs every task of a run in one process.
+_resumed_events: dict = {}
+
+
+def remember_resumed(ti_id, event: dict) -> None:
+    _resumed_events[ti_id] = event
+
+
+class BuildTask:
+    """One task of one build: the spec, the task's context, and what follows from them."""
+
+    def __init__(self, loaded: LoadedSpec, context=None):
+        self.loaded = loaded
+        self.context = context if context is not None else get_current_context()
+        self.ti = self.context["ti"]
+        self.dag_run = self.context["dag_run"]
+
+    @functools.cached_property
+    def resumed(self) -> dict | None:
+        """The event this task was resumed with, after a wait in the triggerer."""
+        return _resumed_events.get(self.ti.id)
+
+    @property
+    def build_id(self) -> str:
+        return build_id_for(self.loaded.name, self.dag_run.run_id)
+
+    def build(self, network: dict | None = None, fields: tuple[str, ...] | None = None) -> Build:
+        """The :class:`Build` of this run, its parameters resolved (``network``: the builder network's record,
+        whose outputs are parameters too; without it, the fields that need them stay unresolved)."""
+        fresh = self.ti.try_number == 1 and self.resumed is None
+        trigger = {**(self.context.get("params") or {}), **(self.dag_run.conf or {})}
+        outputs = infrastructure.BuilderInfrastructure.from_dict(network).outputs() if network else {}
+        lookup = parameters.chain(outputs, trigger, _variable, os.environ)
+        spec = parameters.apply_overrides(self.loaded.image, trigger)
+        if network is None and fields is None:
+            data = spec.model_dump(exclude_none=True)
+            fields = tuple(k for k, v in data.items()
+                           if not parameters.parameter_names(v) & set(parameters.BUILDER_OUTPUTS))
+        resolved = parameters.resolve(spec, lookup, fields)
+        return Build(spec=resolved, spec_hash=self.loaded.content_hash, run_id=self.dag_run.run_id,
+                     settings=settings.load(), build_id=self.build_id, fresh=fresh,
+                     history=(network or {}).get("history", {}))
+
+    def clients(self, build: Build) -> aws.Clients:
+        return aws.clients(build.spec.aws_conn_id, build.spec.region)
+
+    def wait(self, build: Build) -> waiting.Wait:
+        """A wait in the triggerer (this task resumes after it, or the trigger ends it)."""
+        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=self.resumed)
+
+    def pull(self, task_id: str, key: str = "return_value"):
+        return self.ti.xcom_pull(task_ids=task_id, key=key)
+
+    def recent_waits(self) -> dict:
+        """The windows of each wait in the spec's recent builds (XCom ``waits`` of the waiting tasks, each
+        holding the last few): one read per task, of its latest value in this DAG's runs up to this one."""
+        history: dict = {}
+        for task_id in WAITING:
+            value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True)
+            if isinstance(value, str):  # pushed by the triggerer (TaskSuccessEvent): it reads back as JSON text
+                value = json.loads(value)
+            if isinstance(value, dict):
+                history.update({k: v for k, v in value.items() if isinstance(v, list)})
+        return history
+
+    def record_waits(self, build: Build, windows: dict) -> None:
+        """XCom ``waits``: the spec's recent windows with this build's added (for the next build's polls)."""
+        if windows:
+            self.ti.xcom_push(key="waits", value={name: polling.remember(build.history.get(name), seen)
+                                                  for name, seen in windows.items()})
+
+
+def _variable(name: str) -> str | None:
+    return Variable.get(name, default=None)
+
+
+# --- the tasks --------------------------------------------------------------------------------------------
+
+def create_builder_network(task: BuildTask) -> dict:
+    """The setup: the origin resolved, then the subnet, the security group and the key pair of the build."""
+    build = task.build()
+    c = task.clients(build)
+    origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
+    network = infrastructure.create(c.ec2, c.ssm, build)
+    log.info("builder network ready: %s", network.outputs())
+    history = task.recent_waits()
+    log.info("polls: %s", "; ".join(f"{name} {build.schedule(name).describe()}"
+                                    for name in ("instance_running", "instance_stopped", "image_available",
+                                                 "instance_terminated")
+                                    ) if not history else f"fitted to the spec's recent builds: {history}")
+    # An origin built by Image Factory names its own spec and build: the new image's lineage goes through it.
+    made_by = tag_dict(origin_image.get("Tags"))
+    lineage = {"spec": made_by[TAG_SPEC], "build_id": made_by[TAG_BUILD]} if TAG_BUILD in made_by else None
+    return {"origin_ami": origin_image["ImageId"], "origin_image": instance.launch_view(origin_image),
+            "origin_lineage": lineage, **network.to_dict(), "history": history}
+
+
+def launch_builder_instance(task: BuildTask, network: dict) -> dict:
+    """RunInstances (or the instance a try before made); the triggerer ends the task once it runs."""
+    build = task.build(network)
+    c = task.clients(build)
+    launched = instance.launch(c.ec2, build, network["origin_image"], network["security_group_id"],
+                               network["key_name"], wait=None)
+    links.persist(links.BuilderInstanceLink, task.context, build.region, c.endpoint_url,
+                  instance_id=launched["instance_id"])
+    instance.wait_running(c.ec2, build, launched["instance_id"], task.wait(build), result=launched)
+    return launched
+
+
+def configure(task: BuildTask, network: dict, launched: dict) -> dict:
+    """The wait for SSH, the server role over SSH, then the stop (it goes on while register_image starts)."""
+    build = task.build(network)
+    c = task.clients(build)
+    instance_id = launched["instance_id"]
+    if build.spec.configure is None:
+        log.info("the spec has no configure section: the image is a copy of its origin")
+    else:
+        _apply_role(task, build, c, launched)
+    return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
+
+
+def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: str = "ssh"):
+    """Logged in to ``launched`` with the build's key, once SSH answers (while it does not, the wait is in the
+    triggerer): the hook and the target."""
+    host = instance.address(c.ec2, launched, build, emulated=c.emulated)
+    port, user = build.settings.ssh_port, build.settings.ssh_username or build.spec.ssh_username
+    key = infrastructure.private_key(c.ssm, build)
+    interval = build.ssh_poll_interval
+
+    def defer() -> None:  # SSH does not answer yet: wait for its banner in the triggerer
+        raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval),
+                                   build.settings.ssh_timeout)
+
+    resumed_by_ssh = (task.resumed or {}).get("waiter_name") == "ssh_ready"
+    hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout, interval=interval,
+                                   defer=None if resumed_by_ssh else defer, stage=stage)
+    return hook, remote.SSHTarget(host, port, user, key)
+
+
+def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:
+    hook, target = _ssh(task, build, c, launched)
+    lines = tools.apply(hook, build.spec.configure, build, target)
+    log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role, len(lines))
+
+
+def register_image(task: BuildTask, network: dict, launched: dict, configured: dict) -> dict:
+    """In the triggerer: the stop, CreateImage and the image's wait; then the image is marked complete.
+    Returns the build summary."""
+    build = task.build(network)
+    c = task.clients(build)
+    logical = task.dag_run.run_after.strftime("%Y%m%d-%H%M%S")
+    resumed = task.resumed or {}
+    # After the image wait: the image as the triggerer saw it available.
+    available = (resumed["answer"]["Images"][0] if resumed.get("waiter_name") == "image_available" else None)
+    windows = dict(resumed.get("windows") or {})
+    described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
+                               image.image_name(build, logical), wait=task.wait(build),
+                               stop_requested_at=configured["stop_requested_at"], available=available,
+                               windows=windows, origin_lineage=network.get("origin_lineage"))
+    links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
+    task.record_waits(build, windows)
+    task.ti.xcom_push(key="image", value=instance.launch_view(described))  # what the test instance boots
+    summary = {
+        "image_id": described["ImageId"],
+        "name": described["Name"],
+        "region": build.region,
+        "origin": network["origin_ami"],
+        "server_role": build.spec.configure.server_role if build.spec.configure else None,
+        "build_id": build.build_id,
+        # float(): a value stored by the triggerer (TaskSuccessEvent) reads back as its JSON text.
+        "step_seconds": {step: float(seconds) for step, seconds in zip(TIMED, task.ti.xcom_pull(
+            task_ids=list(TIMED), key="step_seconds"), strict=True)},
+        # Seconds after each change began: (last poll that did not see it done, first that did).
+        "waits": windows,
+    }
+    log.info("build summary: %s", summary)
+    return summary
+
+
+class TestsFailed(PermanentError):
+    pass
+
+
+def test_image(task: BuildTask, network: dict, launched: dict, registered: dict) -> dict:
+    """A fresh instance of the new image, the spec's tests run on it over SSH, the result tagged on the image.
+    Failed tests fail the task: the image stays, tagged failed, and no channel moves. (A spec without tests
+    has no such task: register_image tags its image untested.)"""
+    build = task.build(network)
+    c = task.clients(build)
+    image_id = registered["image_id"]
+    tests = build.spec.test
+    test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
+                                   network["key_name"], task.wait(build))
+    hook, target = _ssh(task, build, c, test_instance, stage="test-ssh")
+    folder = (tests_folder() if not build.settings.tests_folder else Path(build.settings.tests_folder)) / tests.tests
+    log.info("testing image %s on instance %s: %s tests of %s", image_id, test_instance["instance_id"], tests.tool,
+             folder)
+    outcome = test_tools.run(tests, folder, hook, target).summary()
+    checkpoint("after:tests")
+    testing.record(c.ec2, image_id, outcome)
+    testing.finish(c.ec2, test_instance)
+    result = {"image_id": image_id, **outcome, "instance_id": test_instance["instance_id"]}
+    if outcome["status"] != "passed":
+        shown = ", ".join(outcome["failed_tests"]) or "none ran"
+        raise TestsFailed(f"image {image_id}: {outcome['failed']} of {outcome['passed'] + outcome['failed']} tests "
+                          f"failed ({shown}); it stays, tagged image-factory:tests=failed, and no channel moves")
+    log.info("image %s passed its %d tests", image_id, outcome["passed"])
+    return result
+
+
+def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted: list[str]) -> dict:
+    build = task.build(network)
+    c = task.clients(build)
+    versions = channels.move(c.ssm, build.spec.name, wanted, registered["image_id"], tested,
+                             build.settings.channel_prefix)
+    extra = {"image_id": registered["image_id"], "region": build.region, "name": registered["name"],
+             "channels": sorted(versions), "build_id": build.build_id}
+    # Downstream DAGs follow tested images only: these events fire on a promotion, never on a registration.
+    events = task.context["outlet_events"]
+    events[image_asset(build.spec.name)].extra = extra
+    for channel in versions:
+        events[channel_asset(build.spec.name, channel)].extra = extra
+    return {"image_id": registered["image_id"], "channels": versions}
+
+
+def promote(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
+    """Move ``promote.channels`` to the tested image."""
+    spec = task.loaded.image
+    return _move(task, network, registered, tested, spec.promote.channels)
+
+
+def promote_approved(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
+    """Move ``promote.approval``'s channels to the image a person approved."""
+    spec = task.loaded.image
+    return _move(task, network, registered, tested, spec.promote.approval)
+
+
+def tear_down(task: BuildTask) -> list[str]:
+    """The teardown of the builder network: also when a task failed, the setup included (half-way or not)."""
+    # Only what finds the resources: a parameter the build could not resolve must not stop the cleanup.
+    build = task.build(fields=parameters.EARLY_FIELDS)
+    c = task.clients(build)
+    network, launched, tested = task.pull(NETWORK), task.pull(LAUNCH), task.pull(TEST)
+    # What the setup, the launch and the test stage recorded names what they made, unless this is a retry or a
+    # rerun, or one of them has no record (it failed, perhaps after RunInstances): then, what carries the
+    # build's tag.
+    record = ({**network, **launched, "test_instance_id": (tested or {}).get("instance_id")}
+              if build.fresh and network and launched and tested else None)
+    history = (network or {}).get("history", {})
+    schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
+                                    build.settings.poll_interval)
+    removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
+                                      record=record, image_complete=task.pull(REGISTER) is not None,
+                                      history=history)
+    log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)
+    return removed

@@ -1,0 +1,150 @@
+"""The test tools: what runs a spec's tests (``test:``) against a fresh instance of the new image, over SSH.
+
+``testinfra``: the ``test_*.py`` files of ``include/tests/<tests>/``, run by pytest in this process with
+pytest-testinfra's paramiko backend, its ``host`` fixture connected with the build's key (kept in memory: the
+backend is given the key object, never a file). ``shell``: the folder's ``*.sh`` scripts, each copied to the
+instance and run there with bash; exit 0 passes. Each test's outcome goes to the task log as it happens.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from image_factory import remote
+from image_factory.errors import PermanentError
+
+log = logging.getLogger("image_factory")
+
+
+class TestsError(PermanentError):
+    pass
+
+
+@dataclass
+class TestOutcome:
+    passed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    #: How long the tests themselves ran (SSH already logged in).
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.passed) and not self.failed
+
+    def summary(self) -> dict:
+        return {"status": "passed" if self.ok else "failed", "passed": len(self.passed),
+                "failed": len(self.failed), "failed_tests": self.failed[:20], "seconds": round(self.seconds, 2)}
+
+
+def run(tests, folder: Path, hook, target: remote.SSHTarget) -> TestOutcome:
+    """Run the spec's ``tests`` (spec.ImageTests) from ``folder`` against the instance ``hook`` is connected to."""
+    started = time.monotonic()
+    outcome = _testinfra(folder, target) if tests.tool == "testinfra" else _shell(folder, hook)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+# --- testinfra ------------------------------------------------------------------------------------------
+
+def _backend(target: remote.SSHTarget):
+    """pytest-testinfra's paramiko backend, connecting with the key object instead of a key file."""
+    import paramiko
+    from testinfra.backend.paramiko import IgnorePolicy, ParamikoBackend
+
+    class InMemoryKeyBackend(ParamikoBackend):
+        @functools.cached_property
+        def client(self) -> paramiko.SSHClient:
+            client = paramiko.SSHClient()
+            # A fresh instance of a new image: its host key cannot be known (see remote.py).
+            client.set_missing_host_key_policy(IgnorePolicy())
+            client.connect(hostname=target.host, port=target.port, username=target.username,
+                           pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(target.private_key)),
+                           look_for_keys=False, allow_agent=False, timeout=self.timeout)
+            return client
+
+    return InMemoryKeyBackend(f"paramiko://{target.username}@{target.host}:{target.port}")
+
+
+class _Reporter:
+    """A pytest plugin: the ``host`` fixture, and each test's outcome logged and counted."""
+
+    def __init__(self, host):
+        self.host_object = host
+        self.outcome = TestOutcome()
+        self.errors: list[str] = []
+
+    def pytest_configure(self, config):
+        import pytest
+
+        plugin = self
+
+        class Fixtures:
+            @pytest.fixture(scope="session")
+            def host(self):
+                return plugin.host_object
+
+        config.pluginmanager.register(Fixtures(), "image_factory_host")
+
+    def pytest_runtest_logreport(self, report):
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            if report.passed and report.when == "call":
+                self.outcome.passed.append(report.nodeid)
+                log.info("test passed: %s", report.nodeid)
+            elif report.failed:
+                self.outcome.failed.append(report.nodeid)
+                log.error("test FAILED: %s\n%s", report.nodeid, report.longreprtext[-3000:])
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.errors.append(f"{report.nodeid}: {report.longreprtext[-1500:]}")
+
+
+def _testinfra(folder: Path, target: remote.SSHTarget) -> TestOutcome:
+    import pytest
+    from testinfra.host import Host
+
+    reporter = _Reporter(Host(_backend(target)))
+    files = sorted(str(path) for path in folder.glob("test_*.py"))
+    # Its own rootdir, no cache written into the tests folder, no import clash with other test files, and
+    # testinfra's own host fixture (which would read --hosts) replaced by ours.
+    code = pytest.main([*files, "-q", "-p", "no:cacheprovider", "-p", "no:testinfra", "--import-mode=importlib",
+                        "--rootdir", str(folder), "-o", "addopts=", "-o", "python_files=test_*.py"],
+                       plugins=[reporter])
+    if reporter.errors:
+        raise TestsError("the tests could not be collected: " + "; ".join(reporter.errors))
+    if code not in (0, 1) and not reporter.outcome.failed:
+        raise TestsError(f"pytest ended with exit code {code} running {folder}")
+    return reporter.outcome
+
+
+# --- shell ----------------------------------------------------------------------------------------------
+
+def _shell(folder: Path, hook) -> TestOutcome:
+    outcome = TestOutcome()
+    sftp = hook.get_conn().open_sftp()
+    try:
+        staging = remote.private_directory(sftp, "/tmp/image-factory-tests.")
+        for script in sorted(folder.glob("*.sh")):
+            sftp.put(str(script), f"{staging}/{script.name}")
+    finally:
+        sftp.close()
+    try:
+        for script in sorted(folder.glob("*.sh")):
+            path = shlex.quote(f"{staging}/{script.name}")
+            try:
+                remote.run(hook, f"bash {path}", timeout=1800, what=f"test {script.name}")
+            except remote.RemoteCommandError as exc:
+                outcome.failed.append(script.name)
+                log.error("test FAILED: %s (exit status %s)", script.name, exc.status)
+            else:
+                outcome.passed.append(script.name)
+                log.info("test passed: %s", script.name)
+    finally:
+        remote.run(hook, f"rm -rf -- {shlex.quote(staging)}", timeout=60)
+    return outcome
