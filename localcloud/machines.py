@@ -328,7 +328,10 @@ def ruleset(groups: list[ET.Element], members) -> str:
 BOOT_SCRIPT = r"""
 set -eu
 R={root}
+# The layers by their names, from their folder: the mount options' page (4 KiB) then holds a hundred of them.
+cd {layers}
 mount -t overlay overlay -o {overlay} "$R"
+cd /
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 mount -t tmpfs -o mode=0755,nosuid,size=64m run "$R/run"
@@ -620,10 +623,12 @@ class Machines:
             machine["public_ip"]) in self.plan.public else ""
         config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
         (disk / "sshd_config").write_text(config)
-        lower = ":".join([*(str(self.layers_dir / layer) for layer in machine["layers"]), str(self.base)])
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        lower = ":".join([*machine["layers"], str(self.base)])
         overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
         script = BOOT_SCRIPT.format(
-            root=shlex.quote(str(disk / "root")), overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
+            root=shlex.quote(str(disk / "root")), layers=shlex.quote(str(self.layers_dir)),
+            overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
             sshd_config=shlex.quote(str(disk / "sshd_config")),
             authorized_keys=shlex.quote(str(disk / "authorized_keys")), user=USER, instance_id=instance_id, ip=ip,
             hostname="ip-" + ip.replace(".", "-"))
