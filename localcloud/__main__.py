@@ -29,13 +29,11 @@ def main() -> int:
     try:
         latency = parse_latency(args.latency) if args.latency else None
         if args.action == "up":
-            state = cloud.up(args.regions)
+            cloud.up(args.regions)
             if latency:
                 print(f"latency: {cloud.configure(latency=latency).get('latency')}", file=sys.stderr)
-            where = ("machines on bridge 198.18.0.1 (instances answer SSH on their private addresses)"
-                     if state.machines else f"SSH server 127.0.0.1:{state.ssh_port}")
-            print(f"local cloud up: EC2 emulator {cloud.endpoint} (a front before moto at {cloud.moto_endpoint}), "
-                  f"{where} (state in {cloud.state_dir})", file=sys.stderr)
+            print(f"local cloud up: {cloud.summary()}; moto behind the front at {cloud.moto_endpoint} "
+                  f"(state in {cloud.state_dir})", file=sys.stderr)
             print(f"load its settings with: eval \"$(python -m localcloud env --state-dir {cloud.state_dir})\"",
                   file=sys.stderr)
         elif args.action == "down":

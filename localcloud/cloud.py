@@ -82,6 +82,7 @@ class State:
     #: region -> the builder VPC made at up (machines only)
     builder_vpcs: dict | None = None
     blackhole_made: bool = False
+    slot: int = 0  # the machines' address slot (localcloud/addresses.py)
 
 
 class LocalCloud:
@@ -154,13 +155,34 @@ class LocalCloud:
         except OSError as exc:
             raise LocalCloudError(f"the local cloud's front at {self.endpoint} does not answer: {exc}") from exc
 
+    @property
+    def plan(self):
+        """The machines' addresses and host names (localcloud/addresses.py): the slot this cloud runs in."""
+        from localcloud.addresses import Plan
+
+        return Plan(self._require().slot)
+
     def summary(self) -> str:
         """One line for people: the endpoint, and where builds SSH to."""
         state = self._require()
         if state.machines:
-            return (f"EC2 emulator {self.endpoint}, instances are machines on bridge 198.18.0.1 "
-                    "(SSH to their private addresses)")
+            return (f"EC2 emulator {self.endpoint}, instances are machines on bridge {self.plan.bridge} "
+                    f"({self.plan.bridge_address}; SSH to their private addresses)")
         return f"EC2 emulator {self.endpoint}, SSH server 127.0.0.1:{state.ssh_port} (no machines)"
+
+    def instance_file(self, instance_id: str, path: str) -> Path | None:
+        """Where, on this host, a file the instance wrote (``/tmp/x`` -> ``.../upper/tmp/x``) is: its disk,
+        then the layers under it; None when the instance did not write it (for tests; read-only use: write into
+        a machine over SSH, never into its disk from here while it runs)."""
+        machine = self.machines_list()["machines"].get(instance_id)
+        if machine is None:
+            return None
+        relative = path.lstrip("/")
+        for folder in [self.state_dir / "machines" / instance_id / "upper",
+                       *(self.state_dir / "layers" / layer for layer in machine["layers"])]:
+            if (folder / relative).exists() or (folder / relative).is_symlink():
+                return folder / relative
+        return None
 
     def machines_list(self) -> dict:
         """The front's registry: ``{"images": {ami: {"layers": [...]}}, "machines": {instance: {...}}}``."""
@@ -178,13 +200,12 @@ class LocalCloud:
         }
         if state.machines:
             # Builds SSH to the instance's own private address, as on AWS, from the bridge's address.
-            from localcloud.moto_server import BRIDGE_ADDRESS, OWN_VPC_CIDR
-
+            plan = self.plan
             return {
                 "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
-                "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": f"{BRIDGE_ADDRESS}/32",
+                "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": f"{plan.bridge_address}/32",
                 "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": (state.builder_vpcs or {}).get(region, ""),
-                "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR": str(OWN_VPC_CIDR),
+                "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR": str(plan.own_vpc),
                 "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
             }
         return {
@@ -265,9 +286,9 @@ class LocalCloud:
         if self.running():
             return self._require()
         self.down()
-        base = None
+        base, slot = None, 0
         if self.machines:
-            base = self._machines_preflight()
+            base, slot = self._machines_preflight()
         elif not Path(SSHD).exists():
             raise LocalCloudError(f"{SSHD} is missing: install Debian's openssh-server (make setup does)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -279,17 +300,17 @@ class LocalCloud:
         try:
             if self.machines:
                 from localcloud import machines
+                from localcloud.addresses import Plan
 
-                machines.RUN_DIR.mkdir(parents=True, exist_ok=True)
-                machines.OWNER_FILE.write_text(str(self.state_dir))
                 # The blackhole route first: nothing for 198.18.0.0/15 leaves this host, before any machine.
-                blackhole_made = machines.host_network_up()
+                blackhole_made = machines.host_network_up(Plan(slot))
                 # Written before anything else can fail: `down` then knows what to remove.
                 self.state_file.write_text(json.dumps(asdict(State(
-                    0, 0, 0, 0, getpass.getuser(), regions, machines=True, blackhole_made=blackhole_made))))
-            moto = self._start_moto(moto_port, regions)
+                    0, 0, 0, 0, getpass.getuser(), regions, machines=True, blackhole_made=blackhole_made,
+                    slot=slot))))
+            moto = self._start_moto(moto_port, regions, slot)
             started.append((moto.pid, "moto_server"))
-            proxy = self._start_proxy(ec2_port, moto_port, base)
+            proxy = self._start_proxy(ec2_port, moto_port, base, slot)
             started.append((proxy.pid, "localcloud.proxy"))
             sshd_pid = 0
             if not self.machines:
@@ -307,14 +328,14 @@ class LocalCloud:
             for pid, marker in reversed(started):
                 _terminate(pid, marker)
             if self.machines:
-                self._machines_down(blackhole_made)
+                self._machines_down(slot)
             raise
         state = State(ec2_port, ssh_port, moto.pid, sshd_pid, getpass.getuser(), regions, moto_port, proxy.pid,
-                      machines=self.machines, builder_vpcs=builder_vpcs, blackhole_made=blackhole_made)
+                      machines=self.machines, builder_vpcs=builder_vpcs, blackhole_made=blackhole_made, slot=slot)
         self.state_file.write_text(json.dumps(asdict(state)))
         return state
 
-    def _machines_preflight(self) -> Path:
+    def _machines_preflight(self) -> tuple[Path, int]:
         """Root, the commands and the kernel features the machines need, and the origin root filesystem."""
         from localcloud import base, machines
 
@@ -323,23 +344,56 @@ class LocalCloud:
             raise LocalCloudError("the local cloud's machines cannot run here: missing " + "; ".join(missing)
                                   + ". (LocalCloud(machines=False) is the single-sshd model, which runs roles "
                                   "on this host: the Docker Compose profile's.)")
-        if machines.OWNER_FILE.exists():
-            other = Path(machines.OWNER_FILE.read_text().strip())
-            if other != self.state_dir and LocalCloud(other).running():
-                raise LocalCloudError(f"another local cloud with machines runs on this host (state in {other}): "
-                                      f"one at a time (`python -m localcloud down --state-dir {other}`)")
-            if other != self.state_dir:  # a dead one's leftovers (its machines, bridge, blackhole route) first
-                LocalCloud(other).down()
-                machines.host_network_down(remove_blackhole=False)
+        slot = self._claim_slot()
         try:
-            return base.ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True))
+            return base.ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True)), slot
         except base.BaseError as exc:
+            self._release_slot(slot)
             raise LocalCloudError(str(exc)) from None
+
+    def _claim_slot(self) -> int:
+        """A free address slot (localcloud/addresses.py): one whose owner is gone (its leftovers removed first)."""
+        from localcloud import machines
+        from localcloud.addresses import SLOTS, Plan
+
+        machines.RUN_DIR.mkdir(parents=True, exist_ok=True)
+        busy = []
+        legacy = machines.RUN_DIR / "machines.owner"  # a local cloud of before the slots: lcbr0, lc-*, lch*
+        if legacy.exists() and LocalCloud(Path(legacy.read_text().strip() or "/nonexistent")).running():
+            busy.append(legacy.read_text().strip())
+        for slot in range(SLOTS):
+            if slot == 0 and busy:
+                continue
+            owner = machines.owner_file(slot)
+            try:  # made atomically: two clouds starting at once never take the same slot
+                descriptor = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                other = Path(owner.read_text().strip() or "/nonexistent")
+                if other != self.state_dir and LocalCloud(other).running():
+                    busy.append(str(other))
+                    continue
+                if other != self.state_dir:  # a dead one's leftovers (machines, bridge) first
+                    LocalCloud(other).down()
+                    machines.host_network_down(Plan(slot))
+                owner.write_text(str(self.state_dir))
+                return slot
+            with os.fdopen(descriptor, "w") as file:
+                file.write(str(self.state_dir))
+            return slot
+        raise LocalCloudError(f"{SLOTS} local clouds with machines run on this host already (state in "
+                              f"{', '.join(busy)}): stop one (`python -m localcloud down --state-dir DIR`)")
+
+    def _release_slot(self, slot: int) -> None:
+        from localcloud import machines
+
+        owner = machines.owner_file(slot)
+        if owner.exists() and owner.read_text().strip() == str(self.state_dir):
+            owner.unlink()
 
     def _make_builder_vpcs(self, moto_port: int, regions: str) -> dict[str, str]:
         """In each region a VPC of the reserved range for the builds' subnets (made in moto directly)."""
+        from localcloud.addresses import builder_vpc_cidr
         from localcloud.machines import Moto
-        from localcloud.moto_server import builder_vpc_cidr
 
         moto, made = Moto(moto_port), {}
         for region in regions.split(","):
@@ -351,12 +405,12 @@ class LocalCloud:
             made[region] = vpc.find("vpc/vpcId").text
         return made
 
-    def _machines_down(self, remove_blackhole: bool) -> None:
+    def _machines_down(self, slot: int) -> None:
         from localcloud import machines
+        from localcloud.addresses import Plan
 
-        machines.teardown(self.state_dir, remove_blackhole)
-        if machines.OWNER_FILE.exists() and machines.OWNER_FILE.read_text().strip() == str(self.state_dir):
-            machines.OWNER_FILE.unlink()
+        self._release_slot(slot)  # first: the blackhole route goes with the last slot
+        machines.teardown(self.state_dir, Plan(slot))
 
     def down(self) -> None:
         state = self.state()
@@ -365,25 +419,26 @@ class LocalCloud:
             _terminate(state.proxy_pid, "localcloud.proxy")
             _terminate(state.moto_pid, "moto_server")
             if state.machines:
-                self._machines_down(state.blackhole_made)
+                self._machines_down(state.slot)
             self.state_file.unlink()
         shutil.rmtree(self._command_dir(), ignore_errors=True)
 
-    def _start_moto(self, port: int, regions: str) -> subprocess.Popen:
+    def _start_moto(self, port: int, regions: str, slot: int) -> subprocess.Popen:
         log = self.state_dir / "moto.log"
         # moto listens on every address unless told otherwise: keep the emulator on loopback.
-        process = subprocess.Popen([sys.executable, "-m", "localcloud.moto_server", "--regions", regions,
+        process = subprocess.Popen([sys.executable, "-m", "localcloud.moto_server", "--slot", str(slot),
+                                    "--regions", regions,
                                     "-H", LOOPBACK, "-p", str(port)], cwd=PROJECT,
                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         _wait_for_port(port, process, log)
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/moto-api/", timeout=10).close()
         return process
 
-    def _start_proxy(self, port: int, moto_port: int, base: Path | None) -> subprocess.Popen:
+    def _start_proxy(self, port: int, moto_port: int, base: Path | None, slot: int) -> subprocess.Popen:
         log = self.state_dir / "proxy.log"
         process = subprocess.Popen([sys.executable, "-m", "localcloud.proxy", "--listen-port", str(port),
                                     "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir),
-                                    *(["--machines", str(base)] if base else [])],
+                                    *(["--machines", str(base), "--slot", str(slot)] if base else [])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
         _wait_for_port(port, process, log)

@@ -3,13 +3,13 @@
 The front (localcloud/proxy.py) calls :class:`Machines` for the EC2 calls that change a machine, once moto
 has answered them:
 
-* RunInstances, StartInstances: a machine boots, asynchronously. It is a network namespace ``lc-<instance>``
-  holding exactly the private address moto gave the instance (a veth pair onto the host bridge ``lcbr0``,
-  whose address 198.18.0.1 is the provisioner's), a mount namespace whose root is an overlay (lower: the
-  image's layers, then the origin root filesystem of localcloud/base.py; upper: the instance's own disk in
-  the state directory), PID, UTS and IPC namespaces of its own, and its own sshd on the instance's
-  address, port 22. The key pair's public key goes into ec2-user's authorized_keys at boot, as cloud-init
-  does. The front shows the instance ``pending`` until that sshd answers.
+* RunInstances, StartInstances: a machine boots, asynchronously. It is a network namespace
+  ``lc<slot>-<instance>`` holding exactly the private address moto gave the instance (a veth pair onto the host
+  bridge ``lcbr<slot>``, whose address, 198.18.0.1 in slot 0, is the provisioner's; see localcloud/addresses.py),
+  a mount namespace whose root is an overlay (lower: the image's layers, then the origin root filesystem of
+  localcloud/base.py; upper: the instance's own disk in the state directory), PID, UTS and IPC namespaces of
+  its own, and its own sshd on the instance's address, port 22. The key pair's public key goes into ec2-user's
+  authorized_keys at boot, as cloud-init does. The front shows the instance ``pending`` until that sshd answers.
 * StopInstances: every process of the machine is killed (by PID, checked until none is left), its network
   namespace removed; the disk stays. TerminateInstances: also the disk.
 * CreateImage: the instance's upper directory becomes a read-only layer; the image is its origin's layers
@@ -26,7 +26,6 @@ to layers and instances to machines, so that ``down`` can remove everything even
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import os
@@ -42,13 +41,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from localcloud.moto_server import BRIDGE_ADDRESS, HOST_BLOCK, PUBLIC, RESERVED
+from localcloud.addresses import RESERVED, SLOTS, Plan
 
-BRIDGE = "lcbr0"
-NETNS_PREFIX = "lc-"
-VETH_PREFIX = "lch"
 RUN_DIR = Path("/run/image-factory-local-cloud")
-OWNER_FILE = RUN_DIR / "machines.owner"
+#: made when a local cloud added the blackhole route: the last one down removes it
+BLACKHOLE_MARK = RUN_DIR / "blackhole.made"
 HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
 BOOT_TIMEOUT = 120
 USER = "ec2-user"
@@ -91,7 +88,7 @@ def missing_features(need_mmdebstrap: bool) -> list[str]:
             missing.append("the overlay filesystem (not in /proc/filesystems; modprobe overlay failed)")
     if missing:
         return missing
-    probe = f"{NETNS_PREFIX}probe-{os.getpid()}"
+    probe = f"lcprobe-{os.getpid()}"
     scratch = Path(f"/tmp/lc-probe-{os.getpid()}")
     try:
         if run("ip", "netns", "add", probe, check=False).returncode != 0:
@@ -115,45 +112,62 @@ def missing_features(need_mmdebstrap: bool) -> list[str]:
 
 # --- the host's side of the network ------------------------------------------------------------------
 
-def host_network_up() -> bool:
-    """The blackhole route for 198.18.0.0/15 (first), the bridge with the host's address; True when the
-    blackhole route was made here (``down`` removes only that one)."""
-    exists = run("ip", "route", "show", "exact", str(RESERVED), "type", "blackhole").stdout.strip()
-    if not exists:
-        run("ip", "route", "add", "blackhole", str(RESERVED))
-    if run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
-        run("ip", "link", "add", BRIDGE, "type", "bridge")
-    disable_ipv6 = Path(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6")
+def owner_file(slot: int) -> Path:
+    return RUN_DIR / f"slot-{slot}.owner"
+
+
+def ensure_blackhole() -> bool:
+    """The blackhole route for 198.18.0.0/15 (nothing for it leaves this host); True when made now."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if run("ip", "route", "show", "exact", str(RESERVED), "type", "blackhole").stdout.strip():
+        return False
+    BLACKHOLE_MARK.write_text("made by a local cloud\n")
+    run("ip", "route", "add", "blackhole", str(RESERVED))
+    return True
+
+
+def host_network_up(plan: Plan) -> bool:
+    """The blackhole route for 198.18.0.0/15 (first), the slot's bridge with the host's address; True when the
+    blackhole route was made here."""
+    made = ensure_blackhole()
+    if run("ip", "link", "show", plan.bridge, check=False).returncode != 0:
+        run("ip", "link", "add", plan.bridge, "type", "bridge")
+    disable_ipv6 = Path(f"/proc/sys/net/ipv6/conf/{plan.bridge}/disable_ipv6")
     if disable_ipv6.exists():
         disable_ipv6.write_text("1\n")
-    run("ip", "addr", "replace", f"{BRIDGE_ADDRESS}/32", "dev", BRIDGE)
-    run("ip", "link", "set", BRIDGE, "up")
-    for network in (HOST_BLOCK, PUBLIC):
-        run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
-    return not exists
+    run("ip", "addr", "replace", f"{plan.bridge_address}/32", "dev", plan.bridge)
+    run("ip", "link", "set", plan.bridge, "up")
+    for network in (plan.host_block, plan.public):
+        run("ip", "route", "replace", str(network), "dev", plan.bridge, "src", str(plan.bridge_address))
+    return made
 
 
-def route_vpc(cidr: str) -> None:
+def route_vpc(plan: Plan, cidr: str) -> None:
     network = ipaddress.ip_network(cidr)
-    if not network.subnet_of(RESERVED):
-        raise MachinesError(f"VPC range {cidr} is outside {RESERVED}: the local cloud's machines live only there")
-    run("ip", "route", "replace", str(network), "dev", BRIDGE, "src", str(BRIDGE_ADDRESS))
+    if not network.subnet_of(plan.private):
+        raise MachinesError(f"VPC range {cidr} is outside {plan.private}, this local cloud's part of {RESERVED}: "
+                            "its machines live only there")
+    run("ip", "route", "replace", str(network), "dev", plan.bridge, "src", str(plan.bridge_address))
 
 
-def host_network_down(remove_blackhole: bool, pid_namespaces: tuple[int, ...] = ()) -> None:
+def host_network_down(plan: Plan, pid_namespaces: tuple[int, ...] = ()) -> None:
+    """The slot's machines, namespaces, veths and bridge; the blackhole route too when no other local cloud
+    with machines is left and a local cloud made it."""
     for pid_inode in pid_namespaces:
         kill_namespace_processes("", pid_inode)
     for name in run("ip", "netns", "list", check=False).stdout.split("\n"):
         name = name.split(" ")[0]
-        if name.startswith(NETNS_PREFIX):
+        if name.startswith(plan.netns_prefix):
             kill_namespace_processes(name)
             run("ip", "netns", "del", name, check=False)
     for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-        if name.startswith(VETH_PREFIX) or name == BRIDGE:
+        if name.startswith(plan.veth_prefix) or name == plan.bridge:
             run("ip", "link", "del", name, check=False)
-    if remove_blackhole:
+    others = [slot for slot in range(SLOTS) if slot != plan.slot and owner_file(slot).exists()]
+    if not others and BLACKHOLE_MARK.exists():
         run("ip", "route", "del", "blackhole", str(RESERVED), check=False)
+        BLACKHOLE_MARK.unlink(missing_ok=True)
 
 
 # --- processes of a machine --------------------------------------------------------------------------
@@ -311,18 +325,13 @@ def ruleset(groups: list[ET.Element], members) -> str:
 
 # --- the machines ----------------------------------------------------------------------------------------
 
-def netns_name(instance_id: str) -> str:
-    return f"{NETNS_PREFIX}{instance_id}"
-
-
-def veth_name(instance_id: str) -> str:
-    return VETH_PREFIX + hashlib.sha256(instance_id.encode()).hexdigest()[:10]
-
-
 BOOT_SCRIPT = r"""
 set -eu
 R={root}
+# The layers by their names, from their folder: the mount options' page (4 KiB) then holds a hundred of them.
+cd {layers}
 mount -t overlay overlay -o {overlay} "$R"
+cd /
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
 mount -t tmpfs -o mode=0755,nosuid,size=64m run "$R/run"
@@ -390,7 +399,8 @@ sys.exit(1)
 class Machines:
     """The machines and image layers of one local cloud (used by its front, one process)."""
 
-    def __init__(self, state_dir: Path, base: Path, moto: Moto, log=None):
+    def __init__(self, state_dir: Path, base: Path, moto: Moto, plan: Plan, log=None):
+        self.plan = plan
         self.state_dir = state_dir
         self.base = base
         self.moto = moto
@@ -594,13 +604,14 @@ class Machines:
             others = {m["ip"] for iid, m in self.registry["machines"].items()
                       if iid != instance_id and m["state"] in ("booting", "running")}
         ip = machine["ip"]
-        if not ip or ipaddress.ip_address(ip) not in RESERVED:
-            raise MachinesError(f"address {ip} is outside {RESERVED}")
+        if not ip or ipaddress.ip_address(ip) not in self.plan.private:
+            raise MachinesError(f"address {ip} is outside {self.plan.private}")
         if ip in others:
             raise MachinesError(f"address {ip} is another live machine's (two VPCs of the same range)")
+        ensure_blackhole()  # still there (another local cloud's down may have taken it) before any route
         vpcs = self.moto.query(machine["region"], "DescribeVpcs", {"VpcId.1": machine["vpc"]})
         for cidr in vpcs.iter("cidrBlock"):
-            route_vpc(cidr.text)
+            route_vpc(self.plan, cidr.text)
         disk = self.disks_dir / instance_id
         for name in ("upper", "work", "root"):
             (disk / name).mkdir(parents=True, exist_ok=True)
@@ -609,22 +620,24 @@ class Machines:
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", instance_id, "-f", str(host_key))
         (disk / "authorized_keys").write_text(self._public_key(machine))
         public = machine.get("public_ip") if machine.get("public_ip") and ipaddress.ip_address(
-            machine["public_ip"]) in PUBLIC else ""
+            machine["public_ip"]) in self.plan.public else ""
         config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
         (disk / "sshd_config").write_text(config)
-        lower = ":".join([*(str(self.layers_dir / layer) for layer in machine["layers"]), str(self.base)])
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        lower = ":".join([*machine["layers"], str(self.base)])
         overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
         script = BOOT_SCRIPT.format(
-            root=shlex.quote(str(disk / "root")), overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
+            root=shlex.quote(str(disk / "root")), layers=shlex.quote(str(self.layers_dir)),
+            overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
             sshd_config=shlex.quote(str(disk / "sshd_config")),
             authorized_keys=shlex.quote(str(disk / "authorized_keys")), user=USER, instance_id=instance_id, ip=ip,
             hostname="ip-" + ip.replace(".", "-"))
         (disk / "boot.sh").write_text(script)
-        netns, veth = netns_name(instance_id), veth_name(instance_id)
+        netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
         self._unplug(instance_id)
         run("ip", "netns", "add", netns)
         run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        run("ip", "link", "set", veth, "master", BRIDGE, "up")
+        run("ip", "link", "set", veth, "master", self.plan.bridge, "up")
         run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
         run("ip", "-n", netns, "link", "set", "lo", "up")
         run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
@@ -695,17 +708,17 @@ class Machines:
                 return [m["ip"] for m in self.registry["machines"].values()
                         if group_id in m["groups"] and m["region"] == machine["region"]]
 
-        run("ip", "netns", "exec", netns_name(instance_id), "nft", "-f", "-", input=ruleset(groups, members))
+        run("ip", "netns", "exec", self.plan.netns(instance_id), "nft", "-f", "-", input=ruleset(groups, members))
 
     def _unplug(self, instance_id: str) -> None:
         """Remove the machine's processes, network namespace and veth (each if there)."""
-        netns = netns_name(instance_id)
+        netns = self.plan.netns(instance_id)
         with self.lock:
             pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
         if Path(f"/run/netns/{netns}").exists() or pid_inode:
             kill_namespace_processes(netns, pid_inode)
             run("ip", "netns", "del", netns, check=False)
-        run("ip", "link", "del", veth_name(instance_id), check=False)
+        run("ip", "link", "del", self.plan.veth(instance_id), check=False)
 
     def _halt(self, instance_id: str) -> None:
         with self.lock:
@@ -721,9 +734,9 @@ class Machines:
             pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
         left = namespace_pids(None, pid_inode) if pid_inode else []
         if left:
-            kill_namespace_processes(netns_name(instance_id), pid_inode)
-        if run("ip", "link", "show", veth_name(instance_id), check=False).returncode == 0:
-            raise MachinesError(f"machine {instance_id} left its veth {veth_name(instance_id)}")
+            kill_namespace_processes(self.plan.netns(instance_id), pid_inode)
+        if run("ip", "link", "show", self.plan.veth(instance_id), check=False).returncode == 0:
+            raise MachinesError(f"machine {instance_id} left its veth {self.plan.veth(instance_id)}")
 
     def collect_layers(self) -> None:
         """Remove the layers that no image and no instance uses."""
@@ -743,12 +756,12 @@ class Machines:
             self._halt(instance_id)
 
 
-def teardown(state_dir: Path, remove_blackhole: bool) -> None:
+def teardown(state_dir: Path, plan: Plan) -> None:
     """Everything the machines made on the host (also without the front): processes, namespaces, veths, the
     bridge, the blackhole route (when made here), the disks and layers, the registry."""
     registry = state_dir / "machines.json"
     known = json.loads(registry.read_text()).get("machines", {}) if registry.exists() else {}
-    host_network_down(remove_blackhole, tuple(m["pid_namespace"] for m in known.values() if m.get("pid_namespace")))
+    host_network_down(plan, tuple(m["pid_namespace"] for m in known.values() if m.get("pid_namespace")))
     for name in ("machines", "layers"):
         shutil.rmtree(state_dir / name, ignore_errors=True)
     (state_dir / "machines.json").unlink(missing_ok=True)

@@ -1,16 +1,15 @@
 """moto's server with every region's default VPC inside the local cloud's reserved range 198.18.0.0/15.
 
-``python -m localcloud.moto_server --regions eu-west-1,us-east-1 -H 127.0.0.1 -p PORT``
+``python -m localcloud.moto_server --slot 0 --regions eu-west-1,us-east-1 -H 127.0.0.1 -p PORT``
 
 moto makes each region's default VPC as 172.31.0.0/16 (``VPCBackend.create_default_vpc`` in
 moto/ec2/models/vpcs.py) with one /20 default subnet per availability zone (``create_default_subnet`` in
-moto/ec2/models/subnets.py). Here each region gets a /21 of 198.18.0.0/15 of its own (see
-:func:`region_block`): its default VPC is the block's first /22 (default subnets: /25s of it, eight at most;
-us-east-1 has six zones) and the second /22 is left for the builder VPC that ``LocalCloud.up`` makes. The
-regions named by ``--regions`` get the first blocks in that order; any other region gets the next free block
-when moto first sets it up. Block 0 is the host's own (the bridge address, the test namespaces). Public
-addresses (an instance's public IP, Elastic IPs) come from 198.19.0.0/16, one after the other; a machine holds
-its public address beside its private one.
+moto/ec2/models/subnets.py), and an instance launched without a subnet gets a random 10.x address. Here each
+region gets a block of the local cloud's slot (``--slot``, localcloud/addresses.py): its default VPC is the
+block's first half, with a default subnet of a sixteenth of the block per zone; the second half is left for
+the builder VPC that ``LocalCloud.up`` makes. An instance launched without a subnet goes into its zone's default
+subnet, as on AWS. Public addresses (an instance's public IP, Elastic IPs) come from the slot's public range,
+one after the other.
 """
 
 from __future__ import annotations
@@ -19,52 +18,34 @@ import ipaddress
 import sys
 import threading
 
-RESERVED = ipaddress.ip_network("198.18.0.0/15")
-#: the VPCs: 198.18.0.0/16 (block 0 the host's, then a /21 per region: 31 regions at most)
-PRIVATE = ipaddress.ip_network("198.18.0.0/16")
-#: the public addresses moto hands out (instances' public IPs, Elastic IPs): 198.19.0.0/16, in turn, so that a
-#: client that SSHes to an instance's "public" address stays inside the reserved range too
-PUBLIC = ipaddress.ip_network("198.19.0.0/16")
-BLOCK_PREFIX = 21
-#: block 0: the host side (bridge 198.18.0.1) and the namespaces tests make
-HOST_BLOCK = next(RESERVED.subnets(new_prefix=BLOCK_PREFIX))
-BRIDGE_ADDRESS = HOST_BLOCK.network_address + 1
-#: the VPC a build makes of its own when no builder VPC is set ([image_factory] builder_vpc_cidr)
-OWN_VPC_CIDR = ipaddress.ip_network("198.18.4.0/24")
+from localcloud.addresses import BLOCK_PREFIX, RESERVED, Plan
 
+PLAN = Plan(0)  # set by --slot
 _blocks: dict[str, int] = {}
 _lock = threading.Lock()
+_public = None
 
 
 def region_block(region: str) -> ipaddress.IPv4Network:
-    """The /21 of ``region``: blocks 1, 2, ... in the order regions are first seen."""
+    """The block of ``region``: 1, 2, ... in the order regions are first seen."""
     with _lock:
         if region not in _blocks:
             _blocks[region] = len(_blocks) + 1
         index = _blocks[region]
-    blocks = PRIVATE.num_addresses >> (32 - BLOCK_PREFIX)
-    if index >= blocks:
-        raise RuntimeError(f"the local cloud has no address block left in {PRIVATE} for region {region}")
-    return ipaddress.ip_network(f"{PRIVATE.network_address + index * (1 << (32 - BLOCK_PREFIX))}/{BLOCK_PREFIX}")
-
-
-_public = iter(PUBLIC.hosts())
+    return PLAN.region_block(index)
 
 
 def public_ip() -> str:
     """The next public address (moto draws 54.214.x.y and 127.x.y.z at random instead)."""
+    global _public
     with _lock:
+        if _public is None:
+            _public = iter(PLAN.public.hosts())
         return str(next(_public))
 
 
 def default_vpc_cidr(region: str) -> ipaddress.IPv4Network:
     return next(region_block(region).subnets(new_prefix=BLOCK_PREFIX + 1))
-
-
-def builder_vpc_cidr(default_vpc: str) -> str:
-    """The builder VPC's range of the region whose default VPC is ``default_vpc``: the /22 after it."""
-    network = ipaddress.ip_network(default_vpc)
-    return f"{network.network_address + network.num_addresses}/{network.prefixlen}"
 
 
 def install() -> None:
@@ -123,6 +104,11 @@ def install() -> None:
 
 
 def main(argv: list[str]) -> int:
+    global PLAN
+    if "--slot" in argv:
+        at = argv.index("--slot")
+        PLAN = Plan(int(argv[at + 1]))
+        argv = argv[:at] + argv[at + 2:]
     if "--regions" in argv:
         at = argv.index("--regions")
         for region in filter(None, argv[at + 1].split(",")):

@@ -560,14 +560,16 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="log every request")
     parser.add_argument("--machines", metavar="BASE", help="make a real machine of every instance, booting "
                         "images from this origin root filesystem (localcloud/machines.py; needs root)")
+    parser.add_argument("--slot", type=int, default=0, help="the machines' address slot (localcloud/addresses.py)")
     args = parser.parse_args()
     machines = None
     if args.machines:
         from pathlib import Path
 
+        from localcloud.addresses import Plan
         from localcloud.machines import Machines, Moto
 
-        machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port))
+        machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port), Plan(args.slot))
     server = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines)
     print(f"local cloud front on {LOOPBACK}:{server.server_address[1]} -> moto on {LOOPBACK}:{args.upstream_port}",
           file=sys.stderr, flush=True)

@@ -267,7 +267,8 @@ def test_machines_env_sends_builds_to_the_instances_own_addresses(local_cloud, e
     env = local_cloud.env()
     assert not {"AIRFLOW__IMAGE_FACTORY__SSH_HOST", "AIRFLOW__IMAGE_FACTORY__SSH_PORT",
                 "AIRFLOW__IMAGE_FACTORY__SSH_USERNAME"} & set(env)
-    assert env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"] == "198.18.0.1/32"
+    assert env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"] == f"{local_cloud.plan.bridge_address}/32"
+    assert ipaddress.ip_address(local_cloud.plan.bridge_address) in ipaddress.ip_network("198.18.0.0/15")
     reserved = ipaddress.ip_network("198.18.0.0/15")
     assert ipaddress.ip_network(env["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR"]).subnet_of(reserved)
     builder = ec2.describe_vpcs(VpcIds=[env["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID"]])["Vpcs"][0]

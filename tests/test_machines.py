@@ -21,13 +21,13 @@ import boto3
 import pytest
 
 from localcloud import base, machines
+from localcloud.addresses import RESERVED, Plan
 from localcloud.cloud import LocalCloud, LocalCloudError
-from localcloud.moto_server import BRIDGE_ADDRESS, PUBLIC, RESERVED
 
 REGION = "eu-west-1"
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-PROVISIONER = f"{BRIDGE_ADDRESS}/32"
-PROBE_ADDRESS = "198.18.1.10"  # a namespace of the tests' own, on the bridge, outside the groups' ingress
+#: the session's local cloud's address plan (its slot: localcloud/addresses.py)
+PLAN = Plan(0)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local cloud's machines need root")
 
@@ -41,6 +41,23 @@ def client(cloud: LocalCloud, service: str):
 def ec2m(local_cloud):
     assert local_cloud.state().machines, "the session's local cloud runs without machines"
     return client(local_cloud, "ec2")
+
+
+@pytest.fixture(autouse=True)
+def plan(request):
+    global PLAN
+    if "local_cloud" in request.fixturenames:
+        PLAN = request.getfixturevalue("local_cloud").plan
+    return PLAN
+
+
+def provisioner() -> str:
+    return f"{PLAN.bridge_address}/32"
+
+
+def probe_address() -> str:
+    """A namespace of the tests' own, on the bridge, outside the groups' ingress."""
+    return str(PLAN.probe_network.network_address + 10)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +86,7 @@ def ssh_group(ec2m):
     group = ec2m.create_security_group(GroupName=f"ssh-{uuid.uuid4().hex[:8]}", Description="ssh",
                                        VpcId=default_vpc(ec2m))["GroupId"]
     ec2m.authorize_security_group_ingress(GroupId=group, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": PROVISIONER}]}])
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": provisioner()}]}])
     yield group
     with contextlib.suppress(Exception):
         ec2m.delete_security_group(GroupId=group)
@@ -147,7 +164,7 @@ def test_a_machine_boots_and_ec2_user_logs_in_with_the_key_pair(local_cloud, fle
     assert init == "sshd"  # its own PID namespace: the machine's sshd is its PID 1
     public = fleet.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0].get(
         "PublicIpAddress")
-    assert public and ipaddress.ip_address(public) in PUBLIC  # the "public" address is in the range too
+    assert public and ipaddress.ip_address(public) in PLAN.public  # the "public" address is in the range too
     assert sorted(filter(None, addresses)) == sorted([f"eth0 {ip}/32", f"eth0 {public}/32", "lo 127.0.0.1/8"])
     assert ok(fleet.ssh(public, "hostname")).strip() == hostname
     # A key that is not the key pair's is refused.
@@ -182,6 +199,8 @@ def test_an_image_holds_what_was_written_on_its_instance_and_nothing_leaks(local
         assert not Path(path).exists() or mark not in Path(path).read_text(), path
         assert not (base.base_dir() / path.lstrip("/")).exists(), path
     assert (local_cloud.state_dir / "machines" / builder / "upper" / "usr" / "bin" / mark).exists()
+    assert local_cloud.instance_file(builder, f"/root/{mark}").read_text().strip() == mark
+    assert local_cloud.instance_file(builder, "/etc/passwd") is None  # the base's, not written by the instance
 
     ec2m.stop_instances(InstanceIds=[builder])
     assert fleet.state(builder) == "stopped"
@@ -220,13 +239,14 @@ def test_an_image_holds_what_was_written_on_its_instance_and_nothing_leaks(local
 
 
 @contextlib.contextmanager
-def probe_namespace(address: str = PROBE_ADDRESS):
+def probe_namespace(address: str | None = None):
     """A namespace of the test's own on the bridge: another host of the reserved range."""
-    name, veth = f"{machines.NETNS_PREFIX}test-{os.getpid()}", f"{machines.VETH_PREFIX}test{os.getpid() % 100000}"
+    address = address or probe_address()
+    name, veth = f"{PLAN.netns_prefix}test-{os.getpid()}", f"{PLAN.veth_prefix}t{os.getpid() % 100000}"
     try:
         subprocess.run(["ip", "netns", "add", name], check=True)
         subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name], check=True)
-        subprocess.run(["ip", "link", "set", veth, "master", machines.BRIDGE, "up"], check=True)
+        subprocess.run(["ip", "link", "set", veth, "master", PLAN.bridge, "up"], check=True)
         for command in (["link", "set", "lo", "up"], ["addr", "add", f"{address}/32", "dev", "eth0"],
                         ["link", "set", "eth0", "up"], ["route", "add", str(RESERVED), "dev", "eth0", "src", address]):
             subprocess.run(["ip", "-n", name, *command], check=True)
@@ -251,7 +271,7 @@ def listeners(*ports: int):
     stop = threading.Event()
     try:
         for port in ports:
-            server = socket.create_server((str(BRIDGE_ADDRESS), port))
+            server = socket.create_server((str(PLAN.bridge_address), port))
             server.settimeout(0.2)
             sockets.append(server)
 
@@ -273,7 +293,7 @@ def test_security_groups_are_enforced_and_changes_apply_at_once(ec2m, fleet, bas
     ec2m.revoke_security_group_egress(GroupId=ssh_group, IpPermissions=[
         {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
     ec2m.authorize_security_group_egress(GroupId=ssh_group, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 18080, "ToPort": 18080, "IpRanges": [{"CidrIp": PROVISIONER}]}])
+        {"IpProtocol": "tcp", "FromPort": 18080, "ToPort": 18080, "IpRanges": [{"CidrIp": provisioner()}]}])
     _instance_id, ip, _ = fleet.launch(base_ami, ssh_group)
     with probe_namespace() as other, listeners(18080, 18081):
         # Ingress: SSH from the provisioner's address, not from another address of the range.
@@ -281,29 +301,29 @@ def test_security_groups_are_enforced_and_changes_apply_at_once(ec2m, fleet, bas
         assert not connects(ip, 22, netns=other)
         assert fleet.ssh(ip, "true", netns=other).returncode != 0
         ec2m.authorize_security_group_ingress(GroupId=ssh_group, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": f"{PROBE_ADDRESS}/32"}]}])
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": f"{probe_address()}/32"}]}])
         ok(fleet.ssh(ip, "true", netns=other))  # at once
         ec2m.revoke_security_group_ingress(GroupId=ssh_group, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": f"{PROBE_ADDRESS}/32"}]}])
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": f"{probe_address()}/32"}]}])
         assert not connects(ip, 22, netns=other)
 
         # Egress: out to the allowed port only.
         check = ("python3 -c 'import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 2)"
                  ".close(); print(\"open\")\nexcept OSError: print(\"closed\")' {} {}")
-        assert ok(fleet.ssh(ip, check.format(BRIDGE_ADDRESS, 18080))).strip() == "open"
-        assert ok(fleet.ssh(ip, check.format(BRIDGE_ADDRESS, 18081))).strip() == "closed"
+        assert ok(fleet.ssh(ip, check.format(PLAN.bridge_address, 18080))).strip() == "open"
+        assert ok(fleet.ssh(ip, check.format(PLAN.bridge_address, 18081))).strip() == "closed"
         ec2m.authorize_security_group_egress(GroupId=ssh_group, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 18081, "ToPort": 18081, "IpRanges": [{"CidrIp": PROVISIONER}]}])
-        assert ok(fleet.ssh(ip, check.format(BRIDGE_ADDRESS, 18081))).strip() == "open"
+            {"IpProtocol": "tcp", "FromPort": 18081, "ToPort": 18081, "IpRanges": [{"CidrIp": provisioner()}]}])
+        assert ok(fleet.ssh(ip, check.format(PLAN.bridge_address, 18081))).strip() == "open"
 
 
 def host_traces(instance_id: str, state_dir: Path, pid_namespace: int | None) -> list[str]:
     """What of a machine is left on the host: namespace, veth, processes, mounts, its disk."""
     traces = []
-    if machines.netns_name(instance_id) in subprocess.run(["ip", "netns", "list"], capture_output=True,
+    if PLAN.netns(instance_id) in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                           text=True).stdout:
         traces.append("netns")
-    if subprocess.run(["ip", "link", "show", machines.veth_name(instance_id)], capture_output=True).returncode == 0:
+    if subprocess.run(["ip", "link", "show", PLAN.veth(instance_id)], capture_output=True).returncode == 0:
         traces.append("veth")
     if pid_namespace and machines.namespace_pids(None, pid_namespace):
         traces.append(f"processes {machines.namespace_pids(None, pid_namespace)}")
@@ -438,7 +458,7 @@ def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vp
     subnet = ec2m.create_subnet(VpcId=vpc, CidrBlock=str(cidr))["Subnet"]["SubnetId"]
     group = ec2m.create_security_group(GroupName=f"b-{uuid.uuid4().hex[:8]}", Description="b", VpcId=vpc)["GroupId"]
     ec2m.authorize_security_group_ingress(GroupId=group, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": PROVISIONER}]}])
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": provisioner()}]}])
     try:
         instance = ec2m.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=fleet.key_name,
                                       NetworkInterfaces=[{"DeviceIndex": 0, "Groups": [group], "SubnetId": subnet,
@@ -453,6 +473,43 @@ def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vp
         ec2m.delete_subnet(SubnetId=subnet)
 
 
+def test_a_second_local_cloud_runs_beside_in_a_slot_of_its_own(local_cloud, ec2m, fleet, base_ami, ssh_group,
+                                                               tmp_path):
+    instance_id, ip, _ = fleet.launch(base_ami, ssh_group)
+    second = LocalCloud(tmp_path / "second")
+    second_bridge = None
+    try:
+        second.up("eu-west-1")
+        second_bridge = second.plan.bridge
+        assert second.plan.slot != local_cloud.plan.slot and second.plan.bridge != local_cloud.plan.bridge
+        assert not second.plan.private.overlaps(local_cloud.plan.private)
+        other_ec2 = client(second, "ec2")
+        group = other_ec2.create_security_group(GroupName="ssh", Description="ssh", VpcId=default_vpc(other_ec2))[
+            "GroupId"]
+        other_ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+             "IpRanges": [{"CidrIp": f"{second.plan.bridge_address}/32"}]}])
+        other = Fleet(other_ec2, fleet_key(second, fleet.key_path))
+        _, other_ip, _ = other.launch(base_ami, group)
+        assert other_ip != ip and ipaddress.ip_address(other_ip) in second.plan.private
+        assert ok(other.ssh(other_ip, "hostname")).strip() == f"ip-{other_ip.replace('.', '-')}"
+    finally:
+        second.down()
+    # The first cloud's machine and the blackhole route are untouched.
+    assert ok(fleet.ssh(ip, "true")) == ""
+    assert str(RESERVED) in subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True,
+                                           text=True).stdout
+    assert second_bridge and f" {second_bridge}:" not in subprocess.run(["ip", "-o", "link"], capture_output=True,
+                                                                          text=True).stdout
+    assert registry(local_cloud)["machines"][instance_id]["state"] == "running"
+
+
+def fleet_key(cloud: LocalCloud, path: Path) -> tuple[str, Path]:
+    name = f"second-{uuid.uuid4().hex[:6]}"
+    client(cloud, "ec2").import_key_pair(KeyName=name, PublicKeyMaterial=path.with_suffix(".pub").read_bytes())
+    return name, path
+
+
 # Last: it takes the session's local cloud down and brings it up again (moto's records start afresh).
 def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key, base_ami, ssh_group):
     fleet = Fleet(ec2m, key)
@@ -463,10 +520,11 @@ def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key
         local_cloud.down()
         assert host_traces(instance_id, local_cloud.state_dir, pid_namespace) == []
         assert [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-                if n.startswith(machines.NETNS_PREFIX)] == []
+                if n.startswith(PLAN.netns_prefix)] == []
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        assert machines.BRIDGE not in links and f" {machines.VETH_PREFIX}" not in links
-        if state.blackhole_made:
+        assert f" {PLAN.bridge}:" not in links and f" {PLAN.veth_prefix}" not in links
+        others = [slot for slot in range(4) if machines.owner_file(slot).exists()]
+        if not others and state.blackhole_made:  # the last local cloud with machines takes the route along
             assert str(RESERVED) not in subprocess.run(["ip", "route", "show", "type", "blackhole"],
                                                        capture_output=True, text=True).stdout
         assert str(local_cloud.state_dir) not in Path("/proc/mounts").read_text()
