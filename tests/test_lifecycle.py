@@ -28,7 +28,7 @@ def instances_of(ec2, build_id: str) -> list[dict]:
 
 def spec_folder(tmp_path: Path, tests: str, name: str = "lifecycle-image") -> Path:
     specs = tmp_path / "specs"
-    specs.mkdir(exist_ok=True)
+    specs.mkdir(parents=True, exist_ok=True)
     (specs / f"{name}.yaml").write_text(textwrap.dedent(f"""\
         image:
           name: {name}
