@@ -4,7 +4,9 @@ Airflow components (localcloud/airflow_stack.py) on the local cloud.
 Logs in, opens the shopspinner-linux-image DAG, triggers it through the Trigger form with the instance size
 changed to `medium`, waits for the run to succeed under the real scheduler, opens the configure task's log,
 finds the role's output and saves a screenshot of the finished run (test-artifacts/browser/). The emulator
-then shows that the builder instance was a t3.medium: the form's value reached the build.
+then shows that the builder instance was a t3.medium: the form's value reached the build. Then a person approves
+a promotion of the layered example (built on the run's `latest`) on its task's Required Action tab, and its
+`production` channel moves (screenshots approval.png, approved.png).
 """
 
 from __future__ import annotations
@@ -221,7 +223,10 @@ def test_approve_a_promotion_in_the_ui(airflow_ui, browser, ssm):
     try:
         log_in(page, stack)
         page.goto(f"{stack.url}/dags/{LAYERED}/runs/{quote(run_id, safe='')}/tasks/approve_promotion")
+        # The task's "Required Action" tab: the question, the image's lineage and tests, and the options.
+        page.get_by_role("tab", name="Required Action").or_(page.get_by_text("Required Action")).first.click()
         page.get_by_text("Promote a new").first.wait_for()
+        page.get_by_text("approving moves").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "approval.png"), full_page=True)
         page.get_by_role("button", name="Approve").first.click()
         deadline = time.monotonic() + RUN_TIMEOUT
