@@ -97,7 +97,8 @@ class BuildTask:
         holding the last few): one read per task, of its latest value in this DAG's runs up to this one."""
         history: dict = {}
         for task_id in WAITING:
-            value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True)
+            # map_indexes=-1: the latest value (without it, the Task SDK returns a list of every run's)
+            value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True, map_indexes=-1)
             if isinstance(value, str):  # pushed by the triggerer (TaskSuccessEvent): it reads back as JSON text
                 value = json.loads(value)
             if isinstance(value, dict):
