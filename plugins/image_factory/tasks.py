@@ -286,8 +286,9 @@ def tear_down(task: BuildTask) -> list[str]:
     # What the setup, the launch and the test stage recorded names what they made, unless this is a retry or a
     # rerun, or one of them has no record (it failed, perhaps after RunInstances): then, what carries the
     # build's tag.
+    tested_as_planned = tested is not None or build.spec.test is None  # (no tests: no test instance to find)
     record = ({**network, **launched, "test_instance_id": (tested or {}).get("instance_id")}
-              if build.fresh and network and launched and tested else None)
+              if build.fresh and network and launched and tested_as_planned else None)
     history = (network or {}).get("history", {})
     schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
                                     build.settings.poll_interval)
