@@ -270,9 +270,8 @@ def leftovers() -> set[str]:
 
 
 def ansible_env(local_cloud, airflow_home, **settings: str) -> dict[str, str]:
-    # The local cloud's "instance" is this machine, whose login shell may put Python shims that do not run on
-    # the PATH (pyenv): give ansible the tests' own Python instead of discovering one.
-    return airflow_env(local_cloud, airflow_home, ansible_python_interpreter=sys.executable, **settings)
+    # The instance is a machine of the local cloud: Debian's own Python 3 (no discovery round trip).
+    return airflow_env(local_cloud, airflow_home, ansible_python_interpreter="/usr/bin/python3", **settings)
 
 
 def ansible_spec(folder: Path, name: str, code_repo: str, role: str) -> None:
