@@ -90,5 +90,6 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
                f"build-latency stack) on the local cloud's machines with latencies {LATENCY}, at the defaults. "
                "*Image available* is read from the local cloud (CreateImage's answer plus the emulated time), "
                "*promoted* is the end of the promote task; the floor is the test instance's emulated boot "
-               "(the latency cloud's boot time) plus the tests' own run time (test_image's summary). Median ratio {median:.2f}."]
+               "(the latency cloud's boot time) plus the tests' own run time (test_image's summary). "
+               f"Median ratio {median:.2f}."]
     return Result(rows, details)
