@@ -25,9 +25,20 @@ image:
 """
 
 
+#: The local cloud's own-VPC range (its machines have addresses in 198.18.0.0/15 only), set for the module.
+CLOUD_SETTINGS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cloud_settings(local_cloud):
+    env = local_cloud.env()
+    CLOUD_SETTINGS.update(builder_vpc_cidr=env["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR"],
+                          provisioner_cidr=env["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"])
+
+
 def make_build(text: str = SPEC, **settings) -> Build:
     spec = parse_spec(text)
-    values = {"provisioner_cidr": "127.0.0.1/32", "poll_interval": 1, **settings}
+    values = {"provisioner_cidr": "127.0.0.1/32", "poll_interval": 1, **CLOUD_SETTINGS, **settings}
     return Build(spec=spec, spec_hash="0" * 16, run_id=f"test-{uuid.uuid4()}", settings=Settings(**values))
 
 
@@ -48,7 +59,7 @@ def test_security_group_lets_in_only_ssh_from_the_provisioner_and_out_only_the_s
     infra = infrastructure.create(ec2, ssm, build)
     group = ec2.describe_security_groups(GroupIds=[infra.security_group_id])["SecurityGroups"][0]
     assert [(p["IpProtocol"], p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]])
-            for p in group["IpPermissions"]] == [("tcp", 22, 22, ["127.0.0.1/32"])]
+            for p in group["IpPermissions"]] == [("tcp", 22, 22, [build.settings.provisioner_cidr])]
     egress = sorted((p["IpProtocol"], p["FromPort"]) for p in group["IpPermissionsEgress"])
     assert egress == [("tcp", 53), ("tcp", 443), ("udp", 53)]
 
@@ -77,7 +88,8 @@ def test_every_step_run_twice_creates_each_resource_once(ec2, ssm, build):
     launched = with_subnet(build, outputs["IMAGE_BUILDER_SUBNET_ID"])
     view = instance.launch_view(origin_image)
     made = instance.launch(ec2, launched, view, first.security_group_id, first.key_name)
-    assert instance.launch(ec2, launched, view, first.security_group_id, first.key_name) == made
+    again = instance.launch(ec2, launched, view, first.security_group_id, first.key_name)
+    assert again["instance_id"] == made["instance_id"]
     instance_id = made["instance_id"]
     registered = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
     again = image.register(ec2, launched, instance_id, ami, f"steps-test-{launched.build_id}")
