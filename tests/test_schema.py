@@ -26,6 +26,11 @@ BEYOND_A_SCHEMA = {
     "yaml-syntax-error": "not YAML at all",
     "schedule-every-night": "cron syntax",
     "parameter-unterminated": "a malformed ${ in free text",
+    "test-folder-missing": "a folder on disk",
+    "test-tool-without-files": "the files in a folder on disk",
+    "promote-approval-also-a-channel": "a value in two lists at once",
+    "promote-without-tests": "one key needing another",
+    "promote-channel-with-slash": "a check of each list item (the model's validator)",
 }
 
 
