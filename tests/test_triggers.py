@@ -80,10 +80,12 @@ def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_
         ec2.terminate_instances(InstanceIds=[instance_id])
     answer = event.payload.pop("answer")
     low, high = event.payload.pop("windows")["instance_running"]
-    assert event.payload == {"status": "success", "polls": 1, "waiter_name": "instance_running",
+    polls = event.payload.pop("polls")
+    assert event.payload == {"status": "success", "waiter_name": "instance_running",
                              "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None,
                              "calls_failed_transient": None}
-    assert low == 0.0 and 0.2 <= high < 1  # seen at the first poll: after one step of the schedule
+    # A machine boots in under a second: seen within a few polls, its window the last two of them.
+    assert 1 <= polls <= 10 and 0 <= low < high < 3 and round(high - low, 1) <= 0.3
     # The last describe answer comes along (JSON-safe): the task need not describe the instance again.
     (described,) = [i for r in answer["Reservations"] for i in r["Instances"]]
     assert described["InstanceId"] == instance_id and described["State"]["Name"] == "running"
