@@ -51,6 +51,12 @@ def _lifecycle(args: argparse.Namespace) -> Result:
     return lifecycle.run(args)
 
 
+def _retention(args: argparse.Namespace) -> Result:
+    from bench import retention
+
+    return retention.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -67,6 +73,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                   _lifecycle),
         Benchmark("concurrency", "N builds at once vs one alone, same stack (LocalExecutor on PostgreSQL), "
                   "local cloud with AWS-like state-change times", _concurrency),
+        Benchmark("retention", "a retention run's API calls over 1,000 images of 100 specs in two regions vs "
+                  "over 100 images", _retention),
     )
 }
 

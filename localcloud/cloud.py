@@ -31,6 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -141,6 +142,12 @@ class LocalCloud:
         """
         settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed, "latency": latency}
         return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
+
+    def backdate_images(self, dates: dict[str, datetime]) -> None:
+        """From now on DescribeImages shows each image's CreationDate as given: an image "made days ago"."""
+        self._control("POST", "creation-dates",
+                      {image_id: when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+                       for image_id, when in dates.items()})
 
     def _control(self, method: str, name: str, document: dict | None = None) -> dict:
         data = None if document is None else json.dumps(document).encode()

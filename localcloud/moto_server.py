@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 
 from localcloud.addresses import BLOCK_PREFIX, RESERVED, Plan
 
@@ -94,6 +95,8 @@ def install() -> None:
                     kwargs["subnet_id"] = subnet.id
         return original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
 
+    install_image_lifecycle()
+
     from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
 
     elastic_network_interfaces.random_public_ip = public_ip
@@ -101,6 +104,61 @@ def install() -> None:
     VPCBackend.create_default_vpc = create_default_vpc
     SubnetBackend.create_default_subnet = create_default_subnet
     InstanceBackend.run_instances = run_instances
+
+
+def install_image_lifecycle() -> None:
+    """What AWS does with old images and moto does not: EnableImageDeprecation / DisableImageDeprecation (the
+    time shows as the image's DeprecationTime) and DeregisterImage's DeleteAssociatedSnapshots (without it,
+    the snapshots stay, as on AWS)."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import InvalidParameterValue
+    from moto.ec2.responses.amis import AmisResponse
+
+    def image(response):
+        return response.ec2_backend.describe_images(ami_ids=[response._get_param("ImageId")])[0]
+
+    def enable_image_deprecation(self):
+        ami = image(self)
+        self.error_on_dryrun()
+        at = self._get_param("DeprecateAt")  # moto parses it by the API model: a datetime, or the text
+        try:
+            at = at if isinstance(at, datetime) else datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidParameterValue("DeprecateAt: expected a time such as 2026-01-01T00:00:00Z") from None
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        # As AWS: to the minute, at most 10 years ahead.
+        at = at.astimezone(UTC).replace(second=0, microsecond=0)
+        if at > datetime.now(UTC) + timedelta(days=3650):
+            raise InvalidParameterValue("DeprecateAt: at most 10 years ahead")
+        ami.deprecation_time = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        return ActionResult({"Return": True})
+
+    def disable_image_deprecation(self):
+        ami = image(self)
+        self.error_on_dryrun()
+        ami.deprecation_time = None
+        return ActionResult({"Return": True})
+
+    original_deregister = AmisResponse.deregister_image
+
+    def deregister_image(self):
+        ami = self.ec2_backend.amis.get(self._get_param("ImageId"))
+        snapshot = getattr(ami, "ebs_snapshot", None)  # moto's image has one EBS snapshot
+        answer = original_deregister(self)
+        if self._get_bool_param("DeleteAssociatedSnapshots", False):
+            results = []
+            for snapshot_id in [snapshot.id] if snapshot else []:
+                try:
+                    self.ec2_backend.delete_snapshot(snapshot_id)
+                    results.append({"SnapshotId": snapshot_id, "ReturnCode": "success"})
+                except Exception:  # AWS reports each snapshot's outcome in the answer
+                    results.append({"SnapshotId": snapshot_id, "ReturnCode": "error-generic"})
+            return ActionResult({"Return": True, "DeleteSnapshotResults": results})
+        return answer
+
+    AmisResponse.enable_image_deprecation = enable_image_deprecation
+    AmisResponse.disable_image_deprecation = disable_image_deprecation
+    AmisResponse.deregister_image = deregister_image
 
 
 def main(argv: list[str]) -> int:

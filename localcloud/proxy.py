@@ -23,6 +23,9 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   terminating a terminated one, starting a running one) starts no new change. Keys left out keep their setting; the
   config shows ``latency`` once one is set.
 
+* ``POST /_localcloud/creation-dates`` with ``{"ami-...": "2026-01-01T00:00:00.000Z"}``: DescribeImages shows
+  that CreationDate for the image from then on (tests of retention age their images so).
+
 As AWS does and moto does not, CreateImage is refused (``InvalidAMIName.Duplicate``) for a name already in use
 by an image made through the front in the same region and not deregistered since: a step that runs again
 learns that its image was made.
@@ -146,6 +149,8 @@ class Stats:
         self.changes: dict[str, tuple[str, float, float]] = {}
         # (region, image name) -> image id, of the images made through the front and not deregistered since
         self.image_names: dict[tuple[str, str], str] = {}
+        # image id -> the CreationDate DescribeImages shows for it (set by a test: an image made "days ago")
+        self.creation_dates: dict[str, str] = {}
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -240,6 +245,35 @@ class Stats:
                     changed = True
         if not changed:
             return body
+        if namespace:
+            ET.register_namespace("", namespace[1:-1])
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def backdate(self, dates: dict) -> None:
+        for image_id, when in dates.items():
+            if not re.fullmatch(r"ami-[0-9a-f]+", str(image_id)) or not re.fullmatch(
+                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", str(when)):
+                raise ValueError(f"expected {{image id: time such as 2026-01-01T00:00:00.000Z}}, not {image_id!r}: "
+                                 f"{when!r}")
+        with self.lock:
+            self.creation_dates.update(dates)
+
+    def backdated(self, body: bytes) -> bytes:
+        """A DescribeImages answer with the creation dates set by :meth:`backdate`."""
+        with self.lock:
+            dates = dict(self.creation_dates)
+        if not dates or not any(image_id.encode() in body for image_id in dates):
+            return body
+        try:
+            root = ET.fromstring(body)  # noqa: S314 moto's own answer, on loopback
+        except ET.ParseError:
+            return body
+        namespace = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.iter():
+            created = item.find(namespace + "creationDate")
+            when = dates.get(item.findtext(namespace + "imageId") or "")
+            if created is not None and when:
+                created.text = when
         if namespace:
             ET.register_namespace("", namespace[1:-1])
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -408,6 +442,8 @@ class FrontHandler(BaseHTTPRequestHandler):
             elif action in LATENCY_DESCRIBES:
                 booting = machines.not_ready() if machines is not None and action != "DescribeImages" else set()
                 response.body = self.server.stats.delayed(response.body, booting)
+                if action == "DescribeImages":
+                    response.body = self.server.stats.backdated(response.body)
             if machines is not None and action in MACHINE_ACTIONS:
                 try:  # before the answer is relayed: a stop, a rule change has happened when the client hears
                     machine_call(machines, action, _region(self.headers), body, response.body)
@@ -478,6 +514,16 @@ class FrontHandler(BaseHTTPRequestHandler):
         elif name == "reset" and self.command == "POST":
             stats.reset()
             self.reply_json(200, stats.snapshot())
+        elif name == "creation-dates" and self.command == "POST":
+            try:
+                dates = json.loads(body or b"{}")
+                if not isinstance(dates, dict):
+                    raise ValueError("a JSON object is expected")
+                stats.backdate(dates)
+            except (ValueError, TypeError) as exc:
+                self.reply_json(400, {"error": str(exc)})
+                return
+            self.reply_json(200, {"creation_dates": len(stats.creation_dates)})
         elif name == "config" and self.command == "GET":
             self.reply_json(200, stats.config())
         elif name == "config" and self.command == "POST":
@@ -492,7 +538,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.reply_json(200, stats.config())
         else:
             self.reply_json(404, {"error": f"no {self.command} {CONTROL_PREFIX}{name}; there are GET stats, "
-                                           "POST reset, GET/POST config, GET machines"})
+                                           "POST reset, GET/POST config, GET machines, POST creation-dates"})
 
     def reply_json(self, status: int, document: dict) -> None:
         self.reply(status, [("Content-Type", "application/json")], json.dumps(document).encode() + b"\n")

@@ -6,9 +6,13 @@ The connection's ``endpoint_url`` extra is how a whole deployment is pointed at 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+log = logging.getLogger("image_factory")
 
 
 @functools.cache
@@ -129,3 +133,20 @@ def shared_ec2(aws_conn_id: str, region: str) -> Any:
 def error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return response.get("Error", {}).get("Code", "")
+
+
+#: A bound on the pages read from one listing (each page is up to 1,000 items on AWS).
+MAX_PAGES = 200
+
+
+def all_items(client, operation: str, key: str, **kwargs) -> Iterator[dict]:
+    """Every item of a describe or list call, page after page (a bounded number of pages: what is beyond them
+    is left for the next run, with a warning)."""
+    if not client.can_paginate(operation):
+        yield from getattr(client, operation)(**kwargs).get(key, [])
+        return
+    for number, page in enumerate(client.get_paginator(operation).paginate(**kwargs)):
+        if number >= MAX_PAGES:
+            log.warning("%s has more than %d pages; the rest is left for the next run", operation, MAX_PAGES)
+            return
+        yield from page.get(key, [])

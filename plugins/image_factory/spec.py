@@ -251,6 +251,33 @@ class Promote(_Strict):
         return self
 
 
+class Retention(_Strict):
+    """Which of a spec's images the retention DAG (image_factory_retention) deprecates and deletes, per region.
+    Never touched, whatever these say: an image a channel names (in any region), one an instance or a launch
+    template uses, and the newest ``keep``."""
+
+    keep: int = Field(default=5, ge=1, le=1000, description="The newest complete images kept in each region, "
+                                                            "besides the protected ones.")
+    deprecate_after_days: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="Older images beyond `keep` are deprecated (EnableImageDeprecation) once this many days old.")
+    delete_after_days: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="...and deregistered, their snapshots deleted, once this many days old. With neither "
+                    "days key, the images beyond `keep` are deleted.")
+    keep_failed_hours: float = Field(default=24, ge=0, le=24 * 3650,
+                                     description="Images that failed their tests are deleted this many hours "
+                                                 "after they were made (they never count towards `keep`).")
+
+    @model_validator(mode="after")
+    def _order(self) -> Retention:
+        if (self.deprecate_after_days is not None and self.delete_after_days is not None
+                and self.delete_after_days <= self.deprecate_after_days):
+            raise ValueError(f"delete_after_days ({self.delete_after_days}) must come after deprecate_after_days "
+                             f"({self.deprecate_after_days}): an image is deprecated before it is deleted")
+        return self
+
+
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
@@ -298,6 +325,9 @@ class ImageSpec(_Strict):
     test: ImageTests | None = Field(default=None, description="How each new image is tested on a fresh boot of "
                                                               "itself; absent: images are untested (tagged so).")
     promote: Promote | None = Field(default=None, description="The channels a tested image moves; needs `test`.")
+    retention: Retention | None = Field(default=None, description="Which old images are deprecated and deleted "
+                                                                  "(the image_factory_retention DAG); absent: "
+                                                                  "none ever are.")
 
     @model_validator(mode="before")
     @classmethod

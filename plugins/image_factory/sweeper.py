@@ -18,10 +18,11 @@ and an SSM parameter must carry the tag too. Nothing here imports Airflow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from image_factory import aws
 from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_CREATED_AT, TAG_RUN, TAG_SPEC, tag_dict
 from image_factory.inventory import builder_resources
 from image_factory.steps import instance
@@ -34,8 +35,6 @@ ACTIVE_RUN_STATES = frozenset({"running", "queued"})
 #: Where builds keep their SSM parameters (the private half of their key pair).
 PARAMETER_PREFIX = "/image-factory/builds/"
 CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-#: A bound on the pages read from one describe call (each page is up to 1,000 items on AWS).
-MAX_PAGES = 200
 
 RunState = Callable[[str, str], "str | None"]
 
@@ -96,19 +95,6 @@ def parse_created_at(value: str | None) -> datetime | None:
 
 # --- finding ------------------------------------------------------------------------------------------
 
-def _items(client, operation: str, key: str, **kwargs) -> Iterator[dict]:
-    """Every item of a describe call, page after page (a bounded number of pages)."""
-    if not client.can_paginate(operation):
-        yield from getattr(client, operation)(**kwargs).get(key, [])
-        return
-    for number, page in enumerate(client.get_paginator(operation).paginate(**kwargs)):
-        if number >= MAX_PAGES:
-            log.warning("sweeper: %s has more than %d pages; the rest is left for the next sweep", operation,
-                        MAX_PAGES)
-            return
-        yield from page.get(key, [])
-
-
 def find_builds(ec2, ssm) -> dict[str, BuildResources]:
     """Every build that has builder resources in the clients' region, by build id.
 
@@ -127,24 +113,24 @@ def find_builds(ec2, ssm) -> dict[str, BuildResources]:
         builds.setdefault(build_id, BuildResources(build_id)).add(kind, resource_id, tags)
 
     live = [*instance.LIVE_STATES, "shutting-down"]
-    for reservation in _items(ec2, "describe_instances", "Reservations",
+    for reservation in aws.all_items(ec2, "describe_instances", "Reservations",
                               Filters=[*tagged, {"Name": "instance-state-name", "Values": live}]):
         for item in reservation["Instances"]:
             add("instance", item["InstanceId"], item.get("Tags"))
-    for item in _items(ec2, "describe_images", "Images", Owners=["self"], Filters=tagged):
+    for item in aws.all_items(ec2, "describe_images", "Images", Owners=["self"], Filters=tagged):
         if tag_dict(item.get("Tags")).get(TAG_COMPLETE) != "true":
             add("image (incomplete)", item["ImageId"], item.get("Tags"))
-    for item in _items(ec2, "describe_key_pairs", "KeyPairs", Filters=tagged):
+    for item in aws.all_items(ec2, "describe_key_pairs", "KeyPairs", Filters=tagged):
         add("key-pair", item["KeyName"], item.get("Tags"))
-    for item in _items(ec2, "describe_security_groups", "SecurityGroups", Filters=tagged):
+    for item in aws.all_items(ec2, "describe_security_groups", "SecurityGroups", Filters=tagged):
         add("security-group", item["GroupId"], item.get("Tags"))
-    for item in _items(ec2, "describe_subnets", "Subnets", Filters=tagged):
+    for item in aws.all_items(ec2, "describe_subnets", "Subnets", Filters=tagged):
         add("subnet", item["SubnetId"], item.get("Tags"))
-    for item in _items(ec2, "describe_vpcs", "Vpcs", Filters=tagged):
+    for item in aws.all_items(ec2, "describe_vpcs", "Vpcs", Filters=tagged):
         add("vpc", item["VpcId"], item.get("Tags"))
     # SSM cannot filter on a tag key alone: list the builds' folder, then keep only parameters whose tags
     # name the build whose folder they are in.
-    for item in _items(ssm, "describe_parameters", "Parameters", ParameterFilters=[
+    for item in aws.all_items(ssm, "describe_parameters", "Parameters", ParameterFilters=[
             {"Key": "Name", "Option": "BeginsWith", "Values": [PARAMETER_PREFIX]}]):
         name = item["Name"]
         tag_list = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
