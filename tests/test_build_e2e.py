@@ -192,6 +192,8 @@ def actions_in_code(folder: Path) -> set[str]:
                 actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\b(ec2|ssm)\.get_paginator\("(\w+)"\)', text):
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
+        for service, method in re.findall(r'\ball_items\((ec2|ssm), "(\w+)"', text):  # (aws.all_items: pages)
+            actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for method in re.findall(r'\("([a-z_]+)", \{', text):
             if method in clients["ec2"].meta.method_to_api_mapping:
                 actions.add(f"ec2:{clients['ec2'].meta.method_to_api_mapping[method]}")

@@ -116,3 +116,12 @@ def test_a_spec_without_tests_has_exactly_the_five_steps(tmp_path, monkeypatch):
     dag = bag.dags["plain-image"]
     assert [t.task_id for t in dag.tasks] == STEPS
     assert dag.get_task("tear_down").upstream_task_ids == {"register_image", "create_builder_network"}
+
+
+def test_retention_runs_daily_and_after_each_promotion_of_a_spec_with_retention():
+    bag = DagBag(str(PROJECT / "dags"))
+    dag = bag.dags["image_factory_retention"]
+    assert [t.task_id for t in dag.tasks] == ["retire_images"]
+    assert dag.timetable.timetable.expression == "0 3 * * *"
+    # The shipped spec, the only one, has a retention section: its promotions (its image asset) start a run too.
+    assert dag.timetable.asset_condition.uri == "image-factory://images/shopspinner-linux-image"

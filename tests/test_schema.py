@@ -31,6 +31,7 @@ BEYOND_A_SCHEMA = {
     "promote-approval-also-a-channel": "a value in two lists at once",
     "promote-without-tests": "one key needing another",
     "promote-channel-with-slash": "a check of each list item (the model's validator)",
+    "retention-delete-before-deprecate": "one value bounded by another",
 }
 
 

@@ -239,13 +239,14 @@ def carry_out(ec2_of, verdicts: Iterable[Verdict], dry_run: bool, now: datetime 
             log.info("retention: %s: would %s %s: %s", v.spec, v.action, where, v.reason)
             outcome.done[v.spec][f"would {v.action}"].append(where)
             continue
+        ec2 = ec2_of(v.region)
         try:
             if v.action == DEPRECATE:
-                ec2_of(v.region).enable_image_deprecation(ImageId=v.image_id, DeprecateAt=deprecation_time(now))
+                ec2.enable_image_deprecation(ImageId=v.image_id, DeprecateAt=deprecation_time(now))
                 log.info("retention: %s: deprecated %s: %s", v.spec, where, v.reason)
                 outcome.done[v.spec]["deprecated"].append(where)
             else:
-                _delete(ec2_of(v.region), v.image_id)
+                _delete(ec2, v.image_id)
                 log.info("retention: %s: deleted %s and its snapshots: %s", v.spec, where, v.reason)
                 outcome.done[v.spec]["deleted"].append(where)
         except Exception as exc:
