@@ -77,7 +77,7 @@ def aged_images(local_cloud, ec2, ssm):
         ec2.create_launch_template_version(LaunchTemplateId=template, SourceVersion="1",
                                            LaunchTemplateData={"ImageId": protections["launch template"]})
         ec2.modify_launch_template(LaunchTemplateId=template, DefaultVersion="2")
-        yield {"ids": ids, "foreign": foreign}
+        yield {"ids": ids, "foreign": foreign, "builder": builder_id}
     finally:
         for template in made["templates"]:
             ec2.delete_launch_template(LaunchTemplateId=template)
@@ -167,3 +167,22 @@ def test_dry_run_changes_nothing_then_a_run_retires_exactly_the_old_unprotected_
     assert "deleted eu-west-1" not in log and "deprecated eu-west-1" not in log
     assert f"retention: {SPEC}: 1 deprecated already, 6 kept" in log
     assert _states(ec2, [*ids, aged_images["foreign"]]) == after
+
+
+def test_the_local_cloud_deprecates_and_keeps_snapshots_as_aws_does(aged_images, ec2):
+    image_id = ec2.create_image(InstanceId=aged_images["builder"], Name="deprecation-probe")["ImageId"]
+    try:
+        at = (datetime.now(UTC) + timedelta(days=2)).replace(second=30)
+        ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+        image = ec2.describe_images(ImageIds=[image_id], IncludeDeprecated=True)["Images"][0]
+        assert image["DeprecationTime"] == at.strftime("%Y-%m-%dT%H:%M:00.000Z")  # to the minute, as AWS
+        ec2.disable_image_deprecation(ImageId=image_id)
+        assert "DeprecationTime" not in ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        with pytest.raises(Exception, match=r"InvalidSnapshot\.InUse"):  # an image's snapshot: refused, as AWS
+            ec2.delete_snapshot(SnapshotId=snapshot)
+    finally:
+        ec2.deregister_image(ImageId=image_id)
+    # Deregistered without DeleteAssociatedSnapshots: the snapshot stays (and costs), as on AWS.
+    assert ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+    ec2.delete_snapshot(SnapshotId=snapshot)

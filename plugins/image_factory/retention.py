@@ -91,7 +91,7 @@ def survey(ec2, ssm, region: str, channel_prefix: str) -> RegionSurvey:
                 found.instances[item["ImageId"]].append(f"{item['InstanceId']} ({item['State']['Name']})")
         by_parameter = defaultdict(list)
         for version in all_items(ec2, "describe_launch_template_versions", "LaunchTemplateVersions",
-                                 Versions=["$Latest", "$Default"]):
+                                 Versions=["$Latest", "$Default"], MaxResults=200):
             image_id = version.get("LaunchTemplateData", {}).get("ImageId")
             if not image_id:
                 continue
