@@ -49,6 +49,17 @@ def test_a_learned_schedule_starts_at_the_recent_window_and_polls_little():
     assert len([t for t in first(wide, 50) if t <= 22.0 + wide.step]) <= 7
 
 
+def test_one_wide_window_among_the_recent_ones_does_not_make_the_next_builds_poll_densely():
+    # A change that takes 30 s: the first build, on the priors, saw it at its first poll (window from a prior
+    # step before); the builds after it saw it within a dense step.
+    history = [[27.0, 30.0], [29.7, 30.3], [29.8, 30.4]]
+    before = [t for t in first(schedule_for("image_available", history), 50) if t < 30.0]
+    assert len(before) <= 1  # at most one "not yet" poll before the change, not one every step from 27 s
+    # ... and a change that got slower is still seen within a dense step past the latest window.
+    late = schedule_for("image_available", history)
+    assert any(30.4 < t <= 30.4 + 2 * late.step for t in first(late, 50))
+
+
 def test_poll_interval_is_a_fixed_grid_and_the_stop_is_polled_at_half_of_it():
     assert first(schedule_for("image_available", [[1, 2]], poll_interval=15), 3) == [15, 30, 45]
     assert first(schedule_for("instance_stopped", poll_interval=2), 3) == [1, 2, 3]

@@ -2,8 +2,8 @@
 (triggers.py), which both import this module and nothing of each other.
 
 **The schedule.** A wait knows when the change it waits for began (``since``); its :class:`Schedule` gives the
-moments of its polls as seconds after that. A change is not polled before the earliest it has been seen to
-end; then densely across the window in which it ended in the spec's recent builds; after that window, each
+moments of its polls as seconds after that. A change is not polled before it has usually been seen to end
+(the median of the recent builds' last "not yet"); then densely up to the latest it ended; after that, each
 step a half longer than the one before (something is slower than usual), up to a cap. A spec's first builds,
 which have no history, use priors that fit AWS (an instance runs 10-40 s after RunInstances, an image is
 available minutes after CreateImage), polled at a step of a tenth of the time since the change began.
@@ -112,10 +112,12 @@ def schedule_for(waiter_name: str, history: list | None = None, poll_interval: f
         low, high = PRIORS.get(waiter_name, (1.0, 60.0))
         return Schedule(start=low, end=high, step=max(MIN_STEP, PRIOR_PRECISION * low),
                         precision=PRIOR_PRECISION)
-    low, high = min(lo for lo, _ in windows), max(hi for _, hi in windows)
+    # From the median of the recent "not yet" moments, not the earliest: one wide window (a build on the
+    # priors, or a fast outlier) would otherwise cost dense polls in each of the next HISTORY builds.
+    low, high = sorted(lo for lo, _ in windows)[len(windows) // 2], max(hi for _, hi in windows)
     step = max(MIN_STEP, LEARNED_PRECISION * high, (high - low) / MAX_DENSE_POLLS)
-    # Half a step past the earliest moment known "not yet": usually the first poll sees the change; when it
-    # does, the window it records starts a step earlier, so a change that got faster is found out.
+    # Half a step past that moment: usually the first poll sees the change; when it does, the window it
+    # records starts a step earlier, so a change that got faster is found out.
     return Schedule(start=max(MIN_STEP, low + step / 2), end=high + step, step=step)
 
 
