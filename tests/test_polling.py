@@ -70,7 +70,9 @@ def test_poll_interval_is_a_fixed_grid_and_the_stop_is_polled_at_half_of_it():
 def test_windows_record_what_the_polls_saw_and_history_keeps_the_recent_ones():
     schedule = Schedule.of({"start": 5, "end": 10, "step": 0.5, "precision": 0, "backoff": 1.5, "cap": 30})
     assert window(schedule, 5.5, 6.0) == [5.5, 6.0]
-    assert window(schedule, None, 5.0) == [4.5, 5.0]  # the first poll saw it: from a step before
+    assert window(schedule, None, 5.0) == [4.75, 5.0]  # the first poll saw it: from a dense step before
+    on_priors = schedule_for("image_available")
+    assert window(on_priors, None, 30.0) == [29.4, 30.0]  # not from a prior step (3 s) before
     history = []
     for k in range(HISTORY + 2):
         history = remember(history, [k, k + 1])

@@ -115,9 +115,9 @@ def schedule_for(waiter_name: str, history: list | None = None, poll_interval: f
     # From the median of the recent "not yet" moments, not the earliest: one wide window (a build on the
     # priors, or a fast outlier) would otherwise cost dense polls in each of the next HISTORY builds.
     low, high = sorted(lo for lo, _ in windows)[len(windows) // 2], max(hi for _, hi in windows)
-    step = max(MIN_STEP, LEARNED_PRECISION * high, (high - low) / MAX_DENSE_POLLS)
+    step = max(dense_step(high), (high - low) / MAX_DENSE_POLLS)
     # Half a step past that moment: usually the first poll sees the change; when it does, the window it
-    # records starts a step earlier, so a change that got faster is found out.
+    # records starts a dense step earlier, so a change that got faster is found out, a step a build.
     return Schedule(start=max(MIN_STEP, low + step / 2), end=high + step, step=step)
 
 
@@ -131,8 +131,17 @@ def remember(history: list | None, window: list | tuple | None) -> list:
 
 def window(schedule: Schedule, previous: float | None, seen: float) -> list[float]:
     """The window a change ended in, in seconds after it began: (the last poll that did not see it, the first
-    that did); when the first poll saw it, from a step before that poll (see :func:`schedule_for`)."""
-    return [round(max(0.0, seen - schedule.step) if previous is None else previous, 2), round(seen, 2)]
+    that did); when the first poll saw it, from a dense step before that poll (see :func:`schedule_for`)."""
+    if previous is None:
+        # Not the schedule's own step, which on the priors is a tenth of the time: the next build would poll
+        # densely across all of it to find out whether the change got faster.
+        previous = max(0.0, seen - min(schedule.step, dense_step(seen)))
+    return [round(previous, 2), round(seen, 2)]
+
+
+def dense_step(duration: float) -> float:
+    """The step of a learned schedule's polls around a change that takes ``duration`` seconds."""
+    return max(MIN_STEP, LEARNED_PRECISION * duration)
 
 
 # --- one poll -----------------------------------------------------------------------------------------
