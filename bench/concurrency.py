@@ -62,6 +62,8 @@ MINIMUM = LATENCY["instance_running"] + LATENCY["instance_stopped"] + LATENCY["i
 POLL = 2
 BUILD_TAG = "image-factory:build-id"
 COMPLETE_TAG = "image-factory:complete"
+#: The channels (SSM parameters) of promoted images live under it: outputs of a build, not leftovers.
+CHANNEL_PREFIX = "/image-factory"
 DEFAULT_BUILDS = 50
 #: Airflow's own default [core] parallelism; the image_factory pool gets as many slots, so that only the
 #: worker processes bound the builds, never the pool.
@@ -274,25 +276,30 @@ def inventory(cloud: LocalCloud) -> dict[str, set[str]]:
     return found
 
 
-def products(cloud: LocalCloud, builds: set[str]) -> tuple[set[str], set[str]]:
-    """The complete images of these builds and the snapshots behind them (what builds are meant to leave)."""
-    images, snapshots = set(), set()
+def products(cloud: LocalCloud, builds: set[str]) -> tuple[set[str], set[str], set[str]]:
+    """The complete images of these builds, the snapshots behind them and the channels that name them (what
+    builds are meant to leave)."""
+    images, snapshots, channels = set(), set(), set()
     for region in cloud.state().regions.split(","):
-        ec2 = _client(cloud, "ec2", region)
+        ec2, ssm = _client(cloud, "ec2", region), _client(cloud, "ssm", region)
+        made = set()
         for image in ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag-key", "Values": [BUILD_TAG]}])[
                 "Images"]:
             tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
             if tags.get(BUILD_TAG) in builds and tags.get(COMPLETE_TAG) == "true":
+                made.add(image["ImageId"])
                 images.add(f"{region}/{image['ImageId']}")
                 snapshots |= {f"{region}/{m['Ebs']['SnapshotId']}" for m in image.get("BlockDeviceMappings", [])
                               if m.get("Ebs", {}).get("SnapshotId")}
-    return images, snapshots
+        for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=CHANNEL_PREFIX, Recursive=True):
+            channels |= {f"{region}/{p['Name']}" for p in page["Parameters"] if p["Value"] in made}
+    return images, snapshots, channels
 
 
 def leftovers(before: dict[str, set[str]], after: dict[str, set[str]], images: set[str],
-              snapshots: set[str]) -> tuple[dict[str, list[str]], int]:
+              snapshots: set[str], channels: set[str] = frozenset()) -> tuple[dict[str, list[str]], int]:
     """What is new in the cloud and is not a build's product, by kind; and how many emulator artifacts."""
-    kept = {"image": images, "snapshot": snapshots}
+    kept = {"image": images, "snapshot": snapshots, "ssm-parameter": channels}
     left = {kind: sorted(ids - before.get(kind, set()) - kept.get(kind, set())) for kind, ids in after.items()}
     artifacts = len(left.pop(MOTO_INTERFACES, []))
     return {kind: ids for kind, ids in left.items() if ids}, artifacts
@@ -522,14 +529,15 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
                 print(f"  {_brief(many)}", flush=True)
             # Listed once the stack is stopped: nothing changes the cloud any more, even after a time-out.
             after = inventory(cloud)
-            kept_images, kept_snapshots = products(cloud, set(one["builds"]) | set(many["builds"]))
-            left, artifacts = leftovers(before, after, kept_images, kept_snapshots)
+            kept_images, kept_snapshots, kept_channels = products(cloud, set(one["builds"]) | set(many["builds"]))
+            left, artifacts = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
                 "code": code_text,
                 "home": stack.home, "leaks": left, "moto_interfaces": artifacts,
-                "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots)}
+                "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots),
+                "kept_channels": sorted(kept_channels)}
     _keep(work / "concurrency.json", measured, raw_one, raw_many)
     return measured
 
@@ -672,9 +680,10 @@ def result(m: dict) -> Result:
         "Leaks: every resource of the local cloud (instances not terminated, VPCs, subnets, security groups, key "
         "pairs, network interfaces, volumes, images, snapshots, SSM parameters; all its regions), read from moto "
         "after all runs, against the same listing before the first build; the builds' complete images "
-        f"({len(m['kept_images'])}) and their snapshots ({len(m['kept_snapshots'])}) are what a build leaves on "
-        "purpose. " + ("Nothing else was left." if not leaked else
-                       "Left: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items()))
+        f"({len(m['kept_images'])}), their snapshots ({len(m['kept_snapshots'])}) and the channels naming them "
+        f"({len(m.get('kept_channels', []))}) are what a build leaves on purpose. "
+        + ("Nothing else was left." if not leaked
+           else "Left: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items()))
         + f" Not counted: {m['moto_interfaces']} network interfaces still attached to terminated builder "
         "instances (moto keeps an instance's primary interface after termination, AWS deletes it with the "
         "instance) and AWS's public SSM parameters (`/aws/...`), which moto materializes on their first read.",

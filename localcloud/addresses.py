@@ -1,16 +1,17 @@
 """The local cloud's address plan: everything inside 198.18.0.0/15, and a slot per local cloud on the host.
 
 Up to :data:`SLOTS` local clouds with machines run on one host at a time (two developers' test runs, say),
-each in a slot of its own: a /18 of 198.18.0.0/16 for its VPCs and a /18 of 198.19.0.0/16 for its public
+each in a slot of its own: a /17 of 198.18.0.0/16 for its VPCs and a /17 of 198.19.0.0/16 for its public
 addresses, its own bridge ``lcbr<slot>``, namespaces ``lc<slot>-<instance>`` and veths ``lc<slot>h...``. In
 slot 0:
 
 * 198.18.0.0/22: the host's block: the bridge address 198.18.0.1 (the provisioner's), 198.18.1.0/24 for
   namespaces tests make, 198.18.2.0/24 for the VPC a build makes of its own (``builder_vpc_cidr``);
-* 198.18.4.0/22, 198.18.8.0/22, ...: a block per region (15 at most), in the order of ``up --regions`` and
-  then in the order regions are first used: its default VPC is the block's first /23 (default subnets: a /26
-  per zone), the builder VPC ``up`` makes the second /23;
-* 198.19.0.0/18: the public addresses, handed out in turn.
+* 198.18.16.0/20, 198.18.32.0/20, ...: a block per region (7 at most), in the order of ``up --regions`` and
+  then in the order regions are first used: its default VPC is the block's first /21 (default subnets: a /26
+  per zone), the builder VPC ``up`` makes the second /21 (128 builds' /28 subnets at once: a hundred
+  concurrent builds fit);
+* 198.19.0.0/17: the public addresses, handed out in turn.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 RESERVED = ipaddress.ip_network("198.18.0.0/15")
-SLOTS = 4
-SLOT_PREFIX = 18
-BLOCK_PREFIX = 22
+SLOTS = 2
+SLOT_PREFIX = 17
+BLOCK_PREFIX = 20
+#: The host's own addresses, at the start of the slot's first block (which no region gets).
+HOST_PREFIX = 22
 _PRIVATE = ipaddress.ip_network("198.18.0.0/16")
 _PUBLIC = ipaddress.ip_network("198.19.0.0/16")
 
@@ -46,7 +49,7 @@ class Plan:
 
     @property
     def host_block(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_network(f"{self.private.network_address}/{BLOCK_PREFIX}")
+        return ipaddress.ip_network(f"{self.private.network_address}/{HOST_PREFIX}")
 
     @property
     def bridge_address(self) -> ipaddress.IPv4Address:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from localcloud.addresses import BLOCK_PREFIX, RESERVED, Plan
 
 PLAN = Plan(0)  # set by --slot
+#: A default subnet per zone, as AWS's default VPC has (a /20 there; a /26 is plenty here).
+DEFAULT_SUBNET_PREFIX = 26
 _blocks: dict[str, int] = {}
 _lock = threading.Lock()
 _public = None
@@ -73,7 +75,7 @@ def install() -> None:
         default_subnets = self.get_default_subnets()
         if availability_zone in default_subnets:
             return original_default_subnet(self, availability_zone)  # raises moto's own error
-        blocks = list(ipaddress.ip_network(default_vpc.cidr_block).subnets(new_prefix=BLOCK_PREFIX + 4))
+        blocks = list(ipaddress.ip_network(default_vpc.cidr_block).subnets(new_prefix=DEFAULT_SUBNET_PREFIX))
         return self.create_subnet(vpc_id=default_vpc.id, cidr_block=str(blocks[len(default_subnets)]),
                                   availability_zone=availability_zone)
 
