@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
                    "now (the newest named by the spec's latest channel), the other three 40 days old; rules keep 1, "
                    "deprecate after 30 days, delete after 90. Calls counted by the local cloud's front (each page "
                    "a call): the survey's listings, and in the real run one EnableImageDeprecation per old image. "
-                   "The ratio column is the small run's describe calls over the large run's: 1.00 is the claim "
-                   "(they grow with the regions, not with the images).")
+                   "The ratio column is the small run's describe calls over the large run's. The EC2 listings "
+                   "(DescribeImages, DescribeInstances, DescribeLaunchTemplateVersions) are the same in both runs; "
+                   "GetParametersByPath returns ten channels a page (SSM's limit): its pages grow with the "
+                   "specs' channels (here one per spec and region), not with the images.")
     return Result(rows, details)
