@@ -389,12 +389,35 @@ def _test_task(spec, build, settings) -> dict:
             "tags": "image-factory:tests (passed/failed), tests-passed, tests-failed, tested-at"}
 
 
+def _distribute_task(spec, build) -> dict:
+    from image_factory.build import TAG_SOURCE_IMAGE, TAG_SOURCE_REGION
+
+    distribute = spec.distribute
+    shared = distribute.share_with
+    return {
+        "copies": {region: f"CopyImage from {spec.region}, tagged as the image (below) plus {TAG_SOURCE_IMAGE}, "
+                           f"{TAG_SOURCE_REGION}={spec.region}; then its snapshots, and complete"
+                   for region in distribute.regions} or "none: the image stays in its region",
+        **({"waits": f"every copy at once, in the triggerer: {_polls(build, 'image_available')}"}
+           if distribute.regions else {}),
+        "shared_with": ({"accounts": list(shared.accounts), "organizations": list(shared.organizations),
+                         "organizational_units": list(shared.organizational_units),
+                         "in": [spec.region, *distribute.regions],
+                         "permissions": "launch (ModifyImageAttribute) on the image and each copy; create-volume "
+                                        "(ModifySnapshotAttribute) on their snapshots, for the accounts"}
+                        if shared else "nobody"),
+    }
+
+
 def _promote_task(spec, settings, channels: list[str]) -> dict:
     from image_factory.spec import channel_parameter
 
+    regions = [spec.region, *(spec.distribute.regions if spec.distribute else [])]
     return {"channels": {channel: channel_parameter(spec.name, channel, settings.channel_prefix)
                          for channel in channels},
-            "parameter": "SSM String, DataType aws:ec2:image, in the image's region; its versions are the history",
+            **({"regions": regions} if len(regions) > 1 else {}),
+            "parameter": "SSM String, DataType aws:ec2:image, in each region the image is in (naming that region's "
+                         "image or copy); its versions are the history",
             "events": [f"image-factory://images/{spec.name}",
                        *(f"image-factory://images/{spec.name}/{channel}" for channel in channels)]}
 
@@ -442,6 +465,7 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
             "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"), "tags": "the image tags (below)",
             "waits": {"stop": _polls(build, "instance_stopped"), "image": _polls(build, "image_available")}},
         "test_image": lambda: _test_task(spec, build, settings),
+        "distribute_image": lambda: _distribute_task(spec, build),
         "promote": lambda: _promote_task(spec, settings, spec.promote.channels),
         "approve_promotion": lambda: {
             "approvers": "a person, in the Airflow UI (Required Actions) or PATCH .../hitlDetails",
@@ -453,7 +477,10 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
                      f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
                      "triggerer once it is",
             "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
-                        "complete, and their snapshots", "the key pair and its SSM parameter",
+                        "complete, and their snapshots",
+                        *([f"copies never marked complete, in {', '.join(spec.distribute.regions)}"]
+                          if spec.distribute and spec.distribute.regions else []),
+                        "the key pair and its SSM parameter",
                         "the security group",
                         *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
     }
