@@ -272,7 +272,9 @@ def distribute_image(task: BuildTask, network: dict, registered: dict) -> dict:
     build = task.build(network)
     clients_in = task.clients_in(build)
     resumed = task.resumed or {}
-    available = resumed.get("answers") if resumed.get("waiter_name") == "image_available" else None
+    # After the copies' wait: each copy as the triggerer saw it available, by region.
+    available = ({region: answer["Images"][0] for region, answer in resumed["answers"].items()}
+                 if resumed.get("waiter_name") == "image_available" and resumed.get("answers") else None)
     [source] = clients_in(build.region).ec2.describe_images(ImageIds=[registered["image_id"]])["Images"]
     done = distribution.distribute(lambda region: clients_in(region).ec2, build, source,
                                    wait=task.wait_in_regions(build), available=available)
@@ -296,7 +298,7 @@ def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted
     extra = {"image_id": registered["image_id"], "region": build.region, "name": registered["name"],
              "channels": sorted(versions), "build_id": build.build_id,
              **({"copies": distributed["copies"], "regions": sorted(images)} if distributed.get("copies") else {})}
-    log.info("promotion event: %s", extra)
+    log.info("promotion event: %s", json.dumps(extra, sort_keys=True))
     # Downstream DAGs follow tested images only: these events fire on a promotion, never on a registration.
     events = task.context["outlet_events"]
     events[image_asset(build.spec.name)].extra = extra
