@@ -74,7 +74,7 @@ STEPS: tuple[Step, ...] = (
          does="boots a test instance of the new image and runs the spec's tests on it over SSH; the result is "
               "tagged on the image, and failed tests fail the run (no channel moves)"),
     Step(tasks.DISTRIBUTE, tasks.distribute_image, inputs=(tasks.NETWORK, tasks.REGISTER), after=(tasks.TEST,),
-         operator=ImageStep, when=lambda spec: spec.distribute is not None,
+         when=lambda spec: spec.distribute is not None,
          does="copies the tested image into the spec's other regions, all at once (the triggerer waits until "
               "every copy is available), tags each copy as the original plus its source, marks it complete, "
               "and shares the image and its copies as share_with says, in every region"),
