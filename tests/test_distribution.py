@@ -138,7 +138,7 @@ def test_a_distributed_build_leaves_a_tagged_shared_copy_and_the_channel_in_ever
     assert log.count("created image copy") == 2
     assert log.count("deferred to the triggerer") == 1 and "in us-east-1, " in log
     promote_log = distributed.task_logs["promote"]
-    event = json.loads(promote_log.split("promotion event: ", 1)[1].split("\n", 1)[0])
+    event, _ = json.JSONDecoder().raw_decode(promote_log.split("promotion event: ", 1)[1])
     assert event["copies"] == {region: images[region]["ImageId"] for region in COPIES}
     assert event["regions"] == sorted([OWN, *COPIES])
     assert builder_resources(own, client(local_cloud, "ssm", OWN), build_id) == []
