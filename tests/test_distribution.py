@@ -76,13 +76,16 @@ def runs(local_cloud, tmp_path_factory):
           distribute: {{regions: [{FAILING_REGION}], share_with: {{accounts: ["{ACCOUNT}"]}}}}
           promote: {{channels: [latest]}}
         """))
+    # The good build's first try of distribute_image fails once right after its CopyImage calls: the retry must
+    # find those copies, not make more.
+    good_env = airflow_env(local_cloud, homes[0], specs_folder=str(good), retry_delay="1")
+    good_env.update(IMAGE_FACTORY_FAULTS="after:copy*once", IMAGE_FACTORY_FAULTS_STATE=str(work))
     local_cloud.reset_stats()
     local_cloud.configure(fail_copies_to=[FAILING_REGION])
     try:
         with ThreadPoolExecutor(2) as pool:
-            distributed, failed = pool.map(
-                lambda job: run_dag(job[0], airflow_env(local_cloud, job[1], specs_folder=str(job[2]))),
-                [(NAME, homes[0], good), (FAILING, homes[1], bad)])
+            distributed, failed = pool.map(lambda job: run_dag(*job), [
+                (NAME, good_env), (FAILING, airflow_env(local_cloud, homes[1], specs_folder=str(bad)))])
     finally:
         local_cloud.configure(fail_copies_to=[])
     for result in (distributed, failed):  # for a look when a test fails
@@ -133,9 +136,11 @@ def test_a_distributed_build_leaves_a_tagged_shared_copy_and_the_channel_in_ever
             volume = ec2.describe_snapshot_attribute(SnapshotId=mapping["Ebs"]["SnapshotId"],
                                                      Attribute="createVolumePermission")
             assert {"UserId": ACCOUNT} in volume["CreateVolumePermissions"], region
-    # All copies at once: two CopyImage calls, and one deferral that waited in both regions.
+    # All copies at once: two CopyImage calls, and one deferral that waited in both regions; the retry after the
+    # fault found the copies the first try made.
     log = distributed.task_logs["distribute_image"]
-    assert log.count("created image copy") == 2
+    assert "transient fault injected at after:copy" in distributed.output
+    assert log.count("created image copy") == 2 and log.count("of this build exists already") == 2
     assert log.count("deferred to the triggerer") == 1 and "in us-east-1, " in log
     promote_log = distributed.task_logs["promote"]
     event, _ = json.JSONDecoder().raw_decode(promote_log.split("promotion event: ", 1)[1])
@@ -181,6 +186,7 @@ def test_the_iam_policy_grants_what_distribution_calls(runs):
     granted = {action for statement in policy["Statement"] for action in
                ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
     assert {"ec2:CopyImage", "ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"} <= set(calls)
+    assert calls["ec2:CopyImage"] == 3  # two copies of one build (its retry made none), one of the other
     assert set(calls) - granted == set()
 
 
