@@ -33,7 +33,8 @@ its SSM parameter, security group, subnet, VPC) whatever failed, but only when i
 lost scheduler, or a run marked failed by hand in the UI (which skips teardowns) leaves them behind. This DAG
 finds them by their `image-factory:build-id` tag and runs the same teardown for them.
 
-Every 30 minutes, for each region (and AWS connection) of the image specs, plus the regions in
+Every 30 minutes, for each region (and AWS connection) of the image specs (where they build and where they
+copy their images to), plus the regions in
 `[image_factory] sweeper_regions` (`AIRFLOW__IMAGE_FACTORY__SWEEPER_REGIONS`, comma separated, with the
 `aws_default` connection), one `sweep_region` task:
 
@@ -133,6 +134,9 @@ with DAG(
             else:
                 log.warning("sweeper: spec %s has region %r, known only at build time: list it in "
                             "[image_factory] sweeper_regions", loaded.name, region)
+            # The regions it copies its images into: a copy left half-made there is swept too.
+            distribute = loaded.image.distribute
+            targets.update((loaded.image.aws_conn_id, r) for r in (distribute.regions if distribute else []))
         extra = conf.get(settings.SECTION, "sweeper_regions", fallback="") or ""
         for region in (r.strip() for r in extra.split(",")):
             if not region:

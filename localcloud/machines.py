@@ -13,7 +13,8 @@ has answered them:
 * StopInstances: every process of the machine is killed (by PID, checked until none is left), its network
   namespace removed; the disk stays. TerminateInstances: also the disk.
 * CreateImage: the instance's upper directory becomes a read-only layer; the image is its origin's layers
-  plus that one. DeregisterImage, DeleteSnapshot: layers no image and no instance uses are removed.
+  plus that one. CopyImage: the copy (in any region) is its source's layers, shared. DeregisterImage,
+  DeleteSnapshot: layers no image and no instance uses are removed.
 * Authorize/RevokeSecurityGroupIngress/Egress, ModifyInstanceAttribute: the nftables rulesets of the region's
   machines are built again from moto's security groups (asked directly, not through the counted front).
 
@@ -533,6 +534,17 @@ class Machines:
                                                  "seconds": round(time.monotonic() - started, 3)}
             self._save()
         self.log(f"localcloud machines: image {image_id} of {instance_id}: layers {layers}")
+
+    def image_copied(self, region: str, source_id: str, image_id: str) -> None:
+        """A copy (CopyImage, into any region): the source's layers, shared (layers are read-only); an instance
+        of the copy boots the same files. A source without layers (moto's own images) is the base alone."""
+        with self.lock:
+            source = self.registry["images"].get(source_id, {})
+            layers = list(source.get("layers", []))
+            self.registry["images"][image_id] = {"layers": layers, "region": region, "from": source_id,
+                                                 "seconds": 0.0}
+            self._save()
+        self.log(f"localcloud machines: image {image_id} in {region}, a copy of {source_id}: layers {layers}")
 
     def image_deregistered(self, image_id: str) -> None:
         with self.lock:

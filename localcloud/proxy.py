@@ -26,6 +26,13 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
 * ``POST /_localcloud/creation-dates`` with ``{"ami-...": "2026-01-01T00:00:00.000Z"}``: DescribeImages shows
   that CreationDate for the image from then on (tests of retention age their images so).
 
+* ``POST /_localcloud/config`` with ``{"fail_copies_to": ["us-west-2"]}``: a copy of an image into one of those
+  regions fails, as a copy on AWS can: DescribeImages shows it ``failed`` (fault injection; ``[]`` turns it off).
+
+CopyImage, as AWS does and moto does not: its ``TagSpecifications`` tag the copy (moto ignores them; the front
+tags the new image in moto before it answers), its ``ClientToken`` makes a repeated call return the first
+call's copy, and its name is refused in a region where it is in use, as CreateImage's is.
+
 As AWS does and moto does not, CreateImage is refused (``InvalidAMIName.Duplicate``) for a name already in use
 by an image made through the front in the same region and not deregistered since: a step that runs again
 learns that its image was made.
@@ -71,7 +78,7 @@ LATENCIES = {
     "instance_running": (("RunInstances", "StartInstances"), ("running", 16), ("pending", 0)),
     "instance_stopped": (("StopInstances",), ("stopped", 80), ("stopping", 64)),
     "instance_terminated": (("TerminateInstances",), ("terminated", 48), ("shutting-down", 32)),
-    "image_available": (("CreateImage",), ("available", None), ("pending", None)),
+    "image_available": (("CreateImage", "CopyImage"), ("available", None), ("pending", None)),
 }
 LATENCY_STARTS = {action: kind for kind, (actions, _, _) in LATENCIES.items() for action in actions}
 LATENCY_DESCRIBES = frozenset({"DescribeInstances", "DescribeInstanceStatus", "DescribeImages"})
@@ -151,6 +158,11 @@ class Stats:
         self.image_names: dict[tuple[str, str], str] = {}
         # image id -> the CreationDate DescribeImages shows for it (set by a test: an image made "days ago")
         self.creation_dates: dict[str, str] = {}
+        # (region, CopyImage's ClientToken) -> the copy that call made
+        self.copy_tokens: dict[tuple[str, str], str] = {}
+        # regions whose copies fail (fault injection), and the copies failed so
+        self.fail_copies_to: list[str] = []
+        self.failed_copies: set[str] = set()
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -169,7 +181,7 @@ class Stats:
             self.throttled.clear()
 
     def configure(self, settings: dict) -> None:
-        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency"}
+        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to"}
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
         latency = dict(self.latency)
@@ -181,7 +193,12 @@ class Stats:
             if not 0 <= seconds <= 86400:
                 raise ValueError(f"latency {kind} must be between 0 and 86400 seconds, not {seconds}")
             latency[kind] = seconds
+        failing = settings.get("fail_copies_to", self.fail_copies_to)
+        if not isinstance(failing, list) or not all(isinstance(r, str) and re.fullmatch(r"[a-z0-9-]{1,32}", r)
+                                                    for r in failing):
+            raise ValueError(f"fail_copies_to must be a list of regions, not {failing!r}")
         with self.lock:
+            self.fail_copies_to = list(failing)
             self.latency = latency
             rate = float(settings.get("throttle_rate", self.throttle_rate))
             if not 0 <= rate <= 1:
@@ -194,6 +211,8 @@ class Stats:
         config = {"throttle_rate": self.throttle_rate, "throttle_seed": self.throttle_seed}
         if any(self.latency.values()):  # shown once set, so that the throttling-only view stays as it was
             config["latency"] = dict(self.latency)
+        if self.fail_copies_to:
+            config["fail_copies_to"] = list(self.fail_copies_to)
         return config
 
     # --- emulated state-change times ---------------------------------------------------------------
@@ -245,6 +264,22 @@ class Stats:
                     changed = True
         if not changed:
             return body
+        if namespace:
+            ET.register_namespace("", namespace[1:-1])
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def shown_failed(self, body: bytes) -> bytes:
+        """A DescribeImages answer with the copies failed by ``fail_copies_to`` shown ``failed``."""
+        with self.lock:
+            failed = set(self.failed_copies)
+        if not failed or not any(image_id.encode() in body for image_id in failed):
+            return body
+        root = ET.fromstring(body)  # noqa: S314 moto's own answer, on loopback
+        namespace = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.iter():
+            state = item.find(namespace + "imageState")
+            if state is not None and item.findtext(namespace + "imageId") in failed:
+                state.text = "failed"
         if namespace:
             ET.register_namespace("", namespace[1:-1])
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
@@ -352,6 +387,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         if name == "ec2:CreateImage":
             self.create_image(body)
             return
+        if name == "ec2:CopyImage" and self.copy_answered(body):
+            return
         response = self.forward(body, name)
         if name == "ec2:DeregisterImage" and response is not None and response.status == 200:
             image_id = _param(body, b"ImageId")
@@ -359,6 +396,9 @@ class FrontHandler(BaseHTTPRequestHandler):
                 names = self.server.stats.image_names
                 for key in [key for key, known in names.items() if known == image_id]:
                     del names[key]
+                tokens = self.server.stats.copy_tokens
+                for key in [key for key, known in tokens.items() if known == image_id]:
+                    del tokens[key]
 
     def create_image(self, body: bytes) -> None:
         """As AWS does (moto does not): refuse a name in use by another image of the account in the region."""
@@ -374,6 +414,57 @@ class FrontHandler(BaseHTTPRequestHandler):
         if made:
             with stats.lock:
                 stats.image_names[key] = made.group(2).decode()
+
+    def copy_answered(self, body: bytes) -> bool:
+        """Answers a CopyImage whose ClientToken made a copy already (with that copy), or whose name is in use in
+        the region (refused); False: the call goes to moto."""
+        stats, region = self.server.stats, _region(self.headers)
+        token, name = _param(body, b"ClientToken"), _param(body, b"Name")
+        with stats.lock:
+            made = stats.copy_tokens.get((region, token)) if token else None
+            existing = stats.image_names.get((region, name))
+        if made:
+            request_id = str(uuid.uuid4())
+            self.reply(200, [("Content-Type", "text/xml;charset=UTF-8")], (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<CopyImageResponse '
+                'xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                f"<requestId>{request_id}</requestId><imageId>{made}</imageId></CopyImageResponse>").encode())
+            return True
+        if existing:
+            self.reply(*ec2_error(400, "InvalidAMIName.Duplicate", f"AMI name {name} is already in use by AMI "
+                                                                   f"{existing}"))
+            return True
+        return False
+
+    def copied(self, body: bytes, answer: bytes) -> None:
+        """moto made a copy: tag it as its TagSpecifications say (before the client hears of it), remember its
+        token and name, and fail it when its region is in ``fail_copies_to``."""
+        made = RESOURCE_ID.search(answer)
+        if not made:
+            return
+        copy_id, region, stats = made.group(2).decode(), _region(self.headers), self.server.stats
+        params = parse_qs(body.decode("utf-8", errors="replace"))
+        tags: dict[str, str] = {}
+        for key, values in params.items():
+            spec = re.fullmatch(r"TagSpecification\.(\d+)\.Tag\.(\d+)\.Key", key)
+            if spec and params.get(f"TagSpecification.{spec.group(1)}.ResourceType", [""])[0] == "image":
+                tags[values[0]] = params.get(f"TagSpecification.{spec.group(1)}.Tag.{spec.group(2)}.Value",
+                                             [""])[0]
+        if tags:
+            from localcloud.machines import Moto
+
+            query = {"ResourceId.1": copy_id}
+            for number, (key, value) in enumerate(tags.items(), start=1):
+                query.update({f"Tag.{number}.Key": key, f"Tag.{number}.Value": value})
+            Moto(self.server.upstream_port).query(region, "CreateTags", query)
+        token, name = _param(body, b"ClientToken"), _param(body, b"Name")
+        with stats.lock:
+            if token:
+                stats.copy_tokens[(region, token)] = copy_id
+            if name:
+                stats.image_names[(region, name)] = copy_id
+            if region in stats.fail_copies_to:
+                stats.failed_copies.add(copy_id)
 
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -437,13 +528,18 @@ class FrontHandler(BaseHTTPRequestHandler):
         service, _, action = (name or "").partition(":")
         if service == "ec2" and response.status == 200:
             machines = self.server.machines
+            if action == "CopyImage":
+                try:
+                    self.copied(body, response.body)
+                except Exception as exc:
+                    self.log_message("CopyImage: tagging the copy failed: %r", exc)
             if action in LATENCY_STARTS:
                 self.server.stats.remember_change(action, response.body)
             elif action in LATENCY_DESCRIBES:
                 booting = machines.not_ready() if machines is not None and action != "DescribeImages" else set()
                 response.body = self.server.stats.delayed(response.body, booting)
                 if action == "DescribeImages":
-                    response.body = self.server.stats.backdated(response.body)
+                    response.body = self.server.stats.shown_failed(self.server.stats.backdated(response.body))
             if machines is not None and action in MACHINE_ACTIONS:
                 try:  # before the answer is relayed: a stop, a rule change has happened when the client hears
                     machine_call(machines, action, _region(self.headers), body, response.body)
@@ -549,7 +645,8 @@ class FrontHandler(BaseHTTPRequestHandler):
 
 
 MACHINE_ACTIONS = frozenset({
-    "RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "CreateImage", "DeregisterImage",
+    "RunInstances", "StartInstances", "StopInstances", "TerminateInstances", "CreateImage", "CopyImage",
+    "DeregisterImage",
     "DeleteSnapshot", "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress",
     "RevokeSecurityGroupEgress", "ModifyInstanceAttribute", "ModifySecurityGroupRules"})
 
@@ -570,6 +667,10 @@ def machine_call(machines, action: str, region: str, body: bytes, answer: bytes)
         made = RESOURCE_ID.search(answer)
         if made and params.get("InstanceId"):
             machines.image_created(region, params["InstanceId"][0], made.group(2).decode())
+    elif action == "CopyImage":
+        made = RESOURCE_ID.search(answer)
+        if made and params.get("SourceImageId"):
+            machines.image_copied(region, params["SourceImageId"][0], made.group(2).decode())
     elif action in ("DeregisterImage", "DeleteSnapshot"):
         if params.get("ImageId"):
             machines.image_deregistered(params["ImageId"][0])

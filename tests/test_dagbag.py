@@ -125,3 +125,21 @@ def test_retention_runs_daily_and_after_each_promotion_of_a_spec_with_retention(
     assert dag.timetable.timetable.expression == "0 3 * * *"
     # The shipped spec, the only one, has a retention section: its promotions (its image asset) start a run too.
     assert dag.timetable.asset_condition.uri == "image-factory://images/shopspinner-linux-image"
+
+
+def test_a_distributing_spec_copies_after_the_tests_and_before_the_channels(tmp_path, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    source = PROJECT / "include" / "examples" / "shopspinner-global-image.yaml"
+    (specs / source.name).write_text(source.read_text())
+    monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER", str(specs))
+    bag = DagBag(str(PROJECT / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["shopspinner-global-image"]
+    assert [t.task_id for t in dag.tasks] == [*STEPS[:4], "test_image", "distribute_image", "promote", "tear_down"]
+    assert dag.get_task("distribute_image").upstream_task_ids == {"create_builder_network", "register_image",
+                                                                  "test_image"}
+    assert "distribute_image" in dag.get_task("promote").upstream_task_ids
+    # The teardown waits for the copies: it removes those left half-made.
+    assert dag.get_task("tear_down").upstream_task_ids == {"register_image", "test_image", "distribute_image",
+                                                           "create_builder_network"}

@@ -32,6 +32,7 @@ BEYOND_A_SCHEMA = {
     "promote-without-tests": "one key needing another",
     "promote-channel-with-slash": "a check of each list item (the model's validator)",
     "retention-delete-before-deprecate": "one value bounded by another",
+    "distribute-own-region": "one value compared with another (the build's region)",
 }
 
 

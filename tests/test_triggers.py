@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 
+import boto3
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
-from image_factory.triggers import Ec2StateTrigger, SshReadyTrigger
+from image_factory.triggers import Ec2StateTrigger, RegionsTrigger, SshReadyTrigger
 from localcloud.cloud import LOOPBACK, free_port
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -275,3 +277,54 @@ def test_configure_hands_an_unanswered_ssh_wait_to_the_triggerer_after_one_attem
     # Without a way to defer (a resumed task: the banner answered), it keeps trying until its timeout.
     with pytest.raises(TimeoutError, match="did not answer within 1 s"):
         remote.wait_until_ready(LOOPBACK, port, "nobody", key, timeout=1, interval=0.5)
+
+
+def copies_of_al2023(cloud, ssm, regions: list[str]) -> dict[str, str]:
+    ami = ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
+    name = f"regions-trigger-{uuid.uuid4().hex[:8]}"
+    return {region: regional_ec2(cloud, region).copy_image(SourceImageId=ami, SourceRegion=REGION, Name=name)[
+        "ImageId"] for region in regions}
+
+
+def regional_ec2(cloud, region: str):
+    return boto3.client("ec2", endpoint_url=cloud.endpoint, region_name=region, aws_access_key_id="testing",
+                        aws_secret_access_key="testing")  # noqa: S106 emulator
+
+
+def test_a_wait_in_several_regions_polls_them_together_and_ends_when_all_are_there(local_cloud, ssm,
+                                                                                   aws_connection):
+    local_cloud.configure(latency={"image_available": 2})
+    try:
+        copies = copies_of_al2023(local_cloud, ssm, ["us-east-1", "eu-central-1"])
+        started = time.time()
+        event = first_event(RegionsTrigger(aws_connection, "image_available",
+                                           {region: {"ImageIds": [image_id]} for region, image_id in copies.items()},
+                                           timeout=30, schedule=0.5))
+        waited = time.time() - started
+    finally:
+        local_cloud.configure(latency=OFF)
+    for region, image_id in copies.items():
+        regional_ec2(local_cloud, region).deregister_image(ImageId=image_id)
+    assert event.payload["status"] == "success"
+    assert {region: answer["Images"][0]["ImageId"] for region, answer in event.payload["answers"].items()} == copies
+    assert all(answer["Images"][0]["State"] == "available" for answer in event.payload["answers"].values())
+    assert 2 <= waited < 2 + 0.5 + 1.5  # both together, not one region after the other
+
+
+def test_a_copy_that_fails_in_one_region_ends_the_wait_in_all_at_once(local_cloud, ssm, aws_connection):
+    local_cloud.configure(latency={"image_available": 20}, fail_copies_to=["us-west-2"])
+    try:
+        copies = copies_of_al2023(local_cloud, ssm, ["us-east-1", "us-west-2"])
+        started = time.time()
+        event = first_event(RegionsTrigger(aws_connection, "image_available",
+                                           {region: {"ImageIds": [image_id]} for region, image_id in copies.items()},
+                                           timeout=30, schedule=0.5))
+        waited = time.time() - started
+    finally:
+        local_cloud.configure(latency=OFF, fail_copies_to=[])
+    for region, image_id in copies.items():
+        regional_ec2(local_cloud, region).deregister_image(ImageId=image_id)
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"].startswith("us-west-2: image_available") and copies["us-west-2"] in \
+        event.payload["message"]
+    assert waited < 5  # not held up by the copy still pending in us-east-1

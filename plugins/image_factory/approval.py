@@ -21,4 +21,8 @@ def text(channels: list[str], registered: dict | None, tested: dict | None, prom
             "channels", {}).items()) or "none"),
         ("approving moves", ", ".join(channels)),
     ]
+    copies = (promoted or {}).get("regions") or {}
+    if len(copies) > 1:  # distributed: the channels move in every region, each to its region's copy
+        rows.insert(2, ("copies", ", ".join(f"`{copy['image_id']}` in {region}" for region, copy in copies.items()
+                                            if region != registered.get("region"))))
     return "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])

@@ -40,6 +40,9 @@ TAG_TESTED_AT = "image-factory:tested-at"
 #: The origin's own spec and build, when the origin is an Image Factory image (images built on images).
 TAG_ORIGIN_SPEC = "image-factory:origin-spec"
 TAG_ORIGIN_BUILD = "image-factory:origin-build-id"
+#: On a copy of an image in another region (distribute): the image it is a copy of, and that image's region.
+TAG_SOURCE_IMAGE = "image-factory:source-image"
+TAG_SOURCE_REGION = "image-factory:source-region"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:

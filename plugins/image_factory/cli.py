@@ -389,12 +389,35 @@ def _test_task(spec, build, settings) -> dict:
             "tags": "image-factory:tests (passed/failed), tests-passed, tests-failed, tested-at"}
 
 
+def _distribute_task(spec, build) -> dict:
+    from image_factory.build import TAG_SOURCE_IMAGE, TAG_SOURCE_REGION
+
+    distribute = spec.distribute
+    shared = distribute.share_with
+    return {
+        "copies": {region: f"CopyImage from {spec.region}, tagged as the image (below) plus {TAG_SOURCE_IMAGE}, "
+                           f"{TAG_SOURCE_REGION}={spec.region}; then its snapshots, and complete"
+                   for region in distribute.regions} or "none: the image stays in its region",
+        **({"waits": f"every copy at once, in the triggerer: {_polls(build, 'image_available')}"}
+           if distribute.regions else {}),
+        "shared_with": ({"accounts": list(shared.accounts), "organizations": list(shared.organizations),
+                         "organizational_units": list(shared.organizational_units),
+                         "in": [spec.region, *distribute.regions],
+                         "permissions": "launch (ModifyImageAttribute) on the image and each copy; create-volume "
+                                        "(ModifySnapshotAttribute) on their snapshots, for the accounts"}
+                        if shared else "nobody"),
+    }
+
+
 def _promote_task(spec, settings, channels: list[str]) -> dict:
     from image_factory.spec import channel_parameter
 
+    regions = [spec.region, *(spec.distribute.regions if spec.distribute else [])]
     return {"channels": {channel: channel_parameter(spec.name, channel, settings.channel_prefix)
                          for channel in channels},
-            "parameter": "SSM String, DataType aws:ec2:image, in the image's region; its versions are the history",
+            **({"regions": regions} if len(regions) > 1 else {}),
+            "parameter": "SSM String, DataType aws:ec2:image, in each region the image is in (naming that region's "
+                         "image or copy); its versions are the history",
             "events": [f"image-factory://images/{spec.name}",
                        *(f"image-factory://images/{spec.name}/{channel}" for channel in channels)]}
 
@@ -442,6 +465,7 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
             "image_name": image_name(build, "<run time, YYYYmmdd-HHMMSS>"), "tags": "the image tags (below)",
             "waits": {"stop": _polls(build, "instance_stopped"), "image": _polls(build, "image_available")}},
         "test_image": lambda: _test_task(spec, build, settings),
+        "distribute_image": lambda: _distribute_task(spec, build),
         "promote": lambda: _promote_task(spec, settings, spec.promote.channels),
         "approve_promotion": lambda: {
             "approvers": "a person, in the Airflow UI (Required Actions) or PATCH .../hitlDetails",
@@ -453,7 +477,10 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
                      f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
                      "triggerer once it is",
             "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
-                        "complete, and their snapshots", "the key pair and its SSM parameter",
+                        "complete, and their snapshots",
+                        *([f"copies never marked complete, in {', '.join(spec.distribute.regions)}"]
+                          if spec.distribute and spec.distribute.regions else []),
+                        "the key pair and its SSM parameter",
                         "the security group",
                         *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
     }
@@ -499,7 +526,7 @@ def render(argument: str, params: Sequence[str], run_id: str | None) -> int:
 # --- list -----------------------------------------------------------------------------------------------
 
 COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE",
-           "TESTS", "CHANNELS")
+           "TESTS", "COPY OF", "CHANNELS")
 
 
 def _tests(tags: dict[str, str]) -> str:
@@ -519,7 +546,15 @@ def _image_row(image: dict, channels: dict[str, list[str]]) -> tuple[str, ...]:
     return (image["ImageId"], image.get("Name", ""), image.get("State", ""), image.get("CreationDate", ""),
             tags.get(TAG_ORIGIN, "-"), tags.get(TAG_ROLE, "-"), tags.get(TAG_SPEC_HASH, "-"),
             tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no", _tests(tags),
-            ",".join(channels.get(image["ImageId"], [])) or "-")
+            _copy_of(tags), ",".join(channels.get(image["ImageId"], [])) or "-")
+
+
+def _copy_of(tags: dict[str, str]) -> str:
+    """``ami-...@region`` for a copy made by distribute_image (its source image and region), else ``-``."""
+    from image_factory.build import TAG_SOURCE_IMAGE, TAG_SOURCE_REGION
+
+    source = tags.get(TAG_SOURCE_IMAGE)
+    return f"{source}@{tags.get(TAG_SOURCE_REGION, '?')}" if source else "-"
 
 
 def _channels_by_image(ssm, spec_name: str) -> dict[str, list[str]]:
@@ -571,9 +606,19 @@ def list_images(argument: str, region: str | None, aws_conn_id: str | None) -> i
     return OK
 
 
-def lineage(ec2, ssm, image_id: str, limit: int = 20) -> list[dict]:
-    """The image and its origins back to the root origin (the first image Image Factory did not build)."""
-    from image_factory.build import TAG_BUILD, TAG_ORIGIN, TAG_ROLE, TAG_SPEC, tag_dict
+def lineage(ec2, ssm, image_id: str, limit: int = 20, in_region=None) -> list[dict]:
+    """The image and its origins back to the root origin (the first image Image Factory did not build). A copy
+    (distribute_image) leads to the image it is a copy of, in its region, when ``in_region`` (a region ->
+    (ec2, ssm) clients) is given; its origin is in that region."""
+    from image_factory.build import (
+        TAG_BUILD,
+        TAG_ORIGIN,
+        TAG_ROLE,
+        TAG_SOURCE_IMAGE,
+        TAG_SOURCE_REGION,
+        TAG_SPEC,
+        tag_dict,
+    )
 
     levels: list[dict] = []
     while image_id and len(levels) < limit:
@@ -588,10 +633,15 @@ def lineage(ec2, ssm, image_id: str, limit: int = 20) -> list[dict]:
             levels.append({**level, "root origin": f"owner {image.get('OwnerId', '?')}"})
             break
         level.update(spec=tags[TAG_SPEC], build=tags.get(TAG_BUILD, "-"), role=tags.get(TAG_ROLE, "-"),
+                     **({"copy of": copy} if (copy := _copy_of(tags)) != "-" else {}),
                      origin=tags.get(TAG_ORIGIN, "-"), tests=_tests(tags),
                      channels=",".join(_channels_by_image(ssm, tags[TAG_SPEC]).get(image_id, [])) or "-")
         levels.append(level)
-        image_id = tags.get(TAG_ORIGIN)
+        if tags.get(TAG_SOURCE_IMAGE) and tags.get(TAG_SOURCE_REGION) and in_region is not None:
+            ec2, ssm = in_region(tags[TAG_SOURCE_REGION])
+            image_id = tags[TAG_SOURCE_IMAGE]
+        else:
+            image_id = tags.get(TAG_ORIGIN)
     return levels
 
 
@@ -602,14 +652,19 @@ def show(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
     conn_id = aws_conn_id or "aws_default"
     try:
         clients = aws.clients(conn_id, region)
-        levels = lineage(clients.ec2, clients.ssm, image_id)
+        def in_region(name: str):
+            other = aws.clients(conn_id, name)
+            return other.ec2, other.ssm
+
+        levels = lineage(clients.ec2, clients.ssm, image_id, in_region=in_region)
     except Exception as exc:
         raise Failure(f"cannot show image {image_id!r} (connection {conn_id!r}): {type(exc).__name__}: {exc}") from None
     for depth, level in enumerate(levels):
         indent = "  " * depth
-        heading = "image" if depth == 0 else "built from"
+        heading = "image" if depth == 0 else "copy of" if "copy of" in levels[depth - 1] else "built from"
         print(f"{indent}{heading} {level['image']} {level.get('name', '')}".rstrip())
-        for key in ("spec", "build", "role", "origin", "tests", "channels", "created", "root origin", "missing"):
+        for key in ("spec", "build", "role", "copy of", "origin", "tests", "channels", "created", "root origin",
+                    "missing"):
             if key in level:
                 print(f"{indent}  {key}: {level[key]}")
     return OK if "missing" not in levels[-1] else PROBLEMS

@@ -3,14 +3,15 @@
 from the same table, so the DAG and the plan cannot drift apart.
 
 create_builder_network (setup) -> launch_builder_instance -> configure -> register_image -> test_image
--> promote -> approve_promotion -> promote_approved (test_image as the spec's ``test`` asks, the last three as
-its ``promote`` does), and tear_down after them (the teardown of the setup: runs whatever failed; an approval
-never holds it up)
+-> distribute_image -> promote -> approve_promotion -> promote_approved (test_image as the spec's ``test`` asks,
+distribute_image as its ``distribute`` does, the last three as its ``promote`` does), and tear_down after them
+(the teardown of the setup: runs whatever failed; an approval never holds it up)
 
 Every task retries transient errors with backoff and fails at once on permanent ones (operators.py); a retry
-creates nothing twice. The waits (instance running, SSH answering, image available, instance terminated) are
-deferred to the triggerer: they hold no worker slot, and no pool slot. Nothing here makes a network call or
-reads a Variable at parse time: all of that happens inside tasks.
+creates nothing twice. The waits (instance running, SSH answering, image available, copies available in all
+their regions at once, instance terminated) are deferred to the triggerer: they hold no worker slot, and no
+pool slot. Nothing here makes a network call or reads a Variable at parse time: all of that happens inside
+tasks.
 """
 
 from __future__ import annotations
@@ -72,21 +73,28 @@ STEPS: tuple[Step, ...] = (
          when=lambda spec: spec.test is not None,
          does="boots a test instance of the new image and runs the spec's tests on it over SSH; the result is "
               "tagged on the image, and failed tests fail the run (no channel moves)"),
-    Step(tasks.PROMOTE, tasks.promote, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
+    Step(tasks.DISTRIBUTE, tasks.distribute_image, inputs=(tasks.NETWORK, tasks.REGISTER), after=(tasks.TEST,),
+         when=lambda spec: spec.distribute is not None,
+         does="copies the tested image into the spec's other regions, all at once (the triggerer waits until "
+              "every copy is available), tags each copy as the original plus its source, marks it complete, "
+              "and shares the image and its copies as share_with says, in every region"),
+    Step(tasks.PROMOTE, tasks.promote, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST), after=(tasks.DISTRIBUTE,),
          when=lambda spec: bool(spec.promote and spec.promote.channels),
          outlets=lambda spec: promotion_assets(spec.name, spec.promote.channels),
-         does="moves the spec's channels (SSM parameters) to the tested image and emits its promotion event"),
-    Step(tasks.APPROVE, None, after=(tasks.TEST, tasks.PROMOTE), operator=ImageApproval, pool=False,
+         does="moves the spec's channels (SSM parameters) to the tested image, in every region the image is in "
+              "(to each region's copy), and emits its promotion event"),
+    Step(tasks.APPROVE, None, after=(tasks.TEST, tasks.DISTRIBUTE, tasks.PROMOTE), operator=ImageApproval, pool=False,
          when=lambda spec: bool(spec.promote and spec.promote.approval),
          does="asks a person to approve the approval channels (Airflow's human-in-the-loop: no slot held); no "
               "answer before the timeout is a rejection"),
     Step(tasks.PROMOTE_APPROVED, tasks.promote_approved, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
          after=(tasks.APPROVE,), when=lambda spec: bool(spec.promote and spec.promote.approval),
          outlets=lambda spec: promotion_assets(spec.name, spec.promote.approval),
-         does="once approved: moves the approval channels to the image and emits its promotion event"),
-    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER, tasks.TEST),
+         does="once approved: moves the approval channels to the image (in every region it is in) and emits its "
+              "promotion event"),
+    Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER, tasks.TEST, tasks.DISTRIBUTE),
          does="the teardown of the setup, whatever failed: terminates the builder and test instances, deletes a "
-              "half-made image, the key pair, the security group and the subnet"),
+              "half-made image and half-made copies, the key pair, the security group and the subnet"),
 )
 SETUP, TEARDOWN = STEPS[0].task_id, STEPS[-1].task_id
 

@@ -134,6 +134,19 @@ def _configure_rules(configure: dict) -> None:
     configure["allOf"] = rules
 
 
+def _distribute_rules(distribute: dict, share_with: dict) -> None:
+    regions = _property(distribute, "regions")
+    regions["items"] = {"type": "string", "enum": sorted(model.KNOWN_REGIONS)}
+    regions["uniqueItems"] = True
+    distribute["anyOf"] = [{"required": ["regions"]}, {"required": ["share_with"]}]
+    for name, regex in (("accounts", model.ACCOUNT_ID), ("organizations", model.ORGANIZATION_ARN),
+                        ("organizational_units", model.ORGANIZATIONAL_UNIT_ARN)):
+        field = _property(share_with, name)
+        field["items"] = {"type": "string", "pattern": _pattern(_body(regex), parameter=None)}
+        field["uniqueItems"] = True
+    share_with["minProperties"] = 1
+
+
 def spec_schema(image_model: type[BaseModel] = model.ImageSpec) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a spec file: ``{"image": <the model>}``, nothing else."""
     image = image_model.model_json_schema()
@@ -145,6 +158,11 @@ def spec_schema(image_model: type[BaseModel] = model.ImageSpec) -> dict[str, Any
         raise SchemaError("the model has no Configure section any more: update image_factory/schema.py")
     _add_defaults(configure, model.Configure)
     _configure_rules(configure)
+    if "Distribute" not in definitions or "ShareWith" not in definitions:
+        raise SchemaError("the model has no Distribute section any more: update image_factory/schema.py")
+    _add_defaults(definitions["Distribute"], model.Distribute)
+    _add_defaults(definitions["ShareWith"], model.ShareWith)
+    _distribute_rules(definitions["Distribute"], definitions["ShareWith"])
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID,

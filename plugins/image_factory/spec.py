@@ -60,6 +60,20 @@ CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 #: Where the tests of include/tests/<tests>/ are, unless AIRFLOW__IMAGE_FACTORY__TESTS_FOLDER says otherwise.
 TESTS_DIR = Path(__file__).resolve().parents[2] / "include" / "tests"
 DEFAULT_CHANNEL_PREFIX = "/image-factory"
+#: The regions EC2 serves (botocore's endpoints of the aws, aws-us-gov and aws-cn partitions): a region a
+#: spec distributes to must be one of them. (Here rather than read from botocore: a DAG file's parse imports
+#: no botocore.)
+KNOWN_REGIONS = frozenset({
+    "af-south-1", "ap-east-1", "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1",
+    "ap-south-2", "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "ap-southeast-5",
+    "ap-southeast-6", "ap-southeast-7", "ca-central-1", "ca-west-1", "eu-central-1", "eu-central-2", "eu-north-1",
+    "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "il-central-1", "me-central-1",
+    "me-south-1", "mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2",
+    "us-gov-east-1", "us-gov-west-1", "cn-north-1", "cn-northwest-1"})
+ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+ORGANIZATION_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$")
+ORGANIZATIONAL_UNIT_ARN = re.compile(
+    r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 
 
 def tests_folder() -> Path:
@@ -278,6 +292,88 @@ class Retention(_Strict):
         return self
 
 
+def _no_duplicates(values: list[str], what: str) -> list[str]:
+    twice = sorted({value for value in values if values.count(value) > 1})
+    if twice:
+        raise ValueError(f"{what} {', '.join(map(repr, twice))} named twice")
+    return values
+
+
+class ShareWith(_Strict):
+    """Who may launch the image and its copies (launch permissions), in every region; the accounts may also
+    make volumes of their snapshots (an organization or unit gets those with the launch permission)."""
+
+    accounts: list[str] = Field(default_factory=list, description="AWS account ids (12 digits).",
+                                examples=[["123456789012"]])
+    organizations: list[str] = Field(
+        default_factory=list, description="Organization ARNs (arn:aws:organizations::<account>:organization/o-...).",
+        examples=[["arn:aws:organizations::111122223333:organization/o-exampleorgid"]])
+    organizational_units: list[str] = Field(
+        default_factory=list, description="Organizational unit ARNs "
+                                          "(arn:aws:organizations::<account>:ou/o-.../ou-...).",
+        examples=[["arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-abcd-12345678"]])
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, value: list[str]) -> list[str]:
+        for account in value:
+            if not ACCOUNT_ID.match(account):
+                raise ValueError(f"account {account!r}: expected an AWS account id of 12 digits (quote it in YAML)")
+        return _no_duplicates(value, "account")
+
+    @field_validator("organizations")
+    @classmethod
+    def _organizations(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not ORGANIZATION_ARN.match(arn):
+                raise ValueError(f"{arn!r}: expected an organization ARN such as "
+                                 "arn:aws:organizations::111122223333:organization/o-exampleorgid")
+        return _no_duplicates(value, "organization")
+
+    @field_validator("organizational_units")
+    @classmethod
+    def _units(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not ORGANIZATIONAL_UNIT_ARN.match(arn):
+                raise ValueError(f"{arn!r}: expected an organizational unit ARN such as "
+                                 "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-abcd-12345678")
+        return _no_duplicates(value, "organizational unit")
+
+    @model_validator(mode="after")
+    def _someone(self) -> ShareWith:
+        if not (self.accounts or self.organizations or self.organizational_units):
+            raise ValueError("name at least one of accounts, organizations or organizational_units")
+        return self
+
+
+class Distribute(_Strict):
+    """Where the tested image goes before the channels move: copies in other regions (tagged as the original,
+    each with the spec's channels), and the accounts and organizations it is shared with, in every region."""
+
+    regions: list[str] = Field(default_factory=list, max_length=len(KNOWN_REGIONS),
+                               description="Regions the image is copied into (not the build's own region); "
+                                           "the channels move in each, to its copy.",
+                               examples=[["us-east-1", "eu-central-1"]])
+    share_with: ShareWith | None = Field(default=None, description="Launch permissions for accounts, "
+                                                                   "organizations and organizational units.")
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        for region in value:
+            if region not in KNOWN_REGIONS:
+                close = difflib.get_close_matches(region, sorted(KNOWN_REGIONS), n=1)
+                raise ValueError(f"unknown region {region!r}" + (f" (did you mean {close[0]!r}?)" if close else
+                                                                 " (expected an AWS region such as us-east-1)"))
+        return _no_duplicates(value, "region")
+
+    @model_validator(mode="after")
+    def _something(self) -> Distribute:
+        if not self.regions and self.share_with is None:
+            raise ValueError("name regions to copy the image into, or share_with, or both")
+        return self
+
+
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
@@ -328,6 +424,10 @@ class ImageSpec(_Strict):
     retention: Retention | None = Field(default=None, description="Which old images are deprecated and deleted "
                                                                   "(the image_factory_retention DAG); absent: "
                                                                   "none ever are.")
+    distribute: Distribute | None = Field(default=None, description="Copies of the tested image in other "
+                                                                    "regions, and who it is shared with; "
+                                                                    "absent: the build's region only, "
+                                                                    "shared with nobody.")
 
     @model_validator(mode="before")
     @classmethod
@@ -556,6 +656,9 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     problems = check_parameters(spec)
     if spec.promote is not None and spec.test is None:
         problems.append(("image.promote", "needs a test section: channels only ever point at tested images"))
+    if spec.distribute is not None and spec.region in spec.distribute.regions:
+        problems.append(("image.distribute.regions", f"{spec.region} is the build's own region: the image is "
+                                                     "there already; name only the regions it is copied into"))
     if problems:
         raise SpecError(path, problems)
     return spec

@@ -22,16 +22,16 @@ from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_di
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import LoadedSpec, tests_folder
-from image_factory.steps import channels, image, infrastructure, instance, origin, testing
+from image_factory.steps import channels, distribution, image, infrastructure, instance, origin, testing
 from image_factory.steps import teardown as teardown_step
 from image_factory.tools import tests as test_tools
 from image_factory.triggers import SshReadyTrigger
 
 log = logging.getLogger("image_factory")
 
-NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
-    "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image", "promote",
-    "approve_promotion", "promote_approved", "tear_down")
+NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
+    "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image",
+    "distribute_image", "promote", "approve_promotion", "promote_approved", "tear_down")
 #: The tasks whose durations the build summary reports.
 TIMED = (NETWORK, LAUNCH, CONFIGURE)
 #: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
@@ -88,6 +88,21 @@ class BuildTask:
     def wait(self, build: Build) -> waiting.Wait:
         """A wait in the triggerer (this task resumes after it, or the trigger ends it)."""
         return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=self.resumed)
+
+    def clients_in(self, build: Build):
+        """A region's clients, made once per region and task (distribution works in several)."""
+        made: dict[str, aws.Clients] = {}
+
+        def clients_of(region: str) -> aws.Clients:
+            if region not in made:
+                made[region] = aws.clients(build.spec.aws_conn_id, region)
+            return made[region]
+
+        return clients_of
+
+    def wait_in_regions(self, build: Build) -> waiting.RegionsWait:
+        """A wait in several regions at once, in one trigger (this task runs again after it)."""
+        return waiting.deferring_in_regions(build.spec.aws_conn_id, resumed=self.resumed)
 
     def pull(self, task_id: str, key: str = "return_value"):
         return self.ti.xcom_pull(task_ids=task_id, key=key)
@@ -250,19 +265,48 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     return result
 
 
-def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted: list[str]) -> dict:
+def distribute_image(task: BuildTask, network: dict, registered: dict) -> dict:
+    """The tested image copied into the spec's distribute regions, all at once (the triggerer waits until
+    every copy is available, then this task runs again to finish), the copies tagged as the original plus
+    their source and marked complete, and the image and the copies shared as ``share_with`` says."""
     build = task.build(network)
-    c = task.clients(build)
-    versions = channels.move(c.ssm, build.spec.name, wanted, registered["image_id"], tested,
-                             build.settings.channel_prefix)
+    clients_in = task.clients_in(build)
+    resumed = task.resumed or {}
+    # After the copies' wait: each copy as the triggerer saw it available, by region.
+    available = ({region: answer["Images"][0] for region, answer in resumed["answers"].items()}
+                 if resumed.get("waiter_name") == "image_available" and resumed.get("answers") else None)
+    [source] = clients_in(build.region).ec2.describe_images(ImageIds=[registered["image_id"]])["Images"]
+    done = distribution.distribute(lambda region: clients_in(region).ec2, build, source,
+                                   wait=task.wait_in_regions(build), available=available)
+    log.info("image %s distributed: %s", source["ImageId"],
+             ", ".join(f"{copy} in {region}" for region, copy in done["copies"].items()) or "no copies")
+    return {"image_id": source["ImageId"], "region": build.region, **done}
+
+
+def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted: list[str]) -> dict:
+    """Moves ``wanted`` in every region the image is in (the build's, and each copy's, to its copy: the
+    copies' regions first, the build's own last), and sets the promotion events' extra."""
+    build = task.build(network)
+    clients_in = task.clients_in(build)
+    distributed = task.pull(DISTRIBUTE) or {}
+    images = {**distributed.get("copies", {}), build.region: registered["image_id"]}
+    moved = {}
+    for region, image_id in images.items():
+        moved[region] = channels.move(clients_in(region).ssm, build.spec.name, wanted, image_id, tested,
+                                      build.settings.channel_prefix)
+    versions = moved[build.region]
     extra = {"image_id": registered["image_id"], "region": build.region, "name": registered["name"],
-             "channels": sorted(versions), "build_id": build.build_id}
+             "channels": sorted(versions), "build_id": build.build_id,
+             **({"copies": distributed["copies"], "regions": sorted(images)} if distributed.get("copies") else {})}
+    log.info("promotion event: %s", json.dumps(extra, sort_keys=True))
     # Downstream DAGs follow tested images only: these events fire on a promotion, never on a registration.
     events = task.context["outlet_events"]
     events[image_asset(build.spec.name)].extra = extra
     for channel in versions:
         events[channel_asset(build.spec.name, channel)].extra = extra
-    return {"image_id": registered["image_id"], "channels": versions}
+    return {"image_id": registered["image_id"], "channels": versions,
+            **({"regions": {region: {"image_id": images[region], "channels": moved[region]} for region in images}}
+               if len(images) > 1 else {})}
 
 
 def promote(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
@@ -292,7 +336,14 @@ def tear_down(task: BuildTask) -> list[str]:
     history = (network or {}).get("history", {})
     schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
                                     build.settings.poll_interval)
+    removed = []
+    if build.spec.distribute and build.spec.distribute.regions and task.pull(DISTRIBUTE) is None:
+        # The copies did not all become complete: those that did not are deregistered, in their regions.
+        clients_in = task.clients_in(build)
+        removed += distribution.remove_incomplete(lambda region: clients_in(region).ec2,
+                                                  build.spec.distribute.regions, build.build_id)
     removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
+                                      removed_before=removed,
                                       record=record, image_complete=task.pull(REGISTER) is not None,
                                       history=history)
     log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)

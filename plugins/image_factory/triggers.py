@@ -9,6 +9,11 @@ only to return a value; a failure, a timeout or a failed call always goes back t
 first two with their message and runs again after the third. A task that runs again gets the last describe
 answer in the event.
 
+:class:`RegionsTrigger` waits for one state in several regions at once (an image's copies): an
+:class:`Ec2StateTrigger` per region, all polling together; the first region that fails or times out ends the
+wait (the others are cancelled), else it ends when every region has reached the state, with each region's last
+answer.
+
 :class:`SshReadyTrigger` waits until the builder's SSH server answers with its banner (no login: a trigger's
 arguments are stored in the database, so it gets no key).
 """
@@ -166,3 +171,51 @@ class SshReadyTrigger(BaseTrigger):
             return False
         finally:
             writer.close()
+
+
+class RegionsTrigger(BaseTrigger):
+    def __init__(self, aws_conn_id: str, waiter_name: str, waiter_args: dict[str, dict], timeout: float,
+                 schedule: Schedule | dict | float, started: float | None = None):
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+        self.waiter_name = waiter_name
+        #: region -> the waiter's arguments there.
+        self.waiter_args = waiter_args
+        self.timeout = timeout
+        self.schedule = Schedule.of(schedule)
+        self.started = started or time.time()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("image_factory.triggers.RegionsTrigger", {
+            "aws_conn_id": self.aws_conn_id, "waiter_name": self.waiter_name, "waiter_args": self.waiter_args,
+            "timeout": self.timeout, "schedule": self.schedule.to_dict(), "started": self.started})
+
+    def __repr__(self) -> str:
+        return f"RegionsTrigger({self.waiter_name} {self.waiter_args})"
+
+    async def run(self):
+        async def first_event(region: str, trigger: Ec2StateTrigger) -> tuple[str, dict]:
+            async for event in trigger.run():
+                return region, event.payload
+            return region, {"status": "failed", "message": "the wait ended without an event"}
+
+        waits = [asyncio.create_task(first_event(region, Ec2StateTrigger(
+            self.aws_conn_id, region, self.waiter_name, args, self.timeout, self.schedule, started=self.started)))
+            for region, args in self.waiter_args.items()]
+        answers, windows, polls = {}, {}, 0
+        try:
+            for finished in asyncio.as_completed(waits):
+                region, payload = await finished
+                if payload.get("status") != "success":
+                    # One region's failure is the wait's: the others need not be waited for.
+                    yield TriggerEvent({"status": payload.get("status", "failed"),
+                                        "message": f"{region}: {payload.get('message', 'failed')}"})
+                    return
+                answers[region] = payload["answer"]
+                windows[region] = payload["windows"].get(self.waiter_name)
+                polls += payload["polls"]
+        finally:
+            for wait in waits:
+                wait.cancel()
+        yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
+                            "waiter_args": self.waiter_args, "windows": windows, "answers": answers})

@@ -114,12 +114,12 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         tags[TAG_TESTS] = "untested"
         log.info("the spec has no test section: image %s is untested (tagged %s=untested), and no channel will "
                  "move to it", image_id, TAG_TESTS)
-    ec2.create_tags(Resources=[*_snapshot_ids(described), image_id],
+    ec2.create_tags(Resources=[*snapshot_ids(described), image_id],
                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     return described
 
 
-def _snapshot_ids(image: dict) -> list[str]:
+def snapshot_ids(image: dict) -> list[str]:
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
             if m.get("Ebs", {}).get("SnapshotId")]
 
@@ -127,7 +127,7 @@ def _snapshot_ids(image: dict) -> list[str]:
 def deregister(ec2, image: dict) -> list[str]:
     """Deregister an image and delete its snapshots; returns what was removed."""
     image_id = image["ImageId"]
-    snapshots = _snapshot_ids(image)  # as described by the caller
+    snapshots = snapshot_ids(image)  # as described by the caller
     ec2.deregister_image(ImageId=image_id)
     log.info("deleted image %s", image_id)
     for snapshot_id in snapshots:

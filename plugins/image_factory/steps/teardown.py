@@ -18,14 +18,15 @@ from image_factory.waiting import Wait, blocking
 
 def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Wait = blocking,
               record: dict | None = None, image_complete: bool = False, timeout: float = 900,
-              history: dict | None = None) -> list[str]:
+              history: dict | None = None, removed_before: list[str] | None = None) -> list[str]:
     """``record``: what the setup made (infrastructure.BuilderInfrastructure), the ``instance_id`` launched and
     the ``test_instance_id`` (if any);
     ``image_complete``: the build's image was registered (no half-made image can be left); ``schedule``: of
-    the wait until the instance is terminated (``history``: for the next build's, see waiting.deferring)."""
+    the wait until the instance is terminated (``history``: for the next build's, see waiting.deferring);
+    ``removed_before``: what the caller removed already (half-made copies in other regions), reported too."""
     checkpoint("before:teardown")
     if record is None:
-        removed = instance.terminate(ec2, build_id, schedule, timeout, wait=wait)
+        removed = [*(removed_before or []), *instance.terminate(ec2, build_id, schedule, timeout, wait=wait)]
         removed += image.remove_incomplete(ec2, build_id)
         removed += infrastructure.destroy(ec2, ssm, build_id)
         return removed
@@ -33,7 +34,8 @@ def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Wait = 
     ec2.terminate_instances(InstanceIds=instance_ids)
     for instance_id in instance_ids:
         deleted("instance", instance_id)
-    removed = instance_ids + ([] if image_complete else image.remove_incomplete(ec2, build_id))
+    removed = [*(removed_before or []), *instance_ids]
+    removed += [] if image_complete else image.remove_incomplete(ec2, build_id)
     gone, later = infrastructure.destroy_recorded(ec2, ssm, infrastructure.BuilderInfrastructure.from_dict(record))
     removed += gone + [next(iter(arguments.values())) for _, arguments in later]
     # The rest waits until the instance is gone; the wait makes those calls (in the triggerer, when deferred).
