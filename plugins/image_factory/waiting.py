@@ -141,30 +141,6 @@ def resumed_after(event: dict | None, waiter_name: str, waiter_args: dict) -> bo
 RegionsWait = Callable[..., dict[str, dict]]
 
 
-def blocking_in_regions(ec2_in: Callable[[str], object]) -> RegionsWait:
-    """Polls here, every region on each round, until each has reached the state (``ec2_in``: a region's
-    client)."""
-
-    def wait(waiter_name: str, waiter_args: dict[str, dict], *, timeout: float, schedule: Schedule | float,
-             since: float | None = None) -> dict[str, dict]:
-        schedule, since = Schedule.of(schedule), since or time.time()
-        answers: dict[str, dict] = {}
-        while True:
-            time.sleep(max(0.0, since + schedule.next_after(time.time() - since) - time.time()))
-            for region, args in waiter_args.items():
-                if region not in answers and (answer := reached(ec2_in(region), waiter_name, args)) is not None:
-                    answers[region] = answer
-                    log.info("%s %s in %s (waited %.1f s)", describe(waiter_name), ids(args), region,
-                             time.time() - since)
-            if len(answers) == len(waiter_args):
-                return answers
-            if time.time() - since >= timeout:
-                late = ", ".join(f"{ids(waiter_args[r])} in {r}" for r in waiter_args if r not in answers)
-                raise WaitFailed(f"{describe(waiter_name)} {late}: not reached within {timeout:.0f} s")
-
-    return wait
-
-
 def deferring_in_regions(aws_conn_id: str, *, resumed: dict | None = None) -> RegionsWait:
     """Hands the wait in every region to one trigger (triggers.RegionsTrigger): they are polled at once, and
     the task runs again when all are there; ``resumed``: the event it runs again with (the answers)."""
