@@ -34,9 +34,9 @@ if ssl_context is not None:
 class ImageFactoryPlugin(AirflowPlugin):
     name = "image_factory"
     operator_extra_links = [BuilderInstanceLink(), ImageLink()]  # noqa: RUF012 (AirflowPlugin's own API)
-    # "Images" in the UI's navigation: the page below, in the UI's frame at /plugin/images.
+    # "Images" at the top of the UI's navigation: the page below, in the UI's frame at /plugin/images.
     external_views = [{"name": "Images", "href": "/image-factory/images", "destination": "nav",  # noqa: RUF012
-                       "url_route": "images"}]
+                       "url_route": "images", "nav_top_level": True}]
 
     @functools.cached_property
     def fastapi_apps(self) -> list[dict]:

@@ -84,11 +84,12 @@ form.filters { display: flex; gap: 16px; align-items: end; padding: 10px 12px; b
 form.filters label { display: flex; flex-direction: column; font-size: 12px; color: #52606d; gap: 2px; }
 select, button { font: inherit; padding: 4px 8px; }
 button { background: #0b6bcb; color: #fff; border: 0; border-radius: 4px; padding: 5px 14px; cursor: pointer; }
-table { border-collapse: collapse; width: 100%; margin-bottom: 8px; }
+table { border-collapse: collapse; width: 100%; margin-bottom: 8px; table-layout: fixed; }
 th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid #e4e7eb; }
 th { font-size: 12px; color: #52606d; background: #f5f7fa; white-space: nowrap; }
 tbody tr:hover { background: #fafbfc; }
-code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, monospace; }
+code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, monospace; white-space: nowrap; }
+td { overflow-wrap: break-word; }
 .name { color: #7b8794; font-size: 12px; word-break: break-all; }
 .badge { display: inline-block; font-size: 11.5px; padding: 0 7px; border-radius: 9px; margin: 2px 3px 0 0;
          background: #e4e7eb; color: #323f4b; white-space: nowrap; }
@@ -120,8 +121,10 @@ document.addEventListener("click", function (event) {
 });
 """
 
-COLUMNS = ("Image", "Created", "Origin", "Role", "Tests", "Channels", "Shared with", "Deprecation", "Retention",
-           "Links")
+#: The columns and their share of the width (the same in every table of the page).
+COLUMNS = {"Image": 19, "Created": 8, "Origin": 11, "Role": 7, "Tests": 7, "Channels": 7, "Shared with": 10,
+           "Deprecation": 8, "Retention": 17, "Links": 6}
+COLUMN_WIDTHS = "".join(f"col:nth-child({n}) {{ width: {share}%; }}\n" for n, share in enumerate(COLUMNS.values(), 1))
 
 
 def _badge(text: str, kind: str = "") -> str:
@@ -169,7 +172,7 @@ def render(found: Catalog, *, spec: str, status: str, limit: int, airflow_root: 
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<title>Images · Image Factory</title>",
-        f"<style nonce='{e(nonce)}'>{STYLE}</style></head><body>",
+        f"<style nonce='{e(nonce)}'>{STYLE}{COLUMN_WIDTHS}</style></head><body>",
         "<h1>Images</h1>",
         "<p class='lead'>Every image of the specs, per spec and region, read from the cloud just now: its lineage "
         "tags, tests and channels, who may launch it, and what the retention DAG would do with it today.</p>",
@@ -184,7 +187,8 @@ def render(found: Catalog, *, spec: str, status: str, limit: int, airflow_root: 
     parts.append(f"<p class='note'>{found.matched} image{'s' if found.matched != 1 else ''} in {e(regions)} "
                  f"· {calls} API call{'s' if calls != 1 else ''}</p>")
     for where, error in sorted(found.errors.items()):
-        parts.append(f"<p class='error'>Could not read {e(where)}: {e(error)}</p>")
+        parts.append(f"<p class='error'>Could not read {e(where)}: {e(error)}. Its images are missing, and the "
+                     "retention status of the others does not know what protects them there.</p>")
     if spec_errors:
         parts.append(f"<p class='note'>{spec_errors} spec file{'s' if spec_errors != 1 else ''} could not be "
                      "loaded (see the DAG processor's log); their images show under the spec their tags name.</p>")
@@ -197,12 +201,13 @@ def render(found: Catalog, *, spec: str, status: str, limit: int, airflow_root: 
     groups: dict[str, dict[str, list[ImageRow]]] = {}
     for row in found.rows:
         groups.setdefault(row.spec, {}).setdefault(row.region, []).append(row)
-    header = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
+    header = ("<colgroup>" + "<col>" * len(COLUMNS) + "</colgroup><thead><tr>"
+              + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr></thead>")
     for name, regions_of_spec in groups.items():
         parts.append(f"<section data-spec='{e(name)}'><h2>{e(name)}</h2>")
         for region, rows in regions_of_spec.items():
             parts.append(f"<h3>{e(region)} · {len(rows)} image{'s' if len(rows) != 1 else ''}</h3>")
-            parts.append(f"<table data-region='{e(region)}'><thead><tr>{header}</tr></thead><tbody>")
+            parts.append(f"<table data-region='{e(region)}'>{header}<tbody>")
             parts.extend(_row(row, airflow_root) for row in rows)
             parts.append("</tbody></table>")
         parts.append("</section>")
