@@ -263,7 +263,7 @@ def test_the_images_page_shows_the_built_image(airflow_ui, browser, ssm):
     page = context.new_page()
     try:
         log_in(page, stack)
-        page.get_by_role("link", name="Images").first.click()
+        page.get_by_role("link", name="Images").or_(page.get_by_role("button", name="Images")).first.click()
         page.wait_for_url("**/plugin/images**")
         frame = page.frame_locator("iframe[title='Images']")
         row = frame.locator(f"tr[data-image='{image_id}']")
