@@ -238,8 +238,8 @@ def _read_sharing(catalog: Catalog, client_of_region: dict) -> None:
     """Each shown image's launch permissions (one DescribeImageAttribute each, a few at a time)."""
     def read(row: ImageRow) -> None:
         try:
-            answer = client_of_region[row.region].describe_image_attribute(ImageId=row.image_id,
-                                                                           Attribute="launchPermission")
+            ec2 = client_of_region[row.region]
+            answer = ec2.describe_image_attribute(ImageId=row.image_id, Attribute="launchPermission")
             row.shared_with = describe_sharing(answer.get("LaunchPermissions", []))
         except Exception as exc:
             row.shared_error = f"{type(exc).__name__}: {exc}"
