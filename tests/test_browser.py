@@ -6,12 +6,14 @@ changed to `medium`, waits for the run to succeed under the real scheduler, open
 finds the role's output and saves a screenshot of the finished run (test-artifacts/browser/). The emulator
 then shows that the builder instance was a t3.medium: the form's value reached the build. Then a person approves
 a promotion of the layered example (built on the run's `latest`) on its task's Required Action tab, and its
-`production` channel moves (screenshots approval.png, approved.png).
+`production` channel moves (screenshots approval.png, approved.png). Last, the Images page, opened from the
+UI's navigation, shows the built image with its `latest` channel and its passed tests (images-page.png).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -247,3 +249,52 @@ def test_approve_a_promotion_in_the_ui(airflow_ui, browser, ssm):
     image_id = ssm.get_parameter(Name=f"/image-factory/{LAYERED}/latest")["Parameter"]["Value"]
     assert ssm.get_parameter(Name=f"/image-factory/{LAYERED}/production")["Parameter"]["Value"] == image_id
     print(f"browser: approved in the UI; {LAYERED} production -> {image_id}")
+
+
+def test_the_images_page_shows_the_built_image(airflow_ui, browser, ssm):
+    """The Images page, opened from the UI's navigation: the image the run above built and promoted is there,
+    with its `latest` channel and its passed tests; its DAG run link opens the run in the UI."""
+    stack = airflow_ui
+    image_id = ssm.get_parameter(Name=f"/image-factory/{DAG_ID}/latest")["Parameter"]["Value"]
+    screenshot = ARTIFACTS / "images-page.png"
+    screenshot.unlink(missing_ok=True)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    try:
+        log_in(page, stack)
+        page.get_by_role("link", name="Images").or_(page.get_by_role("button", name="Images")).first.click()
+        page.wait_for_url("**/plugin/images**")
+        frame = page.frame_locator("iframe[title='Images']")
+        row = frame.locator(f"tr[data-image='{image_id}']")
+        row.wait_for()
+        assert "latest" in row.inner_text()
+        assert "passed (" in row.inner_text()
+        section = frame.locator(f"section[data-spec='{DAG_ID}']")
+        assert section.locator("table[data-region='eu-west-1']").count() == 1
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(screenshot))
+        # The filters: the spec and the status `promoted` keep the row; `failed` drops it.
+        frame.locator("select[name='spec']").select_option(DAG_ID)
+        frame.locator("select[name='status']").select_option("promoted")
+        frame.get_by_role("button", name="Filter").click()
+        frame.get_by_text(re.compile(r"^1 image in eu-west-1")).wait_for()  # the channel's image only
+        frame.locator(f"tr[data-image='{image_id}']").wait_for()
+        frame.locator("select[name='status']").select_option("failed")
+        frame.get_by_role("button", name="Filter").click()
+        frame.get_by_text("No image matches").wait_for()
+        frame.locator("select[name='status']").select_option("")
+        frame.get_by_role("button", name="Filter").click()
+        # From the frame, the DAG run link moves the UI itself to the run's page.
+        frame.locator(f"tr[data-image='{image_id}'] a", has_text="DAG run").click()
+        page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+        assert "/plugin/" not in page.url
+        page.get_by_text("tear_down").first.wait_for()
+    except Exception:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(ARTIFACTS / "images-page-failure.png"), full_page=True)
+        raise
+    finally:
+        context.close()
+    assert screenshot.exists() and screenshot.read_bytes()[:8] == PNG_MAGIC
+    print(f"browser: the Images page shows {image_id} (latest, passed); screenshot {screenshot}")

@@ -530,13 +530,9 @@ COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", 
 
 
 def _tests(tags: dict[str, str]) -> str:
-    from image_factory.build import TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED
+    from image_factory.inventory import tests_summary
 
-    status = tags.get(TAG_TESTS, "-")
-    if status in ("passed", "failed"):
-        passed, failed = int(tags.get(TAG_TESTS_PASSED) or 0), int(tags.get(TAG_TESTS_FAILED) or 0)
-        return f"{status} ({passed}/{passed + failed})"
-    return status
+    return tests_summary(tags)
 
 
 def _image_row(image: dict, channels: dict[str, list[str]]) -> tuple[str, ...]:

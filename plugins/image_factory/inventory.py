@@ -1,8 +1,9 @@
-"""What builder resources exist, found by the tags every build puts on them."""
+"""What exists of the builds, found by the tags every build puts on it: builder resources, and what an image's
+lineage tags say (shared by ``image-factory list`` and the Images page)."""
 
 from __future__ import annotations
 
-from image_factory.build import TAG_BUILD, TAG_COMPLETE, tag_dict
+from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED, tag_dict
 from image_factory.steps import image, instance
 
 
@@ -21,3 +22,18 @@ def builder_resources(ec2, ssm, build_id: str) -> list[tuple[str, str]]:
         {"Key": "Name", "Option": "BeginsWith", "Values": [f"/image-factory/builds/{build_id}/"]}])["Parameters"]
     found += [("ssm-parameter", p["Name"]) for p in parameters]
     return found
+
+
+def tests_summary(tags: dict[str, str]) -> str:
+    """An image's test result from its tags: ``passed (3/3)``, ``failed (2/3)``, ``untested`` or ``-``."""
+    status = tags.get(TAG_TESTS, "-")
+    if status in ("passed", "failed"):
+        passed, failed = int(tags.get(TAG_TESTS_PASSED) or 0), int(tags.get(TAG_TESTS_FAILED) or 0)
+        return f"{status} ({passed}/{passed + failed})"
+    return status
+
+
+def channel_names(parameters: list[str], spec_name: str, prefix: str) -> list[str]:
+    """The channels of ``spec_name`` among channel parameter names (``<prefix>/<spec>/<channel>``)."""
+    own = f"{prefix.rstrip('/')}/{spec_name}/"
+    return sorted(name[len(own):] for name in parameters if name.startswith(own) and "/" not in name[len(own):])

@@ -38,3 +38,10 @@ def persist(link: type[BaseAwsLink], context, region: str, endpoint_url: str | N
                  "cloud, not on AWS", link.name.lower(), endpoint_url.rstrip("/"))
     link.persist(context=context, operator=operator, region_name=region, aws_partition="aws",
                  emulator_endpoint=endpoint_url or "", **ids)
+
+
+def image_console_url(region: str, image_id: str, endpoint_url: str | None) -> str:
+    """The Image link's address for any image (the Images page's console column): the AWS console's page of the
+    image, or on an emulator its dashboard."""
+    return ImageLink().format_link(region_name=region, aws_domain=ImageLink.get_aws_domain("aws"),
+                                   image_id=image_id, emulator_endpoint=endpoint_url or "")

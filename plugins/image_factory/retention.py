@@ -275,27 +275,3 @@ def regions_of(spec: ImageSpec) -> list[str]:
     # (A region given as a ${PARAMETER} is known only to a build: its images are not looked at.)
     return [region for region in [spec.region, *(distribute.regions if distribute else [])] if REGION.match(region)]
 
-
-def assess(specs: Iterable[ImageSpec], *, now: datetime | None = None, channel_prefix: str | None = None
-           ) -> dict[tuple[str, str], Verdict]:
-    """The verdicts of the specs that have a retention section, by (region, image id): what the retention DAG
-    would do now (the Images page shows them). Reads the cloud through each spec's AWS connection."""
-    from image_factory import aws
-    from image_factory.spec import channel_prefix as default_prefix
-
-    prefix = channel_prefix or default_prefix()
-    by_account = defaultdict(dict)  # connection -> spec name -> retention
-    regions = defaultdict(set)
-    for spec in specs:
-        if spec.retention is not None:
-            by_account[spec.aws_conn_id][spec.name] = spec.retention
-            regions[spec.aws_conn_id].update(regions_of(spec))
-    verdicts = {}
-    for conn_id, rules in by_account.items():
-        surveys = []
-        for region in sorted(regions[conn_id]):
-            clients = aws.clients(conn_id, region)
-            surveys.append(survey(clients.ec2, clients.ssm, region, prefix))
-        for v in judge(surveys, rules, now):
-            verdicts[(v.region, v.image_id)] = v
-    return verdicts

@@ -1,0 +1,250 @@
+"""What the Images page shows: every image of the specs, per spec and region, read from the cloud when asked.
+
+A region is read with retention's own :func:`~image_factory.retention.survey` (its images of every spec, the
+instances and launch templates using them, the channels naming them: four listings, whatever the number of
+images), and each image's retention status is :func:`~image_factory.retention.judge`'s verdict, as the
+``image_factory_retention`` DAG would give it now. The only call per image is DescribeImageAttribute
+(``launchPermission``: who the image is shared with), and only for the images shown (``limit`` at most).
+The regions of a spec are :func:`~image_factory.retention.regions_of`: where it is built and distributed, so
+copies appear once they exist. Nothing here imports Airflow's web stack; clients come from the Airflow AWS
+connection (image_factory.aws).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from image_factory import retention
+from image_factory.build import (
+    TAG_BUILD,
+    TAG_COMPLETE,
+    TAG_ORIGIN,
+    TAG_ORIGIN_SPEC,
+    TAG_ROLE,
+    TAG_RUN,
+    TAG_SPEC,
+    TAG_TESTS,
+    tag_dict,
+)
+from image_factory.inventory import channel_names, tests_summary
+from image_factory.spec import ImageSpec
+
+log = logging.getLogger("image_factory")
+
+#: The statuses an image can have (several at once), and what each means: the page's status filter.
+STATUSES = {
+    "promoted": "a channel names it",
+    "passed": "its tests passed",
+    "failed": "its tests failed",
+    "untested": "not tested",
+    "incomplete": "being built, or left by a failed build",
+    "deprecated": "its deprecation time has passed",
+    "retiring": "retention will deprecate or delete it",
+}
+#: Threads reading launch permissions: the calls of one page load overlap, without a burst at the API.
+PERMISSION_READERS = 8
+
+
+@dataclass
+class ImageRow:
+    spec: str
+    region: str
+    image_id: str
+    name: str
+    state: str
+    created: str
+    tags: dict[str, str]
+    channels: list[str]
+    #: What retention would do now, and why ("keep", "a channel names it: ...").
+    retention: tuple[str, str]
+    deprecation: str = ""
+    statuses: list[str] = field(default_factory=list)
+    #: Who may launch it (accounts, organizations, units, "public"); None: not read (see ``shared_error``).
+    shared_with: list[str] | None = None
+    shared_error: str = ""
+    console_url: str = ""
+
+    @property
+    def tests(self) -> str:
+        return tests_summary(self.tags)
+
+    @property
+    def origin(self) -> str:
+        origin = self.tags.get(TAG_ORIGIN, "-")
+        return f"{origin} ({self.tags[TAG_ORIGIN_SPEC]})" if TAG_ORIGIN_SPEC in self.tags else origin
+
+    @property
+    def role(self) -> str:
+        return self.tags.get(TAG_ROLE, "-")
+
+    @property
+    def build_id(self) -> str:
+        return self.tags.get(TAG_BUILD, "")
+
+    @property
+    def run_id(self) -> str:
+        return self.tags.get(TAG_RUN, "")
+
+
+@dataclass
+class Catalog:
+    """One page load's answer: the rows to show, and what the reading cost or missed."""
+
+    rows: list[ImageRow]
+    #: How many images matched the filters (``rows`` holds the first ``limit`` of them).
+    matched: int
+    #: Every spec known: from the spec files, and from the images' tags.
+    specs: list[str]
+    regions: list[str]
+    #: region (connection) -> why it could not be read.
+    errors: dict[str, str] = field(default_factory=dict)
+    #: API calls made, by "service:Operation".
+    calls: Counter = field(default_factory=Counter)
+
+
+def _when(value: str | None) -> str:
+    return value.replace("T", " ").split(".")[0].rstrip("Z")[:16] + " UTC" if value else ""
+
+
+def _deprecation(image: dict, now: datetime) -> tuple[str, bool]:
+    """("deprecated since ..." or "deprecates at ...", whether it is deprecated now)."""
+    when = retention.deprecated_at(image)
+    if when is None:
+        return "", False
+    if when <= now:
+        return f"deprecated since {_when(image['DeprecationTime'])}", True
+    return f"deprecates at {_when(image['DeprecationTime'])}", False
+
+
+def _retention_status(verdict: retention.Verdict) -> tuple[str, str]:
+    if verdict.action == retention.KEEP:
+        return "keep", verdict.reason
+    if not verdict.pending:
+        return "deprecated", verdict.reason
+    return f"will {verdict.action}", verdict.reason
+
+
+def _statuses(tags: dict[str, str], channels: list[str], deprecated: bool, action: str) -> list[str]:
+    found = []
+    if channels:
+        found.append("promoted")
+    tests = tags.get(TAG_TESTS)
+    found.append(tests if tests in ("passed", "failed") else "untested")
+    if tags.get(TAG_COMPLETE) != "true":
+        found.append("incomplete")
+    if deprecated:
+        found.append("deprecated")
+    if action.startswith("will "):
+        found.append("retiring")
+    return found
+
+
+def describe_sharing(permissions: Iterable[dict]) -> list[str]:
+    """DescribeImageAttribute's LaunchPermissions, as a person reads them."""
+    shown = []
+    for permission in permissions:
+        if permission.get("Group") == "all":
+            shown.append("public")
+        elif "UserId" in permission:
+            shown.append(f"account {permission['UserId']}")
+        elif "OrganizationArn" in permission:
+            shown.append(f"organization {permission['OrganizationArn'].rsplit('/', 1)[-1]}")
+        elif "OrganizationalUnitArn" in permission:
+            shown.append(f"OU {permission['OrganizationalUnitArn'].rsplit('/', 1)[-1]}")
+    return shown
+
+
+def gather(specs: Iterable[ImageSpec], *, channel_prefix: str, spec: str = "", status: str = "",
+           limit: int = 100, allowed: Callable[[str], bool] = lambda name: True, clients_of=None,
+           console_url: Callable[[str, str, str | None], str] | None = None, now: datetime | None = None
+           ) -> Catalog:
+    """The images of ``specs`` (all, or the one named ``spec``) that have ``status``, newest first per spec and
+    region; only those of specs ``allowed`` (the user may read their DAG). ``clients_of(conn_id, region)``:
+    image_factory.aws.clients by default."""
+    if clients_of is None:
+        from image_factory.aws import clients as clients_of
+    now = now or datetime.now(UTC)
+    specs = [s for s in specs if allowed(s.name)]
+    # (A spec only the images' tags name, its file gone: every region is read to find its images.)
+    chosen = [s for s in specs if s.name == spec] or specs
+    regions_by_conn: dict[str, set[str]] = defaultdict(set)
+    rules: dict[str, dict] = defaultdict(dict)
+    for s in chosen:
+        regions_by_conn[s.aws_conn_id].update(retention.regions_of(s))
+    for s in specs:
+        if s.retention is not None and s.aws_conn_id in regions_by_conn:
+            rules[s.aws_conn_id][s.name] = s.retention
+    known = {s.name for s in specs}
+
+    catalog = Catalog(rows=[], matched=0, specs=[], regions=[])
+    client_of_region: dict[str, object] = {}
+    rows: list[ImageRow] = []
+    for conn_id, regions in sorted(regions_by_conn.items()):
+        surveys, endpoints = [], {}
+        for region in sorted(regions):
+            try:
+                clients = clients_of(conn_id, region)
+                endpoints[region] = clients.endpoint_url
+                surveys.append(retention.survey(clients.ec2, clients.ssm, region, channel_prefix))
+                client_of_region[region] = clients.ec2
+            except Exception as exc:  # the connection, the credentials, the endpoint or a call
+                log.warning("images page: cannot read %s (connection %s): %s", region, conn_id, exc)
+                catalog.errors[f"{region} ({conn_id})"] = f"{type(exc).__name__}: {exc}"
+        verdicts = {(v.region, v.image_id): v for v in retention.judge(surveys, rules[conn_id], now)}
+        for found in surveys:
+            catalog.regions.append(found.region)
+            catalog.calls.update(found.calls)
+            for image in found.images:
+                tags = tag_dict(image.get("Tags"))
+                name = tags.get(TAG_SPEC, "")
+                if not allowed(name):
+                    continue
+                channels = channel_names(found.channels.get(image["ImageId"], []), name, channel_prefix)
+                verdict = verdicts.get((found.region, image["ImageId"]))
+                if verdict is not None:
+                    action, reason = _retention_status(verdict)
+                elif name in known:
+                    action, reason = "keep", "the spec has no retention section: never retired"
+                else:
+                    action, reason = "keep", "no spec file names it: never retired"
+                deprecation, deprecated = _deprecation(image, now)
+                rows.append(ImageRow(
+                    spec=name, region=found.region, image_id=image["ImageId"], name=image.get("Name", ""),
+                    state=image.get("State", ""), created=_when(image.get("CreationDate")), tags=tags,
+                    channels=channels, retention=(action, reason), deprecation=deprecation,
+                    statuses=_statuses(tags, channels, deprecated, action),
+                    console_url=console_url(found.region, image["ImageId"], endpoints.get(found.region))
+                    if console_url else ""))
+
+    catalog.specs = sorted(known | {row.spec for row in rows})
+    rows = [r for r in rows if (not spec or r.spec == spec) and (not status or status in r.statuses)]
+    # Per spec, the build's region first, then the others; newest first in each.
+    home = {s.name: s.region for s in specs}
+    rows.sort(key=lambda r: r.created, reverse=True)
+    rows.sort(key=lambda r: (r.spec, r.region != home.get(r.spec), r.region))
+    catalog.matched = len(rows)
+    catalog.rows = rows[:limit]
+    _read_sharing(catalog, client_of_region)
+    catalog.regions = sorted(set(catalog.regions))
+    return catalog
+
+
+def _read_sharing(catalog: Catalog, client_of_region: dict) -> None:
+    """Each shown image's launch permissions (one DescribeImageAttribute each, a few at a time)."""
+    def read(row: ImageRow) -> None:
+        try:
+            ec2 = client_of_region[row.region]
+            answer = ec2.describe_image_attribute(ImageId=row.image_id, Attribute="launchPermission")
+            row.shared_with = describe_sharing(answer.get("LaunchPermissions", []))
+        except Exception as exc:
+            row.shared_error = f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=PERMISSION_READERS) as pool:
+        list(pool.map(read, catalog.rows))
+    if catalog.rows:
+        catalog.calls["ec2:DescribeImageAttribute"] += len(catalog.rows)
