@@ -1,17 +1,22 @@
 """The test tools: what runs a spec's tests (``test:``) against a fresh instance of the new image, over SSH.
 
 ``testinfra``: the ``test_*.py`` files of ``include/tests/<tests>/``, run by pytest in this process with
-pytest-testinfra's paramiko backend, its ``host`` fixture connected with the build's key (kept in memory: the
-backend is given the key object, never a file). ``shell``: the folder's ``*.sh`` scripts, each copied to the
-instance and run there with bash; exit 0 passes. Each test's outcome goes to the task log as it happens.
+pytest-testinfra's paramiko backend, its ``host`` fixture on the SSH session the task logged in with (the
+build's key kept in memory, never in a file; no second login). ``shell``: the folder's ``*.sh`` scripts, each
+copied to the instance and run there with bash; exit 0 passes. Each test's outcome goes to the task log as it
+happens.
+
+A test fails when what it checks is wrong, never because the connection to the instance was lost: that fails
+the task with :class:`TestsInterrupted`, a transient error (Airflow's retry runs the tests again on the same
+test instance), and the image is not tagged failed for it.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,10 @@ log = logging.getLogger("image_factory")
 
 class TestsError(PermanentError):
     pass
+
+
+class TestsInterrupted(Exception):
+    """The connection to the test instance was lost while the tests ran: no verdict on the image."""
 
 
 @dataclass
@@ -45,30 +54,23 @@ class TestOutcome:
 def run(tests, folder: Path, hook, target: remote.SSHTarget) -> TestOutcome:
     """Run the spec's ``tests`` (spec.ImageTests) from ``folder`` against the instance ``hook`` is connected to."""
     started = time.monotonic()
-    outcome = _testinfra(folder, target) if tests.tool == "testinfra" else _shell(folder, hook)
+    outcome = _testinfra(folder, hook, target) if tests.tool == "testinfra" else _shell(folder, hook)
     outcome.seconds = time.monotonic() - started
     return outcome
 
 
 # --- testinfra ------------------------------------------------------------------------------------------
 
-def _backend(target: remote.SSHTarget):
-    """pytest-testinfra's paramiko backend, connecting with the key object instead of a key file."""
-    import paramiko
-    from testinfra.backend.paramiko import IgnorePolicy, ParamikoBackend
+def _backend(hook, target: remote.SSHTarget):
+    """pytest-testinfra's paramiko backend on ``hook``'s SSH session (logged in with the build's key, in memory)."""
+    from testinfra.backend.paramiko import ParamikoBackend
 
-    class InMemoryKeyBackend(ParamikoBackend):
+    class SessionBackend(ParamikoBackend):
         @functools.cached_property
-        def client(self) -> paramiko.SSHClient:
-            client = paramiko.SSHClient()
-            # A fresh instance of a new image: its host key cannot be known (see remote.py).
-            client.set_missing_host_key_policy(IgnorePolicy())
-            client.connect(hostname=target.host, port=target.port, username=target.username,
-                           pkey=paramiko.Ed25519Key.from_private_key(io.StringIO(target.private_key)),
-                           look_for_keys=False, allow_agent=False, timeout=self.timeout)
-            return client
+        def client(self):
+            return hook.get_conn()
 
-    return InMemoryKeyBackend(f"paramiko://{target.username}@{target.host}:{target.port}")
+    return SessionBackend(f"paramiko://{target.username}@{target.host}:{target.port}")
 
 
 class _Reporter:
@@ -78,6 +80,8 @@ class _Reporter:
         self.host_object = host
         self.outcome = TestOutcome()
         self.errors: list[str] = []
+        #: Tests that ended on a lost connection, not on what they check.
+        self.interrupted: list[str] = []
 
     def pytest_configure(self, config):
         import pytest
@@ -90,6 +94,10 @@ class _Reporter:
                 return plugin.host_object
 
         config.pluginmanager.register(Fixtures(), "image_factory_host")
+
+    def pytest_runtest_makereport(self, item, call):
+        if call.excinfo is not None and _connection_lost(call.excinfo.value):
+            self.interrupted.append(f"{item.nodeid}: {call.excinfo.typename}: {call.excinfo.value}")
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
@@ -105,19 +113,35 @@ class _Reporter:
             self.errors.append(f"{report.nodeid}: {report.longreprtext[-1500:]}")
 
 
-def _testinfra(folder: Path, target: remote.SSHTarget) -> TestOutcome:
+def _connection_lost(error: BaseException) -> bool:
+    import paramiko
+
+    return isinstance(error, paramiko.SSHException | EOFError | ConnectionError | TimeoutError)
+
+
+def _testinfra(folder: Path, hook, target: remote.SSHTarget) -> TestOutcome:
     import pytest
     from testinfra.host import Host
 
-    reporter = _Reporter(Host(_backend(target)))
+    reporter = _Reporter(Host(_backend(hook, target)))
     files = sorted(str(path) for path in folder.glob("test_*.py"))
     # Its own rootdir, no cache written into the tests folder, no import clash with other test files, and
     # testinfra's own host fixture (which would read --hosts) replaced by ours.
-    code = pytest.main([*files, "-q", "-p", "no:cacheprovider", "-p", "no:testinfra", "--import-mode=importlib",
-                        "--rootdir", str(folder), "-o", "addopts=", "-o", "python_files=test_*.py"],
-                       plugins=[reporter])
+    try:
+        code = pytest.main([*files, "-q", "-p", "no:cacheprovider", "-p", "no:testinfra", "--import-mode=importlib",
+                            "--rootdir", str(folder), "-o", "addopts=", "-o", "python_files=test_*.py"],
+                           plugins=[reporter])
+    finally:
+        # pytest's importlib mode names a test module by its path under the rootdir and reuses a module of that
+        # name: another folder's test_x.py, run later in this process, would run these tests instead of its own.
+        for name, module in list(sys.modules.items()):
+            if Path(getattr(module, "__file__", None) or "/").is_relative_to(folder):
+                del sys.modules[name]
     if reporter.errors:
         raise TestsError("the tests could not be collected: " + "; ".join(reporter.errors))
+    if reporter.interrupted:
+        raise TestsInterrupted("the connection to the test instance was lost, so these tests have no verdict "
+                               "(the task runs them again): " + "; ".join(reporter.interrupted[:3]))
     if code not in (0, 1) and not reporter.outcome.failed:
         raise TestsError(f"pytest ended with exit code {code} running {folder}")
     return reporter.outcome
