@@ -9,7 +9,9 @@ task logs from the shared AIRFLOW_HOME), so nothing else listens at all.
 Login is Airflow's default SimpleAuthManager with one user, ``admin`` (role admin), whose password is
 generated once and kept in AIRFLOW_HOME (``simple_auth_manager_passwords.json.generated``).
 
-Used by ``make airflow-ui`` (scripts/airflow_ui.py) and by the browser test (tests/test_browser.py).
+Used by ``make airflow-ui`` (scripts/airflow_ui.py) and by the browser test (tests/test_browser.py); the Celery
+deployment (localcloud/deployment.py) runs it with ``executor="CeleryExecutor"`` on PostgreSQL, its api-server
+on the local cloud's bridge address (``host``), and adds the workers.
 """
 
 from __future__ import annotations
