@@ -82,7 +82,7 @@ class Record:
 class Deployment:
     def __init__(self, home: Path = DEFAULT_HOME, cloud: LocalCloud | None = None, *, port: int = DEFAULT_PORT,
                  workers: int = DEFAULT_WORKERS, concurrency: int = WORKER_CONCURRENCY,
-                 extra_env: dict[str, str] | None = None):
+                 pool_slots: int = POOL_SLOTS, extra_env: dict[str, str] | None = None):
         """``extra_env`` is added last to every Airflow process's environment (the tests set short fault
         timeouts and their spec folder there)."""
         self.home = Path(home).resolve()
@@ -90,6 +90,7 @@ class Deployment:
         self.port = port
         self.worker_count = workers
         self.concurrency = concurrency
+        self.pool_slots = pool_slots
         self.extra_env = dict(extra_env or {})
         self.record_file = self.home / "deployment.json"
         self.pg: postgres.Server | None = None
@@ -162,7 +163,7 @@ class Deployment:
                                       host=bridge, database_url=self.pg.url_at(bridge),
                                       database_async_url=self.pg.url_at(bridge, "asyncpg"),
                                       parallelism=self.worker_count * self.concurrency,
-                                      pool_slots=POOL_SLOTS, extra_env=self._airflow_env(record.redis_port))
+                                      pool_slots=self.pool_slots, extra_env=self._airflow_env(record.redis_port))
             self.stack.start()
             self.stack.wait_until_healthy(timeout=timeout)
             self.workers = self.worker_hosts()
@@ -186,7 +187,7 @@ class Deployment:
                for k in IMAGE_FACTORY_SETTINGS},
             "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": self.provisioner_cidr(),
             "AIRFLOW__CELERY__BROKER_URL": f"redis://{bridge}:{redis_port}/0",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{postgres.SUPERUSER}@{bridge}:{self.pg.port}/"
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{postgres.SUPERUSER}@{bridge}:{self.pg.port}/"
                                                f"{postgres.DATABASE}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
             **self.extra_env,
