@@ -115,8 +115,10 @@ class Deployment:
         return hosts
 
     def provisioner_cidr(self) -> str:
-        """The smallest network holding every worker's address: what builders let SSH in from."""
+        """The smallest network holding every worker's address and the triggerer's host (this one, by its bridge
+        address: the triggerer waits for a builder's SSH banner): what builders let SSH in from."""
         addresses = [ipaddress.ip_address(w.address) for w in self.worker_hosts()]
+        addresses.append(ipaddress.ip_address(self.bridge_address))
         network = ipaddress.ip_network(f"{addresses[0]}/32")
         while not all(a in network for a in addresses):
             network = network.supernet()

@@ -165,6 +165,15 @@ def wait_task(deployment: Deployment, dag_id: str, run_id: str, task_id: str, st
                          f"{task_states(deployment, dag_id, run_id)}")
 
 
+def wait_log(deployment: Deployment, dag_id: str, run_id: str, task_id: str, text: str, timeout: float = 120):
+    """Until the task's first try's log (the folder every host shares) holds ``text``."""
+    log = deployment.stack.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}" / "attempt=1.log"
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{text!r} not in {log} after {timeout} s"
+        time.sleep(0.5)
+
+
 def creates(calls: dict[str, int]) -> dict[str, int]:
     return {action: count for action, count in calls.items() if action in CREATES}
 
@@ -208,8 +217,8 @@ def test_a_killed_worker_s_configure_runs_again_on_the_other(deployment, local_c
     dag_id = NAMES[0]
     local_cloud.reset_stats()
     run_id = trigger(deployment, dag_id, {"server_role": "slow"})
+    wait_log(deployment, dag_id, run_id, "configure", "deploy role: slow start")  # the role is under way
     ti = wait_task(deployment, dag_id, run_id, "configure", {"running"})
-    time.sleep(4)  # the role is under way on the builder
     victim = ti["hostname"]
     other = next(w.name for w in deployment.workers if w.name != victim)
     killed = time.monotonic()
