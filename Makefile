@@ -3,7 +3,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint local-cloud-up local-cloud-down bench airflow-ui test-browser
+.PHONY: setup demo test lint local-cloud-up local-cloud-down deployment-up deployment-down bench airflow-ui \
+	test-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +23,15 @@ local-cloud-up: setup
 
 local-cloud-down:
 	$(BIN)/python -m localcloud down
+
+# The Celery deployment (localcloud/deployment.py) on the local cloud (started first unless it runs): PostgreSQL,
+# Redis and Airflow's four components on this host, two workers each a host of its own on the cloud's bridge.
+deployment-up: setup
+	$(BIN)/python -m localcloud status >/dev/null || $(BIN)/python -m localcloud up
+	$(BIN)/python -m localcloud deployment-up
+
+deployment-down:
+	$(BIN)/python -m localcloud deployment-down
 
 # The Airflow UI on the local cloud, in the foreground (Ctrl-C stops it): scheduler, dag-processor, triggerer
 # and api-server on http://127.0.0.1:$(AIRFLOW_UI_PORT) with AIRFLOW_HOME .airflow-ui/; prints the login.

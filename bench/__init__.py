@@ -6,21 +6,9 @@ and fail loudly when not. Each benchmark is a function returning a :class:`Resul
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass, field
 
-
-def install_debian_package(package: str) -> None:
-    """``apt-get install`` one of Debian's packages (a benchmark's peer or server), as scripts/setup.sh does:
-    as root, or through sudo. Raises RuntimeError with apt's output when it fails."""
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    print(f"installing Debian's {package} package (apt-get) ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        result = subprocess.run(sudo + command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:] or result.stdout[-2000:]}")
+from localcloud.postgres import install_debian_package  # noqa: F401 (bench.build's peer: packer)
 
 
 @dataclass(frozen=True)

@@ -352,8 +352,9 @@ def batch(stack, cloud: LocalCloud, dsn: str, names: list[str], timeout: float) 
                 time.sleep(1)
             wall = time.monotonic() - started
             with connection.cursor() as cursor:
-                cursor.execute("SELECT dag_id, run_id, task_id, state, try_number, start_date, end_date "
-                               "FROM task_instance WHERE run_id = ANY(%s)", ([run_id for _, run_id in runs],))
+                cursor.execute("SELECT dag_id, run_id, task_id, state, try_number, start_date, end_date, "
+                               "queued_dttm FROM task_instance WHERE run_id = ANY(%s)",
+                               ([run_id for _, run_id in runs],))
                 tasks = [row for row in cursor.fetchall() if (row[0], row[1]) in runs]
         finally:
             connection.close()
@@ -390,17 +391,20 @@ def summarize(outcome: dict, logs: Path) -> dict:
     ends = [end.timestamp() - started for (_, _, end) in states.values() if end is not None]
     to_image = sorted(outcome["image_available"][b] - started for b in builds if b in outcome["image_available"])
     first_start: dict[tuple[str, str], float] = {}
-    for dag_id, run_id, _task, _state, _try, start, _end in outcome["tasks"]:
+    queued: Counter[tuple[str, str]] = Counter()  # run -> seconds its tasks' last tries spent queued
+    for dag_id, run_id, _task, _state, _try, start, _end, queued_at in outcome["tasks"]:
+        if start is not None and queued_at is not None:
+            queued[(dag_id, run_id)] += max(0.0, (start - queued_at).total_seconds())
         if start is not None:
             key = (dag_id, run_id)
             first_start[key] = min(first_start.get(key, float("inf")), start.timestamp() - started)
     problems = []
-    for dag_id, run_id, task, state, tries, _start, _end in sorted(outcome["tasks"]):
+    for dag_id, run_id, task, state, tries, _start, _end, _queued in sorted(outcome["tasks"], key=lambda t: t[:5]):
         if state not in ("success", "skipped") and states.get((dag_id, run_id), ("?",))[0] != "success":
             problems.append(f"{dag_id} {task}: {state} (try {tries}); log "
                             f"{logs}/dag_id={dag_id}/run_id={run_id}/task_id={task}/attempt={tries}.log")
-    retried = sorted(f"{dag_id} {task} (try {tries}, {state})" for dag_id, _r, task, state, tries, _s, _e
-                     in outcome["tasks"] if tries and tries > 1)
+    retried = sorted(f"{dag_id} {task} (try {tries}, {state})" for dag_id, _r, task, state, tries, *_ in
+                     outcome["tasks"] if tries and tries > 1)
     not_finished = [f"{d}: {states.get((d, r), ('not created',))[0]}" for d, r in runs
                     if states.get((d, r), ("?",))[0] not in ("success", "failed")]
     samples: list[Sample] = outcome["samples"]
@@ -422,6 +426,8 @@ def summarize(outcome: dict, logs: Path) -> dict:
     calls_total = sum(outcome["calls"].values())
     parse_ms = task_starts(logs, runs)
     return {
+        "build_queued_median": statistics.median(queued.values()) if queued else None,
+        "build_queued_max": max(queued.values(), default=None),
         "task_starts": len(parse_ms),
         "parse_ms_median": statistics.median(parse_ms) if parse_ms else None,
         "parse_ms_max": max(parse_ms, default=None),
@@ -488,9 +494,12 @@ def _dag_loaded(stack, dag_id: str) -> bool:
 
 
 def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM,
-            timeout: float = DEFAULT_TIMEOUT, ref: str | None = None) -> dict:
+            timeout: float = DEFAULT_TIMEOUT, ref: str | None = None, workers: int = 0) -> dict:
+    """``workers`` > 0: on the Celery deployment (localcloud/deployment.py) with that many worker hosts,
+    ``parallelism`` task slots in all; else on one stack with the LocalExecutor."""
     from bench import postgres
     from localcloud.airflow_stack import AirflowStack
+    from localcloud.deployment import Deployment
 
     work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
     cloud = LocalCloud(work / "local-cloud")
@@ -501,19 +510,32 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
     try:
         cloud.configure(latency=LATENCY)
         names = write_specs(work / "specs", builds, source)
-        with postgres.server() as pg:
+        extra_env = {"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
+                     "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(work / "specs"),
+                     "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(source / "include/roles"),
+                     # One DAG file makes all N DAGs: give its parse room on a loaded machine.
+                     "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+                     "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300", **code_env}
+        if workers:
+            deployment = Deployment(work / "deployment", cloud, port=free_port(), workers=workers,
+                                    concurrency=max(1, parallelism // workers), pool_slots=parallelism,
+                                    extra_env=extra_env)
+            server = contextlib.nullcontext(None)
+        else:
+            deployment = contextlib.nullcontext(None)
+            server = postgres.server()
+        with server as pg, deployment as celery:
+            if celery is not None:
+                pg, stack = celery.pg, celery.stack
+                print(f"Celery deployment at {celery.url}: {workers} workers of {celery.concurrency} slots",
+                      flush=True)
+            else:
+                stack = AirflowStack(work / "airflow", cloud, free_port(), database_url=pg.url,
+                                     database_async_url=pg.async_url, parallelism=parallelism,
+                                     pool_slots=parallelism, extra_env=extra_env)
             print(f"PostgreSQL {pg.url} (data in {pg.root}); local cloud {cloud.endpoint}, latency {LATENCY}",
                   flush=True)
-            stack = AirflowStack(
-                work / "airflow", cloud, free_port(), database_url=pg.url, database_async_url=pg.async_url,
-                parallelism=parallelism, pool_slots=parallelism,
-                extra_env={"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
-                           "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(work / "specs"),
-                           "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(source / "include/roles"),
-                           # One DAG file makes all N DAGs: give its parse room on a loaded machine.
-                           "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
-                           "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300", **code_env})
-            with stack:
+            with contextlib.nullcontext() if celery is not None else stack:
                 stack.wait_until_healthy(timeout=300)
                 _wait_for_dags(stack, names, timeout=600)
                 with ThreadPoolExecutor(TRIGGER_THREADS) as pool:
@@ -534,6 +556,7 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
+                "workers": workers,
                 "code": code_text,
                 "home": stack.home, "leaks": left, "moto_interfaces": artifacts,
                 "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots),
@@ -618,6 +641,9 @@ def result(m: dict) -> Result:
             str(one["running_max"]), "-",
             f"parallelism {m['parallelism']}; at the peak: "
             + (_breakdown(many["running_peak"].running) if many["running_peak"] else "no sample")),
+        Row(name, "time a build's tasks spent queued (median / max of builds)",
+            f"{_s(many['build_queued_median'])} / {_s(many['build_queued_max'])}", _s(one["build_queued_median"]),
+            "-", "from each task's queued time to its start, summed over a build's tasks (last tries)"),
         Row(name, "peak deferred / queued task instances", f"{many['deferred_max']} / {many['queued_max']}",
             f"{one['deferred_max']} / {one['queued_max']}", "-",
             "deferred: waits in the triggerer, no worker slot; queued: scheduled or queued, waiting for one"),
@@ -709,7 +735,8 @@ def _cpus() -> int:
 
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
     m = measure(getattr(args, "builds", DEFAULT_BUILDS), getattr(args, "parallelism", DEFAULT_PARALLELISM),
-                getattr(args, "concurrency_timeout", DEFAULT_TIMEOUT), getattr(args, "code", None))
+                getattr(args, "concurrency_timeout", DEFAULT_TIMEOUT), getattr(args, "code", None),
+                getattr(args, "workers", 0))
     return result(m)
 
 
@@ -722,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency-timeout", type=float, default=DEFAULT_TIMEOUT)
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="run dags/, plugins/ and include/ as of this git ref (default: the working tree)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="on the Celery deployment with this many worker hosts (100 builds: --builds 100 "
+                             "--workers 2); 0, the default: one stack with the LocalExecutor")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     info = machine()

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrency: LocalExecutor worker processes (and image_factory pool slots)")
     parser.add_argument("--concurrency-timeout", type=float, default=3600,
                         help="concurrency: seconds the N builds may take at most")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="concurrency: on the Celery deployment with this many worker hosts (0: LocalExecutor)")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results-<date>.md)")

@@ -1,4 +1,5 @@
-"""python -m localcloud up|down|status|env|stats|config|machines|base|shell AMI"""
+"""python -m localcloud up|down|status|env|stats|config|machines|base|shell AMI
+|deployment-up|deployment-down|deployment-status"""
 
 import argparse
 import json
@@ -11,7 +12,7 @@ from localcloud.cloud import DEFAULT_REGIONS, DEFAULT_STATE, LocalCloud, LocalCl
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     parser.add_argument("action", choices=["up", "down", "status", "env", "stats", "config", "machines", "base",
-                                           "shell"])
+                                           "shell", "deployment-up", "deployment-down", "deployment-status"])
     parser.add_argument("image", nargs="?", help="shell: the AMI to boot (default: the AL2023 public parameter's)")
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE))
     parser.add_argument("--regions", default=DEFAULT_REGIONS, help="up: the regions set up first, in this order "
@@ -22,6 +23,11 @@ def main() -> int:
                              "(the Docker Compose profile's model)")
     parser.add_argument("--latency", metavar="boot=S,stop=S,image=S,terminate=S",
                         help="up, config: emulated state-change times in seconds (0: instant, the default)")
+    parser.add_argument("--deployment-home", default=None, help="deployment-*: its state and Airflow home "
+                        "(default .deployment/)")
+    parser.add_argument("--port", type=int, default=0, help="deployment-up: the api-server's port on the bridge "
+                        "address (default 8090)")
+    parser.add_argument("--workers", type=int, default=2, help="deployment-up: how many worker hosts")
     args = parser.parse_args()
     from pathlib import Path
 
@@ -55,6 +61,8 @@ def main() -> int:
                 print(ensure_base(log=lambda message: print(message, file=sys.stderr, flush=True)))
             except BaseError as exc:
                 raise LocalCloudError(str(exc)) from None
+        elif args.action.startswith("deployment-"):
+            return deployment(cloud, args)
         elif args.action == "shell":
             return cloud.shell(args.image, region=args.region)
         else:
@@ -62,6 +70,35 @@ def main() -> int:
                 print(f"export {key}={shlex.quote(value)}")
     except LocalCloudError as exc:
         print(f"local cloud: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def deployment(cloud: LocalCloud, args) -> int:
+    """The Celery deployment on the local cloud's bridge (localcloud/deployment.py)."""
+    from pathlib import Path
+
+    from localcloud.deployment import DEFAULT_HOME, DEFAULT_PORT, Deployment, DeploymentError
+
+    home = Path(args.deployment_home) if args.deployment_home else DEFAULT_HOME
+    target = Deployment(home, cloud, port=args.port or DEFAULT_PORT, workers=args.workers)
+    try:
+        if args.action == "deployment-up":
+            target.up()
+            username = target.stack.credentials()[0]
+            print(f"deployment up: Airflow at {target.url} (user {username}, password in "
+                  f"{target.stack.password_file}); workers "
+                  + ", ".join(f"{w.name} at {w.address}" for w in target.workers)
+                  + f"; provisioner CIDR {target.provisioner_cidr()}; logs in {target.home}", file=sys.stderr)
+        elif args.action == "deployment-down":
+            target.down()
+            print("deployment down", file=sys.stderr)
+        else:
+            status = target.status()
+            print(json.dumps(status, indent=2))
+            return 0 if status["running"] else 1
+    except DeploymentError as exc:
+        print(f"deployment: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,7 +6,8 @@ addresses, its own bridge ``lcbr<slot>``, namespaces ``lc<slot>-<instance>`` and
 slot 0:
 
 * 198.18.0.0/22: the host's block: the bridge address 198.18.0.1 (the provisioner's), 198.18.1.0/24 for
-  namespaces tests make, 198.18.2.0/24 for the VPC a build makes of its own (``builder_vpc_cidr``);
+  namespaces tests make, 198.18.2.0/24 for the VPC a build makes of its own (``builder_vpc_cidr``),
+  198.18.3.0/24 for the hosts of the Celery deployment (localcloud/deployment.py: its workers);
 * 198.18.16.0/20, 198.18.32.0/20, ...: a block per region (7 at most), in the order of ``up --regions`` and
   then in the order regions are first used: its default VPC is the block's first /21 (default subnets: a /26
   per zone), the builder VPC ``up`` makes the second /21 (128 builds' /28 subnets at once: a hundred
@@ -63,6 +64,11 @@ class Plan:
     @property
     def own_vpc(self) -> ipaddress.IPv4Network:
         return ipaddress.ip_network(f"{self.private.network_address + 512}/24")
+
+    @property
+    def hosts_network(self) -> ipaddress.IPv4Network:
+        """Addresses of the Celery deployment's hosts (its workers, each a network namespace on the bridge)."""
+        return ipaddress.ip_network(f"{self.private.network_address + 768}/24")
 
     @property
     def bridge(self) -> str:

@@ -9,7 +9,9 @@ task logs from the shared AIRFLOW_HOME), so nothing else listens at all.
 Login is Airflow's default SimpleAuthManager with one user, ``admin`` (role admin), whose password is
 generated once and kept in AIRFLOW_HOME (``simple_auth_manager_passwords.json.generated``).
 
-Used by ``make airflow-ui`` (scripts/airflow_ui.py) and by the browser test (tests/test_browser.py).
+Used by ``make airflow-ui`` (scripts/airflow_ui.py) and by the browser test (tests/test_browser.py); the Celery
+deployment (localcloud/deployment.py) runs it with ``executor="CeleryExecutor"`` on PostgreSQL, its api-server
+on the local cloud's bridge address (``host``), and adds the workers.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ POOL_SLOTS = 8
 POOL_DESCRIPTION = "Image Factory: build steps that call the cloud API"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Settings of every process that shape how builds run: docker-compose.yaml has the same (tests/test_docker_compose.py).
+SHARED_SETTINGS = {
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    # An idle scheduler looks again after 0.5 s, not 1 s: a build's next task starts sooner.
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+    # One scheduler loop may queue as many task instances as there are worker slots (default 16).
+    "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
+}
 #: Health entries of /api/v2/monitor/health that must read "healthy".
 HEALTH_KEYS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 
@@ -62,13 +72,17 @@ class AirflowStack:
     def __init__(self, home: Path = DEFAULT_HOME, cloud: LocalCloud | None = None, port: int = DEFAULT_PORT, *,
                  database_url: str | None = None, database_async_url: str | None = None,
                  parallelism: int = POOL_SLOTS, pool_slots: int | None = None,
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, executor: str = "LocalExecutor", host: str = LOOPBACK):
         """``database_url`` (``sql_alchemy_conn``; default SQLite in ``home``) and ``database_async_url``
         (``sql_alchemy_conn_async``; default: Airflow derives it), ``parallelism`` (the LocalExecutor's worker
         processes), ``pool_slots`` of the ``image_factory`` pool (default: as many as ``parallelism``) and
         ``extra_env`` (added last to every component's environment) are for benchmarks; the defaults are
-        what ``make airflow-ui`` and the tests use."""
+        what ``make airflow-ui`` and the tests use. ``executor`` ``CeleryExecutor`` and ``host`` (the api-server's
+        address: where the workers of other hosts reach its Execution API) are the Celery deployment's
+        (localcloud/deployment.py, which passes the broker and the result backend in ``extra_env``)."""
         self.home = Path(home).resolve()
+        self.executor = executor
+        self.host = host
         self.cloud = cloud or LocalCloud()
         self.port = port
         self.database_url = database_url
@@ -84,7 +98,7 @@ class AirflowStack:
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def password_file(self) -> Path:
@@ -102,16 +116,16 @@ class AirflowStack:
         """The environment of every Airflow process of this stack (the CLI commands included)."""
         env = {
             **airflow_env(self.cloud, self.home),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url or f"sqlite:///{self.home / 'airflow.db'}",
             # Eight task processes at most by default (LocalExecutor starts that many workers), as many as the
             # pool has.
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            **SHARED_SETTINGS,
             "AIRFLOW__CORE__FERNET_KEY": self._secret("fernet_key", _fernet_key),
             # The api-server issues the tokens that the scheduler's task processes present: one secret for all.
             "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret", lambda: secrets.token_urlsafe(32)),
-            "AIRFLOW__API__HOST": LOOPBACK,
+            "AIRFLOW__API__HOST": self.host,
             "AIRFLOW__API__PORT": str(self.port),
             # Task processes talk to the api-server's Execution API, which is on this port, not 8080.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -121,10 +135,6 @@ class AirflowStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
             # No HTTP server but the api-server: the scheduler's health server stays off.
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # An idle scheduler looks again after 0.5 s, not 1 s: a build's next task starts sooner.
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-            # One scheduler loop may queue as many task instances as there are worker slots (default 16).
-            "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.task_logs),
         }
         if self.database_async_url:
@@ -136,16 +146,16 @@ class AirflowStack:
     def start(self) -> None:
         """Migrate the database, create the pool and the login, then start the four components."""
         self.home.mkdir(parents=True, exist_ok=True)
-        self._stop_recorded()  # leftovers of an earlier run of this home that was not stopped
+        self.stop_recorded()  # leftovers of an earlier run of this home that was not stopped
         with socket.socket() as sock:
-            if sock.connect_ex((LOOPBACK, self.port)) == 0:
-                raise AirflowStackError(f"something already listens on {LOOPBACK}:{self.port}: choose another port")
+            if sock.connect_ex((self.host, self.port)) == 0:
+                raise AirflowStackError(f"something already listens on {self.host}:{self.port}: choose another port")
         env = self.env()
         self._cli(env, "db", "migrate")
         self._cli(env, "pools", "set", POOL, str(self.pool_slots), POOL_DESCRIPTION)
         self._ensure_password()
         self.components = [
-            Component("api-server", [AIRFLOW, "api-server", "--host", LOOPBACK, "--port", str(self.port)],
+            Component("api-server", [AIRFLOW, "api-server", "--host", self.host, "--port", str(self.port)],
                       self.home / "api-server.log"),
             Component("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"], self.home / "scheduler.log"),
             Component("dag-processor", [AIRFLOW, "dag-processor"], self.home / "dag-processor.log"),
@@ -153,14 +163,34 @@ class AirflowStack:
         ]
         try:
             for component in self.components:
-                with component.log.open("w") as log:
-                    component.process = subprocess.Popen(component.command, env=env, cwd=PROJECT, stdout=log,
-                                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                         start_new_session=True)
-                self._record()
+                self._launch(component, env, "w")
         except BaseException:
             self.stop()
             raise
+
+    def _launch(self, component: Component, env: dict[str, str], mode: str) -> None:
+        with component.log.open(mode) as log:
+            component.process = subprocess.Popen(component.command, env=env, cwd=PROJECT, stdout=log,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 start_new_session=True)
+        self._record()
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a component and everything of its process group (a crash, a lost machine), and reap it."""
+        component = self.component(name)
+        if component.process is not None:
+            _signal_group(component.process.pid, signal.SIGKILL)
+            component.process.wait(timeout=30)
+
+    def restart(self, name: str) -> None:
+        """Start a component that was killed (or exited) again, its log appended to."""
+        component = self.component(name)
+        if component.process is not None and component.process.poll() is None:
+            raise AirflowStackError(f"the {name} still runs (pid {component.process.pid})")
+        self._launch(component, self.env(), "a")
 
     def stop(self, timeout: float = 30) -> None:
         """End the components this object started (each its own process group), then forget them."""
@@ -288,7 +318,7 @@ class AirflowStack:
         started = {c.name: c.process.pid for c in self.components if c.process is not None}
         self.state_file.write_text(json.dumps({"port": self.port, "pids": started}))
 
-    def _stop_recorded(self) -> None:
+    def stop_recorded(self) -> None:
         """End the components an earlier run of this home started and did not stop (by their recorded ids)."""
         if not self.state_file.exists():
             return

@@ -113,6 +113,14 @@ class LocalCloud:
         return f"http://{LOOPBACK}:{state.ec2_port}"
 
     @property
+    def bridge_endpoint(self) -> str:
+        """The same front on the bridge's address (machines only): where other hosts of the bridge reach it."""
+        state = self._require()
+        if not state.machines:
+            raise LocalCloudError("a local cloud without machines has no bridge")
+        return f"http://{self.plan.bridge_address}:{state.ec2_port}"
+
+    @property
     def moto_endpoint(self) -> str:
         """moto itself, behind the front: neither counted nor throttled (sshd's key lookup uses it)."""
         state = self._require()
@@ -196,15 +204,16 @@ class LocalCloud:
         """The front's registry: ``{"images": {ami: {"layers": [...]}}, "machines": {instance: {...}}}``."""
         return self._control("GET", "machines")
 
-    def env(self) -> dict[str, str]:
-        """The settings that point Airflow (and any AWS client) at this local cloud."""
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
+        """The settings that point Airflow (and any AWS client) at this local cloud (at ``endpoint``, default
+        :attr:`endpoint`; other hosts of the bridge use :attr:`bridge_endpoint`)."""
         state = self._require()
         region = state.regions.split(",")[0]
         connection = {
             "conn_type": "aws",
             "login": "testing",
             "password": "testing",
-            "extra": {"endpoint_url": self.endpoint, "region_name": region},
+            "extra": {"endpoint_url": endpoint or self.endpoint, "region_name": region},
         }
         if state.machines:
             # Builds SSH to the instance's own private address, as on AWS, from the bridge's address.
@@ -443,10 +452,15 @@ class LocalCloud:
         return process
 
     def _start_proxy(self, port: int, moto_port: int, base: Path | None, slot: int) -> subprocess.Popen:
+        from localcloud.addresses import Plan
+
         log = self.state_dir / "proxy.log"
         process = subprocess.Popen([sys.executable, "-m", "localcloud.proxy", "--listen-port", str(port),
                                     "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir),
-                                    *(["--machines", str(base), "--slot", str(slot)] if base else [])],
+                                    # The bridge's address too: the Celery deployment's worker hosts (their own
+                                    # network namespaces) reach the cloud API there, as other machines would.
+                                    *(["--machines", str(base), "--slot", str(slot),
+                                       "--also-listen", str(Plan(slot).bridge_address)] if base else [])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
         _wait_for_port(port, process, log)

@@ -691,10 +691,11 @@ def _connection_tokens(headers) -> set[str]:
 class FrontServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, upstream_port: int, verbose: bool = False, machines=None):
-        super().__init__((LOOPBACK, port), FrontHandler)
+    def __init__(self, port: int, upstream_port: int, verbose: bool = False, machines=None, host: str = LOOPBACK,
+                 stats: Stats | None = None):
+        super().__init__((host, port), FrontHandler)
         self.upstream_port = upstream_port
-        self.stats = Stats()
+        self.stats = stats or Stats()
         self.verbose = verbose
         self.machines = machines  # localcloud.machines.Machines, or None: instances are records only
 
@@ -708,6 +709,8 @@ def main() -> int:
     parser.add_argument("--machines", metavar="BASE", help="make a real machine of every instance, booting "
                         "images from this origin root filesystem (localcloud/machines.py; needs root)")
     parser.add_argument("--slot", type=int, default=0, help="the machines' address slot (localcloud/addresses.py)")
+    parser.add_argument("--also-listen", metavar="ADDRESS", help="listen on this address too, same port and "
+                        "counters (the bridge's: hosts of the Celery deployment reach the cloud API there)")
     args = parser.parse_args()
     machines = None
     if args.machines:
@@ -718,7 +721,14 @@ def main() -> int:
 
         machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port), Plan(args.slot))
     server = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines)
-    print(f"local cloud front on {LOOPBACK}:{server.server_address[1]} -> moto on {LOOPBACK}:{args.upstream_port}",
+    if args.also_listen:
+        import threading
+
+        second = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines, args.also_listen,
+                             server.stats)
+        threading.Thread(target=second.serve_forever, name="front-bridge", daemon=True).start()
+    print(f"local cloud front on {LOOPBACK}:{server.server_address[1]}"
+          f"{f' and {args.also_listen}' if args.also_listen else ''} -> moto on {LOOPBACK}:{args.upstream_port}",
           file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -24,6 +24,15 @@ TASK_FAILED = re.compile(r"Task failed with exception")
 RUN_FINISHED = re.compile(r"DagRun Finished: dag_id=(\S+), .*run_id=([^,]+), .*state=(\w+),")
 
 
+#: How every Airflow process finds and loads the DAGs and the plugin (docker-compose.yaml: the same, its folders
+#: mounted; tests/test_docker_compose.py).
+PLUGIN_SETTINGS = {
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    # Every process loads the plugins at its start (image_factory_plugin.py readies the task processes).
+    "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+}
+
+
 def airflow_env(cloud: LocalCloud, airflow_home: Path, **settings: str) -> dict[str, str]:
     """The environment of an Airflow process that builds on ``cloud``, with extra [image_factory] settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
@@ -31,9 +40,7 @@ def airflow_env(cloud: LocalCloud, airflow_home: Path, **settings: str) -> dict[
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # Every process loads the plugins at its start (image_factory_plugin.py readies the task processes).
-        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+        **PLUGIN_SETTINGS,
         "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
         **cloud.env(),
     })

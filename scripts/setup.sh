@@ -19,6 +19,9 @@ command -v ip >/dev/null || packages+=(iproute2)
 command -v nft >/dev/null || packages+=(nftables)
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
 command -v unshare >/dev/null || packages+=(util-linux)
+# The Celery deployment (localcloud/deployment.py, tests/test_deployment.py): its database and its broker.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
+[ -x /usr/bin/redis-server ] || packages+=(redis-server)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

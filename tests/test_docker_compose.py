@@ -95,3 +95,54 @@ def test_local_cloud_ssh_asks_the_emulator(compose):
     # The pinned boto3 the key lookup uses is the project's.
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     assert f"boto3=={pins['boto3']}" in text
+
+
+# --- the same settings as the Celery deployment the tests run (localcloud/deployment.py) -------------------------
+
+def _same(compose_value, ours: str) -> bool:
+    """Compose writes booleans as 'true'/'false', Airflow reads either case."""
+    return str(compose_value).lower() == ours.lower()
+
+
+def test_the_deployment_and_compose_share_the_executor_and_components(compose):
+    from localcloud.airflow_stack import COMPONENTS
+    from localcloud.deployment import EXECUTOR
+
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == EXECUTOR
+    commands = {compose["services"][name]["command"] for name in AIRFLOW_SERVICES
+                if isinstance(compose["services"][name].get("command"), str)}
+    # The deployment runs the same components: the four of the stack, the triggerer among them, and workers.
+    assert set(COMPONENTS) <= commands and "triggerer" in COMPONENTS
+    assert "celery worker" in commands
+
+
+def test_the_deployment_and_compose_share_the_pool(compose):
+    from localcloud.airflow_stack import POOL
+    from localcloud.deployment import POOL_SLOTS
+
+    init = "\n".join(compose["services"]["airflow-init"]["command"])
+    assert f"airflow pools set {POOL} {POOL_SLOTS} " in init
+
+
+def test_the_deployment_and_compose_share_plugin_and_scheduler_settings(compose):
+    from localcloud.airflow_stack import SHARED_SETTINGS
+    from localcloud.runner import PLUGIN_SETTINGS
+
+    environment = compose["x-airflow-common"]["environment"]
+    for key, value in {**SHARED_SETTINGS, **PLUGIN_SETTINGS}.items():
+        assert key in environment, f"docker-compose.yaml does not set {key}"
+        assert _same(environment[key], value), (key, environment[key], value)
+
+
+def test_the_deployment_and_compose_pass_the_same_image_factory_settings(compose):
+    from localcloud.deployment import IMAGE_FACTORY_SETTINGS
+
+    environment = compose["x-airflow-common"]["environment"]
+    for name in IMAGE_FACTORY_SETTINGS:
+        key = f"AIRFLOW__IMAGE_FACTORY__{name}"
+        assert environment.get(key) == f"${{{key}:-}}", f"docker-compose.yaml does not pass {key} on from .env"
+    assert "AIRFLOW_CONN_AWS_DEFAULT" in environment
+    # Workers reach the api-server's Execution API, the broker and the database by address, as the deployment's.
+    assert environment["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
+    assert environment["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert environment["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -244,6 +245,7 @@ def single_sshd_cloud(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["machines", "single-sshd"])
 def test_everything_listens_on_127_0_0_1_only(request, model):
+    """And, with machines, the front on the bridge's address too (the Celery deployment's hosts reach it there)."""
     cloud = request.getfixturevalue("local_cloud" if model == "machines" else "single_sshd_cloud")
     state = cloud.state()
     assert state.host == "127.0.0.1"
@@ -251,8 +253,11 @@ def test_everything_listens_on_127_0_0_1_only(request, model):
     assert cloud.moto_endpoint == f"http://127.0.0.1:{state.moto_port}"
     ports = [state.ec2_port, state.moto_port] + ([] if state.machines else [state.ssh_port])
     assert state.machines == (model == "machines") and len(set(ports)) == len(ports)
+    bridge = socket.inet_aton(str(cloud.plan.bridge_address))[::-1].hex().upper() if state.machines else None
     for port in ports:
-        assert listening_addresses(port) == {"0100007F"}, port  # 127.0.0.1, little-endian hex; no IPv6 socket
+        # 127.0.0.1 is 0100007F (little-endian hex, as /proc/net/tcp writes it); no IPv6 socket.
+        expected = {"0100007F", bridge} if port == state.ec2_port and bridge else {"0100007F"}
+        assert listening_addresses(port) == expected, port
     assert cloud.running()
 
 
