@@ -64,6 +64,20 @@ def test_security_group_lets_in_only_ssh_from_the_provisioner_and_out_only_the_s
     assert egress == [("tcp", 53), ("tcp", 443), ("udp", 53)]
 
 
+def test_a_rule_call_sent_again_after_a_lost_answer_counts_as_done(ec2, ssm, build):
+    infra = infrastructure.create(ec2, ssm, build)
+    ssh_in = [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+               "IpRanges": [{"CidrIp": build.settings.provisioner_cidr}]}]
+    with pytest.raises(Exception, match=r"InvalidPermission\.Duplicate"):  # what AWS answers the second call
+        ec2.authorize_security_group_ingress(GroupId=infra.security_group_id, IpPermissions=ssh_in)
+    infrastructure.set_rules(ec2.authorize_security_group_ingress, GroupId=infra.security_group_id,
+                             IpPermissions=ssh_in)
+    with pytest.raises(Exception, match="InvalidParameterValue"):  # any other refusal still fails the step
+        infrastructure.set_rules(ec2.authorize_security_group_ingress, GroupId=infra.security_group_id,
+                                 IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+                                                 "IpRanges": [{"CidrIp": "not-a-cidr"}]}])
+
+
 def test_ssh_from_anywhere_is_refused_unless_the_spec_opts_in(ec2, ssm):
     wide = make_build(provisioner_cidr="0.0.0.0/0")
     with pytest.raises(SettingsError, match="whole internet"):
