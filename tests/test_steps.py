@@ -70,12 +70,11 @@ def test_a_rule_call_sent_again_after_a_lost_answer_counts_as_done(ec2, ssm, bui
                "IpRanges": [{"CidrIp": build.settings.provisioner_cidr}]}]
     with pytest.raises(Exception, match=r"InvalidPermission\.Duplicate"):  # what AWS answers the second call
         ec2.authorize_security_group_ingress(GroupId=infra.security_group_id, IpPermissions=ssh_in)
-    infrastructure.set_rules(ec2.authorize_security_group_ingress, GroupId=infra.security_group_id,
-                             IpPermissions=ssh_in)
-    with pytest.raises(Exception, match="InvalidParameterValue"):  # any other refusal still fails the step
-        infrastructure.set_rules(ec2.authorize_security_group_ingress, GroupId=infra.security_group_id,
-                                 IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                                                 "IpRanges": [{"CidrIp": "not-a-cidr"}]}])
+    with infrastructure.rules_as_asked():
+        ec2.authorize_security_group_ingress(GroupId=infra.security_group_id, IpPermissions=ssh_in)
+    with pytest.raises(Exception, match="InvalidParameterValue"), infrastructure.rules_as_asked():
+        ec2.authorize_security_group_ingress(GroupId=infra.security_group_id, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "not-a-cidr"}]}])
 
 
 def test_ssh_from_anywhere_is_refused_unless_the_spec_opts_in(ec2, ssm):

@@ -10,6 +10,7 @@ What it creates, each tagged with the build in its create call and looked up by 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -159,30 +160,34 @@ def _ensure_security_group(ec2, build: Build, vpc_id: str, cidr: str) -> str:
     )["GroupId"]
     created("security-group", group_id, vpc=vpc_id, ssh_from=cidr)
     checkpoint("after:security-group")
-    set_rules(ec2.authorize_security_group_ingress, GroupId=group_id, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-         "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}])
+    with rules_as_asked():
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+             "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}])
     # Replace the default allow-all egress rule with the ports the role needs.
-    set_rules(ec2.revoke_security_group_egress, GroupId=group_id, IpPermissions=[
-        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    with rules_as_asked():
+        ec2.revoke_security_group_egress(GroupId=group_id, IpPermissions=[
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
     egress = [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
               for port in sorted(set(build.spec.egress_ports))]
     if 53 in build.spec.egress_ports:
         egress.append({"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
     if egress:
-        set_rules(ec2.authorize_security_group_egress, GroupId=group_id, IpPermissions=egress)
+        with rules_as_asked():
+            ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=egress)
     return group_id
 
 
-def set_rules(call, **arguments) -> None:
-    """Authorize or revoke security group rules; rules already as asked count as done (botocore re-sends a call
+@contextlib.contextmanager
+def rules_as_asked():
+    """Security group rules authorized or revoked: rules already as asked count as done (botocore re-sends a call
     whose answer was lost, and the second answer is InvalidPermission.Duplicate or .NotFound)."""
     try:
-        call(**arguments)
+        yield
     except Exception as exc:
         if error_code(exc) not in ("InvalidPermission.Duplicate", "InvalidPermission.NotFound"):
             raise
-        log.info("%s: the rules are as asked already", call.__name__)
+        log.info("security group rules as asked already (%s)", error_code(exc))
 
 
 # --- key pair -----------------------------------------------------------------------------------------
