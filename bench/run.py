@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="parse: profile Image Factory's side (default: only when it misses the 4x goal)")
     parser.add_argument("--latency-builds", type=int, default=3,
                         help="build-latency: builds on each side, one after the other (medians reported)")
-    parser.add_argument("--builds", type=int, default=50, help="concurrency: builds triggered at once")
+    parser.add_argument("--builds", type=int, default=100, help="concurrency: builds triggered at once")
     parser.add_argument("--parallelism", type=int, default=32,
                         help="concurrency: LocalExecutor worker processes (and image_factory pool slots)")
     parser.add_argument("--concurrency-timeout", type=float, default=3600,
                         help="concurrency: seconds the N builds may take at most")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=int, default=2,
                         help="concurrency: on the Celery deployment with this many worker hosts (0: LocalExecutor)")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
