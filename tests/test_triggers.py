@@ -291,20 +291,28 @@ def regional_ec2(cloud, region: str):
                         aws_secret_access_key="testing")  # noqa: S106 emulator
 
 
-def test_a_wait_in_several_regions_polls_them_together_and_ends_when_all_are_there(local_cloud, ssm,
-                                                                                   aws_connection):
-    local_cloud.configure(latency={"image_available": 2})
+def wait_for_copies(local_cloud, ssm, aws_connection, regions: list[str], **config) -> tuple[dict, object, float]:
+    """Copies of the AL2023 image in ``regions``, waited for by one RegionsTrigger with the local cloud
+    configured as ``config`` says; the copies are deregistered afterwards. Returns (copies, event, seconds)."""
+    local_cloud.configure(**config)
+    copies = {}
     try:
-        copies = copies_of_al2023(local_cloud, ssm, ["us-east-1", "eu-central-1"])
+        copies = copies_of_al2023(local_cloud, ssm, regions)
         started = time.time()
         event = first_event(RegionsTrigger(aws_connection, "image_available",
                                            {region: {"ImageIds": [image_id]} for region, image_id in copies.items()},
                                            timeout=30, schedule=0.5))
-        waited = time.time() - started
+        return copies, event, time.time() - started
     finally:
-        local_cloud.configure(latency=OFF)
-    for region, image_id in copies.items():
-        regional_ec2(local_cloud, region).deregister_image(ImageId=image_id)
+        local_cloud.configure(latency=OFF, fail_copies_to=[])
+        for region, image_id in copies.items():
+            regional_ec2(local_cloud, region).deregister_image(ImageId=image_id)
+
+
+def test_a_wait_in_several_regions_polls_them_together_and_ends_when_all_are_there(local_cloud, ssm,
+                                                                                   aws_connection):
+    copies, event, waited = wait_for_copies(local_cloud, ssm, aws_connection, ["us-east-1", "eu-central-1"],
+                                            latency={"image_available": 2})
     assert event.payload["status"] == "success"
     assert {region: answer["Images"][0]["ImageId"] for region, answer in event.payload["answers"].items()} == copies
     assert all(answer["Images"][0]["State"] == "available" for answer in event.payload["answers"].values())
@@ -312,18 +320,8 @@ def test_a_wait_in_several_regions_polls_them_together_and_ends_when_all_are_the
 
 
 def test_a_copy_that_fails_in_one_region_ends_the_wait_in_all_at_once(local_cloud, ssm, aws_connection):
-    local_cloud.configure(latency={"image_available": 20}, fail_copies_to=["us-west-2"])
-    try:
-        copies = copies_of_al2023(local_cloud, ssm, ["us-east-1", "us-west-2"])
-        started = time.time()
-        event = first_event(RegionsTrigger(aws_connection, "image_available",
-                                           {region: {"ImageIds": [image_id]} for region, image_id in copies.items()},
-                                           timeout=30, schedule=0.5))
-        waited = time.time() - started
-    finally:
-        local_cloud.configure(latency=OFF, fail_copies_to=[])
-    for region, image_id in copies.items():
-        regional_ec2(local_cloud, region).deregister_image(ImageId=image_id)
+    copies, event, waited = wait_for_copies(local_cloud, ssm, aws_connection, ["us-east-1", "us-west-2"],
+                                            latency={"image_available": 20}, fail_copies_to=["us-west-2"])
     assert event.payload["status"] == "failed"
     assert event.payload["message"].startswith("us-west-2: image_available") and copies["us-west-2"] in \
         event.payload["message"]
