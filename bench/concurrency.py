@@ -71,7 +71,6 @@ DEFAULT_PARALLELISM = 32
 DEFAULT_TIMEOUT = 3600  # seconds the N builds may take at most (the one build: BUILD_TIMEOUT)
 BUILD_TIMEOUT = 900
 SAMPLE_EVERY = 0.5
-MOTO_INTERFACES = "network-interface of a terminated instance"
 TRIGGER_THREADS = 8
 #: Task instance states that are not finished (the sampler reads only these).
 LIVE_STATES = ("scheduled", "queued", "running", "deferred", "up_for_retry", "up_for_reschedule", "restarting")
@@ -255,15 +254,9 @@ def inventory(cloud: LocalCloud) -> dict[str, set[str]]:
         add("subnet", (f"{region}/{s['SubnetId']}" for s in ec2.describe_subnets()["Subnets"]))
         add("security-group", (f"{region}/{g['GroupId']}" for g in ec2.describe_security_groups()["SecurityGroups"]))
         add("key-pair", (f"{region}/{k['KeyName']}" for k in ec2.describe_key_pairs()["KeyPairs"]))
-        terminated = {i["InstanceId"] for r in ec2.describe_instances(Filters=[
-            {"Name": "instance-state-name", "Values": ["terminated"]}])["Reservations"] for i in r["Instances"]}
-        interfaces = ec2.describe_network_interfaces()["NetworkInterfaces"]
-        # moto keeps the primary interface of a terminated instance (attached, DeleteOnTermination false);
-        # AWS deletes it with the instance: listed apart, not as something a build left.
-        add(MOTO_INTERFACES, (f"{region}/{n['NetworkInterfaceId']}" for n in interfaces
-                              if n.get("Attachment", {}).get("InstanceId") in terminated))
-        add("network-interface", (f"{region}/{n['NetworkInterfaceId']}" for n in interfaces
-                                  if n.get("Attachment", {}).get("InstanceId") not in terminated))
+        # (An instance's interface goes with it: the builds launch it with DeleteOnTermination.)
+        add("network-interface", (f"{region}/{n['NetworkInterfaceId']}"
+                                  for n in ec2.describe_network_interfaces()["NetworkInterfaces"]))
         add("volume", (f"{region}/{v['VolumeId']}" for v in ec2.describe_volumes()["Volumes"]))
         add("image", (f"{region}/{i['ImageId']}" for i in ec2.describe_images(Owners=["self"])["Images"]))
         add("snapshot", (f"{region}/{s['SnapshotId']}"
@@ -297,12 +290,11 @@ def products(cloud: LocalCloud, builds: set[str]) -> tuple[set[str], set[str], s
 
 
 def leftovers(before: dict[str, set[str]], after: dict[str, set[str]], images: set[str],
-              snapshots: set[str], channels: set[str] = frozenset()) -> tuple[dict[str, list[str]], int]:
-    """What is new in the cloud and is not a build's product, by kind; and how many emulator artifacts."""
+              snapshots: set[str], channels: set[str] = frozenset()) -> dict[str, list[str]]:
+    """What is new in the cloud and is not a build's product, by kind."""
     kept = {"image": images, "snapshot": snapshots, "ssm-parameter": channels}
     left = {kind: sorted(ids - before.get(kind, set()) - kept.get(kind, set())) for kind, ids in after.items()}
-    artifacts = len(left.pop(MOTO_INTERFACES, []))
-    return {kind: ids for kind, ids in left.items() if ids}, artifacts
+    return {kind: ids for kind, ids in left.items() if ids}
 
 
 # --- one batch of builds -----------------------------------------------------------------------------------
@@ -552,13 +544,13 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
             # Listed once the stack is stopped: nothing changes the cloud any more, even after a time-out.
             after = inventory(cloud)
             kept_images, kept_snapshots, kept_channels = products(cloud, set(one["builds"]) | set(many["builds"]))
-            left, artifacts = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
+            left = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
                 "workers": workers,
                 "code": code_text,
-                "home": stack.home, "leaks": left, "moto_interfaces": artifacts,
+                "home": stack.home, "leaks": left,
                 "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots),
                 "kept_channels": sorted(kept_channels)}
     _keep(work / "concurrency.json", measured, raw_one, raw_many)
@@ -661,13 +653,19 @@ def result(m: dict) -> Result:
               for a in actions]
     to_image = many["to_image"]
     first = many["first_start"]
+    workers = m.get("workers") or 0
+    stack = (f"the Celery deployment (localcloud/deployment.py: scheduler, dag-processor, triggerer and "
+             f"api-server on this host, {workers} Celery workers each in a network namespace of its own, "
+             f"{m['parallelism'] // workers} task slots each; Redis and PostgreSQL from Debian's packages; pool "
+             f"`image_factory` {m['parallelism']} slots, so only the workers bound the builds)" if workers else
+             f"AirflowStack (scheduler, dag-processor, triggerer, api-server) with the LocalExecutor (`[core] "
+             f"parallelism` {m['parallelism']}: that many worker processes; pool `image_factory` "
+             f"{m['parallelism']} slots, so only the workers bound the builds) on a PostgreSQL server the "
+             "benchmark starts (bench/postgres.py: Debian's binaries, a temporary data directory, 127.0.0.1 "
+             "only, Airflow's default pools of connections)")
     details = [
         f"**concurrency.** {n} `{SPEC}` builds triggered at once against one build alone, on the same stack "
-        f"and the same local cloud in the same run: AirflowStack (scheduler, dag-processor, triggerer, "
-        f"api-server) with the LocalExecutor (`[core] parallelism` {m['parallelism']}: that many worker "
-        f"processes; pool `image_factory` {m['parallelism']} slots, so only the workers bound the builds) on a "
-        "PostgreSQL server the benchmark starts (bench/postgres.py: Debian's binaries, a temporary data "
-        "directory, 127.0.0.1 only, Airflow's default pools of connections). The local cloud emulates "
+        f"and the same local cloud in the same run: {stack}. The local cloud emulates "
         f"boot {LATENCY['instance_running']} s, stop {LATENCY['instance_stopped']} s, image "
         f"{LATENCY['image_available']} s and terminate {LATENCY['instance_terminated']} s ({MINIMUM} s to an "
         f"image at the least), builds poll every {POLL} s. Each build is a DAG of its own (a copy of the spec "
@@ -683,7 +681,7 @@ def result(m: dict) -> Result:
         "DescribeImages per new image for its build tag, not counted) and the unfinished task instances from "
         "PostgreSQL. An image is counted as pending from its CreateImage answer until the emulated "
         f"{LATENCY['image_available']} s are over, which is when the front stops answering `pending`; a task "
-        "instance `running` holds one LocalExecutor worker process. The row "
+        "instance `running` holds one worker slot (a LocalExecutor process, or a Celery worker's). The row "
         "counts the running task instances of the builds whose image is pending at that sample (a build whose "
         "triggerer makes the image and waits for it holds none; a task that called `CreateImage` itself would "
         "show until its deferral took effect). The next row counts all running task "
@@ -710,9 +708,7 @@ def result(m: dict) -> Result:
         f"({len(m.get('kept_channels', []))}) are what a build leaves on purpose. "
         + ("Nothing else was left." if not leaked
            else "Left: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items()))
-        + f" Not counted: {m['moto_interfaces']} network interfaces still attached to terminated builder "
-        "instances (moto keeps an instance's primary interface after termination, AWS deletes it with the "
-        "instance) and AWS's public SSM parameters (`/aws/...`), which moto materializes on their first read.",
+        + " Not counted: AWS's public SSM parameters (`/aws/...`), which moto materializes on their first read.",
         "API calls by action (counted by the local cloud's front, reset before each batch; the triggerer's "
         "polls of deferred waits included):\n\n" + "\n".join(lines),
     ]

@@ -45,8 +45,10 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: Settings of every process that shape how builds run: docker-compose.yaml has the same (tests/test_docker_compose.py).
 SHARED_SETTINGS = {
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-    # An idle scheduler looks again after 0.5 s, not 1 s: a build's next task starts sooner.
-    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+    # An idle scheduler looks again after 0.2 s, not 1 s: a build's next task, or a task whose wait is over,
+    # starts sooner (the hand-offs of a build). It costs an idle scheduler about 12 % of a CPU instead of 5 %
+    # at 0.5 s (measured by `python -m bench.run lifecycle`).
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
     # One scheduler loop may queue as many task instances as there are worker slots (default 16).
     "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
 }

@@ -124,6 +124,11 @@ def test_launched_instance_is_locked_down(ec2, ssm, build):
     assert described["SubnetId"] == infra.subnet_id
     volume_id = described["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
     assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["Encrypted"] is True
+    [interface] = described["NetworkInterfaces"]
+    assert interface["Attachment"]["DeleteOnTermination"] is True
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    left = ec2.describe_network_interfaces(Filters=[{"Name": "subnet-id", "Values": [infra.subnet_id]}])
+    assert left["NetworkInterfaces"] == []
 
 
 def test_origin_errors_are_permanent_and_clear(ec2, ssm):
@@ -180,3 +185,40 @@ def test_teardown_by_the_setups_record_makes_no_lookups_and_leaves_nothing(local
     assert sorted(removed) == sorted([instance_id, infra.key_name, infra.private_key_parameter,
                                       infra.security_group_id, infra.subnet_id, infra.vpc_id])
     assert builder_resources(ec2, ssm, build.build_id) == []
+
+
+class StaleSubnetView:
+    """EC2 whose subnet listing is the one every build started together read: before any of them made its own."""
+
+    def __init__(self, ec2, vpc_id: str):
+        self._ec2 = ec2
+        self.seen = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])
+        self.creates = 0
+
+    def __getattr__(self, name):
+        return getattr(self._ec2, name)
+
+    def describe_subnets(self, **kwargs):
+        return self.seen if "Filters" in kwargs and kwargs["Filters"][0]["Name"] == "vpc-id" else \
+            self._ec2.describe_subnets(**kwargs)
+
+    def create_subnet(self, **kwargs):
+        self.creates += 1
+        return self._ec2.create_subnet(**kwargs)
+
+
+def test_builds_started_together_in_a_shared_vpc_rarely_try_the_same_block(ec2, ssm):
+    vpc_id = ec2.create_vpc(CidrBlock="10.215.0.0/21")["Vpc"]["VpcId"]  # 128 blocks of /28
+    builds = [make_build(builder_vpc_id=vpc_id) for _ in range(8)]
+    stale = StaleSubnetView(ec2, vpc_id)
+    try:
+        made = [infrastructure._ensure_subnet(stale, b, vpc_id) for b in builds]
+        cidrs = [s["CidrBlock"] for s in ec2.describe_subnets(SubnetIds=made)["Subnets"]]
+        assert len(set(made)) == len(set(cidrs)) == 8
+        # From the first free block, the n-th build would try n blocks: 36 calls. Each from its own: 8, plus
+        # one per (rare) block two builds both chose.
+        assert stale.creates < 16, stale.creates
+    finally:
+        for b in builds:
+            teardown.tear_down(ec2, ssm, b.build_id, 1)
+        ec2.delete_vpc(VpcId=vpc_id)

@@ -8,6 +8,7 @@ this build, except on its first try, when nothing of it can exist yet.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -113,18 +114,27 @@ class BuildTask:
         history: dict = {}
         for task_id in WAITING:
             # map_indexes=-1: the latest value (without it, the Task SDK returns a list of every run's)
-            value = self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True, map_indexes=-1)
-            if isinstance(value, str):  # pushed by the triggerer (TaskSuccessEvent): it reads back as JSON text
-                value = json.loads(value)
-            if isinstance(value, dict):
-                history.update({k: v for k, v in value.items() if isinstance(v, list)})
+            history.update(_windows(self.ti.xcom_pull(task_ids=task_id, key="waits", include_prior_dates=True,
+                                                      map_indexes=-1)))
         return history
+
+    def with_waits_of(self, build: Build, task_id: str) -> Build:
+        """``build`` polling on the windows ``task_id`` recorded in this run: the spec's recent ones and this
+        build's own."""
+        return dataclasses.replace(build, history={**build.history, **_windows(self.pull(task_id, key="waits"))})
 
     def record_waits(self, build: Build, windows: dict) -> None:
         """XCom ``waits``: the spec's recent windows with this build's added (for the next build's polls)."""
         if windows:
             self.ti.xcom_push(key="waits", value={name: polling.remember(build.history.get(name), seen)
                                                   for name, seen in windows.items()})
+
+
+def _windows(value) -> dict:
+    """A task's XCom ``waits``: {waiter name: windows}."""
+    if isinstance(value, str):  # pushed by the triggerer (TaskSuccessEvent): it reads back as JSON text
+        value = json.loads(value)
+    return {k: v for k, v in value.items() if isinstance(v, list)} if isinstance(value, dict) else {}
 
 
 def _variable(name: str) -> str | None:
@@ -242,12 +252,17 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     """A fresh instance of the new image, the spec's tests run on it over SSH, the result tagged on the image.
     Failed tests fail the task: the image stays, tagged failed, and no channel moves. (A spec without tests
     has no such task: register_image tags its image untested.)"""
-    build = task.build(network)
+    # The test instance boots as the builder did minutes ago: its wait polls on the builder's windows too.
+    build = task.with_waits_of(task.build(network), LAUNCH)
     c = task.clients(build)
     image_id = registered["image_id"]
     tests = build.spec.test
+    resumed = task.resumed or {}
+    # After the boot's wait: the test instance as the triggerer saw it running.
+    running = (resumed["answer"]["Reservations"][0]["Instances"][0]
+               if resumed.get("waiter_name") == "instance_running" and resumed.get("answer") else None)
     test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
-                                   network["key_name"], task.wait(build))
+                                   network["key_name"], task.wait(build), running=running)
     hook, target = _ssh(task, build, c, test_instance, stage="test-ssh")
     folder = (tests_folder() if not build.settings.tests_folder else Path(build.settings.tests_folder)) / tests.tests
     log.info("testing image %s on instance %s: %s tests of %s", image_id, test_instance["instance_id"], tests.tool,

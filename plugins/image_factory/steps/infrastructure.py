@@ -11,6 +11,7 @@ What it creates, each tagged with the build in its create call and looked up by 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import time
@@ -111,10 +112,13 @@ def _ensure_subnet(ec2, build: Build, vpc_id: str) -> str:
     taken = [ipaddress.ip_network(s["CidrBlock"])
              for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]]
     network = ipaddress.ip_network(vpc["CidrBlock"])
-    # Builds share a configured VPC: take the first /28 that no subnet overlaps; on a race, the next one.
-    for candidate in network.subnets(new_prefix=max(28, network.prefixlen)):
-        if any(candidate.overlaps(t) for t in taken):
-            continue
+    free = [candidate for candidate in network.subnets(new_prefix=max(28, network.prefixlen))
+            if not any(candidate.overlaps(t) for t in taken)]
+    # Builds share a configured VPC. Each starts at a free /28 of its own (by its build id), then takes the
+    # next ones on a race: builds started together rarely try the same block (from the first free one, the
+    # n-th of them would try n blocks).
+    first = int(hashlib.sha256(build.build_id.encode()).hexdigest(), 16) % max(1, len(free))
+    for candidate in free[first:] + free[:first]:
         try:
             subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=str(candidate),
                                           TagSpecifications=build.tag_specifications("subnet"))["Subnet"]["SubnetId"]

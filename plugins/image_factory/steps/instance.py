@@ -40,21 +40,26 @@ def launch_view(image: dict) -> dict:
 
 
 def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
-           wait: Wait | None = blocking, purpose: str = "builder", size: str | None = None) -> dict:
+           wait: Wait | None = blocking, purpose: str = "builder", size: str | None = None,
+           known: dict | None = None) -> dict:
     """Launch (or find) the build's ``purpose`` instance (``builder``, or ``test``: of the new image) from
     ``origin_image`` (:func:`launch_view`) and wait until it is running (``wait=None``: do not wait, see
     :func:`wait_running`). Returns ``instance_id`` and ``private_ip`` (AWS gives the private address in
-    RunInstances' answer already), and its ``state`` as found."""
+    RunInstances' answer already), and its ``state`` as found. ``known``: the instance as the wait for it
+    described it (a task resumed after the wait): not looked up again."""
     spec = build.spec
     size = size or spec.instance_size
-    existing = [] if build.fresh else find(ec2, build.build_id, purpose=purpose)
+    existing = [known] if known else [] if build.fresh else find(ec2, build.build_id, purpose=purpose)
     if existing:
         found = existing[0]
         log.info("instance %s of this build exists already (%s)", found["InstanceId"], found["State"]["Name"])
     else:
         checkpoint("before:launch" if purpose == "builder" else f"before:{purpose}-launch")
         origin_ami = origin_image["ImageId"]
-        interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip}
+        # Its interface goes with it, said outright: an interface made at launch without it may outlive the
+        # instance (moto keeps it), and nothing of a build may outlive its teardown.
+        interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip,
+                     "DeleteOnTermination": True}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
         response = ec2.run_instances(

@@ -20,11 +20,13 @@ log = logging.getLogger("image_factory")
 PURPOSE = "test"
 
 
-def launch(ec2, build: Build, image: dict, security_group_id: str, key_name: str, wait: Wait) -> dict:
-    """The test instance of ``image`` (instance.launch_view), running: waited for with ``wait``."""
+def launch(ec2, build: Build, image: dict, security_group_id: str, key_name: str, wait: Wait,
+           running: dict | None = None) -> dict:
+    """The test instance of ``image`` (instance.launch_view), running: waited for with ``wait``. ``running``:
+    the instance as the wait saw it running (a task resumed after it)."""
     size = build.spec.test.instance_size if build.spec.test else None
     launched = instance.launch(ec2, build, image, security_group_id, key_name, wait=None, purpose=PURPOSE,
-                               size=size)
+                               size=size, known=running)
     if launched["state"] != "running":  # (a task resumed after the wait finds it running)
         instance.wait_running(ec2, build, launched["instance_id"], wait)
     return launched
