@@ -14,6 +14,7 @@ one after the other.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import sys
 import threading
@@ -54,7 +55,7 @@ def default_vpc_cidr(region: str) -> ipaddress.IPv4Network:
 def install() -> None:
     """Patch moto's default VPC and default subnets into the reserved range."""
     from moto.ec2.exceptions import DefaultVpcAlreadyExists
-    from moto.ec2.models.instances import InstanceBackend
+    from moto.ec2.models.instances import Instance, InstanceBackend
     from moto.ec2.models.subnets import SubnetBackend
     from moto.ec2.models.vpcs import VPCBackend
 
@@ -97,6 +98,15 @@ def install() -> None:
                     kwargs["subnet_id"] = subnet.id
         return original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
 
+    original_terminate = Instance.terminate
+
+    def terminate(self):
+        # As AWS: terminating a terminated instance changes nothing (moto would delete its interfaces again,
+        # and fail on the first one it deleted the first time).
+        if self._state.name == "terminated":
+            return copy.copy(self._state)
+        return original_terminate(self)
+
     install_image_lifecycle()
 
     from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
@@ -106,6 +116,7 @@ def install() -> None:
     VPCBackend.create_default_vpc = create_default_vpc
     SubnetBackend.create_default_subnet = create_default_subnet
     InstanceBackend.run_instances = run_instances
+    Instance.terminate = terminate
 
 
 def install_image_lifecycle() -> None:
