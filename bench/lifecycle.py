@@ -4,9 +4,8 @@ AWS-like state-change times, at the defaults.
 
 ``python -m bench.run lifecycle``. The goal (issue 14): the stage adds no more than 1.10x of (the test
 instance's boot + the tests' own run time) to the time from trigger to a promoted image: measured from
-test_image's start to promote's start. Two builds of the
-shipped spec (tests and the `latest` channel included), one after the other: the second polls on what the
-first saw.
+test_image's start to promote's start. Three builds of the shipped spec (tests and the `latest` channel
+included), one after the other: the later ones poll on what the earlier ones saw.
 """
 
 from __future__ import annotations

@@ -62,6 +62,12 @@ class BuildTask:
         """The event this task was resumed with, after a wait in the triggerer."""
         return _resumed_events.get(self.ti.id)
 
+    def answer_of(self, waiter_name: str) -> dict | None:
+        """The last describe answer of the wait this task was resumed after, when it was a ``waiter_name``
+        wait: what it waited for, as the triggerer saw it (no need to describe it again)."""
+        resumed = self.resumed or {}
+        return resumed.get("answer") if resumed.get("waiter_name") == waiter_name else None
+
     @property
     def build_id(self) -> str:
         return build_id_for(self.loaded.name, self.dag_run.run_id)
@@ -216,10 +222,9 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
     build = task.build(network)
     c = task.clients(build)
     logical = task.dag_run.run_after.strftime("%Y%m%d-%H%M%S")
-    resumed = task.resumed or {}
     # After the image wait: the image as the triggerer saw it available.
-    available = (resumed["answer"]["Images"][0] if resumed.get("waiter_name") == "image_available" else None)
-    windows = dict(resumed.get("windows") or {})
+    available = answer["Images"][0] if (answer := task.answer_of("image_available")) else None
+    windows = dict((task.resumed or {}).get("windows") or {})
     described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
                                image.image_name(build, logical), wait=task.wait(build),
                                stop_requested_at=configured["stop_requested_at"], available=available,
@@ -257,10 +262,8 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     c = task.clients(build)
     image_id = registered["image_id"]
     tests = build.spec.test
-    resumed = task.resumed or {}
     # After the boot's wait: the test instance as the triggerer saw it running.
-    running = (resumed["answer"]["Reservations"][0]["Instances"][0]
-               if resumed.get("waiter_name") == "instance_running" and resumed.get("answer") else None)
+    running = answer["Reservations"][0]["Instances"][0] if (answer := task.answer_of("instance_running")) else None
     test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
                                    network["key_name"], task.wait(build), running=running)
     hook, target = _ssh(task, build, c, test_instance, stage="test-ssh")
