@@ -180,6 +180,21 @@ def _namespace_inode(path: str) -> int | None:
         return None
 
 
+def machine_pid_namespace(machine: dict) -> int | None:
+    """The machine's PID namespace while it is still the one its record names: the namespace of a child of
+    the machine's ``unshare`` (its ``pid``). The kernel frees a namespace's number when its last process ends
+    and gives it to the next namespace made: a stopped machine's old number may be another machine's now (a
+    builder terminated after its image killed another build's test instance that way)."""
+    pid, inode = machine.get("pid"), machine.get("pid_namespace")
+    if not pid or not inode:
+        return None
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return inode if any(_namespace_inode(f"/proc/{child}/ns/pid") == inode for child in children) else None
+
+
 def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[int]:
     """Every process in the network namespace ``net_inode`` or the PID namespace ``pid_inode``."""
     wanted = {f"net:[{net_inode}]" if net_inode else None, f"pid:[{pid_inode}]" if pid_inode else None} - {None}
@@ -726,7 +741,7 @@ class Machines:
         """Remove the machine's processes, network namespace and veth (each if there)."""
         netns = self.plan.netns(instance_id)
         with self.lock:
-            pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
+            pid_inode = machine_pid_namespace(self.registry["machines"].get(instance_id) or {})
         if Path(f"/run/netns/{netns}").exists() or pid_inode:
             kill_namespace_processes(netns, pid_inode)
             run("ip", "netns", "del", netns, check=False)
@@ -743,9 +758,11 @@ class Machines:
                 process.kill()
                 process.wait()
         with self.lock:
-            pid_inode = (self.registry["machines"].get(instance_id) or {}).get("pid_namespace")
-        left = namespace_pids(None, pid_inode) if pid_inode else []
-        if left:
+            machine = self.registry["machines"].get(instance_id) or {}
+            pid_inode = machine_pid_namespace(machine)  # (none once its unshare has ended)
+            if machine:  # its namespace is gone: the number may be given to another machine's
+                machine["pid_namespace"] = None
+        if pid_inode and namespace_pids(None, pid_inode):
             kill_namespace_processes(self.plan.netns(instance_id), pid_inode)
         if run("ip", "link", "show", self.plan.veth(instance_id), check=False).returncode == 0:
             raise MachinesError(f"machine {instance_id} left its veth {self.plan.veth(instance_id)}")
@@ -773,7 +790,7 @@ def teardown(state_dir: Path, plan: Plan) -> None:
     bridge, the blackhole route (when made here), the disks and layers, the registry."""
     registry = state_dir / "machines.json"
     known = json.loads(registry.read_text()).get("machines", {}) if registry.exists() else {}
-    host_network_down(plan, tuple(m["pid_namespace"] for m in known.values() if m.get("pid_namespace")))
+    host_network_down(plan, tuple(inode for m in known.values() if (inode := machine_pid_namespace(m))))
     for name in ("machines", "layers"):
         shutil.rmtree(state_dir / name, ignore_errors=True)
     (state_dir / "machines.json").unlink(missing_ok=True)
