@@ -183,8 +183,9 @@ def _namespace_inode(path: str) -> int | None:
 def machine_pid_namespace(machine: dict) -> int | None:
     """The machine's PID namespace while it is still the one its record names: the namespace of a child of
     the machine's ``unshare`` (its ``pid``). The kernel frees a namespace's number when its last process ends
-    and gives it to the next namespace made: a stopped machine's old number may be another machine's now (a
-    builder terminated after its image killed another build's test instance that way)."""
+    and gives it to the next namespace made: a stopped machine's old number may be another machine's now (most
+    likely what killed a test instance in a 50-build benchmark, when another build's stopped builder was
+    terminated)."""
     pid, inode = machine.get("pid"), machine.get("pid_namespace")
     if not pid or not inode:
         return None
