@@ -57,6 +57,12 @@ def _retention(args: argparse.Namespace) -> Result:
     return retention.run(args)
 
 
+def _overheads(args: argparse.Namespace) -> Result:
+    from bench import overheads
+
+    return overheads.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -75,6 +81,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "local cloud with AWS-like state-change times", _concurrency),
         Benchmark("retention", "a retention run's API calls over 1,000 images of 100 specs in two regions vs "
                   "over 100 images", _retention),
+        Benchmark("overheads", "a test run's CPU and the local cloud's CPU per API call, vs before", _overheads),
     )
 }
 

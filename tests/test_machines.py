@@ -362,20 +362,23 @@ def test_stop_keeps_the_disk_and_terminate_leaves_nothing(local_cloud, ec2m, fle
 
 def test_a_stopped_machine_names_no_pid_namespace_another_may_have_now(local_cloud, ec2m, fleet, base_ami,
                                                                        ssh_group):
-    """The kernel gives a freed PID namespace's number to the next namespace made. A builder, stopped for its
-    image and terminated by the teardown, once killed another build's test instance that had its old number."""
+    """The kernel gives a freed PID namespace's number to the next namespace made: terminating a builder
+    stopped for its image must not kill a machine that has its old number now (most likely what killed a test
+    instance in a 50-build benchmark)."""
     first, _, _ = fleet.launch(base_ami, ssh_group)
     second, second_ip, _ = fleet.launch(base_ami, ssh_group)
     before = registry(local_cloud)["machines"]
-    assert machines.machine_pid_namespace(before[second]) == before[second]["pid_namespace"] is not None
+    second_namespace = before[second]["pid_namespace"]
+    assert second_namespace is not None
+    assert machines.machine_pid_namespace(before[second]) == second_namespace
     ec2m.stop_instances(InstanceIds=[first])
     assert registry(local_cloud)["machines"][first]["pid_namespace"] is None
     # The first machine's record from before its stop, as if its number had gone to the second's namespace:
     # its unshare has ended, so the record names no namespace.
-    assert machines.machine_pid_namespace({**before[first], "pid_namespace": before[second]["pid_namespace"]}) is None
+    assert machines.machine_pid_namespace({**before[first], "pid_namespace": second_namespace}) is None
     ec2m.terminate_instances(InstanceIds=[first])
     assert ok(fleet.ssh(second_ip, "echo alive")).strip() == "alive"
-    assert machines.namespace_pids(None, before[second]["pid_namespace"])
+    assert machines.namespace_pids(None, second_namespace)
 
 
 def test_a_machine_ended_while_it_boots_leaves_nothing(local_cloud, ec2m, fleet, base_ami, ssh_group):

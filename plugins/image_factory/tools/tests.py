@@ -119,22 +119,25 @@ def _connection_lost(error: BaseException) -> bool:
     return isinstance(error, paramiko.SSHException | EOFError | ConnectionError | TimeoutError)
 
 
+def pytest_args(folder: Path) -> list[str]:
+    """pytest's arguments for the tests of ``folder``: its own rootdir, no cache written into the tests folder,
+    no import clash with other test files, and only our plugin: testinfra's own host fixture (which would read
+    --hosts) replaced by ours, no installed plugin loaded (each was imported, its asserts rewritten, in every
+    test run: anyio's and testinfra's), and no hunt for unraisable exceptions (its garbage collections, at the
+    end, walk the whole task process). ``python -m bench.run overheads`` measures what a run costs."""
+    files = sorted(str(path) for path in folder.glob("test_*.py"))
+    return [*files, "-q", "--disable-plugin-autoload", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
+            "-p", "no:threadexception", "--import-mode=importlib", "--rootdir", str(folder), "-o", "addopts=",
+            "-o", "python_files=test_*.py"]
+
+
 def _testinfra(folder: Path, hook, target: remote.SSHTarget) -> TestOutcome:
     import pytest
     from testinfra.host import Host
 
     reporter = _Reporter(Host(_backend(hook, target)))
-    files = sorted(str(path) for path in folder.glob("test_*.py"))
-    # Its own rootdir, no cache written into the tests folder, no import clash with other test files, and only
-    # our plugin: testinfra's own host fixture (which would read --hosts) replaced by ours, no installed plugin
-    # loaded (each was imported, its asserts rewritten, in every test run: anyio's and testinfra's took 0.25 s
-    # of CPU), and no hunt for unraisable exceptions (its garbage collections, at the end, walk the whole task
-    # process). A test run costs 0.05 s of CPU instead of 0.3 s.
     try:
-        code = pytest.main([*files, "-q", "--disable-plugin-autoload", "-p", "no:cacheprovider",
-                            "-p", "no:unraisableexception", "-p", "no:threadexception", "--import-mode=importlib",
-                            "--rootdir", str(folder), "-o", "addopts=", "-o", "python_files=test_*.py"],
-                           plugins=[reporter])
+        code = pytest.main(pytest_args(folder), plugins=[reporter])
     finally:
         # pytest's importlib mode names a test module by its path under the rootdir and reuses a module of that
         # name: another folder's test_x.py, run later in this process, would run these tests instead of its own.
