@@ -6,7 +6,9 @@ and fail loudly when not. Each benchmark is a function returning a :class:`Resul
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from localcloud.postgres import install_debian_package  # noqa: F401 (bench.build's peer: packer)
 
@@ -21,6 +23,12 @@ class Row:
     peer: str = ""
     ratio: str = ""
     note: str = ""
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """The CPU (user + system) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -11,14 +11,13 @@ included), one after the other: the later ones poll on what the earlier ones saw
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bench import Result, Row
+from bench import Result, Row, process_cpu_seconds
 from bench.build import DAG_ID, LATENCY, REGION, _available_after, _client, _warm_up, scheduler_stack
 from localcloud.airflow_stack import SHARED_SETTINGS
 from localcloud.cloud import LocalCloud
@@ -91,14 +90,9 @@ def measure(builds: int = BUILDS) -> tuple[list[dict], float]:
 def _idle_cpu(pid: int, seconds: float = IDLE_SECONDS) -> float:
     """The share of one CPU a process used over ``seconds`` (the scheduler once the builds are over: what
     its idle loop costs at the stack's scheduler_idle_sleep_time)."""
-
-    def used() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    before, started = used(), time.monotonic()
+    before, started = process_cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
-    return (used() - before) / (time.monotonic() - started)
+    return (process_cpu_seconds(pid) - before) / (time.monotonic() - started)
 
 
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature

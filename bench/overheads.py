@@ -19,13 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
 
-from bench import Result, Row
-from localcloud.cloud import free_port
+from bench import Result, Row, process_cpu_seconds
+from localcloud.cloud import free_port, wait_for_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 REPEAT = 5
@@ -72,56 +71,47 @@ def _pytest_cpu(folder: Path, side: str) -> float:
     return float(line.split()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _moto_cpu_per_call(command: list[str]) -> float:
-    """Seconds of the server's CPU per call, over ``CALLS`` calls."""
+def _moto_cpu_per_call(command: list[str], log: Path) -> float:
+    """Seconds of the server's CPU per call, over ``CALLS`` calls (its output in ``log``)."""
     port = free_port()
-    server = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], cwd=PROJECT,
-                              env={**os.environ, "PYTHONPATH": str(PROJECT)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("w") as output:
+        server = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)], cwd=PROJECT,
+                                  env={**os.environ, "PYTHONPATH": str(PROJECT)}, stdout=output,
+                                  stderr=subprocess.STDOUT)
     try:
+        wait_for_port(port, server, log, timeout=60)
         ec2 = boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
                            aws_access_key_id="bench", aws_secret_access_key="bench")  # noqa: S106 the emulator's
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ec2.describe_vpcs()
-                break
-            except Exception:  # not listening yet
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.2)
         origin = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
         vpc = ec2.create_vpc(CidrBlock="198.18.16.0/20")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="198.18.16.0/22")["Subnet"]["SubnetId"]
         instances = [i["InstanceId"] for _ in range(INSTANCES // 20) for i in ec2.run_instances(
             ImageId=origin, MinCount=20, MaxCount=20, SubnetId=subnet)["Instances"]]
         images = [ec2.create_image(InstanceId=instances[n], Name=f"bench-{n}")["ImageId"] for n in range(IMAGES)]
-        before = _cpu_seconds(server.pid)
+        before = process_cpu_seconds(server.pid)
         for n in range(CALLS // 9 * 4):
             found = ec2.describe_instances(InstanceIds=[instances[n % INSTANCES]])["Reservations"]
             assert found[0]["Instances"][0]["InstanceId"] == instances[n % INSTANCES]
             assert ec2.describe_images(ImageIds=[images[n % IMAGES]])["Images"][0]["ImageId"] == images[n % IMAGES]
             if n % 4 == 0:
                 ec2.create_tags(Resources=[images[n % IMAGES]], Tags=[{"Key": "n", "Value": str(n)}])
-        return (_cpu_seconds(server.pid) - before) / CALLS
+        return (process_cpu_seconds(server.pid) - before) / CALLS
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
-    with tempfile.TemporaryDirectory(prefix="bench-overheads-") as folder:
-        (Path(folder) / "test_sample.py").write_text(TESTS)
-        runs = {side: [_pytest_cpu(Path(folder), side) for _ in range(REPEAT)] for side in ("ours", "earlier")}
+    with tempfile.TemporaryDirectory(prefix="bench-overheads-") as work:
+        folder = Path(work) / "tests"
+        folder.mkdir()
+        (folder / "test_sample.py").write_text(TESTS)
+        runs = {side: [_pytest_cpu(folder, side) for _ in range(REPEAT)] for side in ("ours", "earlier")}
+        print(f"  pytest run CPU: ours {runs['ours']}, earlier {runs['earlier']}", flush=True)
+        moto_ours = _moto_cpu_per_call([sys.executable, "-m", "localcloud.moto_server", "--regions", REGION],
+                                       Path(work) / "moto-local-cloud.log")
+        moto_shipped = _moto_cpu_per_call([sys.executable, "-m", "moto.server"], Path(work) / "moto-shipped.log")
     ours, earlier = statistics.median(runs["ours"]), statistics.median(runs["earlier"])
-    print(f"  pytest run CPU: ours {runs['ours']}, earlier {runs['earlier']}", flush=True)
-    moto_ours = _moto_cpu_per_call([sys.executable, "-m", "localcloud.moto_server", "--regions", REGION])
-    moto_shipped = _moto_cpu_per_call([sys.executable, "-m", "moto.server"])
     print(f"  moto CPU per call: local cloud {moto_ours * 1000:.2f} ms, as shipped {moto_shipped * 1000:.2f} ms",
           flush=True)
     rows = [

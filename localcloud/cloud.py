@@ -55,7 +55,8 @@ def free_port(*taken: int) -> int:
             return port
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until something listens on ``port`` on loopback; ``process`` exiting first is an error (with ``log``'s end)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -447,7 +448,7 @@ class LocalCloud:
                                     "--regions", regions,
                                     "-H", LOOPBACK, "-p", str(port)], cwd=PROJECT,
                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_port(port, process, log)
+        wait_for_port(port, process, log)
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/moto-api/", timeout=10).close()
         return process
 
@@ -463,7 +464,7 @@ class LocalCloud:
                                        "--also-listen", str(Plan(slot).bridge_address)] if base else [])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        _wait_for_port(port, process, log)
+        wait_for_port(port, process, log)
         urllib.request.urlopen(f"http://{LOOPBACK}:{port}/_localcloud/stats", timeout=10).close()
         return process
 
@@ -517,7 +518,7 @@ class LocalCloud:
         log = self.state_dir / "sshd.log"
         process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log.open("w"),
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_port(port, process, log)
+        wait_for_port(port, process, log)
         return process
 
 

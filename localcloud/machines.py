@@ -758,13 +758,10 @@ class Machines:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        with self.lock:
-            machine = self.registry["machines"].get(instance_id) or {}
-            pid_inode = machine_pid_namespace(machine)  # (none once its unshare has ended)
-            if machine:  # its namespace is gone: the number may be given to another machine's
-                machine["pid_namespace"] = None
-        if pid_inode and namespace_pids(None, pid_inode):
-            kill_namespace_processes(self.plan.netns(instance_id), pid_inode)
+        with self.lock:  # its namespace is gone (the unplug killed until none was left): the kernel may give
+            # the number to another machine's
+            if instance_id in self.registry["machines"]:
+                self.registry["machines"][instance_id]["pid_namespace"] = None
         if run("ip", "link", "show", self.plan.veth(instance_id), check=False).returncode == 0:
             raise MachinesError(f"machine {instance_id} left its veth {self.plan.veth(instance_id)}")
 
