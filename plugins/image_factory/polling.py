@@ -163,14 +163,27 @@ def failure(message: str, transient: bool) -> Exception:
 def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
     """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
     (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
-    from botocore import xform_name
-    from botocore.exceptions import ClientError
+    from image_factory.coalescing import call
 
-    config = ec2.get_waiter(waiter_name).config
-    try:
-        answer = getattr(ec2, xform_name(config.operation))(**waiter_args)
-    except ClientError as exc:
-        answer = exc.response  # some answers are errors the waiter expects (not found yet: retry)
+    config = waiter_config(ec2, waiter_name)
+    return judged(config, waiter_name, waiter_args, call(ec2, config.operation, waiter_args))
+
+
+_waiter_configs: dict[tuple[str, str], object] = {}
+
+
+def waiter_config(ec2, waiter_name: str):
+    """boto3's definition of the waiter (its describe operation, its acceptors); read once per process, as
+    ``get_waiter`` makes a waiter model and class each time."""
+    key = (ec2.meta.service_model.service_name, waiter_name)
+    if key not in _waiter_configs:
+        _waiter_configs[key] = ec2.get_waiter(waiter_name).config
+    return _waiter_configs[key]
+
+
+def judged(config, waiter_name: str, waiter_args: dict, answer: dict) -> dict | None:
+    """The answer (or error) of one poll, judged by the waiter ``config``: the answer when the state is reached,
+    else None; raises :class:`WaitFailed` when it never will be."""
     for acceptor in config.acceptors:
         if acceptor.matcher_func(answer):
             if acceptor.state == "failure":

@@ -1,8 +1,9 @@
 """Triggers: the long waits of a build run in Airflow's triggerer, so that no worker slot is held.
 
-:class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (one describe
+:class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (a describe
 call per poll, in a thread: the Amazon provider's async waiters need aiobotocore, which this project does not
-install), on the schedule of polling.py (from when the change was started; never at once). Then it makes
+install; the polls of other waits that come due meanwhile share the next call, see coalescing.py), on the
+schedule of polling.py (from when the change was started; never at once). Then it makes
 the EC2 calls that waited for the state (``then``). With ``finish``, it ends the task itself (a
 ``TaskSuccessEvent``; the task stored its result before deferring), so the task does not go back to a worker
 only to return a value; a failure, a timeout or a failed call always goes back to the task: it raises the
@@ -107,21 +108,27 @@ class Ec2StateTrigger(BaseTrigger):
     async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float, schedule: Schedule):
         """Poll on ``schedule`` from ``since`` until the state is reached: (the answer, polls, None, the
         window it was reached in), or (None, polls, the event that ends the wait: failed or timed out, None)."""
-        from image_factory.polling import WaitFailed, reached, window
+        from image_factory.coalescing import coalescer
+        from image_factory.polling import WaitFailed, judged, waiter_config, window
 
+        config = waiter_config(ec2, waiter_name)
         deadline = since + self.timeout
-        polls, previous = 0, None
+        polls, shared, previous = 0, 0, None
         while True:
             moment = since + schedule.next_after(time.time() - since)
             await asyncio.sleep(max(0.0, min(moment, deadline) - time.time()))
             polls += 1
             polled = time.time() - since
+            answer, sharing = await coalescer().ask((self.aws_conn_id, self.region), ec2, config.operation,
+                                                    waiter_args)
+            shared += sharing > 1
             try:
-                answer = await asyncio.to_thread(reached, ec2, waiter_name, waiter_args)
+                answer = judged(config, waiter_name, waiter_args, answer)
             except WaitFailed as exc:
                 return None, polls, TriggerEvent({"status": "failed", "message": str(exc)}), None
             if answer is not None:
-                self.log.info("%s %s after %d polls (%.1f s)", waiter_name, waiter_args, polls, polled)
+                self.log.info("%s %s after %d polls (%.1f s; %d shared a call with other waits)", waiter_name,
+                              waiter_args, polls, polled, shared)
                 return answer, polls, None, window(schedule, previous, polled)
             previous = polled
             if time.time() >= deadline:
