@@ -233,7 +233,7 @@ def test_ssh_ready_reads_the_servers_banner(local_cloud, ec2):
     with ssh_server(local_cloud, ec2) as (host, port):
         trigger = SshReadyTrigger(host, port, timeout=30, delay=0.5)
         # Stored in the database as it is: an address, never a key.
-        assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started"}
+        assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started", "instance"}
         event = first_event(trigger)
     assert event.payload["status"] == "success"
     assert event.payload["waiter_args"] == {"address": [f"{host}:{port}"]}
@@ -245,12 +245,43 @@ def test_ssh_ready_times_out_when_nothing_answers():
     assert event.payload["status"] == "timeout" and f"{LOOPBACK}:{port}" in event.payload["message"]
 
 
+@pytest.mark.parametrize("gone_by", ["stop_instances", "terminate_instances"])
+def test_ssh_wait_ends_at_once_when_its_instance_stops_or_goes_away(gone_by, ec2, ssm, aws_connection, monkeypatch):
+    """Not after the SSH timeout (10 minutes by default): the instance will never answer."""
+    monkeypatch.setattr(SshReadyTrigger, "STATE_EVERY", 0.6)
+    instance_id = launch(ec2, ssm)
+    getattr(ec2, gone_by)(InstanceIds=[instance_id])
+    started = time.monotonic()
+    try:
+        event = first_event(SshReadyTrigger(LOOPBACK, free_port(), timeout=60, delay=0.2, instance={
+            "aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}))
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    print(f"\n{gone_by}: the SSH wait ended after {time.monotonic() - started:.1f} s: {event.payload}")
+    assert event.payload["status"] == "failed"
+    assert f"instance {instance_id} is {'stopped' if gone_by == 'stop_instances' else 'terminated'}" in \
+        event.payload["message"]
+    assert time.monotonic() - started < 10
+
+
+def test_ssh_wait_for_a_running_instance_goes_on_until_its_timeout(ec2, ssm, aws_connection, monkeypatch):
+    monkeypatch.setattr(SshReadyTrigger, "STATE_EVERY", 0.3)
+    instance_id = launch(ec2, ssm)
+    try:
+        event = first_event(SshReadyTrigger(LOOPBACK, free_port(), timeout=1.5, delay=0.2, instance={
+            "aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}))
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert event.payload["status"] == "timeout"
+
+
 def test_triggers_come_back_from_their_serialized_form(aws_connection):
     for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
                                     finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
                                     elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}],
                                     next_schedule=4),
-                    SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0)):
+                    SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0,
+                                    instance={"aws_conn_id": aws_connection, "region": REGION, "instance_id": "i-1"})):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")
         again = getattr(__import__(module, fromlist=[name]), name)(**kwargs)

@@ -157,7 +157,8 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -
                 made[step.task_id] = step.operator(task_id=step.task_id, spec=spec, doc=step.does, **options)
             else:
                 made[step.task_id] = step.operator(
-                    task_id=step.task_id, python_callable=classified(functools.partial(_run, step.body, loaded)),
+                    task_id=step.task_id, python_callable=classified(functools.partial(_run, step.body, loaded),
+                                                      timed=step.task_id in tasks.TIMED),
                     op_args=[made[name].output for name in step.inputs], doc=step.does, **options)
             for name in step.after:
                 if name in made:  # (a task this spec's DAG has)

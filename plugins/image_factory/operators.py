@@ -27,9 +27,9 @@ RETRY_POLICY = ExceptionRetryPolicy(rules=[
 ])
 
 
-def classified(function):
-    """Run a task body with AWS errors sorted into permanent (fail now) and transient (retry with backoff),
-    and record how long it took (XCom ``step_seconds``, gathered into the build summary)."""
+def classified(function, timed: bool = False):
+    """Run a task body with AWS errors sorted into permanent (fail now) and transient (retry with backoff);
+    ``timed``: and record how long it took (XCom ``step_seconds``, which the build summary gathers)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -44,11 +44,13 @@ def classified(function):
             if wait.result is not None:
                 ti, so_far = context["ti"], round(time.monotonic() - started, 1)
                 ti.xcom_push(key="return_value", value=wait.result)
-                ti.xcom_push(key="step_seconds", value=so_far)
+                if timed:
+                    ti.xcom_push(key="step_seconds", value=so_far)
                 wait.trigger.elapsed = so_far  # its step_seconds: this plus the wait
             context["task"].defer(trigger=wait.trigger, method_name="resume",
                                   timeout=timedelta(seconds=wait.timeout + 60))
-        get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
+        if timed:  # (an XCom write is an API call: only for the steps the summary reports)
+            get_current_context()["ti"].xcom_push(key="step_seconds", value=round(time.monotonic() - started, 1))
         return result
 
     return wrapper

@@ -201,8 +201,10 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
     interval = build.ssh_poll_interval
 
     def defer() -> None:  # SSH does not answer yet: wait for its banner in the triggerer
-        raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval),
-                                   build.settings.ssh_timeout)
+        instance_of = {"aws_conn_id": build.spec.aws_conn_id, "region": build.region,
+                       "instance_id": launched["instance_id"]}
+        raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval,
+                                                   instance=instance_of), build.settings.ssh_timeout)
 
     resumed_by_ssh = (task.resumed or {}).get("waiter_name") == "ssh_ready"
     hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout, interval=interval,

@@ -16,7 +16,8 @@ wait (the others are cancelled), else it ends when every region has reached the 
 answer.
 
 :class:`SshReadyTrigger` waits until the builder's SSH server answers with its banner (no login: a trigger's
-arguments are stored in the database, so it gets no key).
+arguments are stored in the database, so it gets no key); it ends at once, failed, when the instance stops or
+goes away meanwhile (SSH would never answer: it would wait until its timeout).
 """
 
 from __future__ import annotations
@@ -137,24 +138,31 @@ class Ec2StateTrigger(BaseTrigger):
 
 
 class SshReadyTrigger(BaseTrigger):
-    def __init__(self, host: str, port: int, timeout: float, delay: float, started: float | None = None):
+    #: While SSH does not answer, how often the instance's state is looked at (seconds; the first look after a
+    #: third of it): an instance that stopped or went away will never answer, and the wait ends at once.
+    STATE_EVERY = 15.0
+
+    def __init__(self, host: str, port: int, timeout: float, delay: float, started: float | None = None,
+                 instance: dict | None = None):
         super().__init__()
         self.host = host
         self.port = port
         self.timeout = timeout
         self.delay = delay
         self.started = started or time.time()
+        #: {"aws_conn_id", "region", "instance_id"}: the instance SSH is waited for, whose state is checked.
+        self.instance = instance
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.SshReadyTrigger", {
             "host": self.host, "port": self.port, "timeout": self.timeout, "delay": self.delay,
-            "started": self.started})
+            "started": self.started, "instance": self.instance})
 
     def __repr__(self) -> str:
         return f"SshReadyTrigger({self.host}:{self.port})"
 
     async def run(self):
-        polls = 0
+        polls, next_look = 0, self.started + self.STATE_EVERY / 3
         while True:
             await asyncio.sleep(self.delay)  # the task's own attempt has just failed
             polls += 1
@@ -162,10 +170,30 @@ class SshReadyTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": "ssh_ready",
                                     "waiter_args": {"address": [f"{self.host}:{self.port}"]}})
                 return
+            if self.instance and time.time() >= next_look:
+                next_look = time.time() + self.STATE_EVERY
+                if gone := await self._instance_gone():
+                    yield TriggerEvent({"status": "failed", "message": gone})
+                    return
             if time.time() - self.started >= self.timeout:
                 yield TriggerEvent({"status": "timeout", "message": f"SSH on {self.host}:{self.port} did not "
                                                                    f"answer within {self.timeout:.0f} s"})
                 return
+
+    async def _instance_gone(self) -> str | None:
+        """Why SSH will never answer (the instance is neither pending nor running), else None."""
+        from image_factory import aws
+        from image_factory.coalescing import coalescer
+
+        conn_id, region, instance_id = (self.instance[k] for k in ("aws_conn_id", "region", "instance_id"))
+        ec2 = await asyncio.to_thread(aws.shared_ec2, conn_id, region)
+        answer, _ = await coalescer().ask((conn_id, region), ec2, "DescribeInstances", {"InstanceIds": [instance_id]})
+        found = [item for reservation in answer.get("Reservations", []) for item in reservation["Instances"]]
+        if not found or found[0]["State"]["Name"] in ("pending", "running"):
+            return None  # (not found: not known yet, as AWS may say just after a launch; the timeout decides)
+        reason = found[0].get("StateReason", {}).get("Message")
+        return (f"instance {instance_id} is {found[0]['State']['Name']}{f' ({reason})' if reason else ''}: SSH on "
+                f"{self.host}:{self.port} will not answer")
 
     async def _banner(self) -> bool:
         try:
