@@ -141,16 +141,18 @@ class LocalCloud:
         return self._control("POST", "reset")
 
     def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None,
-                  latency: dict[str, float] | None = None, fail_copies_to: list[str] | None = None) -> dict:
+                  latency: dict[str, float] | None = None, fail_copies_to: list[str] | None = None,
+                  deny: list[str] | None = None) -> dict:
         """Answer a share of EC2 and SSM calls with AWS's throttling error (0 turns it off); returns the settings.
 
         The choice is made by ``random.Random(throttle_seed)``, seeded afresh by every call of this method.
         ``latency`` emulates state-change times in seconds (0: instant, the default), any of
         ``{"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}``;
         see localcloud/proxy.py. ``fail_copies_to``: copies of images into these regions fail (``[]``: none do).
+        ``deny``: calls ("ssm:PutParameter@us-west-2") answered access denied (``[]``: none are).
         """
         settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed, "latency": latency,
-                    "fail_copies_to": fail_copies_to}
+                    "fail_copies_to": fail_copies_to, "deny": deny}
         return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
 
     def backdate_images(self, dates: dict[str, datetime]) -> None:

@@ -29,6 +29,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
 * ``POST /_localcloud/config`` with ``{"fail_copies_to": ["us-west-2"]}``: a copy of an image into one of those
   regions fails, as a copy on AWS can: DescribeImages shows it ``failed`` (fault injection; ``[]`` turns it off).
 
+* ``POST /_localcloud/config`` with ``{"deny": ["ssm:PutParameter@us-west-2"]}``: answer those calls (a
+  ``service:Action``, in one region) with the access-denied error AWS gives when a policy forbids the call (an
+  SCP that closes a region, say): fault injection, ``[]`` turns it off. Denied calls are counted, not forwarded.
+
 CopyImage, as AWS does and moto does not: its ``TagSpecifications`` tag the copy (moto ignores them; the front
 tags the new image in moto before it answers), its ``ClientToken`` makes a repeated call return the first
 call's copy, and its name is refused in a region where it is in use, as CreateImage's is.
@@ -135,6 +139,17 @@ def throttling_error(service: str) -> tuple[int, list[tuple[str, str]], bytes]:
                  ("x-amzn-ErrorType", "ThrottlingException")], body
 
 
+def access_denied(service: str, name: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer AWS gives a call that a policy denies."""
+    message = f"You are not authorized to perform this operation ({name}: denied by the local cloud's config)."
+    if service == "ec2":
+        return ec2_error(403, "UnauthorizedOperation", message)
+    request_id = str(uuid.uuid4())
+    body = json.dumps({"__type": "AccessDeniedException", "message": message}).encode()
+    return 400, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
+                 ("x-amzn-ErrorType", "AccessDeniedException")], body
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -163,6 +178,8 @@ class Stats:
         # regions whose copies fail (fault injection), and the copies failed so
         self.fail_copies_to: list[str] = []
         self.failed_copies: set[str] = set()
+        # "service:Action@region" answered access denied (fault injection)
+        self.deny: list[str] = []
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -181,7 +198,7 @@ class Stats:
             self.throttled.clear()
 
     def configure(self, settings: dict) -> None:
-        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to"}
+        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to", "deny"}
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
         latency = dict(self.latency)
@@ -197,8 +214,13 @@ class Stats:
         if not isinstance(failing, list) or not all(isinstance(r, str) and re.fullmatch(r"[a-z0-9-]{1,32}", r)
                                                     for r in failing):
             raise ValueError(f"fail_copies_to must be a list of regions, not {failing!r}")
+        deny = settings.get("deny", self.deny)
+        if not isinstance(deny, list) or not all(isinstance(d, str) and re.fullmatch(
+                r"[a-z0-9-]{1,32}:[A-Za-z0-9]{1,64}@[a-z0-9-]{1,32}", d) for d in deny):
+            raise ValueError(f"deny must be a list of 'service:Action@region', not {deny!r}")
         with self.lock:
             self.fail_copies_to = list(failing)
+            self.deny = list(deny)
             self.latency = latency
             rate = float(settings.get("throttle_rate", self.throttle_rate))
             if not 0 <= rate <= 1:
@@ -213,6 +235,8 @@ class Stats:
             config["latency"] = dict(self.latency)
         if self.fail_copies_to:
             config["fail_copies_to"] = list(self.fail_copies_to)
+        if self.deny:
+            config["deny"] = list(self.deny)
         return config
 
     # --- emulated state-change times ---------------------------------------------------------------
@@ -383,6 +407,9 @@ class FrontHandler(BaseHTTPRequestHandler):
         name = call_name(self.command, self.path, self.headers, body)
         if name is not None and self.server.stats.record(name):
             self.reply(*throttling_error(name.partition(":")[0]))
+            return
+        if name is not None and f"{name}@{_region(self.headers)}" in self.server.stats.deny:
+            self.reply(*access_denied(name.partition(":")[0], name))
             return
         if name == "ec2:CreateImage":
             self.create_image(body)

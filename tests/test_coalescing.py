@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from test_triggers import OFF, REGION, launch
+from test_triggers import OFF, REGION, launch, stopping_instance
 
 from image_factory import aws
 from image_factory.coalescing import Coalescer
@@ -44,6 +44,22 @@ def test_waits_of_several_builds_share_their_polls_and_each_gets_its_own_answer(
     assert [instances_in(event.payload["answer"]) for event in events] == [[i] for i in instance_ids]
     assert polls >= 6 * 5  # 2 s at a 0.2 s step: ten polls each, give or take
     assert calls <= polls / 3
+
+
+def test_an_image_that_the_trigger_made_is_polled_by_its_id(local_cloud, ec2, ssm, aws_connection):
+    """register's trigger: the stop, CreateImage, then the image's wait, which polls by the id CreateImage
+    answered (a poll other waits can share), not by the name the task gave (a filter no poll can share)."""
+    from image_factory.steps.image import named
+
+    with stopping_instance(local_cloud, ec2, ssm, {"image_available": 30}, "by-id") as (instance_id, name):
+        event = asyncio.run(asyncio.wait_for(anext(Ec2StateTrigger(
+            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=1.5, schedule=0.25,
+            then=[("create_image", {"InstanceId": instance_id, "Name": name})],
+            next_wait=["image_available", named(name)], next_schedule=0.25).run()), 60))
+        [image] = ec2.describe_images(**named(name))["Images"]
+    # The image (pending for 30 s) outlasts the wait: its timeout names what the polls asked for.
+    assert event.payload["status"] == "timeout"
+    assert f"image_available {{'ImageIds': ['{image['ImageId']}']}}" in event.payload["message"]
 
 
 def test_a_batch_with_a_resource_ec2_does_not_know_is_asked_again_one_wait_at_a_time(local_cloud, ec2, ssm,

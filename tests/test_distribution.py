@@ -209,3 +209,37 @@ def test_the_command_line_shows_a_copy_its_source_and_its_channel(runs, local_cl
     assert f"  copy of: {original['ImageId']}@{OWN}" in lines
     assert any(line.startswith(f"  copy of {original['ImageId']}") for line in lines)  # then the original's lineage
     assert any("root origin: owner" in line for line in lines)
+
+
+def test_a_promotion_refused_in_one_region_puts_the_channel_back_in_the_others(local_cloud):
+    """All or none: AWS denies the channel's write in the build's own region (moved last); the copies' regions
+    get back what they named before (an older image, or no channel at all)."""
+    from botocore.exceptions import ClientError
+
+    from image_factory.steps import channels
+
+    name, older = "all-or-none", "ami-0000000000000a001"
+    images = {"us-east-1": "ami-0000000000000a002", "eu-central-1": "ami-0000000000000a003",
+              OWN: "ami-0000000000000a004"}
+
+    def ssm_in(region):
+        return client(local_cloud, "ssm", region)
+
+    ssm_in("us-east-1").put_parameter(Name=f"/image-factory/{name}/latest", Value=older, Type="String",
+                                      DataType="aws:ec2:image")
+    local_cloud.configure(deny=[f"ssm:PutParameter@{OWN}"])
+    try:
+        with pytest.raises(ClientError, match="AccessDenied"):
+            channels.move_everywhere(ssm_in, name, ["latest"], images, {"status": "passed"}, "/image-factory")
+        refused = {region: channel(local_cloud, name, region) for region in images}
+    finally:
+        local_cloud.configure(deny=[])
+    assert refused == {"us-east-1": older, "eu-central-1": None, OWN: None}
+    try:
+        moved = channels.move_everywhere(ssm_in, name, ["latest"], images, {"status": "passed"}, "/image-factory")
+        assert {region: channel(local_cloud, name, region) for region in images} == images
+        # us-east-1's history: the older image, the refused promotion, its undoing, this one
+        assert moved["us-east-1"] == {"latest": 4} and moved[OWN] == {"latest": 1}
+    finally:
+        for region in images:
+            ssm_in(region).delete_parameter(Name=f"/image-factory/{name}/latest")

@@ -197,10 +197,10 @@ def judged(config, waiter_name: str, waiter_args: dict, answer: dict) -> dict | 
 Call = tuple[str, dict]
 
 
-def call_after(ec2, then: tuple[Call, ...] | list) -> tuple[str, bool] | None:
+def call_after(ec2, then: tuple[Call, ...] | list, made: list[str] | None = None) -> tuple[str, bool] | None:
     """Make the calls that waited for the state, in order; a resource gone already counts as deleted, one
     there already (made by an earlier run of the same wait) as created. Returns what failed and whether
-    retrying may help (the rest is left undone), else None."""
+    retrying may help (the rest is left undone), else None. ``made`` gets the ids of what the calls created."""
     from image_factory.aws import error_code
     from image_factory.build import created, deleted
     from image_factory.errors import is_transient
@@ -217,8 +217,10 @@ def call_after(ec2, then: tuple[Call, ...] | list) -> tuple[str, bool] | None:
         if operation.startswith("delete_"):
             deleted(kind, ids(arguments))
         elif operation.startswith("create_"):
-            made = next((v for k, v in answer.items() if k.endswith("Id") and isinstance(v, str)), "")
-            created(kind, made, **({"name": arguments["Name"]} if "Name" in arguments else {}))
+            new_id = next((v for k, v in answer.items() if k.endswith("Id") and isinstance(v, str)), "")
+            created(kind, new_id, **({"name": arguments["Name"]} if "Name" in arguments else {}))
+            if made is not None and new_id:
+                made.append(new_id)
     return None
 
 

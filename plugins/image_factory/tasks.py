@@ -305,15 +305,13 @@ def distribute_image(task: BuildTask, network: dict, registered: dict) -> dict:
 
 def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted: list[str]) -> dict:
     """Moves ``wanted`` in every region the image is in (the build's, and each copy's, to its copy: the
-    copies' regions first, the build's own last), and sets the promotion events' extra."""
+    copies' regions first, the build's own last; all or none), and sets the promotion events' extra."""
     build = task.build(network)
     clients_in = task.clients_in(build)
     distributed = task.pull(DISTRIBUTE) or {}
     images = {**distributed.get("copies", {}), build.region: registered["image_id"]}
-    moved = {}
-    for region, image_id in images.items():
-        moved[region] = channels.move(clients_in(region).ssm, build.spec.name, wanted, image_id, tested,
-                                      build.settings.channel_prefix)
+    moved = channels.move_everywhere(lambda region: clients_in(region).ssm, build.spec.name, wanted, images, tested,
+                                     build.settings.channel_prefix)
     versions = moved[build.region]
     extra = {"image_id": registered["image_id"], "region": build.region, "name": registered["name"],
              "channels": sorted(versions), "build_id": build.build_id,
