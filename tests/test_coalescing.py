@@ -106,8 +106,10 @@ def test_a_poll_with_no_call_on_its_way_is_made_at_once_and_alone(local_cloud, e
 
 
 def test_polls_of_other_calls_or_arguments_are_not_merged(local_cloud, ec2, ssm, aws_connection):
-    """A describe call with filters (or of another operation) asks alone; images are cut as instances are."""
+    """A describe call with filters asks alone, another operation's polls share only among themselves; images
+    are cut as instances are."""
     images = [ami["ImageId"] for ami in ec2.describe_images(Owners=["amazon"])["Images"][:2]]
+    instance_id = launch(ec2, ssm)
     client = aws.shared_ec2(aws_connection, REGION)
     coalescer = Coalescer()
 
@@ -115,11 +117,16 @@ def test_polls_of_other_calls_or_arguments_are_not_merged(local_cloud, ec2, ssm,
         key = (aws_connection, REGION)
         return await asyncio.gather(
             coalescer.ask(key, client, "DescribeImages", {"ImageIds": [images[0]]}),
+            coalescer.ask(key, client, "DescribeInstances", {"InstanceIds": [instance_id]}),
             coalescer.ask(key, client, "DescribeImages", {"ImageIds": [images[1]]}),
             coalescer.ask(key, client, "DescribeImages", {"Filters": [{"Name": "image-id", "Values": [images[0]]}]}))
 
-    (first, _), (second, _), (filtered, shared) = asyncio.run(mixed())
+    try:
+        (first, _), (instance, _), (second, _), (filtered, shared) = asyncio.run(mixed())
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
     assert [image["ImageId"] for image in first["Images"]] == [images[0]]
     assert [image["ImageId"] for image in second["Images"]] == [images[1]]
+    assert instances_in(instance) == [instance_id]
     assert [image["ImageId"] for image in filtered["Images"]] == [images[0]] and shared == 1
-    assert coalescer.polls == 3 and coalescer.calls <= 3
+    assert coalescer.polls == 4

@@ -66,17 +66,19 @@ class _Poll:
 
 
 class Coalescer:
-    """The shared describe calls of one event loop (the triggerer's), by key (connection, region, operation)."""
+    """The shared describe calls of one event loop (the triggerer's), by connection, region and operation."""
 
     def __init__(self):
         self._queued: dict[tuple, list[_Poll]] = {}
         self._draining: dict[tuple, asyncio.Task] = {}
-        #: (calls made, polls answered): how much the sharing saved, for the log and the tests.
+        #: (calls made, polls answered): how much the sharing saved (the tests read them).
         self.calls, self.polls = 0, 0
 
     async def ask(self, key: tuple, client, operation: str, arguments: dict) -> tuple[dict, int]:
-        """The answer to ``operation(**arguments)`` and how many polls shared the call that gave it."""
+        """The answer to ``operation(**arguments)`` and how many polls shared the call that gave it; ``key``
+        names the client's connection and region (a call is shared by polls of the same)."""
         batchable = BATCHABLE.get(operation)
+        key = (*key, operation)
         if batchable is None or set(arguments) != {batchable.ids_argument}:
             self.calls, self.polls = self.calls + 1, self.polls + 1
             return await asyncio.to_thread(call, client, operation, arguments), 1
