@@ -110,6 +110,7 @@ def install() -> None:
 
     install_image_lifecycle()
     install_lookup_caches()
+    install_request_lock()
 
     from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
 
@@ -132,6 +133,23 @@ def install_lookup_caches() -> None:
     modules = tuple(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules
     responses.method_names_from_class = functools.cache(responses.method_names_from_class)
+
+
+def install_request_lock() -> None:
+    """One request at a time. moto's server answers each request in a thread of its own, and its backends are
+    not thread-safe: under 100 builds, a CreateSecurityGroup failed with "dictionary changed size during
+    iteration" (moto's lookup of the group's name, while another build's group was added). Its work is
+    Python under the GIL anyway, so the lock costs next to no throughput."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    answer = DomainDispatcherApplication.__call__
+    lock = threading.Lock()
+
+    def one_at_a_time(self, environ, start_response):
+        with lock:
+            return answer(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = one_at_a_time
 
 
 def install_image_lifecycle() -> None:

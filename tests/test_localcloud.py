@@ -163,6 +163,64 @@ def test_every_call_throttled_reaches_a_client_without_retries_as_aws_throttling
     ec2.describe_vpcs()  # and off again
 
 
+def test_a_denied_call_is_answered_as_aws_denies_it_in_that_region_only(local_cloud):
+    ssm, ec2 = client(local_cloud, "ssm", NO_RETRIES), client(local_cloud, "ec2", NO_RETRIES)
+    elsewhere = boto3.client("ssm", endpoint_url=local_cloud.endpoint, region_name="us-east-1", config=NO_RETRIES,
+                             aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
+    name = f"/denied/{uuid.uuid4().hex}"
+    try:
+        assert local_cloud.configure(deny=[f"ssm:PutParameter@{REGION}", f"ec2:DescribeVpcs@{REGION}"])["deny"]
+        with pytest.raises(ClientError) as ssm_error:
+            ssm.put_parameter(Name=name, Value="x", Type="String")
+        with pytest.raises(ClientError) as ec2_error:
+            ec2.describe_vpcs()
+        elsewhere.put_parameter(Name=name, Value="x", Type="String")  # another region: allowed
+        ec2.describe_subnets()  # another call: allowed
+    finally:
+        local_cloud.configure(deny=[])
+    assert ssm_error.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert ec2_error.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    assert ec2_error.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError):  # denied calls are not forwarded
+        ssm.get_parameter(Name=name)
+    ssm.put_parameter(Name=name, Value="x", Type="String")  # and off again
+    for region_ssm in (ssm, elsewhere):
+        region_ssm.delete_parameter(Name=name)
+    with pytest.raises(LocalCloudError):
+        local_cloud.configure(deny=["PutParameter in eu-west-1"])
+
+
+def test_moto_answers_one_request_at_a_time(monkeypatch):
+    """moto's backends are not thread-safe (a CreateSecurityGroup of 100 builds at once failed: "dictionary
+    changed size during iteration"), and its server answers each request in a thread: the local cloud's moto
+    lets one in at a time. (The race itself is too rare to show on demand: four requests that each take a
+    while stand for it.)"""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    from localcloud import moto_server
+
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def a_while(self, environ, start_response):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return [b"answered"]
+
+    monkeypatch.setattr(DomainDispatcherApplication, "__call__", a_while)
+    moto_server.install_request_lock()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: DomainDispatcherApplication.__call__(None, {}, None), range(4)))
+    assert answers == [[b"answered"]] * 4 and most[0] == 1
+
+
 def test_standard_retries_recover_from_throttling(local_cloud):
     ec2 = client(local_cloud, "ec2", STANDARD_RETRIES)
     try:
