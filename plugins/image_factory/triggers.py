@@ -195,8 +195,13 @@ class SshReadyTrigger(BaseTrigger):
         from image_factory.coalescing import coalescer
 
         conn_id, region, instance_id = (self.instance[k] for k in ("aws_conn_id", "region", "instance_id"))
-        ec2 = await asyncio.to_thread(aws.shared_ec2, conn_id, region)
-        answer, _ = await coalescer().ask((conn_id, region), ec2, "DescribeInstances", {"InstanceIds": [instance_id]})
+        try:
+            ec2 = await asyncio.to_thread(aws.shared_ec2, conn_id, region)
+            answer, _ = await coalescer().ask((conn_id, region), ec2, "DescribeInstances",
+                                              {"InstanceIds": [instance_id]})
+        except Exception as exc:  # the look is a shortcut: without an answer, the SSH wait goes on as it would
+            self.log.warning("the state of instance %s is not known (%s); waiting for SSH on", instance_id, exc)
+            return None
         found = [item for reservation in answer.get("Reservations", []) for item in reservation["Instances"]]
         if not found or found[0]["State"]["Name"] in ("pending", "running"):
             return None  # (not found: not known yet, as AWS may say just after a launch; the timeout decides)

@@ -46,8 +46,7 @@ def put_back(ssm_in, spec_name: str, before: dict[str, dict[str, str | None]], p
                 if image_id is None:
                     ssm_in(region).delete_parameter(Name=name)
                 else:
-                    ssm_in(region).put_parameter(Name=name, Value=image_id, Type="String", DataType="aws:ec2:image",
-                                                 Overwrite=True)
+                    _put(ssm_in(region), name, image_id, channel, spec_name)
             except Exception as exc:
                 log.error("channel %s in %s could not be put back to %s: %s", name, region, image_id or "(none)", exc)
                 continue
@@ -73,8 +72,7 @@ def move(ssm, spec_name: str, channels: list[str], image_id: str, tests: dict, p
             versions[channel] = current[1]
             continue
         checkpoint("before:channel")
-        answer = ssm.put_parameter(Name=name, Value=image_id, Type="String", DataType="aws:ec2:image",
-                                   Overwrite=True, Description=f"Image Factory channel {channel} of {spec_name}")
+        answer = _put(ssm, name, image_id, channel, spec_name)
         versions[channel] = answer["Version"]
         if before is not None:
             before[channel] = current[0] if current else None
@@ -82,6 +80,11 @@ def move(ssm, spec_name: str, channels: list[str], image_id: str, tests: dict, p
                  answer["Version"])
         checkpoint("after:channel")
     return versions
+
+
+def _put(ssm, name: str, image_id: str, channel: str, spec_name: str) -> dict:
+    return ssm.put_parameter(Name=name, Value=image_id, Type="String", DataType="aws:ec2:image", Overwrite=True,
+                             Description=f"Image Factory channel {channel} of {spec_name}")
 
 
 def _current(ssm, name: str) -> tuple[str, int] | None:
