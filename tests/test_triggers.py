@@ -38,7 +38,7 @@ def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(loc
         instance_id = launch(ec2, ssm)
         local_cloud.reset_stats()
         trigger = Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                  timeout=30, schedule=0.5, finish=True)
+                                  timeout=30, schedule=0.5, finish=True, elapsed=0.0)  # a timed step (the launch)
         event = first_event(trigger)
         waited = time.time() - trigger.started
         polls = local_cloud.stats()["calls"].get("ec2:DescribeInstances", 0)
@@ -107,6 +107,7 @@ def test_the_calls_that_waited_for_the_state_are_made_by_the_trigger(local_cloud
         finish=True, then=[("delete_security_group", {"GroupId": group}), ("delete_subnet", {"SubnetId": subnet}),
                            ("delete_vpc", {"VpcId": vpc})]))
     assert isinstance(event, TaskSuccessEvent)
+    assert "step_seconds" not in event.xcoms  # the teardown: a step the build summary does not time
     calls = local_cloud.stats()["calls"]
     assert [calls.get(f"ec2:{a}") for a in ("DeleteSecurityGroup", "DeleteSubnet", "DeleteVpc")] == [1, 1, 1]
     assert ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Vpcs"] == []

@@ -16,6 +16,8 @@ import asyncio
 import weakref
 from dataclasses import dataclass
 
+from image_factory.polling import call
+
 
 @dataclass(frozen=True)
 class Batchable:
@@ -34,17 +36,6 @@ BATCHABLE = {
 }
 #: Resources asked about in one call at most (the rest ride the next).
 MAX_IDS = 100
-
-
-def call(client, operation: str, arguments: dict) -> dict:
-    """The describe call's answer, or the error EC2 answered with (a waiter judges errors too)."""
-    from botocore import xform_name
-    from botocore.exceptions import ClientError
-
-    try:
-        return getattr(client, xform_name(operation))(**arguments)
-    except ClientError as exc:
-        return exc.response
 
 
 def cut(answer: dict, batchable: Batchable, ids: list[str]) -> dict:

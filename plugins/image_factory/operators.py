@@ -44,9 +44,9 @@ def classified(function, timed: bool = False):
             if wait.result is not None:
                 ti, so_far = context["ti"], round(time.monotonic() - started, 1)
                 ti.xcom_push(key="return_value", value=wait.result)
-                if timed:
+                if timed:  # (also here: `airflow dags test` resumes the task instead of taking the trigger's XComs)
                     ti.xcom_push(key="step_seconds", value=so_far)
-                wait.trigger.elapsed = so_far  # its step_seconds: this plus the wait
+                    wait.trigger.elapsed = so_far  # the trigger's step_seconds: this plus the wait
             context["task"].defer(trigger=wait.trigger, method_name="resume",
                                   timeout=timedelta(seconds=wait.timeout + 60))
         if timed:  # (an XCom write is an API call: only for the steps the summary reports)

@@ -163,10 +163,19 @@ def failure(message: str, transient: bool) -> Exception:
 def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
     """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
     (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
-    from image_factory.coalescing import call
-
     config = waiter_config(ec2, waiter_name)
     return judged(config, waiter_name, waiter_args, call(ec2, config.operation, waiter_args))
+
+
+def call(client, operation: str, arguments: dict) -> dict:
+    """The describe call's answer, or the error EC2 answered with (a waiter judges errors too)."""
+    from botocore import xform_name
+    from botocore.exceptions import ClientError
+
+    try:
+        return getattr(client, xform_name(operation))(**arguments)
+    except ClientError as exc:
+        return exc.response
 
 
 _waiter_configs: dict[tuple[str, str], object] = {}

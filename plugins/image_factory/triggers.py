@@ -35,7 +35,7 @@ from image_factory.polling import Schedule, remember
 class Ec2StateTrigger(BaseTrigger):
     def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
                  schedule: Schedule | dict | float, finish: bool = False, started: float | None = None,
-                 then: list | None = None, elapsed: float = 0.0, next_wait: list | None = None,
+                 then: list | None = None, elapsed: float | None = None, next_wait: list | None = None,
                  next_schedule: Schedule | dict | float | None = None, history: dict | None = None):
         super().__init__()
         self.aws_conn_id = aws_conn_id
@@ -48,7 +48,8 @@ class Ec2StateTrigger(BaseTrigger):
         self.finish = finish
         self.started = started or time.time()
         self.then = [list(call) for call in then or []]
-        #: Seconds the task ran before deferring (with ``finish``: the step's time is this plus the wait).
+        #: Seconds the task ran before deferring, for a step the build summary times (with ``finish``: the
+        #: step's XCom ``step_seconds`` is this plus the wait; None: not timed, no such XCom).
         self.elapsed = elapsed
         #: [waiter name, waiter args]: a second wait, from when the ``then`` calls are made (they start the
         #: change it waits for: the image that CreateImage makes once the instance is stopped).
@@ -96,9 +97,10 @@ class Ec2StateTrigger(BaseTrigger):
         if self.finish and not failed:
             # The task stored its result before deferring; step_seconds feeds the build summary, waits the
             # next build's schedule.
-            yield TaskSuccessEvent(xcoms={
-                "step_seconds": round(self.elapsed + time.time() - self.started, 1),
-                "waits": {name: remember(self.history.get(name), seen) for name, seen in windows.items()}})
+            xcoms = {"waits": {name: remember(self.history.get(name), seen) for name, seen in windows.items()}}
+            if self.elapsed is not None:
+                xcoms["step_seconds"] = round(self.elapsed + time.time() - self.started, 1)
+            yield TaskSuccessEvent(xcoms=xcoms)
         else:
             # The last answer goes back too: the task need not describe again what it waited for.
             shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
