@@ -528,33 +528,60 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
             print(f"PostgreSQL {pg.url} (data in {pg.root}); local cloud {cloud.endpoint}, latency {LATENCY}",
                   flush=True)
             with contextlib.nullcontext() if celery is not None else stack:
-                stack.wait_until_healthy(timeout=300)
-                _wait_for_dags(stack, names, timeout=600)
-                with ThreadPoolExecutor(TRIGGER_THREADS) as pool:
-                    list(pool.map(lambda name: stack.api("PATCH", f"/dags/{name}", {"is_paused": False}), names))
                 before = inventory(cloud)
-                print(f"one build alone ({names[0]}) ...", flush=True)
-                raw_one = batch(stack, cloud, pg.dsn, names[:1], BUILD_TIMEOUT)
-                one = summarize(raw_one, stack.task_logs)
-                print(f"  {_brief(one)}", flush=True)
-                print(f"{builds} builds at once ...", flush=True)
-                raw_many = batch(stack, cloud, pg.dsn, names, timeout)
-                many = summarize(raw_many, stack.task_logs)
-                print(f"  {_brief(many)}", flush=True)
+                raw_one, one, raw_many, many = _batches(stack, cloud, pg.dsn, names, timeout, "build")
             # Listed once the stack is stopped: nothing changes the cloud any more, even after a time-out.
             after = inventory(cloud)
             kept_images, kept_snapshots, kept_channels = products(cloud, set(one["builds"]) | set(many["builds"]))
             left = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
+        floor = _floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
-                "workers": workers,
+                "workers": workers, "floor": floor,
                 "code": code_text,
                 "home": stack.home, "leaks": left,
                 "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots),
                 "kept_channels": sorted(kept_channels)}
     _keep(work / "concurrency.json", measured, raw_one, raw_many)
     return measured
+
+
+def _batches(stack, cloud: LocalCloud, dsn: str, names: list[str], timeout: float, what: str):
+    """Once every DAG is loaded and unpaused: the first DAG's run alone, then a run of each at once."""
+    stack.wait_until_healthy(timeout=300)
+    _wait_for_dags(stack, names, timeout=600)
+    with ThreadPoolExecutor(TRIGGER_THREADS) as pool:
+        list(pool.map(lambda name: stack.api("PATCH", f"/dags/{name}", {"is_paused": False}), names))
+    print(f"one {what} alone ({names[0]}) ...", flush=True)
+    raw_one = batch(stack, cloud, dsn, names[:1], BUILD_TIMEOUT)
+    one = summarize(raw_one, stack.task_logs)
+    print(f"  {_brief(one)}", flush=True)
+    print(f"{len(names)} {what}s at once ...", flush=True)
+    raw_many = batch(stack, cloud, dsn, names, timeout)
+    many = summarize(raw_many, stack.task_logs)
+    print(f"  {_brief(many)}", flush=True)
+    return raw_one, one, raw_many, many
+
+
+def _floor(work: Path, cloud: LocalCloud, names: list[str], parallelism: int, workers: int, timeout: float,
+           extra_env: dict[str, str], source: Path) -> dict:
+    """The same batches of DAGs of a build's shape whose tasks do nothing (bench/floor.py), on a deployment of
+    their own (the same settings, a new database): Airflow's own time for them on this machine."""
+    from bench.floor import DAG_FILE
+    from localcloud.deployment import Deployment
+
+    dags = work / "floor" / "dags"
+    dags.mkdir(parents=True)
+    (dags / "floor_builds.py").write_text(DAG_FILE)
+    env = {**extra_env, "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "PYTHONPATH": f"{source / 'plugins'}:{PROJECT}"}  # (bench.floor from the project)
+    with Deployment(work / "floor" / "deployment", cloud, port=free_port(), workers=workers,
+                    concurrency=max(1, parallelism // workers), pool_slots=parallelism, extra_env=env) as celery:
+        print(f"the floor: Celery deployment at {celery.url}", flush=True)
+        raw_one, one, raw_many, many = _batches(celery.stack, cloud, celery.pg.dsn, names, timeout, "floor run")
+    _keep(work / "floor.json", {"one": one, "many": many}, raw_one, raw_many)
+    return {"one": one, "many": many}
 
 
 def _keep(path: Path, measured: dict, *raws: dict) -> None:
@@ -623,6 +650,7 @@ def result(m: dict) -> Result:
             _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]),
             "-" if times is None else f"{n} builds took {times:.2f}x one (goal <= 2x); emulated minimum to the "
                                       f"image {MINIMUM} s"),
+        *_floor_rows(name, m),
         Row(name, "max worker slots held by builds whose image is pending", str(many["held_max"]),
             str(one["held_max"]), "-",
             f"goal 0; {many['builds_holding']} of {n} builds held one at some sample, "
@@ -701,6 +729,17 @@ def result(m: dict) -> Result:
         f"specs): {_ms(many['parse_ms_median'])} median, {_ms(many['parse_ms_max'])} at most during the {n} "
         f"builds (wall time in the task process, CPU contention included), against {_ms(one['parse_ms_median'])} "
         "median for the one build.",
+        *([] if not m.get("floor") else [
+            f"**The floor.** After the builds, the same two batches (one alone, then {n} at once) on a second "
+            "Celery deployment of the same settings and a new database: a DAG per spec copy of exactly a "
+            "build's tasks, dependencies, pool, setup and teardown and XCom hand-offs (`build_dag` with other "
+            "task bodies: bench/floor.py), whose bodies return at once; launching and the teardown end in the "
+            "triggerer and registering and testing resume after it, as in a build on this cloud, with a trigger "
+            "that fires at once. No cloud call, no SSH, no emulated wait: all of its time is Airflow's "
+            "(scheduler, Celery, task processes, api-server, triggerer, database). One alone: "
+            f"{_s(m['floor']['one']['wall_to_end'])}; {n} at once: {_s(m['floor']['many']['wall_to_end'])}; "
+            f"first task of a run started up to {_s(max(m['floor']['many']['first_start'], default=None))} "
+            "after the trigger."]),
         "Leaks: every resource of the local cloud (instances not terminated, VPCs, subnets, security groups, key "
         "pairs, network interfaces, volumes, images, snapshots, SSM parameters; all its regions), read from moto "
         "after all runs, against the same listing before the first build; the builds' complete images "
@@ -723,6 +762,25 @@ def result(m: dict) -> Result:
     if errors:
         details.append(f"The sampler missed {len(errors)} samples, e.g.: {errors[0]}")
     return Result(rows, details)
+
+
+def _floor_rows(name: str, m: dict) -> list[Row]:
+    """Airflow's own time for the same DAG shape, beside the builds' (bench/floor.py)."""
+    if not m.get("floor"):
+        return []
+    one, many, n = m["floor"]["one"], m["floor"]["many"], m["builds"]
+    builds_one, builds_many = m["one"]["wall_to_end"], m["many"]["wall_to_end"]
+    floor_times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
+    return [
+        Row(name, f"the floor: {n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
+            _s(many["wall_to_end"]), _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]),
+            f"{many['succeeded']}/{many['n']} succeeded, {many['task_starts'] / n:.1f} task starts a run (the builds: "
+            f"{m['many']['task_starts'] / n:.1f})"
+            + (f"; {n} took {floor_times:.2f}x one" if floor_times else "")
+            + (f"; Airflow alone needs {many['wall_to_end'] / builds_one:.2f}x one build's wall time for them "
+               f"(the builds: {builds_many / builds_one:.2f}x)" if many["wall_to_end"] and builds_one and builds_many
+               else "")),
+    ]
 
 
 def _cpus() -> int:

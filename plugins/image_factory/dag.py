@@ -103,9 +103,9 @@ def _run(body: Callable, loaded: LoadedSpec, *results):
     return body(tasks.BuildTask(loaded), *results)
 
 
-def steps_of(spec: ImageSpec) -> list[Step]:
+def steps_of(spec: ImageSpec, table: tuple[Step, ...] = STEPS) -> list[Step]:
     """The tasks of ``spec``'s DAG, in order."""
-    return [step for step in STEPS if step.when is None or step.when(spec)]
+    return [step for step in table if step.when is None or step.when(spec)]
 
 
 def _schedule(spec: ImageSpec):
@@ -124,11 +124,13 @@ def _schedule(spec: ImageSpec):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=condition)
 
 
-def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None) -> DAG:
-    """The spec's DAG; ``deployment`` (retries, pool) is read from Airflow's config when not given."""
+def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
+              table: tuple[Step, ...] = STEPS) -> DAG:
+    """The spec's DAG; ``deployment`` (retries, pool) is read from Airflow's config when not given. (``table``:
+    the steps, for a benchmark that gives them other bodies: bench/floor.py.)"""
     spec = loaded.image
     deployment = deployment or settings.load()  # config values only: no network, no Variable
-    steps = steps_of(spec)
+    steps = steps_of(spec, table)
     dag = DAG(
         dag_id=spec.name,
         description=f"Build the {spec.name} image in {spec.region}",
