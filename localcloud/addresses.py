@@ -57,6 +57,13 @@ class Plan:
         return self.private.network_address + 1
 
     @property
+    def bridge_mac(self) -> str:
+        """The bridge's own MAC: locally administered, its address's four bytes. Set, it stays; else Linux gives
+        a bridge the lowest MAC of its ports, which changes as machines come and go, and every host on the
+        bridge then sends to a MAC that is gone until its ARP entry times out (tens of seconds)."""
+        return "02:00:" + ":".join(f"{byte:02x}" for byte in self.bridge_address.packed)
+
+    @property
     def probe_network(self) -> ipaddress.IPv4Network:
         """Addresses for namespaces of the tests' own on the bridge."""
         return ipaddress.ip_network(f"{self.private.network_address + 256}/24")

@@ -133,6 +133,7 @@ def host_network_up(plan: Plan) -> bool:
     made = ensure_blackhole()
     if run("ip", "link", "show", plan.bridge, check=False).returncode != 0:
         run("ip", "link", "add", plan.bridge, "type", "bridge")
+    run("ip", "link", "set", plan.bridge, "address", plan.bridge_mac)  # (see Plan.bridge_mac)
     disable_ipv6 = Path(f"/proc/sys/net/ipv6/conf/{plan.bridge}/disable_ipv6")
     if disable_ipv6.exists():
         disable_ipv6.write_text("1\n")

@@ -256,6 +256,22 @@ def probe_namespace(address: str | None = None):
         subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
 
+def test_the_bridge_keeps_its_mac_when_a_port_with_a_lower_one_joins(local_cloud):
+    """Linux gives a bridge the lowest MAC of its ports unless one is set: each machine that joins could move it,
+    and every host on the bridge (the deployment's workers, the machines) would send to a MAC that is gone until
+    its ARP entry timed out: the api-server looked silent for 39 s in a 100-build run."""
+    bridge = Path(f"/sys/class/net/{PLAN.bridge}")
+    assert (bridge / "address").read_text().strip() == PLAN.bridge_mac
+    veth = f"{PLAN.veth_prefix}m{os.getpid() % 100000}"
+    try:
+        subprocess.run(["ip", "link", "add", veth, "address", "00:00:00:00:00:01", "type", "veth", "peer", "name",
+                        f"{veth}p"], check=True)
+        subprocess.run(["ip", "link", "set", veth, "master", PLAN.bridge, "up"], check=True)
+        assert (bridge / "address").read_text().strip() == PLAN.bridge_mac
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
 def connects(host: str, port: int, netns: str | None = None, timeout: float = 2) -> bool:
     code = (f"import socket\ntry:\n socket.create_connection(({host!r}, {port}), {timeout}).close()\n"
             " print('open')\nexcept OSError as e:\n print('closed', e)")
