@@ -22,6 +22,8 @@ Method (see bench/README.md):
   number of task instances in state ``running`` (each holds one of the LocalExecutor's worker processes) of
   builds whose image is pending at that moment, by task id; the benchmark also reports all running task
   instances at moments when any image is pending, and the peaks of deferred and queued ones.
+* On the Celery deployment, Airflow's floor after the builds (bench/floor.py): the same batches, on a deployment
+  of their own, of DAGs of a build's shape whose tasks do nothing.
 * Leaks: every resource of the cloud (instances not terminated, VPCs, subnets, security groups, key pairs,
   network interfaces, volumes, images, snapshots, SSM parameters; in every region of the local cloud) after
   all runs, against the same listing before the first build; the builds' complete images and their snapshots
@@ -534,7 +536,10 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
             after = inventory(cloud)
             kept_images, kept_snapshots, kept_channels = products(cloud, set(one["builds"]) | set(many["builds"]))
             left = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
-        floor = _floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
+        try:
+            floor = _floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
+        except Exception as error:  # the builds' figures stand without it
+            floor = {"error": f"{type(error).__name__}: {error}"}
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
@@ -729,7 +734,7 @@ def result(m: dict) -> Result:
         f"specs): {_ms(many['parse_ms_median'])} median, {_ms(many['parse_ms_max'])} at most during the {n} "
         f"builds (wall time in the task process, CPU contention included), against {_ms(one['parse_ms_median'])} "
         "median for the one build.",
-        *([] if not m.get("floor") else [
+        *([] if not m.get("floor") or "error" in m["floor"] else [
             f"**The floor.** After the builds, the same two batches (one alone, then {n} at once) on a second "
             "Celery deployment of the same settings and a new database: a DAG per spec copy of exactly a "
             "build's tasks, dependencies, pool, setup and teardown and XCom hand-offs (`build_dag` with other "
@@ -768,6 +773,9 @@ def _floor_rows(name: str, m: dict) -> list[Row]:
     """Airflow's own time for the same DAG shape, beside the builds' (bench/floor.py)."""
     if not m.get("floor"):
         return []
+    if "error" in m["floor"]:
+        return [Row(name, "the floor (DAGs of a build's shape whose tasks do nothing)", "-", "-", "-",
+                    f"not measured: {m['floor']['error'][:200]}")]
     one, many, n = m["floor"]["one"], m["floor"]["many"], m["builds"]
     builds_one, builds_many = m["one"]["wall_to_end"], m["many"]["wall_to_end"]
     floor_times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
