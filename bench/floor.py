@@ -33,8 +33,12 @@ NOTHING = {"floor": True}
 
 #: The DAG file the benchmark writes into the floor deployment's DAG folder (Airflow's safe mode reads only a
 #: file that names "airflow" and "dag").
-DAG_FILE = '"""Airflow DAGs of the benchmark\'s floor (bench/floor.py)."""\n\nfrom bench.floor import dags\n\n' \
-           'globals().update(dags())\n'
+DAG_FILE = '''"""Airflow DAGs of the benchmark's floor (bench/floor.py)."""
+
+from bench.floor import dags
+
+globals().update(dags())
+'''
 
 
 class AtOnce(BaseTrigger):
@@ -70,7 +74,7 @@ TABLE = tuple(dataclasses.replace(step, body=_nothing(step.task_id)) if step.bod
 def dags() -> dict:
     """A floor DAG for each spec in ``[image_factory] specs_folder``, named as the spec (a task process: its own)."""
     wanted = get_parsing_context().dag_id
-    specs, errors = load_specs(specs_folder(Path("include/specs")), only=wanted)
+    specs, errors = load_specs(specs_folder(Path(__file__).resolve().parents[1] / "include" / "specs"), only=wanted)
     if errors:
         raise RuntimeError(f"floor specs not loaded: {errors}")
     deployment = load_settings()
