@@ -16,14 +16,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from airflow.sdk import get_parsing_context
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from image_factory import tasks
-from image_factory.dag import STEPS, build_dag
-from image_factory.settings import load as load_settings
+from image_factory.dag import STEPS, build_dags
 from image_factory.settings import specs_folder
-from image_factory.spec import load_specs
 from image_factory.waiting import WaitDeferred
 
 ENDS_IN_TRIGGER = (tasks.LAUNCH, tasks.TEARDOWN)
@@ -73,10 +70,7 @@ TABLE = tuple(dataclasses.replace(step, body=_nothing(step.task_id)) if step.bod
 
 def dags() -> dict:
     """A floor DAG for each spec in ``[image_factory] specs_folder``, named as the spec (a task process: its own)."""
-    wanted = get_parsing_context().dag_id
-    specs, errors = load_specs(specs_folder(Path(__file__).resolve().parents[1] / "include" / "specs"), only=wanted)
+    built, errors = build_dags(specs_folder(Path(__file__).resolve().parents[1] / "include" / "specs"), TABLE)
     if errors:
         raise RuntimeError(f"floor specs not loaded: {errors}")
-    deployment = load_settings()
-    return {loaded.name: build_dag(loaded, deployment, TABLE) for loaded in specs
-            if wanted is None or loaded.name == wanted}
+    return built

@@ -17,12 +17,14 @@ tasks.
 from __future__ import annotations
 
 import functools
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, get_parsing_context
 from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 from airflow.task.trigger_rule import TriggerRule
@@ -30,7 +32,7 @@ from airflow.task.trigger_rule import TriggerRule
 from image_factory import settings, tasks
 from image_factory.assets import channel_asset, origin_asset, promotion_assets
 from image_factory.operators import RETRY_POLICY, BuildStep, ImageApproval, ImageStep, InstanceStep, classified
-from image_factory.spec import ImageSpec, LoadedSpec, channel_of
+from image_factory.spec import ImageSpec, LoadedSpec, SpecError, channel_of, load_specs
 from image_factory.ui import dag_doc, trigger_params
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -174,3 +176,21 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
     # After the tasks: a DAG's params given earlier are deep-copied into every task made after them.
     dag.params = trigger_params(spec)
     return dag
+
+
+def build_dags(folder: Path, table: tuple[Step, ...] = STEPS) -> tuple[dict[str, DAG], list[SpecError]]:
+    """The DAG of each valid spec in ``folder`` by its id, and the errors of the others (a bad spec costs only
+    its own DAG). A task process needs only its own DAG, which Airflow names in the parsing context: then only
+    the spec files that name it are read; the dag-processor gets all."""
+    wanted = get_parsing_context().dag_id
+    specs, errors = load_specs(folder, only=wanted)
+    deployment = settings.load()  # once per folder, not once per DAG
+    # The DAGs are all kept: collecting garbage while they are made only costs time (about a tenth of it).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return {loaded.name: build_dag(loaded, deployment, table) for loaded in specs
+                if wanted is None or loaded.name == wanted}, errors
+    finally:
+        if collecting:
+            gc.enable()
