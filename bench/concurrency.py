@@ -377,6 +377,41 @@ def task_starts(logs: Path, runs) -> list[int]:
     return parse_ms
 
 
+def steps(tasks: list[tuple], started: float) -> dict[str, tuple[float, float, float | None]]:
+    """Each task's median start, end and time queued, in seconds from the batch's first request, in the order
+    they start: where a run's time goes, the hand-offs between one task's end and the next one's start included.
+    A task that met the triggerer keeps the start of its first run and the queued time of its last: its time
+    queued is not known (None)."""
+    times: dict[str, list[tuple[float, float, float | None]]] = {}
+    for _dag, _run, task, _state, _try, start, end, queued_at in tasks:
+        if start is not None and end is not None:
+            queued = (start - queued_at).total_seconds() if queued_at and queued_at <= start else None
+            times.setdefault(task, []).append((start.timestamp() - started, end.timestamp() - started, queued))
+
+    def median(values: list) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    medians = {task: tuple(median([t[i] for t in values]) for i in range(3)) for task, values in times.items()}
+    return dict(sorted(medians.items(), key=lambda item: item[1][0]))
+
+
+def steps_table(batches: dict[str, dict]) -> str:
+    """The median start and end of each task (``steps``) of the named batches, side by side."""
+    names = list(batches)
+    tasks = list(dict.fromkeys(task for b in batches.values() for task in b.get("steps", {})))
+    lines = ["| task | " + " | ".join(f"{name}: start / end (queued)" for name in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for task in tasks:
+        cells = []
+        for b in batches.values():
+            start, end, queued = b.get("steps", {}).get(task, (None, None, None))
+            cells.append("-" if start is None else
+                         f"{start:.1f} / {end:.1f} ({'-' if queued is None else f'{queued:.1f}'})")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize(outcome: dict, logs: Path) -> dict:
     """The figures of one batch."""
     runs, states, started = outcome["runs"], outcome["states"], outcome["started_wall"]
@@ -420,6 +455,7 @@ def summarize(outcome: dict, logs: Path) -> dict:
     calls_total = sum(outcome["calls"].values())
     parse_ms = task_starts(logs, runs)
     return {
+        "steps": steps(outcome["tasks"], started),
         "build_queued_median": statistics.median(queued.values()) if queued else None,
         "build_queued_max": max(queued.values(), default=None),
         "task_starts": len(parse_ms),
@@ -487,14 +523,40 @@ def _dag_loaded(stack, dag_id: str) -> bool:
         raise
 
 
+#: An Airflow setting as an environment variable (``--airflow-setting``).
+AIRFLOW_SETTING = re.compile(r"AIRFLOW__[A-Z0-9_]+__[A-Z0-9_]+")
+
+
+def airflow_setting(text: str) -> tuple[str, str]:
+    """``AIRFLOW__SECTION__KEY=VALUE`` (an argparse type): a setting the benchmark's deployments get beyond
+    their own, to measure what it does."""
+    key, sep, value = text.partition("=")
+    if not sep or not AIRFLOW_SETTING.fullmatch(key):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected AIRFLOW__SECTION__KEY=VALUE")
+    return key, value
+
+
+def environment(work: Path, source: Path, code_env: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
+    """What the benchmark adds to the environment of every Airflow process it starts; ``settings`` last."""
+    return {"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
+            "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(work / "specs"),
+            "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(source / "include/roles"),
+            # One DAG file makes all N DAGs: give its parse room on a loaded machine.
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+            "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300", **code_env, **settings}
+
+
 def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM,
-            timeout: float = DEFAULT_TIMEOUT, ref: str | None = None, workers: int = 0) -> dict:
+            timeout: float = DEFAULT_TIMEOUT, ref: str | None = None, workers: int = 0,
+            settings: dict[str, str] | None = None) -> dict:
     """``workers`` > 0: on the Celery deployment (localcloud/deployment.py) with that many worker hosts,
-    ``parallelism`` task slots in all; else on one stack with the LocalExecutor."""
+    ``parallelism`` task slots in all; else on one stack with the LocalExecutor. ``settings``: Airflow settings
+    beyond the deployment's own (environment variables), for the builds and the floor."""
     from bench import postgres
     from localcloud.airflow_stack import AirflowStack
     from localcloud.deployment import Deployment
 
+    settings = dict(settings or {})
     work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
     cloud = LocalCloud(work / "local-cloud")
     source, code_env, code_text = code(work, ref)
@@ -504,12 +566,7 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
     try:
         cloud.configure(latency=LATENCY)
         names = write_specs(work / "specs", builds, source)
-        extra_env = {"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
-                     "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(work / "specs"),
-                     "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(source / "include/roles"),
-                     # One DAG file makes all N DAGs: give its parse room on a loaded machine.
-                     "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
-                     "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300", **code_env}
+        extra_env = environment(work, source, code_env, settings)
         if workers:
             deployment = Deployment(work / "deployment", cloud, port=free_port(), workers=workers,
                                     concurrency=max(1, parallelism // workers), pool_slots=parallelism,
@@ -537,14 +594,14 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
             kept_images, kept_snapshots, kept_channels = products(cloud, set(one["builds"]) | set(many["builds"]))
             left = leftovers(before, after, kept_images, kept_snapshots, kept_channels)
         try:
-            floor = _floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
+            floor = run_floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
         except Exception as error:  # the builds' figures stand without it
             floor = {"error": f"{type(error).__name__}: {error}"}
     finally:
         cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
                 "workers": workers, "floor": floor,
-                "code": code_text,
+                "code": code_text, "settings": settings,
                 "home": stack.home, "leaks": left,
                 "kept_images": sorted(kept_images), "kept_snapshots": sorted(kept_snapshots),
                 "kept_channels": sorted(kept_channels)}
@@ -569,8 +626,8 @@ def _batches(stack, cloud: LocalCloud, dsn: str, names: list[str], timeout: floa
     return raw_one, one, raw_many, many
 
 
-def _floor(work: Path, cloud: LocalCloud, names: list[str], parallelism: int, workers: int, timeout: float,
-           extra_env: dict[str, str], source: Path) -> dict:
+def run_floor(work: Path, cloud: LocalCloud, names: list[str], parallelism: int, workers: int, timeout: float,
+              extra_env: dict[str, str], source: Path) -> dict:
     """The same batches of DAGs of a build's shape whose tasks do nothing (bench/floor.py), on a deployment of
     their own (the same settings, a new database): Airflow's own time for them on this machine."""
     from bench.floor import DAG_FILE
@@ -708,7 +765,7 @@ def result(m: dict) -> Result:
         "Time to the images: when the local cloud's front shows each build's image available (its CreateImage "
         "answer plus the emulated image time, as in build-latency: whatever the build's polling); time to the "
         "end: the latest `dag_run.end_date`. Code measured: "
-        f"{m['code']}.",
+        f"{m['code']}. {tuned(m.get('settings'))}",
         f"Worker slots during the image wait: every {SAMPLE_EVERY} s ({many['samples']} samples for the {n} "
         "builds) the benchmark reads the front's record of the images (`/_localcloud/stats`, no call to moto but one "
         "DescribeImages per new image for its build tag, not counted) and the unfinished task instances from "
@@ -745,6 +802,9 @@ def result(m: dict) -> Result:
             f"{_s(m['floor']['one']['wall_to_end'])}; {n} at once: {_s(m['floor']['many']['wall_to_end'])}; "
             f"first task of a run started up to {_s(max(m['floor']['many']['first_start'], default=None))} "
             "after the trigger."]),
+        STEPS_INTRO + steps_table({f"{n} builds": many, **({f"{n} floor runs": m["floor"]["many"]}
+                                                          if m.get("floor") and "error" not in m["floor"] else {}),
+                                   "one build": one}),
         "Leaks: every resource of the local cloud (instances not terminated, VPCs, subnets, security groups, key "
         "pairs, network interfaces, volumes, images, snapshots, SSM parameters; all its regions), read from moto "
         "after all runs, against the same listing before the first build; the builds' complete images "
@@ -791,6 +851,20 @@ def _floor_rows(name: str, m: dict) -> list[Row]:
     ]
 
 
+STEPS_INTRO = ("Where the time goes: each task's median start and end over the runs, in seconds from the batch's "
+               "first request, and its median time queued (from queued to the start of its last try). The time "
+               "between one task's end and the next one's start is the hand-off: the scheduler's loop reaching the "
+               "run, the Celery queue, a free worker slot.\n\n")
+
+
+def tuned(settings: dict[str, str] | None) -> str:
+    """The sentence that says which settings a run had beyond the deployment's own."""
+    if not settings:
+        return "Airflow settings: the deployment's own, nothing added."
+    return ("**Tuned**: Airflow settings added to the deployment's own (compare with a run without them): "
+            + ", ".join(f"`{key}={value}`" for key, value in settings.items()) + ".")
+
+
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
@@ -798,7 +872,7 @@ def _cpus() -> int:
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
     m = measure(getattr(args, "builds", DEFAULT_BUILDS), getattr(args, "parallelism", DEFAULT_PARALLELISM),
                 getattr(args, "concurrency_timeout", DEFAULT_TIMEOUT), getattr(args, "code", None),
-                getattr(args, "workers", 0))
+                getattr(args, "workers", 0), dict(getattr(args, "airflow_setting", None) or []))
     return result(m)
 
 
@@ -814,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="on the Celery deployment with this many worker hosts (100 builds: --builds 100 "
                              "--workers 2); 0, the default: one stack with the LocalExecutor")
+    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
+                        help="an Airflow setting beyond the deployment's own, for the builds and the floor (repeat)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     info = machine()

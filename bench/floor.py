@@ -9,11 +9,20 @@ builds cannot finish faster than these.
 A build on the latency cloud meets the triggerer four times (9 task starts for 7 tasks): launching and the
 teardown end in the triggerer (the task does not go back to a worker), registering and testing the image
 resume on a worker after their wait. The floor's tasks do the same with a trigger that fires at once.
+
+Alone (``python -m bench.floor [--builds 100] [--airflow-setting AIRFLOW__S__K=V ...]`` from the project root
+with ``PYTHONPATH=plugins:.``, about 4 minutes for 100): only the floor's two batches, no build, written to
+bench/results-floor-<date>.md; a quick way to see what an Airflow setting does to the deployment's own time.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
@@ -74,3 +83,80 @@ def dags() -> dict:
     if errors:
         raise RuntimeError(f"floor specs not loaded: {errors}")
     return built
+
+
+# --- the floor alone (python -m bench.floor) -----------------------------------------------------------------
+
+
+def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str], ref: str | None = None) -> dict:
+    """The floor's batches (one alone, then ``runs`` at once) on a Celery deployment of ``workers`` hosts, with
+    ``settings`` beyond the deployment's own; no build."""
+    from bench import concurrency
+    from localcloud.cloud import LocalCloud
+
+    work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    cloud = LocalCloud(work / "local-cloud")  # the deployment's hosts live on its bridge
+    source, code_env, code_text = concurrency.code(work, ref)
+    print(f"work in {work}; code: {code_text}", flush=True)
+    cloud.up(regions=concurrency.REGION)
+    try:
+        names = concurrency.write_specs(work / "specs", runs, source)
+        floor = concurrency.run_floor(work, cloud, names, parallelism, workers, concurrency.DEFAULT_TIMEOUT,
+                                  concurrency.environment(work, source, code_env, settings), source)
+    finally:
+        cloud.down()
+    return {**floor, "runs": runs, "workers": workers, "parallelism": parallelism, "code": code_text,
+            "settings": settings, "work": work}
+
+
+def result(m: dict):
+    from bench import Result, Row
+    from bench.concurrency import STEPS_INTRO, steps_table, tuned
+
+    one, many, n = m["one"], m["many"], m["runs"]
+    times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
+    rows = [Row("floor", f"{n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
+                f"{many['wall_to_end']:.1f} s" if many["wall_to_end"] else "-",
+                f"{one['wall_to_end']:.1f} s" if one["wall_to_end"] else "-",
+                f"{one['wall_to_end'] / many['wall_to_end']:.2f}" if times else "-",
+                f"{many['succeeded']}/{many['n']} succeeded (one alone: {one['succeeded']}/{one['n']}), "
+                f"{many['task_starts'] / n:.1f} task starts a run" + (f"; {n} took {times:.2f}x one" if times else ""))]
+    details = [
+        f"**floor.** Airflow's floor alone (bench/floor.py): {n} DAGs of exactly a build's shape whose tasks do "
+        "nothing, one run alone and then a run of each at once, on the Celery deployment (localcloud/"
+        f"deployment.py, {m['workers']} worker hosts, {m['parallelism']} task slots in all). No cloud call, no "
+        "SSH, no emulated wait: all of the time is Airflow's. Code measured: "
+        f"{m['code']}. {tuned(m['settings'])} Work folder: {m['work']}.",
+        STEPS_INTRO + steps_table({f"{n} runs": many, "one run": one}),
+    ]
+    return Result(rows, details)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.concurrency import DEFAULT_PARALLELISM, airflow_setting
+    from bench.run import machine, publish, report
+
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description="Airflow's floor alone: N runs "
+                                     "of DAGs of a build's shape whose tasks do nothing, against one")
+    parser.add_argument("--builds", type=int, default=100, help="runs at once (default 100)")
+    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM, help="task slots in all")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker hosts")
+    parser.add_argument("--code", default=None, metavar="GIT_REF",
+                        help="run dags/, plugins/ and include/ as of this git ref (default: the working tree)")
+    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
+                        help="an Airflow setting beyond the deployment's own (repeat)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.builds < 1 or args.workers < 1:
+        parser.error("--builds and --workers must be at least 1")
+    info = machine()
+    started = time.perf_counter()
+    outcome = result(measure(args.builds, args.parallelism, args.workers, dict(args.airflow_setting or []),
+                             args.code))
+    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
+            args.out or Path(__file__).resolve().parent / f"results-floor-{datetime.now(UTC):%Y-%m-%d}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

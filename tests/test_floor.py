@@ -1,13 +1,16 @@
 """The concurrency benchmark's floor (bench/floor.py) has exactly a build's shape: were a step added or rewired,
-the floor would change with it, or this fails. Its bodies do nothing but meet the triggerer as a build does."""
+the floor would change with it, or this fails. Its bodies do nothing but meet the triggerer as a build does.
+And the benchmark's own reading of a run: the settings it is given, where the time of a run goes."""
 
 from __future__ import annotations
 
+import argparse
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bench import floor
+from bench import concurrency, floor
 from image_factory import tasks
 from image_factory.dag import build_dag
 from image_factory.spec import load_specs
@@ -51,3 +54,38 @@ def test_the_floor_tasks_meet_the_triggerer_as_a_builds_do():
     for task_id in set(bodies) - set(floor.ENDS_IN_TRIGGER) - set(floor.RESUMES):
         assert bodies[task_id](Build(), {}, {}) == floor.NOTHING
     assert {tasks.LAUNCH, tasks.TEARDOWN, tasks.REGISTER, tasks.TEST} <= set(bodies)
+
+
+def test_an_airflow_setting_is_section_key_and_value_or_refused():
+    assert concurrency.airflow_setting("AIRFLOW__API__WORKERS=2") == ("AIRFLOW__API__WORKERS", "2")
+    assert concurrency.airflow_setting("AIRFLOW__CORE__X=a=b") == ("AIRFLOW__CORE__X", "a=b")
+    for bad in ("AIRFLOW__API__WORKERS", "API__WORKERS=2", "AIRFLOW__WORKERS=2", "airflow__api__workers=2",
+                "PATH=/tmp", "AIRFLOW__API__WORKERS;rm=2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            concurrency.airflow_setting(bad)
+    with pytest.raises(SystemExit):  # the command line refuses it before anything starts
+        floor.main(["--airflow-setting", "PATH=/tmp"])
+    assert "Tuned" in concurrency.tuned({"AIRFLOW__API__WORKERS": "2"})
+    assert "AIRFLOW__API__WORKERS=2" in concurrency.tuned({"AIRFLOW__API__WORKERS": "2"})
+    assert "Tuned" not in concurrency.tuned({})
+
+
+def test_where_the_time_goes_is_each_tasks_median_start_end_and_queue_in_start_order():
+    t0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    rows = [  # dag, run, task, state, try, start, end, queued
+        ("d1", "r", "second", "success", 1, at(20), at(25), at(19)),
+        ("d2", "r", "second", "success", 1, at(30), at(33), at(27)),
+        ("d3", "r", "second", "success", 1, at(40), at(41), at(38)),
+        ("d1", "r", "first", "success", 1, at(1), at(5), at(0.5)),
+        ("d1", "r", "resumed", "success", 1, at(50), at(90), at(80)),  # met the triggerer: queued not known
+        ("d1", "r", "never", "scheduled", 0, None, None, None),
+    ]
+    steps = concurrency.steps(rows, t0.timestamp())
+    assert list(steps) == ["first", "second", "resumed"]
+    assert steps["second"] == (30.0, 33.0, 2.0)
+    assert steps["resumed"] == (50.0, 90.0, None)
+    table = concurrency.steps_table({"many": {"steps": steps}, "one": {"steps": {"first": (0.5, 1.0, 0.1)}}})
+    assert "| second | 30.0 / 33.0 (2.0) | - |" in table
+    assert "| resumed | 50.0 / 90.0 (-) | - |" in table
+    assert "| first | 1.0 / 5.0 (0.5) | 0.5 / 1.0 (0.1) |" in table
