@@ -436,7 +436,7 @@ def main() -> int:
     info = machine()
     started = time.perf_counter()
     outcome = run(argparse.Namespace(latency_builds=BUILDS))
-    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
+    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.build`"),
             HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 

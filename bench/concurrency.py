@@ -895,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     started = time.perf_counter()
     outcome = run(args)
-    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
+    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started,
+                   "`python -m bench.concurrency`"),
             args.out or HERE / f"results-concurrency-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 

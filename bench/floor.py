@@ -102,7 +102,7 @@ def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str],
     try:
         names = concurrency.write_specs(work / "specs", runs, source)
         floor = concurrency.run_floor(work, cloud, names, parallelism, workers, concurrency.DEFAULT_TIMEOUT,
-                                  concurrency.environment(work, source, code_env, settings), source)
+                                      concurrency.environment(work, source, code_env, settings), source)
     finally:
         cloud.down()
     return {**floor, "runs": runs, "workers": workers, "parallelism": parallelism, "code": code_text,
@@ -111,14 +111,12 @@ def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str],
 
 def result(m: dict):
     from bench import Result, Row
-    from bench.concurrency import STEPS_INTRO, steps_table, tuned
+    from bench.concurrency import STEPS_INTRO, _ratio, _s, steps_table, tuned
 
     one, many, n = m["one"], m["many"], m["runs"]
     times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
     rows = [Row("floor", f"{n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
-                f"{many['wall_to_end']:.1f} s" if many["wall_to_end"] else "-",
-                f"{one['wall_to_end']:.1f} s" if one["wall_to_end"] else "-",
-                f"{one['wall_to_end'] / many['wall_to_end']:.2f}" if times else "-",
+                _s(many["wall_to_end"]), _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]),
                 f"{many['succeeded']}/{many['n']} succeeded (one alone: {one['succeeded']}/{one['n']}), "
                 f"{many['task_starts'] / n:.1f} task starts a run" + (f"; {n} took {times:.2f}x one" if times else ""))]
     details = [
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     outcome = result(measure(args.builds, args.parallelism, args.workers, dict(args.airflow_setting or []),
                              args.code))
-    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started),
+    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.floor`"),
             args.out or Path(__file__).resolve().parent / f"results-floor-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 

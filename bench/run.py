@@ -131,14 +131,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def report(info: dict[str, str], rows: list[Row], details: list[str], seconds: float) -> str:
+def report(info: dict[str, str], rows: list[Row], details: list[str], seconds: float,
+           made_by: str = "`make bench` (`python -m bench.run all`)") -> str:
     lines = [f"# Benchmarks, {datetime.now(UTC):%Y-%m-%d}", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += [f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
               f"- benchmark run time: {seconds:.0f} s", "", table(rows), ""]
     for paragraph in details:
         lines += [paragraph, ""]
-    lines.append("Made by `make bench` (`python -m bench.run all`); see bench/README.md.")
+    lines.append(f"Made by {made_by}; see bench/README.md.")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         result = benchmark.run(args)
         rows += result.rows
         details += result.details
-    publish(report(info, rows, details, time.perf_counter() - started),
+    made_by = ("`make bench` (`python -m bench.run all`)" if "all" in args.names
+               else f"`python -m bench.run {' '.join(names)}`")
+    publish(report(info, rows, details, time.perf_counter() - started, made_by),
             args.out or HERE / f"results-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
