@@ -536,6 +536,13 @@ def airflow_setting(text: str) -> tuple[str, str]:
     return key, value
 
 
+def add_airflow_setting(parser: argparse.ArgumentParser, benchmark: str) -> None:
+    """The ``--airflow-setting`` option (``benchmark``: the help's prefix where a command runs several)."""
+    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
+                        help=f"{benchmark}an Airflow setting the benchmark's deployments get beyond their own "
+                             "(repeat; the results then say the run was tuned and list it)")
+
+
 def environment(work: Path, source: Path, code_env: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
     """What the benchmark adds to the environment of every Airflow process it starts; ``settings`` last."""
     return {"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
@@ -544,6 +551,23 @@ def environment(work: Path, source: Path, code_env: dict[str, str], settings: di
             # One DAG file makes all N DAGs: give its parse room on a loaded machine.
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
             "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300", **code_env, **settings}
+
+
+@contextlib.contextmanager
+def prepared(prefix: str, builds: int, ref: str | None, settings: dict[str, str]):
+    """A work folder, the code measured, the local cloud up (the region built in only: the local sshd's key lookup
+    asks every region at each login) and ``builds`` specs: yields (work, cloud, source, names, the environment of
+    the Airflow processes, the code's description); the cloud goes down after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    cloud = LocalCloud(work / "local-cloud")
+    source, code_env, code_text = code(work, ref)
+    print(f"work in {work}; code: {code_text}", flush=True)
+    cloud.up(regions=REGION)
+    try:
+        names = write_specs(work / "specs", builds, source)
+        yield work, cloud, source, names, environment(work, source, code_env, settings), code_text
+    finally:
+        cloud.down()
 
 
 def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM,
@@ -557,16 +581,8 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
     from localcloud.deployment import Deployment
 
     settings = dict(settings or {})
-    work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
-    cloud = LocalCloud(work / "local-cloud")
-    source, code_env, code_text = code(work, ref)
-    print(f"work in {work}; code: {code_text}", flush=True)
-    # Only the region built in: the local sshd's key lookup asks every region of the local cloud at each login.
-    cloud.up(regions=REGION)
-    try:
+    with prepared("bench-concurrency-", builds, ref, settings) as (work, cloud, source, names, extra_env, code_text):
         cloud.configure(latency=LATENCY)
-        names = write_specs(work / "specs", builds, source)
-        extra_env = environment(work, source, code_env, settings)
         if workers:
             deployment = Deployment(work / "deployment", cloud, port=free_port(), workers=workers,
                                     concurrency=max(1, parallelism // workers), pool_slots=parallelism,
@@ -597,8 +613,6 @@ def measure(builds: int = DEFAULT_BUILDS, parallelism: int = DEFAULT_PARALLELISM
             floor = run_floor(work, cloud, names, parallelism, workers, timeout, extra_env, source) if workers else None
         except Exception as error:  # the builds' figures stand without it
             floor = {"error": f"{type(error).__name__}: {error}"}
-    finally:
-        cloud.down()
     measured = {"one": one, "many": many, "builds": builds, "parallelism": parallelism, "work": work,
                 "workers": workers, "floor": floor,
                 "code": code_text, "settings": settings,
@@ -888,8 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="on the Celery deployment with this many worker hosts (100 builds: --builds 100 "
                              "--workers 2); 0, the default: one stack with the LocalExecutor")
-    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
-                        help="an Airflow setting beyond the deployment's own, for the builds and the floor (repeat)")
+    add_airflow_setting(parser, "")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     info = machine()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,19 +91,10 @@ def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str],
     """The floor's batches (one alone, then ``runs`` at once) on a Celery deployment of ``workers`` hosts, with
     ``settings`` beyond the deployment's own; no build."""
     from bench import concurrency
-    from localcloud.cloud import LocalCloud
 
-    work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
-    cloud = LocalCloud(work / "local-cloud")  # the deployment's hosts live on its bridge
-    source, code_env, code_text = concurrency.code(work, ref)
-    print(f"work in {work}; code: {code_text}", flush=True)
-    cloud.up(regions=concurrency.REGION)
-    try:
-        names = concurrency.write_specs(work / "specs", runs, source)
-        floor = concurrency.run_floor(work, cloud, names, parallelism, workers, concurrency.DEFAULT_TIMEOUT,
-                                      concurrency.environment(work, source, code_env, settings), source)
-    finally:
-        cloud.down()
+    with concurrency.prepared("bench-floor-", runs, ref, settings) as (work, cloud, source, names, env, code_text):
+        floor = concurrency.run_floor(work, cloud, names, parallelism, workers, concurrency.DEFAULT_TIMEOUT, env,
+                                      source)  # the deployment's hosts live on the local cloud's bridge
     return {**floor, "runs": runs, "workers": workers, "parallelism": parallelism, "code": code_text,
             "settings": settings, "work": work}
 
@@ -131,7 +121,7 @@ def result(m: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.concurrency import DEFAULT_PARALLELISM, airflow_setting
+    from bench.concurrency import DEFAULT_PARALLELISM, add_airflow_setting
     from bench.run import machine, publish, report
 
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description="Airflow's floor alone: N runs "
@@ -141,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="Celery worker hosts")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="run dags/, plugins/ and include/ as of this git ref (default: the working tree)")
-    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
-                        help="an Airflow setting beyond the deployment's own (repeat)")
+    add_airflow_setting(parser, "")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.builds < 1 or args.workers < 1:

@@ -144,7 +144,7 @@ def report(info: dict[str, str], rows: list[Row], details: list[str], seconds: f
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.concurrency import airflow_setting
+    from bench.concurrency import add_airflow_setting
 
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=["all"], help=f"all, or some of: {', '.join(BENCHMARKS)}")
@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrency: on the Celery deployment with this many worker hosts (0: LocalExecutor)")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
-    parser.add_argument("--airflow-setting", type=airflow_setting, action="append", metavar="AIRFLOW__S__K=V",
-                        help="concurrency: an Airflow setting beyond the deployment's own, for the builds and the "
-                             "floor (repeat; the results say the run was tuned)")
+    add_airflow_setting(parser, "concurrency: ")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results-<date>.md)")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if "all" in args.names else args.names
