@@ -38,7 +38,7 @@ def write_tests(folder, text: str):
     return folder
 
 
-def test_the_tests_run_on_the_tasks_own_login_and_a_wrong_check_fails(logged_in, tmp_path):
+def test_the_tests_run_on_the_tasks_own_login_and_a_wrong_check_fails(logged_in, tmp_path, capsys):
     hook, target = logged_in
     folder = write_tests(tmp_path / "checks", """\
         def test_it_runs_as_the_login_user(host):
@@ -51,6 +51,8 @@ def test_the_tests_run_on_the_tasks_own_login_and_a_wrong_check_fails(logged_in,
     outcome = test_tools.run(TESTINFRA, folder, hook, target)
     assert [t.split("::")[-1] for t in outcome.passed] == ["test_it_runs_as_the_login_user"]
     assert [t.split("::")[-1] for t in outcome.failed] == ["test_a_file_the_role_never_wrote"]
+    # The run's own output (the task log's) has no warning of pytest's about how the host fixture is given.
+    assert "warnings summary" not in capsys.readouterr().out
     # One SSH connection: the tests' commands came from the same client address and port as the task's own.
     _, mine, _ = hook.exec_ssh_client_command(hook.get_conn(), "echo $SSH_CONNECTION; cat /tmp/tests-connection",
                                               get_pty=False, environment=None)

@@ -18,6 +18,7 @@ import logging
 import shlex
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,14 +87,16 @@ class _Reporter:
     def pytest_configure(self, config):
         import pytest
 
-        plugin = self
+        host_object = self.host_object
 
-        class Fixtures:
-            @pytest.fixture(scope="session")
-            def host(self):
-                return plugin.host_object
+        @pytest.fixture(scope="session")
+        def host():
+            return host_object
 
-        config.pluginmanager.register(Fixtures(), "image_factory_host")
+        # A module, not an object: pytest deprecates a session fixture that is a method of an instance.
+        fixtures = types.ModuleType("image_factory_host")
+        fixtures.host = host
+        config.pluginmanager.register(fixtures, "image_factory_host")
 
     def pytest_runtest_makereport(self, item, call):
         if call.excinfo is not None and _connection_lost(call.excinfo.value):
