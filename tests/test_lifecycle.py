@@ -42,7 +42,7 @@ def spec_folder(tmp_path: Path, tests: str, name: str = "lifecycle-image") -> Pa
     return specs
 
 
-def tests_folder(tmp_path: Path) -> Path:
+def write_tests_folder(tmp_path: Path) -> Path:
     """The project's test suites, and one that checks for a file the appserver role never writes."""
     folder = tmp_path / "tests"
     (folder / "appserver").mkdir(parents=True)
@@ -72,7 +72,7 @@ def channel(ssm) -> tuple[str, int] | None:
 def lifecycle(local_cloud, airflow_home, tmp_path_factory, ssm):
     """Two runs of one spec: the first passes its tests and moves `latest`, the second fails them."""
     tmp_path = tmp_path_factory.mktemp("lifecycle")
-    tests = tests_folder(tmp_path)
+    tests = write_tests_folder(tmp_path)
     passing = run_dag("lifecycle-image", airflow_env(local_cloud, airflow_home, tests_folder=str(tests),
                                                      specs_folder=str(spec_folder(tmp_path, "appserver"))))
     after_passing = channel(ssm)
@@ -144,7 +144,7 @@ def test_transient_faults_in_the_test_stage_are_retried_with_one_test_instance(l
                                                                                tmp_path):
     """Every fail point of the test stage once (each retried): the run succeeds with one test instance, and the
     channel moves to the tested image."""
-    env = airflow_env(local_cloud, airflow_home, tests_folder=str(tests_folder(tmp_path)), retry_delay="1",
+    env = airflow_env(local_cloud, airflow_home, tests_folder=str(write_tests_folder(tmp_path)), retry_delay="1",
                       retries=str(len(TEST_STAGE_FAULTS) + 1),
                       specs_folder=str(spec_folder(tmp_path, "appserver", name="flaky-image")))
     env.update(IMAGE_FACTORY_FAULTS=",".join(f"{point}*once" for point in TEST_STAGE_FAULTS),
@@ -171,7 +171,7 @@ def test_permanent_faults_in_the_test_stage_leak_nothing_and_never_move_a_channe
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda home: migrate(airflow_env(local_cloud, home)), homes))
     work = tmp_path_factory.mktemp("faults")
-    tests = tests_folder(work)
+    tests = write_tests_folder(work)
 
     def run(job):
         number, point = job
