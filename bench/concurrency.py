@@ -850,19 +850,26 @@ def _floor_rows(name: str, m: dict) -> list[Row]:
     if "error" in m["floor"]:
         return [Row(name, "the floor (DAGs of a build's shape whose tasks do nothing)", "-", "-", "-",
                     f"not measured: {m['floor']['error'][:200]}")]
-    one, many, n = m["floor"]["one"], m["floor"]["many"], m["builds"]
-    builds_one, builds_many = m["one"]["wall_to_end"], m["many"]["wall_to_end"]
-    floor_times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
-    return [
-        Row(name, f"the floor: {n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
-            _s(many["wall_to_end"]), _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]),
-            f"{many['succeeded']}/{many['n']} succeeded, {many['task_starts'] / n:.1f} task starts a run (the builds: "
-            f"{m['many']['task_starts'] / n:.1f})"
-            + (f"; {n} took {floor_times:.2f}x one" if floor_times else "")
-            + (f"; Airflow alone needs {many['wall_to_end'] / builds_one:.2f}x one build's wall time for them "
-               f"(the builds: {builds_many / builds_one:.2f}x)" if many["wall_to_end"] and builds_one and builds_many
-               else "")),
-    ]
+    return [floor_row(name, m["floor"], m["builds"], builds=m)]
+
+
+def floor_row(name: str, floor: dict, n: int, builds: dict | None = None) -> Row:
+    """The floor's row: its ``n`` runs at once against one alone; with ``builds`` (a concurrency measurement
+    of the same ``n``), beside the builds' own."""
+    one, many = floor["one"], floor["many"]
+    times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
+    note = (f"{many['succeeded']}/{many['n']} succeeded (one alone: {one['succeeded']}/{one['n']}), "
+            f"{many['task_starts'] / n:.1f} task starts a run")
+    if builds:
+        note += f" (the builds: {builds['many']['task_starts'] / n:.1f})"
+    if times:
+        note += f"; {n} took {times:.2f}x one"
+    builds_one, builds_many = (builds["one"]["wall_to_end"], builds["many"]["wall_to_end"]) if builds else (0, 0)
+    if many["wall_to_end"] and builds_one and builds_many:
+        note += (f"; Airflow alone needs {many['wall_to_end'] / builds_one:.2f}x one build's wall time for them "
+                 f"(the builds: {builds_many / builds_one:.2f}x)")
+    return Row(name, f"the floor: {n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
+               _s(many["wall_to_end"]), _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]), note)
 
 
 STEPS_INTRO = ("Where the time goes: each task's median start and end over the runs, in seconds from the batch's "

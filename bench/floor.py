@@ -100,15 +100,11 @@ def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str],
 
 
 def result(m: dict):
-    from bench import Result, Row
-    from bench.concurrency import STEPS_INTRO, _ratio, _s, steps_table, tuned
+    from bench import Result
+    from bench.concurrency import STEPS_INTRO, floor_row, steps_table, tuned
 
     one, many, n = m["one"], m["many"], m["runs"]
-    times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
-    rows = [Row("floor", f"{n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
-                _s(many["wall_to_end"]), _s(one["wall_to_end"]), _ratio(one["wall_to_end"], many["wall_to_end"]),
-                f"{many['succeeded']}/{many['n']} succeeded (one alone: {one['succeeded']}/{one['n']}), "
-                f"{many['task_starts'] / n:.1f} task starts a run" + (f"; {n} took {times:.2f}x one" if times else ""))]
+    rows = [floor_row("floor", m, n)]
     details = [
         f"**floor.** Airflow's floor alone (bench/floor.py): {n} DAGs of exactly a build's shape whose tasks do "
         "nothing, one run alone and then a run of each at once, on the Celery deployment (localcloud/"

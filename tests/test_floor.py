@@ -89,3 +89,15 @@ def test_where_the_time_goes_is_each_tasks_median_start_end_and_queue_in_start_o
     assert "| second | 30.0 / 33.0 (2.0) | - |" in table
     assert "| resumed | 50.0 / 90.0 (-) | - |" in table
     assert "| first | 1.0 / 5.0 (0.5) | 0.5 / 1.0 (0.1) |" in table
+
+
+def test_the_floors_row_alone_and_beside_the_builds():
+    batch = lambda seconds, n, starts: {"wall_to_end": seconds, "succeeded": n, "n": n, "task_starts": starts}  # noqa: E731
+    measured = {"one": batch(13.0, 1, 9), "many": batch(182.0, 100, 900)}
+    alone = concurrency.floor_row("floor", measured, 100)
+    assert (alone.ours, alone.peer) == ("182.0 s", "13.0 s")
+    assert alone.note == "100/100 succeeded (one alone: 1/1), 9.0 task starts a run; 100 took 14.00x one"
+    builds = {"one": batch(91.0, 1, 9), "many": batch(364.0, 100, 901)}
+    beside = concurrency.floor_row("concurrency", measured, 100, builds=builds)
+    assert beside.note == ("100/100 succeeded (one alone: 1/1), 9.0 task starts a run (the builds: 9.0); 100 took "
+                           "14.00x one; Airflow alone needs 2.00x one build's wall time for them (the builds: 4.00x)")
