@@ -126,7 +126,8 @@ class AirflowStack:
             **SHARED_SETTINGS,
             "AIRFLOW__CORE__FERNET_KEY": self._secret("fernet_key", _fernet_key),
             # The api-server issues the tokens that the scheduler's task processes present: one secret for all.
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret", lambda: secrets.token_urlsafe(32)),
+            # 64 random bytes: the tokens are signed with HS512, whose key RFC 7518 (3.2) wants that long.
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret", lambda: secrets.token_urlsafe(64)),
             "AIRFLOW__API__HOST": self.host,
             "AIRFLOW__API__PORT": str(self.port),
             # Task processes talk to the api-server's Execution API, which is on this port, not 8080.

@@ -8,6 +8,7 @@ and `slow` (25 s of sleep on the builder: a window for the faults in `configure`
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -174,6 +175,17 @@ def wait_log(deployment: Deployment, dag_id: str, run_id: str, task_id: str, tex
         time.sleep(0.5)
 
 
+def python_warnings(deployment: Deployment, dag_id: str, run_id: str) -> list[str]:
+    """The Python warnings (logger ``py.warnings``) in every task log of the run: task, category, text."""
+    found = []
+    for log in (deployment.stack.task_logs / f"dag_id={dag_id}" / f"run_id={run_id}").glob("task_id=*/attempt=*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("logger") == "py.warnings":
+                found.append(f"{log.parent.name}: {entry.get('category')}: {entry.get('event')}")
+    return found
+
+
 def creates(calls: dict[str, int]) -> dict[str, int]:
     return {action: count for action, count in calls.items() if action in CREATES}
 
@@ -208,6 +220,12 @@ def test_ten_builds_at_once_spread_over_both_workers(deployment, local_cloud, cl
         assert_clean_build(deployment, ec2, ssm, name, run_id)
     made = creates(local_cloud.stats()["calls"])
     assert made["ec2:RunInstances"] == BUILDS and made["ec2:CreateImage"] == BUILDS, made
+    # Logs a reader can trust: no Python warning in any task log (the plugins folder's .airflowignore warned in
+    # every one with pathspec 1.x), and a JWT key long enough for HS512 (a 43-byte one warned at every token).
+    warned = [w for name, run_id in runs.items() for w in python_warnings(deployment, name, run_id)]
+    assert warned == [], warned[:5]
+    for component in ("api-server", "scheduler"):
+        assert "InsecureKeyLengthWarning" not in (deployment.stack.home / f"{component}.log").read_text()
     print(f"\n{BUILDS} builds at once: all succeeded in {wall:.0f} s; tasks per worker {hosts}; "
           f"builder resources left: 0; creates {made}")
 
