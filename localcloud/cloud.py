@@ -463,7 +463,8 @@ class LocalCloud:
                                     # The bridge's address too: the Celery deployment's worker hosts (their own
                                     # network namespaces) reach the cloud API there, as other machines would.
                                     *(["--machines", str(base), "--slot", str(slot),
-                                       "--also-listen", str(Plan(slot).bridge_address)] if base else [])],
+                                       "--also-listen", str(Plan(slot).bridge_address)] if base else
+                                      ["--console-host-key", str(self._shared_host_key()) + ".pub"])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                    start_new_session=True)
         wait_for_port(port, process, log)
@@ -476,10 +477,15 @@ class LocalCloud:
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
         return Path("/run/image-factory-local-cloud") / digest
 
-    def _start_sshd(self, port: int, moto_port: int, regions: str) -> subprocess.Popen:
+    def _shared_host_key(self) -> Path:
+        """The host key of the one sshd (no machines): every instance's console shows it."""
         host_key = self.state_dir / "ssh_host_ed25519_key"
         if not host_key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        return host_key
+
+    def _start_sshd(self, port: int, moto_port: int, regions: str) -> subprocess.Popen:
+        host_key = self._shared_host_key()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         command_dir = self._command_dir()
         command_dir.mkdir(mode=0o755, parents=True, exist_ok=True)

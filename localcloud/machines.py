@@ -49,6 +49,8 @@ RUN_DIR = Path("/run/image-factory-local-cloud")
 BLACKHOLE_MARK = RUN_DIR / "blackhole.made"
 HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
 BOOT_TIMEOUT = 120
+#: What GetConsoleOutput gives of a console: its last 64 KiB, as AWS does.
+CONSOLE_BYTES = 64 * 1024
 USER = "ec2-user"
 MACHINE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -378,6 +380,10 @@ printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
 chroot "$R" /bin/sh -c 'install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh &&
   install -m 0600 -o {user} -g {user} /run/localcloud/authorized_keys /home/{user}/.ssh/authorized_keys'
 echo "localcloud: booted {instance_id}, sshd on {ip}:22"
+# As cloud-init's keys_to_console: the host key on the console, where a client reads it to check SSH.
+echo "-----BEGIN SSH HOST KEY KEYS-----"
+cat {host_key}.pub
+echo "-----END SSH HOST KEY KEYS-----"
 exec chroot "$R" /usr/sbin/sshd -D -e -f /run/localcloud/sshd_config
 """
 
@@ -453,6 +459,15 @@ class Machines:
     def snapshot(self) -> dict:
         with self.lock:
             return json.loads(json.dumps(self.registry))
+
+    def console(self, instance_id: str) -> str | None:
+        """The machine's console output as GetConsoleOutput gives it (its last 64 KiB); None: no such machine."""
+        try:
+            with (self.disks_dir / instance_id / "console.log").open("rb") as log:
+                log.seek(max(0, log.seek(0, 2) - CONSOLE_BYTES))
+                return log.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
 
     def not_ready(self) -> set[str]:
         """Instances moto shows running whose machine does not answer SSH yet (or failed to boot)."""

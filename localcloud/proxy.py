@@ -50,6 +50,7 @@ no AWS signature (moto's own ``/moto-api/``) are forwarded but neither counted n
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import random
@@ -86,6 +87,7 @@ LATENCIES = {
 }
 LATENCY_STARTS = {action: kind for kind, (actions, _, _) in LATENCIES.items() for action in actions}
 LATENCY_DESCRIBES = frozenset({"DescribeInstances", "DescribeInstanceStatus", "DescribeImages"})
+CONSOLE_OUTPUT = re.compile(rb"<output>([A-Za-z0-9+/=\s]*)</output>")
 RESOURCE_ID = re.compile(rb"<(instanceId|imageId)>((?:i|ami)-[0-9a-zA-Z]+)</\1>")
 MAX_REMEMBERED = 100_000  # state changes remembered at most; the oldest are forgotten first
 
@@ -567,6 +569,8 @@ class FrontHandler(BaseHTTPRequestHandler):
                 response.body = self.server.stats.delayed(response.body, booting)
                 if action == "DescribeImages":
                     response.body = self.server.stats.shown_failed(self.server.stats.backdated(response.body))
+            if action == "GetConsoleOutput":
+                response.body = self.console_output(body, response.body)
             if machines is not None and action in MACHINE_ACTIONS:
                 try:  # before the answer is relayed: a stop, a rule change has happened when the client hears
                     machine_call(machines, action, _region(self.headers), body, response.body)
@@ -574,6 +578,22 @@ class FrontHandler(BaseHTTPRequestHandler):
                     self.log_message("machines: %s failed: %r", action, exc)
         self.relay(response)
         return response
+
+    def console_output(self, body: bytes, answer: bytes) -> bytes:
+        """The instance's console instead of moto's fixed sample: a machine's own, or (one sshd for every
+        instance) the sample followed by that sshd's host key, as cloud-init prints it."""
+        found = CONSOLE_OUTPUT.search(answer)
+        if found is None:
+            return answer
+        machines, shared_key = self.server.machines, self.server.console_host_key
+        console = machines.console(_param(body, b"InstanceId")) if machines is not None else None
+        if console is None and shared_key:
+            console = base64.b64decode(found.group(1)).decode("utf-8", "replace") + (
+                f"-----BEGIN SSH HOST KEY KEYS-----\n{shared_key}\n-----END SSH HOST KEY KEYS-----\n")
+        if console is None:
+            return answer
+        output = base64.b64encode(console.encode()).decode()
+        return answer[:found.start(1)] + output.encode() + answer[found.end(1):]
 
     def send_upstream(self, body: bytes) -> http.client.HTTPResponse:
         if self.upstream is None:
@@ -719,12 +739,14 @@ class FrontServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int, upstream_port: int, verbose: bool = False, machines=None, host: str = LOOPBACK,
-                 stats: Stats | None = None):
+                 stats: Stats | None = None, console_host_key: str = ""):
         super().__init__((host, port), FrontHandler)
         self.upstream_port = upstream_port
         self.stats = stats or Stats()
         self.verbose = verbose
         self.machines = machines  # localcloud.machines.Machines, or None: instances are records only
+        #: Without machines: the host key of the one sshd that stands in for every instance, shown on consoles.
+        self.console_host_key = console_host_key
 
 
 def main() -> int:
@@ -736,18 +758,24 @@ def main() -> int:
     parser.add_argument("--machines", metavar="BASE", help="make a real machine of every instance, booting "
                         "images from this origin root filesystem (localcloud/machines.py; needs root)")
     parser.add_argument("--slot", type=int, default=0, help="the machines' address slot (localcloud/addresses.py)")
+    parser.add_argument("--console-host-key", metavar="FILE", help="without machines: the public host key of the "
+                        "sshd that stands in for every instance, shown on their consoles (GetConsoleOutput)")
     parser.add_argument("--also-listen", metavar="ADDRESS", help="listen on this address too, same port and "
                         "counters (the bridge's: hosts of the Celery deployment reach the cloud API there)")
     args = parser.parse_args()
+    from pathlib import Path
+
     machines = None
     if args.machines:
-        from pathlib import Path
-
         from localcloud.addresses import Plan
         from localcloud.machines import Machines, Moto
 
         machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port), Plan(args.slot))
-    server = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines)
+    shared_key = ""
+    if args.console_host_key:
+        shared_key = " ".join(Path(args.console_host_key).read_text().split()[:2])
+    server = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines,
+                         console_host_key=shared_key)
     if args.also_listen:
         import threading
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from image_factory import remote
 from image_factory.build import TAG_ROLE, build_id_for, tag_dict
@@ -224,6 +225,30 @@ def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleane
     # The instance's temporary directory is made for the run and removed after it.
     assert hook.commands[0].startswith("( mktemp -d /tmp/image-factory-ansible.")
     assert hook.commands[-1] == "( rm -rf /tmp/image-factory-ansible.AbCd1234 ) 2>&1"
+
+
+def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path, monkeypatch):
+    make_role(tmp_path / "ansible" / "site", "web")
+    console_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOq0"
+    seen = {}
+
+    def fake_run(command, *, cwd, env, timeout, hide):
+        private = Path(hide)
+        seen.update(env=env, inventory=yaml.safe_load((private / "inventory.yml").read_text()),
+                    known_hosts=(private / "known_hosts").read_text(), private=private,
+                    mode=stat.S_IMODE((private / "known_hosts").stat().st_mode))
+        return 0, [], False
+
+    monkeypatch.setattr(ansible, "run_playbook", fake_run)
+    configure = parse_spec(configure_text(tool="ansible", code_repo="site", server_role="web")).configure
+    for port, name in ((22, "198.18.0.9"), (2222, "[198.18.0.9]:2222")):
+        target = remote.SSHTarget("198.18.0.9", port, "builder", "k", (console_key,))
+        ansible.run_ansible_role(FakeHook(), target, configure, FakeBuild(tmp_path / "ansible"))
+        assert seen["known_hosts"] == f"{name} {console_key}\n" and seen["mode"] == 0o600
+        args = seen["inventory"]["all"]["hosts"]["builder"]["ansible_ssh_common_args"]
+        assert "-o StrictHostKeyChecking=yes" in args and "-o GlobalKnownHostsFile=/dev/null" in args
+        assert f"-o UserKnownHostsFile={seen['private'] / 'known_hosts'}" in args
+        assert seen["env"]["ANSIBLE_HOST_KEY_CHECKING"] == "True"
 
 
 def test_failing_playbook_raises_with_the_tail_and_still_cleans_up(tmp_path, monkeypatch):

@@ -141,6 +141,9 @@ def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):
 
 def test_role_output_is_in_the_configure_log(shopspinner_run):
     configure_log = shopspinner_run.task_logs["configure"]
+    # SSH went to the host key the instance's console showed; nothing logged in unverified.
+    assert re.search(r"host key of i-\w+ \(from its console\): ssh-ed25519 SHA256:", configure_log)
+    assert "not verified" not in shopspinner_run.output
     assert "appserver role: configuring" in configure_log
     assert "appserver role: done" in configure_log
     assert "appserver role: done" not in shopspinner_run.task_logs["register_image"]

@@ -353,6 +353,20 @@ def test_machines_env_sends_builds_to_the_instances_own_addresses(local_cloud, e
         assert not any(network.overlaps(other) for r, other in flat if r != region), (region, network)
 
 
+def test_without_machines_every_console_shows_the_one_sshd_s_host_key(single_sshd_cloud):
+    from image_factory import host_keys
+    from tests.test_host_keys import served_host_key
+
+    ec2 = client(single_sshd_cloud, "ec2")
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance_id = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    try:
+        keys = host_keys.from_console(ec2, instance_id)
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    assert keys == [served_host_key("127.0.0.1", single_sshd_cloud.state().ssh_port)]
+
+
 def test_sshd_trusts_only_registered_build_keys_and_asks_moto_directly(single_sshd_cloud, tmp_path):
     local_cloud = single_sshd_cloud
     key = tmp_path / "id_ed25519"

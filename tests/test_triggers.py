@@ -234,7 +234,7 @@ def test_ssh_ready_reads_the_servers_banner(local_cloud, ec2):
     with ssh_server(local_cloud, ec2) as (host, port):
         trigger = SshReadyTrigger(host, port, timeout=30, delay=0.5)
         # Stored in the database as it is: an address, never a key.
-        assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started", "instance"}
+        assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started", "instance", "console"}
         event = first_event(trigger)
     assert event.payload["status"] == "success"
     assert event.payload["waiter_args"] == {"address": [f"{host}:{port}"]}
@@ -281,7 +281,7 @@ def test_triggers_come_back_from_their_serialized_form(aws_connection):
                                     finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
                                     elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}],
                                     next_schedule=4),
-                    SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0,
+                    SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0, console=True,
                                     instance={"aws_conn_id": aws_connection, "region": REGION, "instance_id": "i-1"})):
         classpath, kwargs = trigger.serialize()
         module, _, name = classpath.rpartition(".")

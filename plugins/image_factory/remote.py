@@ -1,8 +1,9 @@
 """SSH to the builder instance, through the SSH provider's hook (paramiko underneath).
 
 The key is the build's ephemeral key, handed to the hook in memory: it is never written to disk, logged or
-put in a connection. The instance is new for every build, so its host key cannot be known in advance and
-is not checked; SSH is only let in from the provisioner's CIDR.
+put in a connection. The instance is new for every build, so its host key cannot be known in advance: it is
+the one the instance's console shows (host_keys.py), and a login to any other is refused. With
+``[image_factory] host_key_check = off`` any host key is taken; SSH is only let in from the provisioner's CIDR.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
+from image_factory.host_keys import HostKeyError, fingerprint, pinned
 
 log = logging.getLogger("image_factory")
 
@@ -38,25 +40,43 @@ class SSHTarget:
     port: int
     username: str
     private_key: str = field(repr=False)
+    #: The instance's host keys (``type base64``) from its console; empty: not checked (host_key_check off).
+    host_keys: tuple[str, ...] = ()
 
 
-def connect(host: str, port: int, username: str, private_key: str, *, timeout: float = 10):
-    """An SSHHook with an open connection (``hook.get_conn()`` returns it)."""
+def connect(host: str, port: int, username: str, private_key: str, *, timeout: float = 10,
+            host_keys: list[str] | tuple[str, ...] = ()):
+    """An SSHHook with an open connection (``hook.get_conn()`` returns it), to the server whose host key is
+    the first of ``host_keys`` (none: any host key)."""
     import paramiko
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
     hook = SSHHook(remote_host=host, port=port, username=username, conn_timeout=int(timeout),
-                   conn_retry_attempts=1, banner_timeout=timeout)
+                   conn_retry_attempts=1, banner_timeout=timeout, no_host_key_check=False)
     hook.pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
     hook.look_for_keys = False  # use the build's key, never whatever keys the worker has lying around
-    hook.allow_host_key_change = True  # a fresh instance: no host key to compare with (see module doc)
-    hook.get_conn()
+    if host_keys:
+        hook.host_key = pinned(list(host_keys))  # any other key: paramiko's RejectPolicy refuses the server
+    else:
+        hook.allow_host_key_change = True  # host_key_check off: the hook warns that nothing is verified
+    try:
+        hook.get_conn()
+    except paramiko.BadHostKeyException as exc:
+        raise HostKeyError(f"SSH to {host}:{port} refused: the server's host key "
+                           f"{fingerprint(_line(exc.key))} is not the one the instance's console shows "
+                           f"({fingerprint(_line(exc.expected_key))}); something else answers at that address"
+                           ) from None
     return hook
 
 
+def _line(key) -> str:
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
-                     interval: float, defer: Callable[[], None] | None = None, stage: str = "ssh"):
-    """Poll until SSH accepts the build's key; returns the connected hook.
+                     interval: float, defer: Callable[[], None] | None = None, stage: str = "ssh",
+                     host_keys: list[str] | tuple[str, ...] = ()):
+    """Poll until SSH accepts the build's key (from the server with ``host_keys``); returns the connected hook.
 
     ``defer``, when given, is called if the first attempt fails: it hands the wait to the triggerer (raises).
     """
@@ -66,8 +86,10 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
     while True:
         attempt += 1
         try:
-            hook = connect(host, port, username, private_key)
+            hook = connect(host, port, username, private_key, host_keys=host_keys)
             break  # logged in: the role's first command is the next thing to run
+        except HostKeyError:
+            raise  # another server at the address: waiting will not make it the instance
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         if defer is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from image_factory.errors import PermanentError
+from image_factory.host_keys import CHECKS
 
 SECTION = "image_factory"
 
@@ -39,6 +40,8 @@ class Settings:
     #: builds (polling.py).
     poll_interval: float = 0.0
     ssh_timeout: float = 600.0
+    #: ``console``: SSH only to the host key the instance's console shows (host_keys.py); ``off``: any host key.
+    host_key_check: str = "console"
     configure_timeout: float = 3600.0
     image_timeout: float = 3600.0
     servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
@@ -94,4 +97,9 @@ def load() -> Settings:
             raise SettingsError(f"[{SECTION}] {key}: expected a {type(default).__name__}, got {value!r}") from None
 
     defaults = Settings()
-    return Settings(**{field: get(field, getattr(defaults, field)) for field in defaults.__dataclass_fields__})
+    settings = Settings(**{field: get(field, getattr(defaults, field)) for field in defaults.__dataclass_fields__})
+    if settings.host_key_check not in CHECKS:
+        raise SettingsError(f"[{SECTION}] host_key_check {settings.host_key_check!r}: expected one of "
+                            f"{', '.join(CHECKS)} (console: SSH only to the host key the instance's console "
+                            "shows; off: any host key)")
+    return settings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from airflow.sdk import Variable, get_current_context
 
-from image_factory import aws, links, parameters, polling, remote, settings, tools, waiting
+from image_factory import aws, host_keys, links, parameters, polling, remote, settings, tools, waiting
 from image_factory.assets import channel_asset, image_asset
 from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
 from image_factory.errors import PermanentError
@@ -200,16 +200,25 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
     key = infrastructure.private_key(c.ssm, build)
     interval = build.ssh_poll_interval
 
-    def defer() -> None:  # SSH does not answer yet: wait for its banner in the triggerer
+    check = build.settings.host_key_check == "console"
+
+    def defer() -> None:  # SSH does not answer yet (or the console shows no host key): wait in the triggerer
         instance_of = {"aws_conn_id": build.spec.aws_conn_id, "region": build.region,
                        "instance_id": launched["instance_id"]}
         raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval,
-                                                   instance=instance_of), build.settings.ssh_timeout)
+                                                   instance=instance_of, console=check),
+                                   build.settings.ssh_timeout)
 
-    resumed_by_ssh = (task.resumed or {}).get("waiter_name") == "ssh_ready"
+    resumed = task.resumed if (task.resumed or {}).get("waiter_name") == "ssh_ready" else None
+    keys = []
+    if check:
+        keys = (resumed or {}).get("host_keys") or host_keys.from_console(c.ec2, launched["instance_id"])
+        if not keys:
+            defer()  # its first boot has not printed them yet
+        log.info("host key of %s (from its console): %s", launched["instance_id"], host_keys.fingerprint(keys[0]))
     hook = remote.wait_until_ready(host, port, user, key, timeout=build.settings.ssh_timeout, interval=interval,
-                                   defer=None if resumed_by_ssh else defer, stage=stage)
-    return hook, remote.SSHTarget(host, port, user, key)
+                                   defer=None if resumed else defer, stage=stage, host_keys=keys)
+    return hook, remote.SSHTarget(host, port, user, key, tuple(keys))
 
 
 def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:

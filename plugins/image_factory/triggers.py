@@ -154,7 +154,7 @@ class SshReadyTrigger(BaseTrigger):
     STATE_EVERY = 15.0
 
     def __init__(self, host: str, port: int, timeout: float, delay: float, started: float | None = None,
-                 instance: dict | None = None):
+                 instance: dict | None = None, console: bool = False):
         super().__init__()
         self.host = host
         self.port = port
@@ -163,23 +163,33 @@ class SshReadyTrigger(BaseTrigger):
         self.started = started or time.time()
         #: {"aws_conn_id", "region", "instance_id"}: the instance SSH is waited for, whose state is checked.
         self.instance = instance
+        #: Wait for the instance's console to show its SSH host keys too (host_keys.py); the event carries them.
+        self.console = console
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("image_factory.triggers.SshReadyTrigger", {
             "host": self.host, "port": self.port, "timeout": self.timeout, "delay": self.delay,
-            "started": self.started, "instance": self.instance})
+            "started": self.started, "instance": self.instance, "console": self.console})
 
     def __repr__(self) -> str:
         return f"SshReadyTrigger({self.host}:{self.port})"
 
     async def run(self):
-        polls, next_look = 0, self.started + self.STATE_EVERY / 3
+        from image_factory.host_keys import HostKeyError
+
+        polls, next_look, answered = 0, self.started + self.STATE_EVERY / 3, False
         while True:
             await asyncio.sleep(self.delay)  # the task's own attempt has just failed
             polls += 1
-            if await self._banner():
+            answered = answered or await self._banner()
+            try:
+                keys = await self._console_keys() if answered and self.console else []
+            except HostKeyError as exc:
+                yield TriggerEvent({"status": "failed", "message": str(exc)})
+                return
+            if answered and (keys or not self.console):
                 yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": "ssh_ready",
-                                    "waiter_args": {"address": [f"{self.host}:{self.port}"]}})
+                                    "waiter_args": {"address": [f"{self.host}:{self.port}"]}, "host_keys": keys})
                 return
             if self.instance and time.time() >= next_look:
                 next_look = time.time() + self.STATE_EVERY
@@ -187,9 +197,30 @@ class SshReadyTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "failed", "message": gone})
                     return
             if time.time() - self.started >= self.timeout:
-                yield TriggerEvent({"status": "timeout", "message": f"SSH on {self.host}:{self.port} did not "
-                                                                   f"answer within {self.timeout:.0f} s"})
+                yield TriggerEvent({"status": "timeout", "message": self._timed_out(answered)})
                 return
+
+    def _timed_out(self, answered: bool) -> str:
+        if not answered:
+            return f"SSH on {self.host}:{self.port} did not answer within {self.timeout:.0f} s"
+        return (f"SSH on {self.host}:{self.port} answers, but the console of instance "
+                f"{self.instance['instance_id']} showed no SSH host key within {self.timeout:.0f} s (cloud-init "
+                "prints them at the first boot); for an origin image without cloud-init, set "
+                "[image_factory] host_key_check = off")
+
+    async def _console_keys(self) -> list[str]:
+        """The host keys on the instance's console; [] while it shows none (or could not be read this time)."""
+        from image_factory import aws, host_keys
+
+        conn_id, region, instance_id = (self.instance[k] for k in ("aws_conn_id", "region", "instance_id"))
+        try:
+            ec2 = await asyncio.to_thread(aws.shared_ec2, conn_id, region)
+            return await asyncio.to_thread(host_keys.from_console, ec2, instance_id)
+        except host_keys.HostKeyError:
+            raise
+        except Exception as exc:  # throttled, not visible yet: the next poll asks again
+            self.log.warning("the console of instance %s could not be read (%s); asking again", instance_id, exc)
+            return []
 
     async def _instance_gone(self) -> str | None:
         """Why SSH will never answer (the instance is neither pending nor running), else None."""

@@ -11,9 +11,10 @@ variables ``image_factory_server_role``, ``image_factory_image_name`` and ``imag
 What the run needs on the worker (inventory, playbook, the private key, ansible's local temporary files)
 lives in a private temporary folder (mode 0700, the key file 0600) that is deleted afterwards, whatever
 happened; the key's path and content are never logged. On the instance, ansible's temporary files go to a
-fresh directory that is removed after the run, so that they do not end up in the image. The instance is new
-for every build, so its host key is not checked (see remote.py). Ansible's output is streamed into the task
-log as it runs; a non-zero exit, or the configure timeout, fails the task with the tail of the output.
+fresh directory that is removed after the run, so that they do not end up in the image. ssh accepts only the
+host key the instance's console showed (a ``known_hosts`` file of the private folder; see host_keys.py), or
+any with ``host_key_check = off``. Ansible's output is streamed into the task log as it runs; a non-zero
+exit, or the configure timeout, fails the task with the tail of the output.
 
 A role is code that partly runs on the worker (lookups, templates, ``delegate_to: localhost``): review it as
 you review DAG code.
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from image_factory import remote
+from image_factory import host_keys, remote
 from image_factory.errors import PermanentError
 from image_factory.spec import ANSIBLE_SOURCE, ROLE_NAME
 
@@ -46,8 +47,8 @@ ANSIBLE_DIR = Path(__file__).resolve().parents[3] / "include" / "ansible"
 #: Never prompt, never use other keys, ignore the worker's ssh_config (as remote.py's paramiko does), and share
 #: one connection between the tasks (its socket is in the private folder; it is closed after the run).
 SSH_ARGS = "-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o ControlMaster=auto -o ControlPersist=60s"
-#: The instance is new for every build: no host key to compare with.
-SSH_COMMON_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+#: host_key_check off: any host key.
+UNCHECKED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 REMOTE_TEMP_PREFIX = "/tmp/image-factory-ansible."
 TAIL_LINES = 25
 #: Shown in the log instead of the private folder's path.
@@ -123,7 +124,16 @@ def _write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-def inventory(target: remote.SSHTarget, key_file: Path, remote_temp: str, python: str = "auto_silent") -> dict:
+def ssh_common_args(known_hosts: Path | None) -> str:
+    """ssh's host key options: only the keys of ``known_hosts`` (None: any key)."""
+    if known_hosts is None:
+        return UNCHECKED_SSH_ARGS
+    return (f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={shlex.quote(str(known_hosts))} "
+            "-o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR")
+
+
+def inventory(target: remote.SSHTarget, key_file: Path, remote_temp: str, python: str = "auto_silent",
+              known_hosts: Path | None = None) -> dict:
     return {"all": {"hosts": {"builder": {
         "ansible_connection": "ssh",
         "ansible_host": target.host,
@@ -131,7 +141,7 @@ def inventory(target: remote.SSHTarget, key_file: Path, remote_temp: str, python
         "ansible_user": target.username,
         "ansible_ssh_private_key_file": str(key_file),
         "ansible_ssh_args": SSH_ARGS,
-        "ansible_ssh_common_args": SSH_COMMON_ARGS,
+        "ansible_ssh_common_args": ssh_common_args(known_hosts),
         "ansible_python_interpreter": python,
         "ansible_remote_tmp": remote_temp,
     }}}}
@@ -151,7 +161,7 @@ def playbook(role: str, folder: Path, build) -> list[dict]:
     }]
 
 
-def environment(private: Path, source: Path) -> dict[str, str]:
+def environment(private: Path, source: Path, host_key_checking: bool = True) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_FORCE_COLOR"}
     # ANSIBLE_HOME moves to the private folder (below), which would hide the worker's own collections.
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.pathsep.join([
@@ -160,7 +170,7 @@ def environment(private: Path, source: Path) -> dict[str, str]:
     env.update({
         "ANSIBLE_ROLES_PATH": str(source / "roles"),
         "ANSIBLE_INVENTORY_ENABLED": "yaml",
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": str(host_key_checking),
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
@@ -240,15 +250,19 @@ def run_ansible_role(hook, target: remote.SSHTarget, configure, build) -> list[s
         key_file = private / "key"
         _write_private(key_file, target.private_key if target.private_key.endswith("\n")
                        else target.private_key + "\n")
+        known_hosts = private / "known_hosts" if target.host_keys else None
+        if known_hosts:
+            _write_private(known_hosts, host_keys.known_hosts_text(target.host, target.port, list(target.host_keys)))
         inventory_file = private / "inventory.yml"
         _write_private(inventory_file, yaml.safe_dump(inventory(target, key_file, remote_temp,
-                                                                build.settings.ansible_python_interpreter)))
+                                                                build.settings.ansible_python_interpreter,
+                                                                known_hosts)))
         playbook_file = private / "playbook.yml"
         _write_private(playbook_file, yaml.safe_dump(playbook(role, folder, build), sort_keys=False))
         log.info("configure: ansible-playbook applies role %r of %s to %s@%s:%d", role, source,
                  target.username, target.host, target.port)
         status, lines, stopped = run_playbook([executable, "-i", str(inventory_file), str(playbook_file)],
-                                              cwd=private, env=environment(private, source),
+                                              cwd=private, env=environment(private, source, bool(known_hosts)),
                                               timeout=timeout, hide=str(private))
     finally:
         close_connections(private / "cp", target.host)

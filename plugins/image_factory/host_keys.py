@@ -1,0 +1,92 @@
+"""The SSH host keys of an instance, as it prints them on its console, so that SSH to it can be checked.
+
+An instance is new for every build, so no ``known_hosts`` file can hold its host key in advance. AWS's way to
+verify it is the instance's console output (``GetConsoleOutput``): at first boot cloud-init writes the host
+keys it made between ``-----BEGIN SSH HOST KEY KEYS-----`` and ``-----END SSH HOST KEY KEYS-----``. The console is
+written by the hypervisor, not over the network, so a machine in the middle of the SSH connection cannot
+change it. Public keys only: nothing here is a secret.
+
+``[image_factory] host_key_check``: ``console`` (the default) logs in only to the host key the console shows;
+``off`` accepts any host key (for origin images without cloud-init, whose console shows none).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from image_factory.errors import PermanentError
+
+BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
+END = "-----END SSH HOST KEY KEYS-----"
+#: The key types SSH clients take, the preferred first (every OpenSSH since 6.5 has an Ed25519 key).
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+CHECKS = ("console", "off")
+
+
+class HostKeyError(PermanentError):
+    pass
+
+
+def parse(console: str) -> list[str]:
+    """The host keys (``type base64``, preferred type first) of the console's last key block; [] if none."""
+    start = console.rfind(BEGIN)
+    end = console.find(END, start)
+    if start < 0 or end < 0:
+        return []
+    keys = []
+    for line in console[start + len(BEGIN):end].splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in KEY_TYPES and _is_base64(fields[1]):
+            keys.append(f"{fields[0]} {fields[1]}")
+    return sorted(keys, key=lambda key: KEY_TYPES.index(key.split()[0]))
+
+
+def from_console(ec2, instance_id: str) -> list[str]:
+    """The host keys on the instance's console now ([] while its first boot has not printed them yet)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        try:  # the latest output (instances on the Nitro system); others answer with what was buffered
+            answer = ec2.get_console_output(InstanceId=instance_id, Latest=True)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
+                raise
+            answer = ec2.get_console_output(InstanceId=instance_id)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+            raise HostKeyError(f"reading the console of instance {instance_id}, to check its SSH host key, was "
+                               f"refused ({code}): grant ec2:GetConsoleOutput (include/iam/image-factory-policy"
+                               ".json does), or set [image_factory] host_key_check = off") from None
+        raise
+    return parse(answer.get("Output") or "")
+
+
+def pinned(keys: list[str]):
+    """The paramiko key SSH must meet: the preferred one of ``keys``."""
+    import paramiko
+
+    kind, data = keys[0].split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+def fingerprint(key: str) -> str:
+    """``ssh-ed25519 SHA256:...``, as ``ssh-keygen -l`` writes it."""
+    kind, data = key.split()[:2]
+    digest = base64.b64encode(hashlib.sha256(base64.b64decode(data)).digest()).decode().rstrip("=")
+    return f"{kind} SHA256:{digest}"
+
+
+def known_hosts_text(host: str, port: int, keys: list[str]) -> str:
+    """The ``known_hosts`` lines for ``keys`` of ``host:port`` (OpenSSH's ``[host]:port`` form off port 22)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    return "".join(f"{name} {key}\n" for key in keys)
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        base64.b64decode(text, validate=True)
+    except ValueError:
+        return False
+    return True
