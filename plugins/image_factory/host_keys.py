@@ -22,6 +22,8 @@ END = "-----END SSH HOST KEY KEYS-----"
 #: The key types SSH clients take, the preferred first (every OpenSSH since 6.5 has an Ed25519 key).
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 CHECKS = ("console", "off")
+#: How EC2 may refuse ``Latest`` (instances not on the Nitro system): then the buffered output is read.
+LATEST_UNSUPPORTED = ("UnsupportedOperation", "InvalidParameterValue", "InvalidParameterCombination")
 
 
 class HostKeyError(PermanentError):
@@ -50,7 +52,7 @@ def from_console(ec2, instance_id: str) -> list[str]:
         try:  # the latest output (instances on the Nitro system); others answer with what was buffered
             answer = ec2.get_console_output(InstanceId=instance_id, Latest=True)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "UnsupportedOperation":
+            if exc.response.get("Error", {}).get("Code") not in LATEST_UNSUPPORTED:
                 raise
             answer = ec2.get_console_output(InstanceId=instance_id)
     except ClientError as exc:
