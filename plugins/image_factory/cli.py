@@ -319,7 +319,10 @@ def _ssh(spec, settings, build) -> dict:
                                  else "the instance's private address")
     return {"does": f"waits until SSH accepts the build's key (in the triggerer while SSH does not answer; "
                     f"every {build.ssh_poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
-            "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port}
+            "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port,
+            "host_key": "the one the instance's console shows (GetConsoleOutput; the wait includes it), any other "
+                        "refused" if settings.host_key_check == "console"
+                        else "not checked ([image_factory] host_key_check = off)"}
 
 
 def _configure_task(spec, build, settings, known: _Parameters, warnings: list[str]) -> dict:
