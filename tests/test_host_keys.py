@@ -137,6 +137,21 @@ def test_the_ssh_wait_brings_the_console_s_host_keys(machine, ec2, aws_connectio
     assert event.payload["host_keys"] == [served_host_key(address)]
 
 
+def test_a_console_without_host_keys_ends_the_wait_at_its_timeout_saying_what_to_set(machine, ec2, aws_connection):
+    """SSH answers, but the console never shows a key (an origin image without cloud-init): here, the console
+    of an instance whose machine is gone (moto's own sample, which has none)."""
+    _, address, _ = machine
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    gone = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[gone])
+    assert host_keys.from_console(ec2, gone) == []
+    instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": gone}
+    event = run_trigger(SshReadyTrigger(address, 22, timeout=1.5, delay=0.3, instance=instance, console=True))
+    assert event.payload["status"] == "timeout"
+    assert f"SSH on {address}:22 answers, but the console of instance {gone} showed no SSH host key" in \
+        event.payload["message"] and "host_key_check = off" in event.payload["message"]
+
+
 def test_a_console_the_builds_may_not_read_fails_the_wait_with_what_to_grant(machine, local_cloud, aws_connection):
     instance_id, address, _ = machine
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}
