@@ -33,6 +33,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   ``service:Action``, in one region) with the access-denied error AWS gives when a policy forbids the call (an
   SCP that closes a region, say): fault injection, ``[]`` turns it off. Denied calls are counted, not forwarded.
 
+GetConsoleOutput, as on AWS: the instance's own console (its machine's boot output, which ends with its sshd's
+host key as cloud-init prints it) instead of moto's one fixed sample; without machines, the sample followed
+by the host key of the one sshd that stands in for every instance (``--console-host-key``).
+
 CopyImage, as AWS does and moto does not: its ``TagSpecifications`` tag the copy (moto ignores them; the front
 tags the new image in moto before it answers), its ``ClientToken`` makes a repeated call return the first
 call's copy, and its name is refused in a region where it is in use, as CreateImage's is.
