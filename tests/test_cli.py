@@ -152,6 +152,9 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
                                                            AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK="off"))
     unchecked_tasks = {task["task_id"]: task for task in yaml.safe_load(unchecked.stdout)["tasks"]}
     assert unchecked_tasks["configure"]["ssh"]["host_key"] == "not checked ([image_factory] host_key_check = off)"
+    unknown = yaml.safe_load(run_cli("render", str(LIVE_SPEC), env=cli_env(
+        AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR="10.20.0.0/16", AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK="yes")).stdout)
+    assert any("host_key_check 'yes': expected one of console, off" in w for w in unknown["warnings"])
     assert tasks["register_image"]["image_name"].startswith("shopspinner-linux-image-")
     image_tags = plan["tags"]["image"]
     assert {TAG_SPEC, TAG_SPEC_HASH, TAG_ORIGIN, TAG_ROLE, TAG_RUN, TAG_BUILD} <= set(image_tags)

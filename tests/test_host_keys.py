@@ -3,7 +3,6 @@ local cloud's machines: each prints its sshd's host key on its console at boot, 
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import boto3
@@ -15,6 +14,7 @@ from image_factory.host_keys import HostKeyError
 from image_factory.settings import SettingsError
 from image_factory.steps.infrastructure import _new_key
 from image_factory.triggers import SshReadyTrigger
+from tests.test_triggers import first_event
 
 REGION = "eu-west-1"
 #: A first boot's console as cloud-init writes it (keys_to_console), keys shortened to what parsing needs.
@@ -122,17 +122,10 @@ def test_ssh_logs_in_to_the_console_s_key_and_refuses_any_other(machine, ec2):
     assert host_keys.fingerprint(keys[0]) in message and host_keys.fingerprint(expected) in message, message
 
 
-def run_trigger(trigger):
-    async def first():
-        async for event in trigger.run():
-            return event
-    return asyncio.run(asyncio.wait_for(first(), 60))
-
-
 def test_the_ssh_wait_brings_the_console_s_host_keys(machine, ec2, aws_connection):
     instance_id, address, _ = machine
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}
-    event = run_trigger(SshReadyTrigger(address, 22, timeout=30, delay=0.2, instance=instance, console=True))
+    event = first_event(SshReadyTrigger(address, 22, timeout=30, delay=0.2, instance=instance, console=True))
     assert event.payload["status"] == "success"
     assert event.payload["host_keys"] == [served_host_key(address)]
 
@@ -146,7 +139,7 @@ def test_a_console_without_host_keys_ends_the_wait_at_its_timeout_saying_what_to
     ec2.terminate_instances(InstanceIds=[gone])
     assert host_keys.from_console(ec2, gone) == []
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": gone}
-    event = run_trigger(SshReadyTrigger(address, 22, timeout=1.5, delay=0.3, instance=instance, console=True))
+    event = first_event(SshReadyTrigger(address, 22, timeout=1.5, delay=0.3, instance=instance, console=True))
     assert event.payload["status"] == "timeout"
     assert f"SSH on {address}:22 answers, but the console of instance {gone} showed no SSH host key" in \
         event.payload["message"] and "host_key_check = off" in event.payload["message"]
@@ -157,7 +150,7 @@ def test_a_console_the_builds_may_not_read_fails_the_wait_with_what_to_grant(mac
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}
     local_cloud.configure(deny=[f"ec2:GetConsoleOutput@{REGION}"])
     try:
-        event = run_trigger(SshReadyTrigger(address, 22, timeout=30, delay=0.2, instance=instance, console=True))
+        event = first_event(SshReadyTrigger(address, 22, timeout=30, delay=0.2, instance=instance, console=True))
     finally:
         local_cloud.configure(deny=[])
     assert event.payload["status"] == "failed"
@@ -170,9 +163,11 @@ def test_an_unknown_host_key_check_setting_is_refused(monkeypatch):
 
     monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK", "yes")
     with pytest.raises(SettingsError, match="host_key_check 'yes': expected one of console, off"):
-        settings.load()
+        settings.load().checks_host_key()
     monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK", "off")
-    assert settings.load().host_key_check == "off"
+    assert settings.load().checks_host_key() is False
+    monkeypatch.delenv("AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK")
+    assert settings.load().checks_host_key() is True
 
 
 def test_a_build_that_may_not_read_the_console_fails_in_configure_and_leaves_nothing(

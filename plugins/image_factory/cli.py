@@ -314,15 +314,21 @@ def _polls(build, waiter_name: str) -> str:
         f"polled {build.schedule(waiter_name).describe()} ([image_factory] poll_interval)"
 
 
-def _ssh(spec, settings, build) -> dict:
+def _ssh(spec, settings, build, warnings: list[str]) -> dict:
+    from image_factory.settings import SettingsError
+
     host = settings.ssh_host or ("the instance's public address" if spec.public_ip
                                  else "the instance's private address")
+    try:
+        host_key = ("the one the instance's console shows (GetConsoleOutput; the wait includes it), any other "
+                    "refused" if settings.checks_host_key() else "not checked ([image_factory] host_key_check = off)")
+    except SettingsError as exc:
+        warnings.append(str(exc))
+        host_key = "<[image_factory] host_key_check: see warnings>"
     return {"does": f"waits until SSH accepts the build's key (in the triggerer while SSH does not answer; "
                     f"every {build.ssh_poll_interval:g} s, at most {settings.ssh_timeout:g} s)",
             "user": settings.ssh_username or spec.ssh_username, "host": host, "port": settings.ssh_port,
-            "host_key": "the one the instance's console shows (GetConsoleOutput; the wait includes it), any other "
-                        "refused" if settings.host_key_check == "console"
-                        else "not checked ([image_factory] host_key_check = off)"}
+            "host_key": host_key}
 
 
 def _configure_task(spec, build, settings, known: _Parameters, warnings: list[str]) -> dict:
@@ -332,7 +338,7 @@ def _configure_task(spec, build, settings, known: _Parameters, warnings: list[st
         task["how"] = ("stops the instance: the spec has no configure section, the image is a copy of its "
                         "origin")
         return task
-    task["ssh"] = _ssh(spec, settings, build)
+    task["ssh"] = _ssh(spec, settings, build, warnings)
     task.update(tool=configure.tool, server_role=configure.server_role)
     role_unknown = known.unresolved(configure.server_role)
     if configure.tool == "shell":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 
 from image_factory.errors import PermanentError
 
@@ -24,6 +25,7 @@ KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa
 CHECKS = ("console", "off")
 #: How EC2 may refuse ``Latest`` (instances not on the Nitro system): then the buffered output is read.
 LATEST_UNSUPPORTED = ("UnsupportedOperation", "InvalidParameterValue", "InvalidParameterCombination")
+ACCESS_DENIED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException")
 
 
 class HostKeyError(PermanentError):
@@ -48,24 +50,25 @@ def from_console(ec2, instance_id: str) -> list[str]:
     """The host keys on the instance's console now ([] while its first boot has not printed them yet)."""
     from botocore.exceptions import ClientError
 
+    from image_factory.aws import error_code
+
     try:
         try:  # the latest output (instances on the Nitro system); others answer with what was buffered
             answer = ec2.get_console_output(InstanceId=instance_id, Latest=True)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in LATEST_UNSUPPORTED:
+            if error_code(exc) not in LATEST_UNSUPPORTED:
                 raise
             answer = ec2.get_console_output(InstanceId=instance_id)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+        if error_code(exc) in ACCESS_DENIED:
             raise HostKeyError(f"reading the console of instance {instance_id}, to check its SSH host key, was "
-                               f"refused ({code}): grant ec2:GetConsoleOutput (include/iam/image-factory-policy"
-                               ".json does), or set [image_factory] host_key_check = off") from None
+                               f"refused ({error_code(exc)}): grant ec2:GetConsoleOutput (include/iam/image-factory-"
+                               "policy.json does), or set [image_factory] host_key_check = off") from None
         raise
     return parse(answer.get("Output") or "")
 
 
-def pinned(keys: list[str]):
+def pinned(keys: Sequence[str]):
     """The paramiko key SSH must meet: the preferred one of ``keys``."""
     import paramiko
 
@@ -80,7 +83,7 @@ def fingerprint(key: str) -> str:
     return f"{kind} SHA256:{digest}"
 
 
-def known_hosts_text(host: str, port: int, keys: list[str]) -> str:
+def known_hosts_text(host: str, port: int, keys: Sequence[str]) -> str:
     """The ``known_hosts`` lines for ``keys`` of ``host:port`` (OpenSSH's ``[host]:port`` form off port 22)."""
     name = host if port == 22 else f"[{host}]:{port}"
     return "".join(f"{name} {key}\n" for key in keys)

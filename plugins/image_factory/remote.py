@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from image_factory.errors import PermanentError
@@ -45,7 +45,7 @@ class SSHTarget:
 
 
 def connect(host: str, port: int, username: str, private_key: str, *, timeout: float = 10,
-            host_keys: list[str] | tuple[str, ...] = ()):
+            host_keys: Sequence[str] = ()):
     """An SSHHook with an open connection (``hook.get_conn()`` returns it), to the server whose host key is
     the first of ``host_keys`` (none: any host key)."""
     import paramiko
@@ -56,7 +56,7 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
     hook.pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(private_key))
     hook.look_for_keys = False  # use the build's key, never whatever keys the worker has lying around
     if host_keys:
-        hook.host_key = pinned(list(host_keys))  # any other key: paramiko's RejectPolicy refuses the server
+        hook.host_key = pinned(host_keys)  # any other key: paramiko's RejectPolicy refuses the server
     else:
         hook.allow_host_key_change = True  # host_key_check off: the hook warns that nothing is verified
     try:
@@ -75,7 +75,7 @@ def _line(key) -> str:
 
 def wait_until_ready(host: str, port: int, username: str, private_key: str, *, timeout: float,
                      interval: float, defer: Callable[[], None] | None = None, stage: str = "ssh",
-                     host_keys: list[str] | tuple[str, ...] = ()):
+                     host_keys: Sequence[str] = ()):
     """Poll until SSH accepts the build's key (from the server with ``host_keys``); returns the connected hook.
 
     ``defer``, when given, is called if the first attempt fails: it hands the wait to the triggerer (raises).

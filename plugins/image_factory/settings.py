@@ -61,6 +61,14 @@ class Settings:
     #: The SSM path of the channels: ``<channel_prefix>/<spec>/<channel>``.
     channel_prefix: str = "/image-factory"
 
+    def checks_host_key(self) -> bool:
+        """Whether SSH goes only to the host key the instance's console shows (``host_key_check``)."""
+        if self.host_key_check not in CHECKS:
+            raise SettingsError(f"[{SECTION}] host_key_check {self.host_key_check!r}: expected one of "
+                                f"{', '.join(CHECKS)} (console: SSH only to the host key the instance's console "
+                                "shows; off: any host key)")
+        return self.host_key_check == "console"
+
     def cidr(self, allow_anywhere: bool) -> str:
         if not self.provisioner_cidr:
             raise SettingsError(
@@ -97,9 +105,4 @@ def load() -> Settings:
             raise SettingsError(f"[{SECTION}] {key}: expected a {type(default).__name__}, got {value!r}") from None
 
     defaults = Settings()
-    settings = Settings(**{field: get(field, getattr(defaults, field)) for field in defaults.__dataclass_fields__})
-    if settings.host_key_check not in CHECKS:
-        raise SettingsError(f"[{SECTION}] host_key_check {settings.host_key_check!r}: expected one of "
-                            f"{', '.join(CHECKS)} (console: SSH only to the host key the instance's console "
-                            "shows; off: any host key)")
-    return settings
+    return Settings(**{field: get(field, getattr(defaults, field)) for field in defaults.__dataclass_fields__})

@@ -200,7 +200,7 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
     key = infrastructure.private_key(c.ssm, build)
     interval = build.ssh_poll_interval
 
-    check = build.settings.host_key_check == "console"
+    check = build.settings.checks_host_key()
 
     def defer() -> None:  # SSH does not answer yet (or the console shows no host key): wait in the triggerer
         instance_of = {"aws_conn_id": build.spec.aws_conn_id, "region": build.region,

@@ -252,7 +252,7 @@ def run_ansible_role(hook, target: remote.SSHTarget, configure, build) -> list[s
                        else target.private_key + "\n")
         known_hosts = private / "known_hosts" if target.host_keys else None
         if known_hosts:
-            _write_private(known_hosts, host_keys.known_hosts_text(target.host, target.port, list(target.host_keys)))
+            _write_private(known_hosts, host_keys.known_hosts_text(target.host, target.port, target.host_keys))
         inventory_file = private / "inventory.yml"
         _write_private(inventory_file, yaml.safe_dump(inventory(target, key_file, remote_temp,
                                                                 build.settings.ansible_python_interpreter,
