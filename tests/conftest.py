@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import boto3
@@ -19,6 +20,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
+from image_factory import remote  # noqa: E402
+from image_factory.steps.infrastructure import _new_key  # noqa: E402
 from localcloud.cloud import LocalCloud  # noqa: E402
 from localcloud.runner import airflow_env, migrate  # noqa: E402
 
@@ -57,6 +60,32 @@ def ec2(local_cloud):
 @pytest.fixture(scope="session")
 def ssm(local_cloud):
     return _client("ssm", local_cloud)
+
+
+@pytest.fixture(scope="module")
+def machine(local_cloud, ec2):
+    """A running machine of the local cloud that lets SSH in from the provisioner CIDR: (instance id, address,
+    the login key)."""
+    private_key, public_key = _new_key()
+    name = f"ssh-machine-{time.time_ns()}"
+    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key.encode())
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName=name, Description="ssh", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
+        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+        "IpRanges": [{"CidrIp": local_cloud.env()["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"]}]}])
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName=name,
+                                 SecurityGroupIds=[group])["Instances"][0]
+    try:
+        remote.wait_until_ready(instance["PrivateIpAddress"], 22, "ec2-user", private_key, timeout=60, interval=0.5)
+        yield instance["InstanceId"], instance["PrivateIpAddress"], private_key
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance["InstanceId"]],
+                                                   WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        ec2.delete_security_group(GroupId=group)
+        ec2.delete_key_pair(KeyName=name)
 
 
 def _client(service: str, cloud: LocalCloud):

@@ -157,18 +157,18 @@ def test_role_that_is_a_link_out_or_has_no_tasks_is_refused(tmp_path):
 # The run on the worker
 
 
-class FakeHook:
-    """Answers remote.run like the SSH hook: ``mktemp`` gives a directory, everything else succeeds."""
+@pytest.fixture
+def instance_commands(monkeypatch) -> list[str]:
+    """The commands the tool runs on the instance (remote.run stands in: ``mktemp`` gives a directory, everything
+    else succeeds)."""
+    commands: list[str] = []
 
-    def __init__(self):
-        self.commands: list[str] = []
+    def run(hook, command, *, timeout, what="remote command"):
+        commands.append(command)
+        return ["/tmp/image-factory-ansible.AbCd1234"] if "mktemp" in command else []
 
-    def get_conn(self):
-        return self
-
-    def exec_ssh_client_command(self, client, command, get_pty, environment, timeout):
-        self.commands.append(command)
-        return 0, (b"/tmp/image-factory-ansible.AbCd1234\n" if "mktemp" in command else b""), b""
+    monkeypatch.setattr(remote, "run", run)
+    return commands
 
 
 class FakeBuild:
@@ -178,7 +178,8 @@ class FakeBuild:
         self.spec = type("Spec", (), {"name": "ansible-image"})()
 
 
-def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleaned(tmp_path, monkeypatch):
+def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleaned(tmp_path, monkeypatch,
+                                                                                  instance_commands):
     make_role(tmp_path / "ansible" / "site", "web")
     # Not a key: the PEM frame around the word "secret", built in pieces so secret scanners stay quiet.
     frame = "OPENSSH " + "PRIVATE KEY-----"
@@ -202,8 +203,7 @@ def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleane
     closed = []
     monkeypatch.setattr(ansible, "close_connections", lambda folder, host: closed.append((folder, host)))
     configure = parse_spec(configure_text(tool="ansible", code_repo="site", server_role="web")).configure
-    hook = FakeHook()
-    assert ansible.run_ansible_role(hook, target, configure, FakeBuild(tmp_path / "ansible")) == ["ok: [builder]"]
+    assert ansible.run_ansible_role(None, target, configure, FakeBuild(tmp_path / "ansible")) == ["ok: [builder]"]
 
     assert seen["folder_mode"] == 0o700 and seen["key_mode"] == 0o600
     assert seen["key"] == key + "\n"
@@ -223,11 +223,11 @@ def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleane
     for setting in ("ANSIBLE_HOME", "ANSIBLE_LOCAL_TEMP", "ANSIBLE_SSH_CONTROL_PATH_DIR"):
         assert seen["env"][setting].startswith(str(seen["private"]) + "/")
     # The instance's temporary directory is made for the run and removed after it.
-    assert hook.commands[0].startswith("( mktemp -d /tmp/image-factory-ansible.")
-    assert hook.commands[-1] == "( rm -rf /tmp/image-factory-ansible.AbCd1234 ) 2>&1"
+    assert instance_commands[0].startswith("mktemp -d /tmp/image-factory-ansible.")
+    assert instance_commands[-1] == "rm -rf /tmp/image-factory-ansible.AbCd1234"
 
 
-def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path, monkeypatch):
+def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path, monkeypatch, instance_commands):
     make_role(tmp_path / "ansible" / "site", "web")
     console_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOq0"
     seen = {}
@@ -243,7 +243,7 @@ def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path
     configure = parse_spec(configure_text(tool="ansible", code_repo="site", server_role="web")).configure
     for port, name in ((22, "198.18.0.9"), (2222, "[198.18.0.9]:2222")):
         target = remote.SSHTarget("198.18.0.9", port, "builder", "k", (console_key,))
-        ansible.run_ansible_role(FakeHook(), target, configure, FakeBuild(tmp_path / "ansible"))
+        ansible.run_ansible_role(None, target, configure, FakeBuild(tmp_path / "ansible"))
         assert seen["known_hosts"] == f"{name} {console_key}\n" and seen["mode"] == 0o600
         args = seen["inventory"]["all"]["hosts"]["builder"]["ansible_ssh_common_args"]
         assert "-o StrictHostKeyChecking=yes" in args and "-o GlobalKnownHostsFile=/dev/null" in args
@@ -251,7 +251,7 @@ def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path
         assert seen["env"]["ANSIBLE_HOST_KEY_CHECKING"] == "True"
 
 
-def test_failing_playbook_raises_with_the_tail_and_still_cleans_up(tmp_path, monkeypatch):
+def test_failing_playbook_raises_with_the_tail_and_still_cleans_up(tmp_path, monkeypatch, instance_commands):
     make_role(tmp_path / "ansible" / "site", "web")
     seen = {}
 
@@ -261,15 +261,14 @@ def test_failing_playbook_raises_with_the_tail_and_still_cleans_up(tmp_path, mon
 
     monkeypatch.setattr(ansible, "run_playbook", fake_run)
     configure = parse_spec(configure_text(tool="ansible", code_repo="site", server_role="web")).configure
-    hook = FakeHook()
     with pytest.raises(remote.RemoteCommandError) as caught:
-        ansible.run_ansible_role(hook, remote.SSHTarget("h", 22, "u", "k"), configure,
+        ansible.run_ansible_role(None, remote.SSHTarget("h", 22, "u", "k"), configure,
                                  FakeBuild(tmp_path / "ansible"))
     assert caught.value.status == 2
     assert caught.value.tail[-1] == "fatal: [builder]: FAILED!" and len(caught.value.tail) == 25
     assert "ansible-playbook (role 'web') exited with status 2" in str(caught.value)
     assert not seen["private"].exists()
-    assert hook.commands[-1].startswith("( rm -rf /tmp/image-factory-ansible.")
+    assert instance_commands[-1] == "rm -rf /tmp/image-factory-ansible.AbCd1234"
 
 
 def test_output_is_streamed_with_the_private_folder_hidden_and_a_hung_run_is_stopped(tmp_path, caplog):

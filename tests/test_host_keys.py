@@ -58,31 +58,6 @@ def test_moto_s_own_console_shows_no_host_key(local_cloud):
     assert "Linux version" in output and host_keys.parse(output) == []
 
 
-@pytest.fixture(scope="module")
-def machine(local_cloud, ec2):
-    """A running machine that lets SSH in from the provisioner CIDR: (instance id, address, the login key)."""
-    private_key, public_key = _new_key()
-    name = f"host-keys-{time.time_ns()}"
-    ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public_key.encode())
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    group = ec2.create_security_group(GroupName=name, Description="ssh", VpcId=vpc)["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
-        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-        "IpRanges": [{"CidrIp": local_cloud.env()["AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR"]}]}])
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName=name,
-                                 SecurityGroupIds=[group])["Instances"][0]
-    try:
-        remote.wait_until_ready(instance["PrivateIpAddress"], 22, "ec2-user", private_key, timeout=60, interval=0.5)
-        yield instance["InstanceId"], instance["PrivateIpAddress"], private_key
-    finally:
-        ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=[instance["InstanceId"]],
-                                                   WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        ec2.delete_security_group(GroupId=group)
-        ec2.delete_key_pair(KeyName=name)
-
-
 def served_host_key(host: str, port: int = 22) -> str:
     """The host key the SSH server at host:port presents, read with a bare handshake (no login)."""
     transport = paramiko.Transport((host, port))

@@ -121,12 +121,43 @@ def private_directory(sftp, prefix: str) -> str:
 
 
 def run(hook, command: str, *, timeout: float, what: str = "remote command", tail_lines: int = 25) -> list[str]:
-    """Run ``command`` remotely, streaming its output into the log; raise with the output's tail on failure."""
-    # One stream, so that the tail shows errors where they happened among the ordinary output.
-    wrapped = f"( {command} ) 2>&1"
-    status, stdout, _ = hook.exec_ssh_client_command(hook.get_conn(), wrapped, get_pty=False,
-                                                     environment=None, timeout=timeout)
-    lines = stdout.decode("utf-8", "replace").splitlines()
+    """Run ``command`` remotely, each line of its output into the log as it comes; returns the lines, or raises
+    with their tail when it fails or is still running after ``timeout`` seconds.
+
+    Read here rather than by the hook's ``exec_ssh_client_command``: that one leaves out of the log whatever
+    output came before it looked (all of a quick command's) and splits a line that comes in two pieces.
+    """
+    log.info("running on the instance: %s", command)
+    lines: list[str] = []
+
+    def add(raw: bytes) -> None:
+        lines.append(raw.decode("utf-8", "replace").rstrip("\r"))
+        log.info("%s", lines[-1])
+
+    channel = hook.get_conn().get_transport().open_session(timeout=timeout)
+    try:
+        # One stream, so that the tail shows errors where they happened among the ordinary output.
+        channel.exec_command(f"( {command} ) 2>&1")
+        channel.shutdown_write()  # no input: a command that reads it sees its end at once
+        deadline = time.monotonic() + timeout
+        pending = b""
+        while True:
+            channel.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                chunk = channel.recv(65536)
+            except TimeoutError:
+                raise RemoteCommandError(f"{what} (still running after {timeout:.0f} s: given up)", -1,
+                                         list(deque(lines, maxlen=tail_lines))) from None
+            if not chunk:
+                break
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                add(raw)
+        if pending:
+            add(pending)  # a last line without its newline
+        status = channel.recv_exit_status()
+    finally:
+        channel.close()
     if status != 0:
         raise RemoteCommandError(what, status, list(deque(lines, maxlen=tail_lines)))
     return lines

@@ -6,12 +6,9 @@ shell-quoted value, so no spec value can add a shell command of its own.
 
 from __future__ import annotations
 
-import logging
 import shlex
 
 from image_factory import remote
-
-log = logging.getLogger("image_factory")
 
 
 def render(template: str, code_repo: str | None, server_role: str) -> str:
@@ -20,6 +17,5 @@ def render(template: str, code_repo: str | None, server_role: str) -> str:
 
 def run_command_template(hook, template: str, configure, build) -> list[str]:
     command = render(template, configure.code_repo, configure.server_role)
-    log.info("configure: running %s", command)
     return remote.run(hook, command, timeout=build.settings.configure_timeout,
                       what=f"{configure.tool} role {configure.server_role!r}")
