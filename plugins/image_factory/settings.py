@@ -42,6 +42,7 @@ class Settings:
     ssh_timeout: float = 600.0
     #: ``console``: SSH only to the host key the instance's console shows (host_keys.py); ``off``: any host key.
     host_key_check: str = "console"
+    #: Seconds a server role may run (the configure tool's whole run); still running then, the build fails.
     configure_timeout: float = 3600.0
     image_timeout: float = 3600.0
     servermaker_command: str = DEFAULT_SERVERMAKER_COMMAND
