@@ -97,6 +97,22 @@ def test_ssh_logs_in_to_the_console_s_key_and_refuses_any_other(machine, ec2):
     assert host_keys.fingerprint(keys[0]) in message and host_keys.fingerprint(expected) in message, message
 
 
+def test_a_stale_key_in_the_worker_s_known_hosts_is_named_as_the_cause(machine, ec2, tmp_path, monkeypatch):
+    """The SSH hook also trusts the worker user's ~/.ssh/known_hosts, and paramiko asks it first: a key left there
+    by an earlier server at the address (addresses are reused) refuses the instance; the error says so."""
+    instance_id, address, private_key = machine
+    keys = host_keys.from_console(ec2, instance_id)
+    _, stale = _new_key()
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text(host_keys.known_hosts_text(address, 22, [stale]))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(HostKeyError) as refused:
+        remote.connect(address, 22, "ec2-user", private_key, host_keys=keys)
+    message = str(refused.value)
+    assert f"~/.ssh/known_hosts of this worker holds another host key for {address}" in message, message
+    assert host_keys.fingerprint(stale) in message and f"ssh-keygen -R '{address}'" in message
+
+
 def test_the_ssh_wait_brings_the_console_s_host_keys(machine, ec2, aws_connection):
     instance_id, address, _ = machine
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}

@@ -62,10 +62,17 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
     try:
         hook.get_conn()
     except paramiko.BadHostKeyException as exc:
+        expected = _line(exc.expected_key)
+        if expected not in {" ".join(key.split()[:2]) for key in host_keys}:
+            # The hook also loads the worker's known_hosts, and paramiko trusts it first.
+            name = host if port == 22 else f"[{host}]:{port}"
+            raise HostKeyError(f"SSH to {host}:{port} refused: ~/.ssh/known_hosts of this worker holds another "
+                               f"host key for {name} ({fingerprint(expected)}), from an earlier server at that "
+                               f"address; remove it (ssh-keygen -R '{name}'): builds check the key the "
+                               "instance's console shows") from None
         raise HostKeyError(f"SSH to {host}:{port} refused: the server's host key "
                            f"{fingerprint(_line(exc.key))} is not the one the instance's console shows "
-                           f"({fingerprint(_line(exc.expected_key))}); something else answers at that address"
-                           ) from None
+                           f"({fingerprint(expected)}); something else answers at that address") from None
     return hook
 
 
