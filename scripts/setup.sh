@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Image Factory needs on a fresh Debian machine with Python 3.11:
 # Debian's OpenSSH server, iproute2, nftables and mmdebstrap (the local cloud's machines), Debian's Chromium (the
-# browser test) and a virtualenv with the pinned requirements; as root, also the machines' origin root filesystem
-# (once, cached in /var/cache/image-factory/local-cloud).
+# browser test), Compose v1 (to check docker-compose.yaml) and a virtualenv with the pinned requirements; as root,
+# also the machines' origin root filesystem (once, cached in /var/cache/image-factory/local-cloud).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -22,12 +22,19 @@ command -v unshare >/dev/null || packages+=(util-linux)
 # The Celery deployment (localcloud/deployment.py, tests/test_deployment.py): its database and its broker.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
 [ -x /usr/bin/redis-server ] || packages+=(redis-server)
-if [ ${#packages[@]} -gt 0 ]; then
+# docker-compose.yaml is checked with Compose's own parser (tests/test_docker_compose.py): the Compose v1 program
+# alone, without the Docker engine it recommends (no daemon is started; nothing runs a container).
+bare=()
+command -v docker-compose >/dev/null || bare+=(docker-compose)
+if [ $(( ${#packages[@]} + ${#bare[@]} )) -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  echo "setup: installing ${packages[*]} (Debian packages)"
+  debian=("${packages[@]}" "${bare[@]}")
+  echo "setup: installing ${debian[*]} (Debian packages)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+  [ ${#packages[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+  [ ${#bare[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${bare[@]}" >/dev/null
 fi
 
 stamp=.venv/.requirements.sha256

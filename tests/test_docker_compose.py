@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,14 +36,30 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-@pytest.mark.parametrize("profile_args", [[], ["--profile", "local-cloud"]], ids=["default", "local-cloud"])
-def test_compose_config_validates(profile_args):
+def docker_compose(*args: str, **env: str) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("the docker-compose binary is not installed (e.g. `apt-get install docker-compose`)")
-    result = subprocess.run([binary, "-f", "docker-compose.yaml", *profile_args, "config"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+        pytest.skip("the docker-compose binary is not installed (scripts/setup.sh installs it)")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))} | env
+    return subprocess.run([binary, "-f", "docker-compose.yaml", *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("profile_args", [[], ["--profile", "local-cloud"]], ids=["default", "local-cloud"])
+def test_compose_config_validates(profile_args):
+    secret = secrets.token_urlsafe(64)
+    result = docker_compose(*profile_args, "config", AIRFLOW__API_AUTH__JWT_SECRET=secret)
     assert result.returncode == 0, result.stderr
+    for name in AIRFLOW_SERVICES:
+        environment = yaml.safe_load(result.stdout)["services"][name]["environment"]
+        assert environment["AIRFLOW__API_AUTH__JWT_SECRET"] == secret, name
+
+
+def test_the_stack_does_not_start_without_a_jwt_secret_of_its_own():
+    """A default in the file would be known to everyone: whoever reaches the api-server could sign tokens."""
+    result = docker_compose("config")
+    assert result.returncode != 0
+    assert "set AIRFLOW__API_AUTH__JWT_SECRET in .env" in result.stderr
 
 
 def test_services_exist(compose):
