@@ -141,7 +141,7 @@ def run(hook, command: str, *, timeout: float, what: str = "remote command", tai
         lines.append(raw.decode("utf-8", "replace").rstrip("\r"))
         log.info("%s", lines[-1])
 
-    channel = hook.get_conn().get_transport().open_session(timeout=timeout)
+    channel = hook.get_conn().get_transport().open_session(timeout=min(timeout, 60))
     try:
         # One stream, so that the tail shows errors where they happened among the ordinary output.
         channel.exec_command(f"( {command} ) 2>&1")
