@@ -50,9 +50,9 @@ def test_compose_config_validates(profile_args):
     secret = secrets.token_urlsafe(64)
     result = docker_compose(*profile_args, "config", AIRFLOW__API_AUTH__JWT_SECRET=secret)
     assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
     for name in AIRFLOW_SERVICES:
-        environment = yaml.safe_load(result.stdout)["services"][name]["environment"]
-        assert environment["AIRFLOW__API_AUTH__JWT_SECRET"] == secret, name
+        assert services[name]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"] == secret, name
 
 
 def test_the_stack_does_not_start_without_a_jwt_secret_of_its_own():

@@ -63,8 +63,8 @@ def connect(host: str, port: int, username: str, private_key: str, *, timeout: f
         hook.get_conn()
     except paramiko.BadHostKeyException as exc:
         expected = _line(exc.expected_key)
-        if expected not in {" ".join(key.split()[:2]) for key in host_keys}:
-            # The hook also loads the worker's known_hosts, and paramiko trusts it first.
+        if exc.expected_key != hook.host_key:
+            # Not the key pinned here: the hook also loads the worker's known_hosts, and paramiko trusts it first.
             name = host if port == 22 else f"[{host}]:{port}"
             raise HostKeyError(f"SSH to {host}:{port} refused: ~/.ssh/known_hosts of this worker holds another "
                                f"host key for {name} ({fingerprint(expected)}), from an earlier server at that "
