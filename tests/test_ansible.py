@@ -7,6 +7,7 @@ whole builds on the local cloud (its sshd is this machine: the roles only write 
 from __future__ import annotations
 
 import platform
+import re
 import stat
 import sys
 import tempfile
@@ -159,13 +160,13 @@ def test_role_that_is_a_link_out_or_has_no_tasks_is_refused(tmp_path):
 
 @pytest.fixture
 def instance_commands(monkeypatch) -> list[str]:
-    """The commands the tool runs on the instance (remote.run stands in: ``mktemp`` gives a directory, everything
-    else succeeds)."""
+    """The commands the tool runs on the instance (remote.run stands in: every command succeeds, printing
+    nothing)."""
     commands: list[str] = []
 
     def run(hook, command, *, timeout, what="remote command"):
         commands.append(command)
-        return ["/tmp/image-factory-ansible.AbCd1234"] if "mktemp" in command else []
+        return []
 
     monkeypatch.setattr(remote, "run", run)
     return commands
@@ -214,7 +215,7 @@ def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleane
     inventory = seen["inventory"]
     for expected in ("ansible_host: 127.0.0.1", "ansible_port: 2222", "ansible_user: builder",
                      "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "ansible_python_interpreter: "
-                     "auto_silent", "ansible_remote_tmp: /tmp/image-factory-ansible.AbCd1234"):
+                     "auto_silent"):
         assert expected in inventory
     assert "hosts: builder" in seen["playbook"]
     assert f"role: {(tmp_path / 'ansible' / 'site' / 'roles' / 'web').resolve()}" in seen["playbook"]
@@ -222,9 +223,10 @@ def test_key_lives_in_a_private_folder_that_is_removed_and_temp_files_are_cleane
     assert seen["env"]["ANSIBLE_ROLES_PATH"] == str((tmp_path / "ansible" / "site" / "roles").resolve())
     for setting in ("ANSIBLE_HOME", "ANSIBLE_LOCAL_TEMP", "ANSIBLE_SSH_CONTROL_PATH_DIR"):
         assert seen["env"][setting].startswith(str(seen["private"]) + "/")
-    # The instance's temporary directory is made for the run and removed after it.
-    assert instance_commands[0].startswith("mktemp -d /tmp/image-factory-ansible.")
-    assert instance_commands[-1] == "rm -rf /tmp/image-factory-ansible.AbCd1234"
+    # The instance's temporary directory is made for the run, under a name of the worker's, and removed after it.
+    remote_temp = yaml.safe_load(inventory)["all"]["hosts"]["builder"]["ansible_remote_tmp"]
+    assert re.fullmatch(r"/tmp/image-factory-ansible\.[0-9a-f]{16}", remote_temp)
+    assert instance_commands == [f"mkdir -m 700 -- {remote_temp}", f"rm -rf -- {remote_temp}"]
 
 
 def test_ssh_under_ansible_accepts_only_the_host_key_the_console_showed(tmp_path, monkeypatch, instance_commands):
@@ -268,7 +270,7 @@ def test_failing_playbook_raises_with_the_tail_and_still_cleans_up(tmp_path, mon
     assert caught.value.tail[-1] == "fatal: [builder]: FAILED!" and len(caught.value.tail) == 25
     assert "ansible-playbook (role 'web') exited with status 2" in str(caught.value)
     assert not seen["private"].exists()
-    assert instance_commands[-1] == "rm -rf /tmp/image-factory-ansible.AbCd1234"
+    assert instance_commands[-1].startswith("rm -rf -- /tmp/image-factory-ansible.")
 
 
 def test_output_is_streamed_with_the_private_folder_hidden_and_a_hung_run_is_stopped(tmp_path, caplog):

@@ -11,10 +11,11 @@ variables ``image_factory_server_role``, ``image_factory_image_name`` and ``imag
 What the run needs on the worker (inventory, playbook, the private key, ansible's local temporary files)
 lives in a private temporary folder (mode 0700, the key file 0600) that is deleted afterwards, whatever
 happened; the key's path and content are never logged. On the instance, ansible's temporary files go to a
-fresh directory that is removed after the run, so that they do not end up in the image. ssh accepts only the
-host key the instance's console showed (a ``known_hosts`` file of the private folder; see host_keys.py), or
-any with ``host_key_check = off``. Ansible's output is streamed into the task log as it runs; a non-zero
-exit, or the configure timeout, fails the task with the tail of the output.
+fresh directory that is removed after the run, so that they do not end up in the image; the worker names it
+(ansible renders the inventory's ``{{ }}`` on the worker, so nothing the instance prints goes there). ssh
+accepts only the host key the instance's console showed (a ``known_hosts`` file of the private folder; see
+host_keys.py), or any with ``host_key_check = off``. Ansible's output is streamed into the task log as it
+runs; a non-zero exit, or the configure timeout, fails the task with the tail of the output.
 
 A role is code that partly runs on the worker (lookups, templates, ``delegate_to: localhost``): review it as
 you review DAG code.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -50,6 +53,9 @@ SSH_ARGS = "-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o ControlMaster
 #: host_key_check off: any host key.
 UNCHECKED_SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 REMOTE_TEMP_PREFIX = "/tmp/image-factory-ansible."
+#: A path on the instance that may go into the inventory, where ansible renders ``{{ }}`` on the worker.
+SAFE_PATH = re.compile(r"[A-Za-z0-9._/-]+")
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TAIL_LINES = 25
 #: Shown in the log instead of the private folder's path.
 HIDDEN = "<private folder>"
@@ -132,6 +138,19 @@ def ssh_common_args(known_hosts: Path | None) -> str:
             "-o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR")
 
 
+def checked_remote_path(path: str) -> str:
+    """``path`` if it is one of our temporary directories on the instance (``REMOTE_TEMP_PREFIX`` then a name of
+    letters, digits, '.', '_' or '-'), else AnsibleError; the refused text is shown quoted and cut, as data."""
+    name = path.removeprefix(REMOTE_TEMP_PREFIX)
+    if not (path.startswith(REMOTE_TEMP_PREFIX) and SAFE_PATH.fullmatch(path) and SAFE_NAME.fullmatch(name)):
+        # Shown as data: quoted, cut, and without a brace that a template engine down the line could render.
+        shown = repr(path[:80]).replace("{", "\\x7b").replace("}", "\\x7d")
+        raise AnsibleError(f"the temporary directory on the instance, {shown}, is not a plain path "
+                           f"{REMOTE_TEMP_PREFIX}<letters, digits, '.', '_' or '-'>: refused (ansible would "
+                           "render it on the worker)")
+    return path
+
+
 def inventory(target: remote.SSHTarget, key_file: Path, remote_temp: str, python: str = "auto_silent",
               known_hosts: Path | None = None) -> dict:
     return {"all": {"hosts": {"builder": {
@@ -143,7 +162,7 @@ def inventory(target: remote.SSHTarget, key_file: Path, remote_temp: str, python
         "ansible_ssh_args": SSH_ARGS,
         "ansible_ssh_common_args": ssh_common_args(known_hosts),
         "ansible_python_interpreter": python,
-        "ansible_remote_tmp": remote_temp,
+        "ansible_remote_tmp": checked_remote_path(remote_temp),
     }}}}
 
 
@@ -242,9 +261,11 @@ def run_ansible_role(hook, target: remote.SSHTarget, configure, build) -> list[s
     executable = ansible_playbook()
     timeout = build.settings.configure_timeout
     # Ansible's temporary files on the instance: a fresh directory, removed afterwards (as the shell tool does).
-    remote_temp = remote.run(hook, f"mktemp -d {REMOTE_TEMP_PREFIX}XXXXXXXX", timeout=60)[-1].strip()
-    if not remote_temp.startswith(REMOTE_TEMP_PREFIX) or "/" in remote_temp[len(REMOTE_TEMP_PREFIX):]:
-        raise AnsibleError(f"mktemp on the instance answered {remote_temp!r}")
+    # Named here, not by the instance (its mktemp could print a template that ansible renders on the worker);
+    # mkdir fails on a name that exists, so nothing planted in /tmp is reused.
+    remote_temp = f"{REMOTE_TEMP_PREFIX}{secrets.token_hex(8)}"
+    remote.run(hook, f"mkdir -m 700 -- {shlex.quote(remote_temp)}", timeout=60,
+               what="making ansible's temporary directory on the instance")
     private = Path(tempfile.mkdtemp(prefix="image-factory-ansible-")).resolve()  # mode 0700
     try:
         key_file = private / "key"
@@ -267,7 +288,7 @@ def run_ansible_role(hook, target: remote.SSHTarget, configure, build) -> list[s
     finally:
         close_connections(private / "cp", target.host)
         shutil.rmtree(private, ignore_errors=True)
-        remote.run(hook, f"rm -rf {shlex.quote(remote_temp)}", timeout=60)
+        remote.run(hook, f"rm -rf -- {shlex.quote(remote_temp)}", timeout=60)
     if status != 0 or stopped:
         what = (f"ansible-playbook (role {role!r}, stopped at the {timeout:.0f} s configure timeout)" if stopped
                 else f"ansible-playbook (role {role!r})")
