@@ -2,19 +2,26 @@
 
 An origin image is not trusted: its programs may print anything. Here a machine of the local cloud is made
 hostile (a ``mktemp`` earlier on the PATH that prints an ansible template) and the ansible tool is run against
-it: nothing the instance prints may be rendered on the worker.
+it: nothing the instance prints may be rendered on the worker. What it prints reaches the task log as data:
+no terminal control characters (which would move or colour the log viewer, or start a line that looks like
+the log's own), and no line without end.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import shlex
+import socket
+import threading
 
 import pytest
 
 from image_factory import remote
 from image_factory.settings import Settings
 from image_factory.spec import parse_spec
+from image_factory.steps.infrastructure import _new_key
 from image_factory.tools import ansible
 from tests.test_ansible import FakeBuild, configure_text, make_role
 
@@ -89,3 +96,80 @@ def test_a_plain_remote_path_goes_into_the_inventory_as_it_is(tmp_path):
     path = ansible.REMOTE_TEMP_PREFIX + "0123abcd.x_y-z"
     target = remote.SSHTarget("198.18.0.9", 22, "ec2-user", "k")
     assert ansible.inventory(target, tmp_path / "key", path)["all"]["hosts"]["builder"]["ansible_remote_tmp"] == path
+
+
+# What an instance prints, in the task log
+
+
+@pytest.fixture(scope="module")
+def hook(machine):
+    _, address, private_key = machine
+    hook = remote.connect(address, 22, "ec2-user", private_key)
+    yield hook
+    hook.get_conn().close()
+
+
+def printing(data: bytes) -> str:
+    """A command that prints ``data`` exactly."""
+    return f"echo {base64.b64encode(data).decode()} | base64 -d"
+
+
+def messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "image_factory"]
+
+
+def test_control_characters_an_instance_prints_are_logged_escaped(hook, caplog):
+    caplog.set_level(logging.INFO, logger="image_factory")
+    hostile = ("tab\tstays \x1b[2J\x1b[31mred\rINFO forged line\x00nul\x7fdel\u2028sep\u202eevil\x85 é\r\n"
+               "second\n").encode()
+    lines = remote.run(hook, printing(hostile), timeout=30)
+    assert lines == ["tab\tstays \\x1b[2J\\x1b[31mred\\rINFO forged line\\x00nul\\x7fdel\\u2028sep\\u202eevil"
+                     "\\x85 é", "second"]
+    assert messages(caplog)[1:] == lines
+    # The tail of a failing command is the same data.
+    with pytest.raises(remote.RemoteCommandError) as failed:
+        remote.run(hook, printing(b"\x1b]0;title\x07\n") + "; exit 3", timeout=30)
+    assert failed.value.tail == ["\\x1b]0;title\\x07"] and "\x1b" not in str(failed.value)
+
+
+def test_a_line_without_end_is_cut(hook, caplog):
+    caplog.set_level(logging.INFO, logger="image_factory")
+    lines = remote.run(hook, "head -c 1000000 /dev/zero | tr '\\0' a; echo; echo after", timeout=60)
+    assert lines[-1] == "after"
+    assert max(len(line) for line in lines) <= remote.MAX_LINE + 50
+    assert "a" * 100 in lines[0] and "cut" in lines[0]
+    assert len(lines) < 100
+    assert all(len(message) <= remote.MAX_LINE + 50 for message in messages(caplog))
+
+
+def test_a_hostile_ssh_banner_is_logged_escaped(caplog):
+    """Before the login: paramiko puts the server's version string into its error, which is logged."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def answer():
+        while not done.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            with client:
+                client.sendall(b"SSH-\x1b[2J\x1b[31mforged\x1b[0m-x\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    caplog.set_level(logging.INFO, logger="image_factory")
+    try:
+        with pytest.raises(TimeoutError) as waited:
+            remote.wait_until_ready("127.0.0.1", server.getsockname()[1], "ec2-user", _new_key()[0],
+                                    timeout=0.5, interval=0.1)
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    assert "forged" in str(waited.value) and "\x1b" not in str(waited.value)
+    assert any("forged" in message for message in messages(caplog))
+    assert not any("\x1b" in message for message in messages(caplog))

@@ -22,6 +22,20 @@ from image_factory.host_keys import HostKeyError, fingerprint, pinned
 
 log = logging.getLogger("image_factory")
 
+#: Characters of an output line that are kept (an instance could print one line without end); the rest is cut.
+MAX_LINE = 8192
+
+
+def printable(text: str, keep: str = "\t", limit: int | None = MAX_LINE) -> str:
+    """``text`` as data for the log: each character that is not printable (except those of ``keep``) written as
+    its escape (``\\x1b``, ``\\u2028``), so that what an instance prints cannot move or colour the log viewer,
+    or start a line that looks like the log's own; cut after ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c in keep else ascii(c)[1:-1] for c in text)
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]} [... {len(text) - limit} characters cut]"
+    return text
+
 
 class RemoteCommandError(PermanentError):
     def __init__(self, what: str, status: int, tail: list[str]):
@@ -98,7 +112,7 @@ def wait_until_ready(host: str, port: int, username: str, private_key: str, *, t
         except HostKeyError:
             raise  # another server at the address: waiting will not make it the instance
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = printable(f"{type(exc).__name__}: {exc}", limit=500)  # may quote what the server sent
         if defer is not None:
             log.info("SSH not ready yet (%s)", reason)
             defer()
@@ -133,12 +147,14 @@ def run(hook, command: str, *, timeout: float, what: str = "remote command", tai
 
     Read here rather than by the hook's ``exec_ssh_client_command``: that one leaves out of the log whatever
     output came before it looked (all of a quick command's) and splits a line that comes in two pieces.
+    The lines are data from a machine that is not trusted: control characters escaped, long lines cut
+    (:func:`printable`).
     """
     log.info("running on the instance: %s", command)
     lines: list[str] = []
 
     def add(raw: bytes) -> None:
-        lines.append(raw.decode("utf-8", "replace").rstrip("\r"))
+        lines.append(printable(raw.decode("utf-8", "replace").rstrip("\r")))
         log.info("%s", lines[-1])
 
     channel = hook.get_conn().get_transport().open_session(timeout=min(timeout, 60))
@@ -160,6 +176,9 @@ def run(hook, command: str, *, timeout: float, what: str = "remote command", tai
             *complete, pending = (pending + chunk).split(b"\n")
             for raw in complete:
                 add(raw)
+            if len(pending) > 4 * MAX_LINE:  # a line without end: what came so far is a line of its own
+                add(pending)
+                pending = b""
         if pending:
             add(pending)  # a last line without its newline
         status = channel.recv_exit_status()
