@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import socket
+import sys
 import threading
 
 import pytest
@@ -172,4 +173,18 @@ def test_a_hostile_ssh_banner_is_logged_escaped(caplog):
         server.close()
     assert "forged" in str(waited.value) and "\x1b" not in str(waited.value)
     assert any("forged" in message for message in messages(caplog))
+    assert not any("\x1b" in message for message in messages(caplog))
+
+
+def test_ansible_output_is_logged_escaped_and_cut(tmp_path, caplog):
+    """ansible-playbook's output quotes what the instance printed (a failed command's output, a message)."""
+    script = ("import sys; sys.stdout.buffer.write(b'ok \\x1b[31mred\\rforged\\xe2\\x80\\xa8x\\r\\n' + b'b' * 100000 + "
+              "b'\\nlast\\n')")
+    with caplog.at_level("INFO", logger="image_factory"):
+        status, lines, stopped = ansible.run_playbook([sys.executable, "-c", script], cwd=tmp_path, env={},
+                                                      timeout=30, hide=str(tmp_path))
+    assert (status, stopped) == (0, False)
+    assert lines[0] == "ok \\x1b[31mred\\rforged\\u2028x"
+    assert lines[-1] == "last"
+    assert all(len(line) <= remote.MAX_LINE + 50 for line in lines) and "cut" in lines[1]
     assert not any("\x1b" in message for message in messages(caplog))

@@ -212,7 +212,7 @@ def run_playbook(command: list[str], *, cwd: Path, env: dict[str, str], timeout:
     Returns the exit status, the output lines and whether it was stopped.
     """
     process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+                               stderr=subprocess.STDOUT, start_new_session=True)
     stopped = threading.Event()
 
     def stop() -> None:
@@ -228,8 +228,10 @@ def run_playbook(command: list[str], *, cwd: Path, env: dict[str, str], timeout:
     lines: list[str] = []
     try:
         assert process.stdout is not None
-        for raw in process.stdout:  # ends when the process (or the watchdog) closes the pipe
-            line = raw.rstrip("\n").replace(hide, HIDDEN)
+        # Bytes, read in bounded pieces: the output quotes what the instance printed, which is data (its control
+        # characters escaped by remote.printable, a line without end cut). Ends when the pipe is closed.
+        for raw in iter(lambda: process.stdout.readline(4 * remote.MAX_LINE), b""):
+            line = remote.printable(raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r").replace(hide, HIDDEN))
             lines.append(line)
             if line.strip():
                 log.info("%s", line)
