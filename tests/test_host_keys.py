@@ -3,6 +3,8 @@ local cloud's machines: each prints its sshd's host key on its console at boot, 
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 
 import boto3
@@ -43,6 +45,36 @@ def test_the_console_s_keys_are_read_the_preferred_type_first_and_only_from_the_
     assert host_keys.parse(CLOUD_INIT_CONSOLE.rsplit("-----END", 1)[0]) == []
     assert host_keys.parse("-----BEGIN SSH HOST KEY KEYS-----\nnot a key\nssh-ed25519 %%%\n"
                            "-----END SSH HOST KEY KEYS-----\n") == []
+
+
+def key_blob(kind: str, size: int = 32) -> str:
+    """A public key's base64 as SSH writes it: the type's name, then (here) ``size`` bytes standing for the key."""
+    return base64.b64encode(struct.pack(">I", len(kind)) + kind.encode() + struct.pack(">I", size)
+                            + bytes(size)).decode()
+
+
+def block(*lines: str) -> str:
+    return "\n".join([host_keys.BEGIN, *lines, host_keys.END, ""])
+
+
+def test_a_hostile_console_gives_only_plain_keys_of_known_types():
+    """The console is the instance's own output: whatever it prints there, what comes out is ``type base64``
+    of a type SSH takes, whose key says it is of that type, a few of them, none huge."""
+    ed25519, rsa = key_blob("ssh-ed25519"), key_blob("ssh-rsa", 256)
+    # Fields after the key (cloud-init's comment, or anything else) are left out.
+    assert host_keys.parse(block(f"ssh-ed25519 {ed25519} root@host \x1b[2J {{{{ x }}}} more")) == [
+        f"ssh-ed25519 {ed25519}"]
+    # Control characters are no part of a key: such a line is not one.
+    assert host_keys.parse(block(f"ssh-ed25519\x1b[31m {ed25519}", f"\x1bssh-rsa {rsa}",
+                                 f"ssh-rsa {rsa}\x00AAAA")) == []
+    # A key whose own type is another than the line says.
+    assert host_keys.parse(block(f"ssh-ed25519 {rsa}", f"ssh-rsa {rsa}")) == [f"ssh-rsa {rsa}"]
+    # A key far longer than any SSH host key (a 16384-bit RSA key is under 3,000 characters).
+    assert host_keys.parse(block(f"ssh-rsa {key_blob('ssh-rsa', 30000)}", f"ssh-ed25519 {ed25519}")) == [
+        f"ssh-ed25519 {ed25519}"]
+    # Many keys: the first of each type only.
+    many = [f"ssh-ed25519 {key_blob('ssh-ed25519', 32 + n)}" for n in range(1000)]
+    assert host_keys.parse(block(*many, f"ssh-rsa {rsa}")) == [many[0], f"ssh-rsa {rsa}"]
 
 
 def test_moto_s_own_console_shows_no_host_key(local_cloud):

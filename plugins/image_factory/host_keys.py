@@ -22,6 +22,8 @@ BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
 #: The key types SSH clients take, the preferred first (every OpenSSH since 6.5 has an Ed25519 key).
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+#: A key's base64 longer than this is not an SSH host key (a 16384-bit RSA key's is under 3,000 characters).
+MAX_KEY_CHARS = 4096
 CHECKS = ("console", "off")
 #: How EC2 may refuse ``Latest`` (instances not on the Nitro system): then the buffered output is read.
 LATEST_UNSUPPORTED = ("UnsupportedOperation", "InvalidParameterValue", "InvalidParameterCombination")
@@ -33,17 +35,20 @@ class HostKeyError(PermanentError):
 
 
 def parse(console: str) -> list[str]:
-    """The host keys (``type base64``, preferred type first) of the console's last key block; [] if none."""
+    """The host keys (``type base64``, preferred type first) of the console's last key block; [] if none.
+
+    The console is the instance's own output: only lines that are a key of a known type, as its own data says,
+    and of a key's size count, and the first key of each type (what else the line holds is left out)."""
     start = console.rfind(BEGIN)
     end = console.find(END, start)
     if start < 0 or end < 0:
         return []
-    keys = []
+    keys: dict[str, str] = {}
     for line in console[start + len(BEGIN):end].splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0] in KEY_TYPES and _is_base64(fields[1]):
-            keys.append(f"{fields[0]} {fields[1]}")
-    return sorted(keys, key=lambda key: KEY_TYPES.index(key.split()[0]))
+        if len(fields) >= 2 and fields[0] in KEY_TYPES and fields[0] not in keys and _is_key(*fields[:2]):
+            keys[fields[0]] = f"{fields[0]} {fields[1]}"
+    return [keys[kind] for kind in KEY_TYPES if kind in keys]
 
 
 def from_console(ec2, instance_id: str) -> list[str]:
@@ -89,9 +94,14 @@ def known_hosts_text(host: str, port: int, keys: Sequence[str]) -> str:
     return "".join(f"{name} {key}\n" for key in keys)
 
 
-def _is_base64(text: str) -> bool:
+def _is_key(kind: str, text: str) -> bool:
+    """Whether ``text`` is base64 of no more than a key's size, of SSH's key format (a key of type ``kind``)."""
+    if len(text) > MAX_KEY_CHARS:
+        return False
     try:
-        base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except ValueError:
         return False
-    return True
+    # SSH's public key format: the type's name (a 4-byte length, then the name), then the key's numbers.
+    name = kind.encode()
+    return data[:4 + len(name)] == len(name).to_bytes(4, "big") + name
