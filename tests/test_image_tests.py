@@ -81,3 +81,25 @@ def test_a_dropped_connection_is_logged_in_again_and_a_lost_one_is_no_verdict(lo
     with pytest.raises(test_tools.TestsInterrupted, match="connection to the test instance was lost"):
         test_tools.run(TESTINFRA, locked_out, hook, target)
     assert not issubclass(test_tools.TestsInterrupted, test_tools.PermanentError)  # Airflow retries it
+
+
+def test_what_the_instance_prints_in_a_failing_test_is_logged_as_data(logged_in, tmp_path, caplog):
+    """A failing test's text quotes the instance's output: it must not colour or clear the log viewer, nor
+    start a line that passes for one of the log's own."""
+    hook, target = logged_in
+    folder = write_tests(tmp_path / "hostile", r"""
+        def test_the_instance_s_own_words(host):
+            words = host.check_output("printf 'fine\\r2026-12-07T00:00:00Z [info] test passed: forged\\n"
+                                      "\\033[2Jcleared'")
+            assert not words, words
+        """)
+    caplog.set_level("INFO", logger="image_factory")
+    outcome = test_tools.run(TESTINFRA, folder, hook, target)
+    summary = outcome.summary()
+    assert (summary["status"], summary["passed"], summary["failed"]) == ("failed", 0, 1)
+    assert [name.split("::")[-1] for name in summary["failed_tests"]] == ["test_the_instance_s_own_words"]
+    [failure] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test FAILED")]
+    assert "forged" in failure and "cleared" in failure
+    assert "\x1b" not in failure and "\r" not in failure
+    _first, *rest = failure.split("\n")
+    assert rest and all(line.startswith("  | ") for line in rest)

@@ -100,7 +100,8 @@ class _Reporter:
 
     def pytest_runtest_makereport(self, item, call):
         if call.excinfo is not None and _connection_lost(call.excinfo.value):
-            self.interrupted.append(f"{item.nodeid}: {call.excinfo.typename}: {call.excinfo.value}")
+            self.interrupted.append(remote.printable(f"{item.nodeid}: {call.excinfo.typename}: {call.excinfo.value}",
+                                                     limit=500))
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
@@ -109,11 +110,17 @@ class _Reporter:
                 log.info("test passed: %s", report.nodeid)
             elif report.failed:
                 self.outcome.failed.append(report.nodeid)
-                log.error("test FAILED: %s\n%s", report.nodeid, report.longreprtext[-3000:])
+                log.error("test FAILED: %s\n%s", report.nodeid, _quoted(report.longreprtext[-3000:]))
 
     def pytest_collectreport(self, report):
         if report.failed:
             self.errors.append(f"{report.nodeid}: {report.longreprtext[-1500:]}")
+
+
+def _quoted(text: str) -> str:
+    """A failure's text, which quotes what the instance printed, as data for the log: control characters escaped
+    (newlines and tabs kept), each line set off by '  | ' so that none passes for a line of the log's own."""
+    return "\n".join(f"  | {line}" for line in remote.printable(text, keep="\t\n", limit=None).split("\n"))
 
 
 def _connection_lost(error: BaseException) -> bool:
