@@ -10,6 +10,7 @@ the log's own), and no line without end.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import shlex
@@ -55,22 +56,47 @@ def hostile(machine, tmp_path):
         hook.get_conn().close()
 
 
-def test_a_hostile_mktemp_on_the_instance_runs_nothing_on_the_worker(hostile, tmp_path):
-    hook, target, marker = hostile
-    make_role(tmp_path / "ansible" / "site", "web")
-    build = FakeBuild(tmp_path / "ansible")
-    build.settings = Settings(ansible_folder=str(tmp_path / "ansible"), configure_timeout=120,
+def apply_role(hook, target, folder, tasks: str = "- ansible.builtin.debug: {msg: hello}\n"):
+    """The ansible tool applies a role of ``tasks`` to the machine: (its output lines, the error it raised)."""
+    make_role(folder / "ansible" / "site", "web", tasks)
+    build = FakeBuild(folder / "ansible")
+    build.settings = Settings(ansible_folder=str(folder / "ansible"), configure_timeout=120,
                               ansible_python_interpreter="/usr/bin/python3")
     configure = parse_spec(configure_text(tool="ansible", code_repo="site", server_role="web")).configure
     try:
-        lines, failure = ansible.run_ansible_role(hook, target, configure, build), None
-    except Exception as exc:  # the marker is checked first, whatever happened
-        lines, failure = [], exc
+        return ansible.run_ansible_role(hook, target, configure, build), None
+    except Exception as exc:  # the caller checks its marker first, whatever happened
+        return [], exc
+
+
+def test_a_hostile_mktemp_on_the_instance_runs_nothing_on_the_worker(hostile, tmp_path):
+    hook, target, marker = hostile
+    lines, failure = apply_role(hook, target, tmp_path)
     assert not marker.exists(), "the instance's output was rendered as a template on the worker"
     assert failure is None, failure
     assert any("failed=0" in line for line in lines)  # the role was applied, the hostile mktemp unused
     # Ansible's directory on the instance was made by the worker's name and removed after the run.
     assert remote.run(hook, "ls -d /tmp/image-factory-ansible.* 2>/dev/null || true", timeout=30) == []
+
+
+def test_facts_a_hostile_instance_reports_are_not_rendered_on_the_worker(machine, tmp_path):
+    """What ansible itself reads from the instance (facts; here a local fact, /etc/ansible/facts.d) is marked
+    untrusted by ansible-core: a role that shows it shows the text, the template in it is not run."""
+    _, address, private_key = machine
+    marker = tmp_path / "pwned"
+    fact = json.dumps({"motto": template_that_touches(marker)})
+    hook = remote.connect(address, 22, "ec2-user", private_key)
+    try:
+        remote.run(hook, f"sudo -n mkdir -p /etc/ansible/facts.d && printf %s {shlex.quote(fact)} | "
+                         "sudo -n tee /etc/ansible/facts.d/hostile.fact >/dev/null", timeout=30)
+        lines, failure = apply_role(hook, remote.SSHTarget(address, 22, "ec2-user", private_key), tmp_path,
+                                    "- ansible.builtin.debug: {msg: 'motto: {{ ansible_local.hostile.motto }}'}\n")
+    finally:
+        remote.run(hook, "sudo -n rm -rf /etc/ansible", timeout=30)
+        hook.get_conn().close()
+    assert not marker.exists(), "a fact of the instance's was rendered as a template on the worker"
+    assert failure is None, failure
+    assert any("motto: {{ lookup('pipe'" in line for line in lines)
 
 
 @pytest.mark.parametrize("path", [
