@@ -226,12 +226,13 @@ def test_list_shows_the_images_of_a_spec_from_their_lineage_tags(local_cloud, ec
             assert result.returncode == 0, result.stdout + result.stderr
             header, *rows = result.stdout.splitlines()
             assert header.split() == ["IMAGE", "ID", "NAME", "STATE", "CREATED", "ORIGIN", "AMI", "SERVER", "ROLE",
-                                      "SPEC", "HASH", "BUILD", "ID", "COMPLETE", "TESTS", "COPY", "OF", "CHANNELS"]
+                                      "SPEC", "HASH", "BUILD", "ID", "COMPLETE", "TESTS", "OVERRIDDEN", "COPY", "OF",
+                                      "CHANNELS"]
             assert [row.split()[0] for row in rows] == [newer, older]  # newest first
             assert rows[0].split()[1:] == [f"{name}-20260101-000000-b000000000002", "available",
                                            rows[0].split()[3], origin, "appserver", "0123456789abcdef",
-                                           "b000000000002", "yes", "-", "-", "-"]
-            assert rows[1].split()[-5:] == ["b000000000001", "no", "-", "-", "-"]
+                                           "b000000000002", "yes", "-", "-", "-", "-"]
+            assert rows[1].split()[-6:] == ["b000000000001", "no", "-", "-", "-", "-"]
     finally:
         for image_id in images:
             snapshots = [m["Ebs"]["SnapshotId"] for i in ec2.describe_images(ImageIds=[image_id])["Images"]

@@ -12,7 +12,7 @@ from airflow.dag_processing.dagbag import DagBag
 
 from image_factory.build import TAG_COMPLETE, TAG_ORIGIN, TAG_SPEC
 from image_factory.origin_watch import new_origin
-from image_factory.parameters import ParameterError, apply_overrides
+from image_factory.parameters import ParameterError, apply_overrides, trigger_values
 from image_factory.spec import load_spec, parse_spec
 from localcloud.runner import airflow_env, migrate, run_dag
 
@@ -39,7 +39,9 @@ def test_trigger_form_has_typed_described_overrides_that_default_to_the_spec(bag
     assert defaults["extra_tags"] == {}
     # A trigger with no form input builds exactly what the spec says.
     spec = load_spec(LIVE).image
-    assert apply_overrides(spec, defaults) == spec
+    overrides, values = trigger_values(spec, defaults)
+    assert overrides == {} and values == {}
+    assert apply_overrides(spec, overrides) == spec
 
 
 def test_overrides_change_the_spec_and_bad_ones_are_refused():

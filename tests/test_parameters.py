@@ -168,7 +168,9 @@ def test_an_unset_parameter_reached_through_another_is_named(spec):
 def test_a_resolved_value_is_validated_again(spec):
     message = error_of(spec, {**VALUES, "AWS_REGION": "europe"})
     assert "'shopspinner-linux-image'" in message
-    assert "image.region: expected an AWS region such as eu-west-1 (got 'europe')" in message
+    assert "image.region: expected an AWS region such as eu-west-1" in message
+    # A resolved value may come from a Variable or the environment: never shown.
+    assert "europe" not in message
 
 
 @pytest.mark.parametrize(("name", "value", "field"), [
@@ -178,7 +180,7 @@ def test_a_resolved_value_is_validated_again(spec):
 def test_other_resolved_values_are_validated_again(spec, name, value, field):
     message = error_of(spec, {**VALUES, name: value})
     assert f"{field}: expected" in message
-    assert repr(value) in message
+    assert value not in message
 
 
 def test_an_origin_mapping_survives_resolution():

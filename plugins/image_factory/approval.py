@@ -21,6 +21,10 @@ def text(channels: list[str], registered: dict | None, tested: dict | None, prom
             "channels", {}).items()) or "none"),
         ("approving moves", ", ".join(channels)),
     ]
+    overridden = registered.get("overridden") or {}
+    if overridden:  # a person is about to put an image of another origin or role into the channels: say so
+        rows.insert(0, ("**overridden by the trigger**", "**" + ", ".join(
+            f"{field} `{value}`" for field, value in sorted(overridden.items())) + " (not the spec's)**"))
     copies = (promoted or {}).get("regions") or {}
     if len(copies) > 1:  # distributed: the channels move in every region, each to its region's copy
         rows.insert(2, ("copies", ", ".join(f"`{copy['image_id']}` in {region}" for region, copy in copies.items()

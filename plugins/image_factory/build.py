@@ -40,6 +40,9 @@ TAG_TESTED_AT = "image-factory:tested-at"
 #: The origin's own spec and build, when the origin is an Image Factory image (images built on images).
 TAG_ORIGIN_SPEC = "image-factory:origin-spec"
 TAG_ORIGIN_BUILD = "image-factory:origin-build-id"
+#: On an image whose run's trigger overrode what goes into it (``origin``, ``server_role``, comma-separated): no
+#: channel moves to it unless the spec allows overrides or a person approves it.
+TAG_OVERRIDDEN = "image-factory:overridden"
 #: On a copy of an image in another region (distribute): the image it is a copy of, and that image's region.
 TAG_SOURCE_IMAGE = "image-factory:source-image"
 TAG_SOURCE_REGION = "image-factory:source-region"
@@ -63,6 +66,8 @@ class Build:
     fresh: bool = False
     #: The spec's recent windows of each wait (polling.py), by waiter name: what this build's polls start from.
     history: dict = field(default_factory=dict)
+    #: What the trigger overrode of what goes into the image (parameters.CONTENT_OVERRIDES), by field.
+    overridden: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.build_id:

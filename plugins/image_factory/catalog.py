@@ -25,6 +25,7 @@ from image_factory.build import (
     TAG_COMPLETE,
     TAG_ORIGIN,
     TAG_ORIGIN_SPEC,
+    TAG_OVERRIDDEN,
     TAG_ROLE,
     TAG_RUN,
     TAG_SPEC,
@@ -42,6 +43,7 @@ STATUSES = {
     "passed": "its tests passed",
     "failed": "its tests failed",
     "untested": "not tested",
+    "overridden": "its build's trigger overrode its origin or server role",
     "incomplete": "being built, or left by a failed build",
     "deprecated": "its deprecation time has passed",
     "retiring": "retention will deprecate or delete it",
@@ -81,6 +83,11 @@ class ImageRow:
     @property
     def role(self) -> str:
         return self.tags.get(TAG_ROLE, "-")
+
+    @property
+    def overridden(self) -> str:
+        """What its build's trigger overrode (``origin,server_role``), or ``""``."""
+        return self.tags.get(TAG_OVERRIDDEN, "")
 
     @property
     def build_id(self) -> str:
@@ -135,6 +142,8 @@ def _statuses(tags: dict[str, str], channels: list[str], deprecated: bool, actio
         found.append("promoted")
     tests = tags.get(TAG_TESTS)
     found.append(tests if tests in ("passed", "failed") else "untested")
+    if tags.get(TAG_OVERRIDDEN):
+        found.append("overridden")
     if tags.get(TAG_COMPLETE) != "true":
         found.append("incomplete")
     if deprecated:

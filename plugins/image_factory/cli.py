@@ -535,7 +535,7 @@ def render(argument: str, params: Sequence[str], run_id: str | None) -> int:
 # --- list -----------------------------------------------------------------------------------------------
 
 COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID", "COMPLETE",
-           "TESTS", "COPY OF", "CHANNELS")
+           "TESTS", "OVERRIDDEN", "COPY OF", "CHANNELS")
 
 
 def _tests(tags: dict[str, str]) -> str:
@@ -545,13 +545,21 @@ def _tests(tags: dict[str, str]) -> str:
 
 
 def _image_row(image: dict, channels: dict[str, list[str]]) -> tuple[str, ...]:
-    from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_ORIGIN, TAG_ROLE, TAG_SPEC_HASH, tag_dict
+    from image_factory.build import (
+        TAG_BUILD,
+        TAG_COMPLETE,
+        TAG_ORIGIN,
+        TAG_OVERRIDDEN,
+        TAG_ROLE,
+        TAG_SPEC_HASH,
+        tag_dict,
+    )
 
     tags = tag_dict(image.get("Tags"))
     return (image["ImageId"], image.get("Name", ""), image.get("State", ""), image.get("CreationDate", ""),
             tags.get(TAG_ORIGIN, "-"), tags.get(TAG_ROLE, "-"), tags.get(TAG_SPEC_HASH, "-"),
             tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no", _tests(tags),
-            _copy_of(tags), ",".join(channels.get(image["ImageId"], [])) or "-")
+            tags.get(TAG_OVERRIDDEN) or "-", _copy_of(tags), ",".join(channels.get(image["ImageId"], [])) or "-")
 
 
 def _copy_of(tags: dict[str, str]) -> str:
@@ -618,6 +626,7 @@ def lineage(ec2, ssm, image_id: str, limit: int = 20, in_region=None) -> list[di
     from image_factory.build import (
         TAG_BUILD,
         TAG_ORIGIN,
+        TAG_OVERRIDDEN,
         TAG_ROLE,
         TAG_SOURCE_IMAGE,
         TAG_SOURCE_REGION,
@@ -638,6 +647,8 @@ def lineage(ec2, ssm, image_id: str, limit: int = 20, in_region=None) -> list[di
             levels.append({**level, "root origin": f"owner {image.get('OwnerId', '?')}"})
             break
         level.update(spec=tags[TAG_SPEC], build=tags.get(TAG_BUILD, "-"), role=tags.get(TAG_ROLE, "-"),
+                     **({"overridden": f"{tags[TAG_OVERRIDDEN]} (by the trigger of its build)"}
+                        if tags.get(TAG_OVERRIDDEN) else {}),
                      **({"copy of": copy} if (copy := _copy_of(tags)) != "-" else {}),
                      origin=tags.get(TAG_ORIGIN, "-"), tests=_tests(tags),
                      channels=",".join(_channels_by_image(ssm, tags[TAG_SPEC]).get(image_id, [])) or "-")
@@ -668,8 +679,8 @@ def show(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
         indent = "  " * depth
         heading = "image" if depth == 0 else "copy of" if "copy of" in levels[depth - 1] else "built from"
         print(f"{indent}{heading} {level['image']} {level.get('name', '')}".rstrip())
-        for key in ("spec", "build", "role", "copy of", "origin", "tests", "channels", "created", "root origin",
-                    "missing"):
+        for key in ("spec", "build", "role", "overridden", "copy of", "origin", "tests", "channels", "created",
+                    "root origin", "missing"):
             if key in level:
                 print(f"{indent}  {key}: {level[key]}")
     return OK if "missing" not in levels[-1] else PROBLEMS

@@ -58,6 +58,8 @@ class Step:
     outlets: Callable[[ImageSpec], list] | None = None
     #: Whether a spec's DAG has this task (default: every spec's).
     when: Callable[[ImageSpec], bool] | None = None
+    #: When it runs (default: once every upstream succeeded).
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
 
 
 STEPS: tuple[Step, ...] = (
@@ -85,8 +87,9 @@ STEPS: tuple[Step, ...] = (
          outlets=lambda spec: promotion_assets(spec.name, spec.promote.channels),
          does="moves the spec's channels (SSM parameters) to the tested image, in every region the image is in "
               "(to each region's copy), and emits its promotion event"),
+    # (Also after a skipped promote: an image of an overridden origin or role moves a channel only if approved.)
     Step(tasks.APPROVE, None, after=(tasks.TEST, tasks.DISTRIBUTE, tasks.PROMOTE), operator=ImageApproval, pool=False,
-         when=lambda spec: bool(spec.promote and spec.promote.approval),
+         when=lambda spec: bool(spec.promote and spec.promote.approval), trigger_rule=TriggerRule.NONE_FAILED,
          does="asks a person to approve the approval channels (Airflow's human-in-the-loop: no slot held); no "
               "answer before the timeout is a rejection"),
     Step(tasks.PROMOTE_APPROVED, tasks.promote_approved, inputs=(tasks.NETWORK, tasks.REGISTER, tasks.TEST),
@@ -155,6 +158,8 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
         made = {}
         for step in steps:
             options = {"pool": deployment.pool} if step.pool else {}
+            if step.trigger_rule != TriggerRule.ALL_SUCCESS:
+                options["trigger_rule"] = step.trigger_rule
             if step.outlets:
                 options["outlets"] = step.outlets(spec)
             if step.body is None:  # the approval: Airflow's own operator, no task body of ours

@@ -18,7 +18,12 @@ TRANSIENT_CODES = {
 
 
 class InvalidValues(ValueError):
-    """Values that a spec's model refuses: the message lists each field and what is wrong with it."""
+    """Values that a spec's model refuses: the message lists each field and what is wrong with it; ``fields``
+    names them alone (for a message that must not quote the values)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = fields
 
 
 class PermanentError(Exception):

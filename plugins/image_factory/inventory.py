@@ -28,8 +28,11 @@ def tests_summary(tags: dict[str, str]) -> str:
     """An image's test result from its tags: ``passed (3/3)``, ``failed (2/3)``, ``untested`` or ``-``."""
     status = tags.get(TAG_TESTS, "-")
     if status in ("passed", "failed"):
-        passed, failed = int(tags.get(TAG_TESTS_PASSED) or 0), int(tags.get(TAG_TESTS_FAILED) or 0)
-        return f"{status} ({passed}/{passed + failed})"
+        passed, failed = tags.get(TAG_TESTS_PASSED) or "0", tags.get(TAG_TESTS_FAILED) or "0"
+        if passed.isascii() and passed.isdigit() and failed.isascii() and failed.isdigit():
+            return f"{status} ({int(passed)}/{int(passed) + int(failed)})"
+        # Tags anyone with CreateTags may have written: shown as they are, never an error.
+        return f"{status} (tests-passed={passed[:40]!r}, tests-failed={failed[:40]!r})"
     return status
 
 

@@ -1,8 +1,10 @@
 """``${NAME}`` parameters in spec values, resolved at run time, never at parse time.
 
-Sources, first match wins: the builder-infrastructure outputs, the trigger's params, Airflow Variables,
-the environment. A value found in a source may itself hold ``${OTHER}``; a name that refers back to itself,
-directly or through others, is an error.
+Sources, first match wins: the builder-infrastructure outputs, the trigger's fields for the spec's declared
+parameters, Airflow Variables, the environment. A value found in a Variable or the environment may itself hold
+``${OTHER}``; a name that refers back to itself, directly or through others, is an error. A value from the
+trigger is data: it may not hold ``${`` at all (:func:`trigger_values`), and an error never quotes a resolved
+value.
 """
 
 from __future__ import annotations
@@ -97,10 +99,17 @@ def resolve_text(text: str, lookup: Lookup, *, spec_name: str, field: str,
 
 def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = None) -> ImageSpec:
     """A copy of ``spec`` with every parameter in ``fields`` (default: all) replaced by its value."""
+    found: list[str] = []
+
+    def remembered(name: str) -> str | None:
+        value = lookup(name)
+        if value:
+            found.append(value)
+        return value
 
     def walk(value: Any, path: str) -> Any:
         if isinstance(value, str):
-            return resolve_text(value, lookup, spec_name=spec.name, field=path)
+            return resolve_text(value, remembered, spec_name=spec.name, field=path)
         if isinstance(value, dict):
             return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
@@ -109,20 +118,52 @@ def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = No
 
     data = spec.model_dump(exclude_none=True)
     resolved = {k: (walk(v, k) if fields is None or k in fields else v) for k, v in data.items()}
-    # Re-validate: a parameter's value obeys the same rules as a literal would.
+    # Re-validate: a parameter's value obeys the same rules as a literal would. The error says what is wrong but
+    # never shows a value: it may come from a Variable or the environment (a secret).
     try:
-        return spec.with_values(resolved, context={"resolved": True})
+        return spec.with_values(resolved, context={"resolved": True}, quote=False)
     except InvalidValues as exc:
-        raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid: {exc}") from None
+        message = str(exc)
+        for value in sorted(found, key=len, reverse=True):
+            message = message.replace(value, "<hidden>")
+        raise ParameterError(f"spec {spec.name!r}: a parameter's value is not valid (values not shown): "
+                             f"{message}") from None
 
 
 #: Trigger-form fields that override the spec; empty means "as the spec says".
 OVERRIDES = ("origin", "instance_size", "server_role", "extra_tags")
+#: The overrides that change what goes into the image: a run with one of them moves no channel on its own.
+CONTENT_OVERRIDES = ("origin", "server_role")
 
 
-def apply_overrides(spec: ImageSpec, trigger: Mapping[str, Any]) -> ImageSpec:
-    """The spec with the trigger form's overrides applied, validated like the spec itself."""
-    given = {k: trigger[k] for k in OVERRIDES if trigger.get(k) not in (None, "", {})}
+def _refuse_parameters(field: str, value: Any) -> None:
+    """A trigger value is data: ``${...}`` in it is never resolved, so it is refused. The error names the field,
+    never the value (it may have been written to make the factory print a secret)."""
+    keys = [(f"{field} (a key)", str(key)) for key in value] if isinstance(value, dict) else []
+    for path, text in [*_strings(value, field), *keys]:
+        if "${" in text:
+            raise ParameterError(f"trigger field {path!r}: '${{' is not allowed in a value given when a build is "
+                                 "triggered (trigger values are used as they are, never resolved as parameters)")
+
+
+def trigger_values(spec: ImageSpec, trigger: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A trigger's (form or run conf) overrides given, and its values of the spec's declared ${NAME} parameters;
+    both checked to be data. Other keys of the trigger are not used."""
+    overrides = {k: trigger[k] for k in OVERRIDES if trigger.get(k) not in (None, "", {})}
+    declared = spec.parameters() - set(BUILDER_OUTPUTS)
+    values = {k: trigger[k] for k in declared if trigger.get(k) not in (None, "")}
+    for field, value in {**overrides, **values}.items():
+        _refuse_parameters(field, value)
+    return overrides, {k: str(v) for k, v in values.items()}
+
+
+def apply_overrides(spec: ImageSpec, given: Mapping[str, Any]) -> ImageSpec:
+    """The spec with the trigger's overrides (from :func:`trigger_values`) applied, validated like the spec
+    itself; an override the spec does not allow (``overrides:``) is refused."""
+    refused = sorted(set(given) - set(spec.overrides))
+    if refused:
+        raise ParameterError(f"spec {spec.name!r} does not let a trigger override {', '.join(refused)} "
+                             f"(its overrides: {', '.join(spec.overrides) or 'none'})")
     if not given:
         return spec
     data = spec.model_dump(exclude_none=True)
@@ -135,6 +176,9 @@ def apply_overrides(spec: ImageSpec, trigger: Mapping[str, Any]) -> ImageSpec:
                                  "has no role to replace")
         data["configure"]["server_role"] = given["server_role"]
     if "extra_tags" in given:
+        if not isinstance(given["extra_tags"], dict):
+            raise ParameterError(f"spec {spec.name!r}: the trigger field 'extra_tags' must be a JSON object of "
+                                 "strings")
         data["tags"] = {**data.get("tags", {}), **given["extra_tags"]}
     try:
         return spec.with_values(data)

@@ -242,6 +242,10 @@ class Promote(_Strict):
                                 examples=[["production"]])
     approval_timeout_hours: float = Field(default=72, gt=0, le=24 * 30,
                                           description="No answer by then: the approval channels do not move.")
+    allow_overrides: bool = Field(
+        default=False, description="Let a run whose trigger overrides `origin` or `server_role` move `channels` "
+                                   "(by default it builds and tests its image, tags it image-factory:overridden, "
+                                   "and only a person's approval moves a channel to it).")
 
     @field_validator("channels", "approval")
     @classmethod
@@ -424,6 +428,11 @@ class ImageSpec(_Strict):
     retention: Retention | None = Field(default=None, description="Which old images are deprecated and deleted "
                                                                   "(the image_factory_retention DAG); absent: "
                                                                   "none ever are.")
+    overrides: list[Literal["origin", "instance_size", "server_role", "extra_tags"]] = Field(
+        default_factory=lambda: ["origin", "instance_size", "server_role", "extra_tags"],
+        description="What a person triggering a build may override in the trigger form (default: all four; "
+                    "[] for none). An `origin` or `server_role` override moves no channel unless "
+                    "`promote.allow_overrides` says so or a person approves it.")
     distribute: Distribute | None = Field(default=None, description="Copies of the tested image in other "
                                                                     "regions, and who it is shared with; "
                                                                     "absent: the build's region only, "
@@ -527,6 +536,11 @@ class ImageSpec(_Strict):
             raise ValueError("expected TCP ports between 1 and 65535")
         return value
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        return _no_duplicates(value, "override")
+
     @field_validator("aws_conn_id")
     @classmethod
     def _conn_id(cls, value: str) -> str:
@@ -534,13 +548,15 @@ class ImageSpec(_Strict):
             raise ValueError("expected an Airflow connection id")
         return value
 
-    def with_values(self, data: dict, context: dict | None = None) -> ImageSpec:
-        """A spec of this model from ``data`` (this one's, changed); raises InvalidValues naming each field."""
+    def with_values(self, data: dict, context: dict | None = None, quote: bool = True) -> ImageSpec:
+        """A spec of this model from ``data`` (this one's, changed); raises InvalidValues naming each field
+        (``quote``: and the bad values)."""
         try:
             return type(self).model_validate(data, context=context)
         except ValidationError as exc:
-            raise InvalidValues("; ".join(f"{field}: {message}" for field, message in validation_problems(exc))
-                                ) from None
+            problems = validation_problems(exc, quote)
+            raise InvalidValues("; ".join(f"{field}: {message}" for field, message in problems),
+                                fields=tuple(field for field, _ in problems)) from None
 
     def parameters(self) -> set[str]:
         """Every ``${NAME}`` the spec refers to."""
@@ -605,7 +621,8 @@ def _model_fields(loc: tuple) -> set[str]:
     return fields
 
 
-def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
+def validation_problems(error: ValidationError, quote: bool = True) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each bad field; ``quote``: with the value given, where it says something."""
     problems: dict[str, str] = {}
     for item in error.errors():
         field = _field_path(item["loc"])
@@ -615,7 +632,9 @@ def validation_problems(error: ValidationError) -> list[tuple[str, str]]:
             message = "required field is missing"
         else:
             message = item["msg"].removeprefix("Value error, ")
-            if item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
+            if not quote:
+                pass
+            elif item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
                 message += f" (got {type(item['input']).__name__} {item['input']!r})"
             elif not isinstance(item["input"], dict):
                 # A field's own value (a model-level check gets the whole mapping, which says nothing).

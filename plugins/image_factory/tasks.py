@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from airflow.sdk import Variable, get_current_context
+from airflow.sdk.exceptions import AirflowSkipException
 
 from image_factory import aws, host_keys, links, parameters, polling, remote, settings, tools, waiting
 from image_factory.assets import channel_asset, image_asset
@@ -77,9 +78,10 @@ class BuildTask:
         whose outputs are parameters too; without it, the fields that need them stay unresolved)."""
         fresh = self.ti.try_number == 1 and self.resumed is None
         trigger = {**(self.context.get("params") or {}), **(self.dag_run.conf or {})}
+        overrides, values = parameters.trigger_values(self.loaded.image, trigger)
         outputs = infrastructure.BuilderInfrastructure.from_dict(network).outputs() if network else {}
-        lookup = parameters.chain(outputs, trigger, _variable, os.environ)
-        spec = parameters.apply_overrides(self.loaded.image, trigger)
+        lookup = parameters.chain(outputs, values, _variable, os.environ)
+        spec = parameters.apply_overrides(self.loaded.image, overrides)
         if network is None and fields is None:
             data = spec.model_dump(exclude_none=True)
             fields = tuple(k for k, v in data.items()
@@ -87,7 +89,8 @@ class BuildTask:
         resolved = parameters.resolve(spec, lookup, fields)
         return Build(spec=resolved, spec_hash=self.loaded.content_hash, run_id=self.dag_run.run_id,
                      settings=settings.load(), build_id=self.build_id, fresh=fresh,
-                     history=(network or {}).get("history", {}))
+                     history=(network or {}).get("history", {}),
+                     overridden={k: str(v) for k, v in overrides.items() if k in parameters.CONTENT_OVERRIDES})
 
     def clients(self, build: Build) -> aws.Clients:
         return aws.clients(build.spec.aws_conn_id, build.spec.region)
@@ -250,6 +253,8 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
         "origin": network["origin_ami"],
         "server_role": build.spec.configure.server_role if build.spec.configure else None,
         "build_id": build.build_id,
+        # What the trigger overrode of what went into the image: the approval shows it, promote refuses it.
+        "overridden": build.overridden,
         # float(): a value stored by the triggerer (TaskSuccessEvent) reads back as its JSON text.
         "step_seconds": {step: float(seconds) for step, seconds in zip(TIMED, task.ti.xcom_pull(
             task_ids=list(TIMED), key="step_seconds"), strict=True)},
@@ -336,9 +341,21 @@ def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted
                if len(images) > 1 else {})}
 
 
+class OverriddenImage(AirflowSkipException):
+    """The run overrode what goes into the image: its channels do not move on their own."""
+
+
 def promote(task: BuildTask, network: dict, registered: dict, tested: dict) -> dict:
-    """Move ``promote.channels`` to the tested image."""
+    """Move ``promote.channels`` to the tested image; not an image built from a trigger's ``origin`` or
+    ``server_role`` (the task is skipped: no channel moves, no promotion event), unless the spec allows it."""
     spec = task.loaded.image
+    overridden = registered.get("overridden") or {}
+    if overridden and not spec.promote.allow_overrides:
+        raise OverriddenImage(
+            f"no channel moves: this run's trigger overrode {', '.join(sorted(overridden))}, and the spec does not "
+            f"allow overridden images to move {', '.join(spec.promote.channels)} (promote.allow_overrides); the "
+            f"image {registered['image_id']} is tagged image-factory:overridden"
+            + (" and waits for a person's approval" if spec.promote.approval else ""))
     return _move(task, network, registered, tested, spec.promote.channels)
 
 

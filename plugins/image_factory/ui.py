@@ -20,17 +20,21 @@ def trigger_params(spec) -> dict[str, Param]:
     """The trigger form: overrides of the spec (empty means "as the spec says") and its ${NAME} parameters."""
     spec_origin = spec.origin if isinstance(spec.origin, str) else f"newest {spec.origin.name}"
     text = ["null", "string"]
-    form = {
+    moves = ("" if not spec.promote else " Its image moves channels only as the spec allows or a person "
+             "approves." if not spec.promote.allow_overrides else "")
+    overrides = {
         "origin": _field(None, "Origin override", f"Build from another origin: an AMI id, "
-                         f"resolve:ssm:<parameter>. Empty: the spec's ({spec_origin}).", type=text),
+                         f"resolve:ssm:<parameter>. Empty: the spec's ({spec_origin}).{moves}", type=text),
         "instance_size": _field(None, "Instance size override", f"small, medium, large or an instance type. "
                                 f"Empty: the spec's ({spec.instance_size}).", type=text,
                                 examples=["small", "medium", "large"]),
         "server_role": _field(None, "Server role override", "Apply another role. Empty: the spec's "
-                              f"({spec.configure.server_role if spec.configure else 'none'}).", type=text),
+                              f"({spec.configure.server_role if spec.configure else 'none'}).{moves}", type=text),
         "extra_tags": _field({}, "Extra image tags", "Tags added to the image, as a JSON object of strings.",
                              type="object"),
     }
+    # Only the overrides the spec allows; every value is used as it is (never resolved as a ${NAME}).
+    form = {name: field for name, field in overrides.items() if name in spec.overrides}
     for name in sorted(spec.parameters() - set(BUILDER_OUTPUTS)):
         form[name] = _field(None, name, f"Value of ${{{name}}} in the spec (else Airflow Variable {name}, else "
                             "the environment)", type=text)

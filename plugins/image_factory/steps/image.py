@@ -14,6 +14,7 @@ from image_factory.build import (
     TAG_ORIGIN,
     TAG_ORIGIN_BUILD,
     TAG_ORIGIN_SPEC,
+    TAG_OVERRIDDEN,
     TAG_ROLE,
     TAG_SPEC_HASH,
     TAG_TESTS,
@@ -43,6 +44,7 @@ def lineage_tags(build: Build, origin_ami: str, origin_lineage: dict | None = No
         TAG_ROLE: spec.configure.server_role if spec.configure else "none",
         **({TAG_ORIGIN_SPEC: origin_lineage["spec"], TAG_ORIGIN_BUILD: origin_lineage["build_id"]}
            if origin_lineage else {}),
+        **({TAG_OVERRIDDEN: ",".join(sorted(build.overridden))} if build.overridden else {}),
     }))
     return tags
 
