@@ -37,6 +37,20 @@ def printable(text: str, keep: str = "\t", limit: int | None = MAX_LINE) -> str:
     return text
 
 
+class _AsData(logging.Filter):
+    """paramiko's transport logs what the server sent before the login (its version string, in an error's
+    traceback too): written into the record as data, like any output of an instance."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg, record.args = printable(message), None
+        return True
+
+
+logging.getLogger("paramiko.transport").addFilter(_AsData())
+
+
 class RemoteCommandError(PermanentError):
     def __init__(self, what: str, status: int, tail: list[str]):
         self.status = status
