@@ -3,8 +3,8 @@ under a real Airflow scheduler vs HashiCorp Packer (amazon-ebs) measured in the 
 side, one after the other (``--latency-builds``), medians reported (one build varies by about a second: the
 scheduler's and the triggerer's loops).
 
-``python -m bench.run build-latency`` (or ``python -m bench.build``, which writes bench/results-build-<date>.md),
-from the project root with ``PYTHONPATH=plugins:.``.
+``python -m bench.run build-latency`` (or ``python -m bench.build``, which writes
+bench/results/results-build-<date>.md), from the project root with ``PYTHONPATH=plugins:.``.
 
 The local cloud (a fresh one, in a temporary directory) emulates boot 20 s, stop 5 s, image 30 s and
 terminate 5 s (localcloud/proxy.py), so a build cannot take less than 20 + 5 + 30 = 55 s to its image.
@@ -437,7 +437,7 @@ def main() -> int:
     started = time.perf_counter()
     outcome = run(argparse.Namespace(latency_builds=BUILDS))
     publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.build`"),
-            HERE / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
+            HERE / "results" / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
 

@@ -4,7 +4,7 @@ times. Reported, not asserted: all succeed, nothing is left behind, the wall tim
 2x), the worker slots held while images are pending (goal: none), the API calls per build.
 
 ``python -m bench.run concurrency [--builds 50] [--parallelism 32]`` (or ``python -m bench.concurrency``, which
-writes bench/results-concurrency-<date>.md), from the project root with ``PYTHONPATH=plugins:.``.
+writes bench/results/results-concurrency-<date>.md), from the project root with ``PYTHONPATH=plugins:.``.
 
 Method (see bench/README.md):
 
@@ -917,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(args)
     publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started,
                    "`python -m bench.concurrency`"),
-            args.out or HERE / f"results-concurrency-{datetime.now(UTC):%Y-%m-%d}.md")
+            args.out or HERE / "results" / f"results-concurrency-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
 

@@ -12,7 +12,7 @@ resume on a worker after their wait. The floor's tasks do the same with a trigge
 
 Alone (``python -m bench.floor [--builds 100] [--airflow-setting AIRFLOW__S__K=V ...]`` from the project root
 with ``PYTHONPATH=plugins:.``, about 4 minutes for 100): only the floor's two batches, no build, written to
-bench/results-floor-<date>.md; a quick way to see what an Airflow setting does to the deployment's own time.
+bench/results/results-floor-<date>.md; a quick way to see what an Airflow setting does to the deployment's own time.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = result(measure(args.builds, args.parallelism, args.workers, dict(args.airflow_setting or []),
                              args.code))
     publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.floor`"),
-            args.out or Path(__file__).resolve().parent / f"results-floor-{datetime.now(UTC):%Y-%m-%d}.md")
+            args.out or Path(__file__).resolve().parent / "results" / f"results-floor-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
 

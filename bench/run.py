@@ -1,6 +1,6 @@
 """Run the benchmarks and write the table: ``python -m bench.run [parse|all|NAME ...]`` (from the project root,
 with ``PYTHONPATH=plugins:.``; ``make bench`` does it). The table is printed and written to
-bench/results-<YYYY-MM-DD>.md, with the date, the machine and the versions measured.
+bench/results/results-<YYYY-MM-DD>.md, with the date, the machine and the versions measured.
 
 A benchmark is a function ``(args) -> Result`` in :data:`BENCHMARKS`. Each one measures Image Factory and a
 peer in the same run and reports figures and ratios (peer / ours); none of them is a pass/fail test.
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
     add_airflow_setting(parser, "concurrency: ")
-    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results-<date>.md)")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/results-<date>.md)")
     args = parser.parse_args(argv)
     names = list(BENCHMARKS) if "all" in args.names else args.names
     unknown = [name for name in names if name not in BENCHMARKS]
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     made_by = ("`make bench` (`python -m bench.run all`)" if "all" in args.names
                else f"`python -m bench.run {' '.join(names)}`")
     publish(report(info, rows, details, time.perf_counter() - started, made_by),
-            args.out or HERE / f"results-{datetime.now(UTC):%Y-%m-%d}.md")
+            args.out or HERE / "results" / f"results-{datetime.now(UTC):%Y-%m-%d}.md")
     return 0
 
 
