@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from image_factory.spec import ImageSpec
 
 PARAMETER_PATTERN = re.compile(r"\$\{([^}]*)\}")
-NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")  # (\Z: '$' would take a name ending in a newline)
+#: A value may name parameters whose values name parameters...: at most this many levels deep.
+MAX_DEPTH = 10
+#: A field's value, all its parameters resolved, is at most this long (so is each parameter's value).
+MAX_RESOLVED = 4096
 
 #: Parameters produced by the builder-network step.
 BUILDER_OUTPUTS = ("IMAGE_BUILDER_SUBNET_ID", "IMAGE_BUILDER_SSH_KEY", "IMAGE_BUILDER_SECURITY_GROUP_ID")
@@ -56,7 +60,8 @@ def check_parameters(spec: ImageSpec) -> list[tuple[str, str]]:
     for path, text in _strings(data):
         for name in PARAMETER_PATTERN.findall(text):
             if not NAME.match(name):
-                problems.append((f"image.{path}", f"parameter ${{{name}}}: names are upper-case letters, "
+                shown = name if len(name) <= 40 else name[:37] + "..."
+                problems.append((f"image.{path}", f"parameter ${{{shown}}}: names are upper-case letters, "
                                                   "digits and '_'"))
             elif name in BUILDER_OUTPUTS and path.split(".")[0] in EARLY_FIELDS:
                 problems.append((f"image.{path}", f"${{{name}}} is made by the builder-infrastructure step, "
@@ -81,20 +86,45 @@ def chain(*sources: Mapping[str, Any] | Lookup) -> Lookup:
 
 def resolve_text(text: str, lookup: Lookup, *, spec_name: str, field: str,
                  _seen: tuple[str, ...] = ()) -> str:
+    """``text`` with each ``${NAME}`` replaced by its value, itself resolved: at most MAX_DEPTH levels deep, at
+    most MAX_RESOLVED characters in all. An error names the spec, the field and the parameters, never a value
+    (a value may come from a Variable or the environment)."""
+    where = f"spec {spec_name!r}, field image.{field}"
+
     def substitute(match: re.Match) -> str:
         name = match.group(1)
+        if _seen and not NAME.match(name):  # (a spec's own names are checked when it is parsed)
+            raise ParameterError(f"{where}: the value of parameter ${{{_seen[-1]}}} holds a malformed '${{...}}' "
+                                 "(parameter names are upper-case letters, digits and '_')")
         if name in _seen:
             cycle = " -> ".join((*_seen, name))
-            raise ParameterError(f"spec {spec_name!r}, field image.{field}: parameter ${{{name}}} refers to "
-                                 f"itself ({cycle})")
+            raise ParameterError(f"{where}: parameter ${{{name}}} refers to itself ({cycle})")
+        if len(_seen) >= MAX_DEPTH:
+            raise ParameterError(f"{where}: parameter ${{{name}}} is reached through {' -> '.join(_seen)}: "
+                                 f"parameters nested deeper than {MAX_DEPTH} levels are refused")
         value = lookup(name)
         if value is None:
             raise ParameterError(
-                f"spec {spec_name!r}, field image.{field}: parameter ${{{name}}} is not set (looked in the "
+                f"{where}: parameter ${{{name}}} is not set (looked in the "
                 "builder-infrastructure outputs, the trigger params, Airflow Variables and the environment)")
+        if len(value) > MAX_RESOLVED:
+            raise ParameterError(f"{where}: the value of parameter ${{{name}}} is longer than "
+                                 f"{MAX_RESOLVED // 1024} KiB")
         return resolve_text(value, lookup, spec_name=spec_name, field=field, _seen=(*_seen, name))
 
-    return PARAMETER_PATTERN.sub(substitute, text)
+    # By hand rather than with re.sub: the size is checked as the value is made, not once it is all made.
+    parts: list[str] = []
+    size = position = 0
+    for match in PARAMETER_PATTERN.finditer(text):
+        value = substitute(match)
+        parts += [text[position:match.start()], value]
+        size += match.start() - position + len(value)
+        position = match.end()
+        if size > MAX_RESOLVED:
+            raise ParameterError(f"{where}: with parameter ${{{match.group(1)}}} resolved, the value is longer "
+                                 f"than {MAX_RESOLVED // 1024} KiB")
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = None) -> ImageSpec:
