@@ -41,11 +41,12 @@ class SchemaError(Exception):
 
 
 def _body(regex: re.Pattern) -> str:
-    """A fully anchored expression without its anchors."""
+    """A fully anchored expression without its anchors (``^...\\Z`` in the model: a JSON Schema's ``$`` is
+    already the very end)."""
     pattern = regex.pattern
-    if not (pattern.startswith("^") and pattern.endswith("$")):
+    if not pattern.startswith("^") or not pattern.endswith(("$", r"\Z")):
         raise SchemaError(f"expected an anchored pattern, got {pattern!r}")
-    return pattern[1:-1]
+    return pattern[1:].removesuffix("$").removesuffix(r"\Z")
 
 
 #: A well-formed ``${NAME}`` somewhere in the value: the validators leave such values to run time.
@@ -98,8 +99,12 @@ def _image_rules(image: dict) -> None:
     _string_form(_property(image, "aws_conn_id"))["pattern"] = _pattern(_body(model.CONN_ID), parameter=None)
     tags = _property(image, "tags")
     # Keys: the model's own pattern uses Python's Unicode \w, which a JavaScript editor would read as ASCII only.
-    tags["propertyNames"] = {"minLength": 1, "maxLength": 128, "not": {"pattern": "^(?:aws:|image-factory:)"}}
-    tags["additionalProperties"] = {**tags.get("additionalProperties", {}), "maxLength": 256}
+    # The reserved prefixes in any case (the model also refuses look-alike characters, which a pattern cannot).
+    reserved = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in prefix)
+                        for prefix in model.RESERVED_TAG_PREFIXES)
+    tags["propertyNames"] = {"minLength": 1, "maxLength": 128, "not": {"pattern": f"^(?:{reserved})"}}
+    tags["additionalProperties"] = {**tags.get("additionalProperties", {}), "maxLength": model.MAX_TAG_VALUE}
+    tags["maxProperties"] = model.MAX_SPEC_TAGS
     _property(image, "egress_ports")["items"].update({"minimum": 1, "maximum": 65535})
     # The seed's Example 13-2 writes `size:`; the model takes it for `instance_size`, never both.
     alias = copy.deepcopy(_property(image, "instance_size"))

@@ -9,9 +9,12 @@ and the field. ``${NAME}`` parameters are only recorded here; they are resolved 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import os
 import re
+import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -38,25 +41,28 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: The seed's sizes, mapped to instance types. A literal instance type (``m6i.large``) is accepted as well.
 INSTANCE_SIZES = {"small": "t3.small", "medium": "t3.medium", "large": "t3.large"}
 
-AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
-INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
-# DAG ids and AMI names both accept this; AMI names allow 3-128 characters, we keep room for a suffix.
-IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,99}$")
-ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?\Z")
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+\Z")
+REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]\Z")
+#: The build names its image ``<name>-<YYYYmmdd-HHMMSS>-b<12 hex digits>`` (steps/image.py image_name, with
+#: build.build_id_for), and AWS allows 128 characters: 30 are the build's.
+MAX_NAME_LENGTH = 128 - len("-20250101-000000-b0123456789ab")
+# DAG ids and AMI names both accept this (the patterns end in \Z: '$' would let a final newline through).
+IMAGE_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{2,{MAX_NAME_LENGTH - 1}}}\Z")
+ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: The ansible tool's ``code_repo``: a relative folder path, each part a name like a role's (no '.', '..').
-ANSIBLE_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,7}$")
+ANSIBLE_SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}){0,7}\Z")
 SSM_PREFIX = "resolve:ssm:"
-SSM_PARAMETER = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
-SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
-TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
+SSM_PARAMETER = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}\Z")
+SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}\Z")
+USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}\Z")
+TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}\Z")
 CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
 #: The tools that configure the builder instance; ``command`` takes its command line from the spec.
 TOOLS = ("shell", "servermaker", "command", "ansible")
 #: A channel: one segment of an SSM parameter path (letters, digits, '.', '_', '-').
-CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 #: Where the tests of include/tests/<tests>/ are, unless AIRFLOW__IMAGE_FACTORY__TESTS_FOLDER says otherwise.
 TESTS_DIR = Path(__file__).resolve().parents[2] / "include" / "tests"
 DEFAULT_CHANNEL_PREFIX = "/image-factory"
@@ -70,10 +76,30 @@ KNOWN_REGIONS = frozenset({
     "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "il-central-1", "me-central-1",
     "me-south-1", "mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2",
     "us-gov-east-1", "us-gov-west-1", "cn-north-1", "cn-northwest-1"})
-ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
-ORGANIZATION_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$")
+ACCOUNT_ID = re.compile(r"^[0-9]{12}\Z")
+ORGANIZATION_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}\Z")
 ORGANIZATIONAL_UNIT_ARN = re.compile(
-    r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
+    r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}\Z")
+#: The tags the factory puts on an image (Name and build.py's TAG_* but TAG_INSTANCE, which is on instances):
+#: AWS allows 50 on a resource; the rest are the spec's (with a trigger's extra_tags).
+FACTORY_IMAGE_TAGS = 18
+MAX_SPEC_TAGS = 50 - FACTORY_IMAGE_TAGS
+MAX_TAG_VALUE = 256
+#: Tag key prefixes AWS or the factory reserve (compared with a key's look-alike skeleton, see _tag_skeleton).
+RESERVED_TAG_PREFIXES = ("aws:", "image-factory:")
+MAX_DESCRIPTION = 1000
+#: Free-text values (a command template, a code_repo for the command tools, an origin owner).
+MAX_TEXT = 4096
+#: A spec file is a page of YAML; a larger one is refused unread.
+MAX_SPEC_BYTES = 1024 * 1024
+#: Nodes that YAML aliases may repeat in all (a few shared mappings are fine; a "billion laughs" is not).
+MAX_ALIAS_NODES = 10_000
+#: Problems listed for one file; the rest are counted.
+MAX_PROBLEMS = 20
+#: A value from the spec file is quoted in an error, cut to this many characters.
+QUOTE_LENGTH = 80
+#: Where public AMI parameters are (the only SSM parameters an origin names, besides the factory's channels).
+PUBLIC_PARAMETERS = "/aws/service/"
 
 
 def tests_folder() -> Path:
@@ -113,6 +139,89 @@ class SpecError(PermanentError):
 
 def _is_parameterised(value: str) -> bool:
     return bool(PARAMETER_PATTERN.search(value))
+
+
+def _cut(text: str, length: int = QUOTE_LENGTH) -> str:
+    return text if len(text) <= length else text[:length - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A value from the spec file, as an error quotes it: its repr, cut to QUOTE_LENGTH characters."""
+    text = repr(value)
+    if len(text) > QUOTE_LENGTH and text[-1] in "'\"":
+        return text[:QUOTE_LENGTH - 4] + "..." + text[-1]
+    return _cut(text)
+
+
+#: Letters of other scripts that look like the Latin ones of the reserved prefixes, and dashes and colons that
+#: look like '-' and ':' (NFKD already maps the fullwidth and compatibility forms).
+_LOOK_ALIKES = str.maketrans({
+    **dict.fromkeys("\u0430\u03b1\u0251", "a"), **dict.fromkeys("\u0441\u03f2", "c"),
+    **dict.fromkeys("\u0435\u0454", "e"), **dict.fromkeys("\u0261\u0581", "g"),
+    **dict.fromkeys("\u0456\u03b9\u0131\u04cf\u0269\u0457", "i"), **dict.fromkeys("\u043e\u03bf\u0585", "o"),
+    **dict.fromkeys("\u0433", "r"), **dict.fromkeys("\u0455", "s"), **dict.fromkeys("\u0442\u03c4", "t"),
+    **dict.fromkeys("\u051d\u03c9\u0461", "w"), **dict.fromkeys("\u0443\u04af", "y"),
+    **dict.fromkeys("\u043c", "m"), **dict.fromkeys("\u0493", "f"),
+    **dict.fromkeys("\u02d0\u02f8\u2236\ua789\u0589\u05c3\u16ec\ufe13", ":"),
+})
+
+
+def _tag_skeleton(key: str) -> str:
+    """What a tag key looks like to a person: compatibility forms folded (NFKD), accents, invisible characters
+    and case dropped, look-alike letters of other scripts read as Latin, and only letters, digits and ':' kept
+    (``Image_Factory :spec``, and the same in fullwidth letters or with a Cyrillic i, are all
+    ``imagefactory:spec``)."""
+    text = unicodedata.normalize("NFKD", key).casefold().translate(_LOOK_ALIKES)
+    return "".join(c for c in text if c == ":" or (c.isalnum() and not unicodedata.combining(c)))
+
+
+_RESERVED_SKELETONS = tuple(_tag_skeleton(prefix) for prefix in RESERVED_TAG_PREFIXES)
+
+
+def _tag_key_problem(key: str) -> str | None:
+    if _tag_skeleton(key).startswith(_RESERVED_SKELETONS):
+        return (f"tag key {_shown(key)}: expected a key not starting with "
+                f"{' or '.join(map(repr, RESERVED_TAG_PREFIXES))}, in any case or in characters that look like "
+                "them (those are reserved)")
+    if not TAG_KEY.match(key):
+        return (f"tag key {_shown(key)}: expected 1-128 characters, each a letter, a digit, a space or one of "
+                "_ . : / = + - @")
+    return None
+
+
+def _origin_parameter_problem(name: str) -> str | None:
+    """Why ``resolve:ssm:<name>`` may not be an origin (None: it may)."""
+    allowed = (f"an origin may name only a public AMI parameter ({PUBLIC_PARAMETERS}...) or a spec's channel "
+               f"({channel_prefix()}/<spec>/<channel>)")
+    if not SSM_PARAMETER.match(name):
+        return f"expected resolve:ssm:/path/of/a/parameter; {allowed}"
+    segments = name.split("/")[1:]
+    if name.startswith(PUBLIC_PARAMETERS) and len(segments) > 2 and all(p not in ("", ".", "..") for p in segments):
+        return None
+    head, _, rest = name.partition(channel_prefix() + "/")
+    parts = rest.split("/")
+    if not head and len(parts) == 2 and IMAGE_NAME.match(parts[0]) and CHANNEL_NAME.match(parts[1]) \
+            and parts[1] not in (".", ".."):
+        return None
+    return allowed
+
+
+def _walk_tests_folder(folder: Path) -> tuple[Path | None, list[str]]:
+    """The first symbolic link found in ``folder`` or below it (relative to it; links are not followed), and the
+    names in ``folder`` itself (one pass for both)."""
+    names: list[str] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    return Path(entry.path).relative_to(folder), names
+                if current == folder:
+                    names.append(entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+    return None, names
 
 
 class _Strict(BaseModel):
@@ -212,9 +321,16 @@ class ImageTests(_Strict):
         if not ROLE_NAME.match(value):
             raise ValueError("expected a folder name: letters, digits, '.', '_' or '-', not starting with '.'")
         folder = tests_folder() / value
-        if not folder.is_dir():
-            known = sorted(p.name for p in tests_folder().iterdir() if p.is_dir()) if tests_folder().is_dir() else []
-            raise ValueError(f"no tests folder {folder} (folders: {', '.join(known) or 'none'})")
+        # As a role's: the tests copied to the test instance are the folder's own plain files.
+        if folder.is_symlink():
+            raise ValueError(f"{folder} is a symbolic link; a tests folder holds plain files")
+        try:
+            if not folder.is_dir():
+                known = sorted(p.name for p in tests_folder().iterdir()
+                               if p.is_dir() and not p.is_symlink()) if tests_folder().is_dir() else []
+                raise ValueError(f"no tests folder {folder} (folders: {', '.join(known) or 'none'})")
+        except OSError as exc:
+            raise ValueError(f"cannot read the tests folder {folder}: {exc.strerror or exc}") from None
         return value
 
     @field_validator("instance_size")
@@ -227,7 +343,14 @@ class ImageTests(_Strict):
     @model_validator(mode="after")
     def _files_for_tool(self) -> ImageTests:
         pattern = "test_*.py" if self.tool == "testinfra" else "*.sh"
-        if not list((tests_folder() / self.tests).glob(pattern)):
+        folder = tests_folder() / self.tests
+        try:
+            linked, names = _walk_tests_folder(folder)
+        except OSError as exc:
+            raise ValueError(f"cannot read the tests folder {folder}: {exc.strerror or exc}") from None
+        if linked is not None:
+            raise ValueError(f"{linked} in {folder} is a symbolic link; a tests folder holds plain files")
+        if not fnmatch.filter(names, pattern):
             raise ValueError(f"tool {self.tool!r} runs {pattern} files, and {tests_folder() / self.tests} has none")
         return self
 
@@ -252,7 +375,7 @@ class Promote(_Strict):
     def _channel_names(cls, value: list[str]) -> list[str]:
         for channel in value:
             if not CHANNEL_NAME.match(channel):
-                raise ValueError(f"channel {channel!r}: expected a parameter path segment of 1-64 letters, "
+                raise ValueError(f"channel {_shown(channel)}: expected a parameter path segment of 1-64 letters, "
                                  "digits, '.', '_' or '-'")
         if len(set(value)) != len(value):
             raise ValueError("a channel is named twice")
@@ -299,7 +422,7 @@ class Retention(_Strict):
 def _no_duplicates(values: list[str], what: str) -> list[str]:
     twice = sorted({value for value in values if values.count(value) > 1})
     if twice:
-        raise ValueError(f"{what} {', '.join(map(repr, twice))} named twice")
+        raise ValueError(f"{what} {', '.join(map(_shown, twice[:5]))} named twice")
     return values
 
 
@@ -322,7 +445,8 @@ class ShareWith(_Strict):
     def _accounts(cls, value: list[str]) -> list[str]:
         for account in value:
             if not ACCOUNT_ID.match(account):
-                raise ValueError(f"account {account!r}: expected an AWS account id of 12 digits (quote it in YAML)")
+                raise ValueError(f"account {_shown(account)}: expected an AWS account id of 12 digits "
+                                 "(quote it in YAML)")
         return _no_duplicates(value, "account")
 
     @field_validator("organizations")
@@ -330,7 +454,7 @@ class ShareWith(_Strict):
     def _organizations(cls, value: list[str]) -> list[str]:
         for arn in value:
             if not ORGANIZATION_ARN.match(arn):
-                raise ValueError(f"{arn!r}: expected an organization ARN such as "
+                raise ValueError(f"{_shown(arn)}: expected an organization ARN such as "
                                  "arn:aws:organizations::111122223333:organization/o-exampleorgid")
         return _no_duplicates(value, "organization")
 
@@ -339,7 +463,7 @@ class ShareWith(_Strict):
     def _units(cls, value: list[str]) -> list[str]:
         for arn in value:
             if not ORGANIZATIONAL_UNIT_ARN.match(arn):
-                raise ValueError(f"{arn!r}: expected an organizational unit ARN such as "
+                raise ValueError(f"{_shown(arn)}: expected an organizational unit ARN such as "
                                  "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-abcd-12345678")
         return _no_duplicates(value, "organizational unit")
 
@@ -367,7 +491,7 @@ class Distribute(_Strict):
         for region in value:
             if region not in KNOWN_REGIONS:
                 close = difflib.get_close_matches(region, sorted(KNOWN_REGIONS), n=1)
-                raise ValueError(f"unknown region {region!r}" + (f" (did you mean {close[0]!r}?)" if close else
+                raise ValueError(f"unknown region {_shown(region)}" + (f" (did you mean {close[0]!r}?)" if close else
                                                                  " (expected an AWS region such as us-east-1)"))
         return _no_duplicates(value, "region")
 
@@ -381,8 +505,8 @@ class Distribute(_Strict):
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
-    name: str = Field(description="The DAG id and the prefix of the image names: 3-100 letters, digits, '.', "
-                                  "'_' or '-', starting with a letter or digit. Unique across specs.")
+    name: str = Field(description=f"The DAG id and the prefix of the image names: 3-{MAX_NAME_LENGTH} letters, "
+                                  "digits, '.', '_' or '-', starting with a letter or digit. Unique across specs.")
     platform: Literal["aws"] = Field(default="aws", description="The cloud; only `aws`.")
     origin: Origin = Field(
         description="The image to start from: an AMI id, resolve:ssm:<public parameter name>, or a mapping "
@@ -401,9 +525,10 @@ class ImageSpec(_Strict):
     schedule: str | None = Field(default=None, description="A cron expression or a preset such as @daily; "
                                                            "absent: manual builds only.",
                                  examples=["0 2 * * *", "@daily"])
-    description: str | None = Field(default=None, description="Shown with the DAG.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Tags added to the image; keys may not start "
-                                                                   "with 'aws:' or 'image-factory:'.")
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION, description="Shown with the DAG.")
+    tags: dict[str, str] = Field(default_factory=dict, description=f"Tags added to the image, at most "
+                                                                   f"{MAX_SPEC_TAGS}; keys may not start with "
+                                                                   "'aws:' or 'image-factory:' (in any case).")
     aws_conn_id: str = Field(default="aws_default", description="The Airflow AWS connection the build uses.")
     #: Let SSH in from 0.0.0.0/0 when the provisioner CIDR says so (refused otherwise).
     allow_ssh_from_anywhere: bool = Field(default=False, description="Let SSH in from 0.0.0.0/0 when the "
@@ -452,8 +577,9 @@ class ImageSpec(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not IMAGE_NAME.match(value):
-            raise ValueError("expected 3-100 characters: letters, digits, '.', '_' or '-', "
-                             "starting with a letter or digit (it becomes the DAG id and the image name)")
+            raise ValueError(f"expected 3-{MAX_NAME_LENGTH} characters: letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit (it becomes the DAG id and, with the build's "
+                             "date and id, the 128-character image name)")
         return value
 
     @field_validator("origin")
@@ -461,8 +587,9 @@ class ImageSpec(_Strict):
     def _origin(cls, value: str | OriginFilter) -> str | OriginFilter:
         if isinstance(value, str) and not _is_parameterised(value):
             if value.startswith(SSM_PREFIX):
-                if not SSM_PARAMETER.match(value[len(SSM_PREFIX):]):
-                    raise ValueError("expected resolve:ssm:/path/of/a/parameter")
+                problem = _origin_parameter_problem(value[len(SSM_PREFIX):])
+                if problem:
+                    raise ValueError(problem)
             elif not AMI_ID.match(value):
                 raise ValueError("expected an AMI id (ami-0123456789abcdef0), resolve:ssm:<parameter name>, "
                                  "or a mapping with 'name' and 'owners'")
@@ -521,12 +648,16 @@ class ImageSpec(_Strict):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_SPEC_TAGS:
+            raise ValueError(f"{len(value)} tags; a spec gives at most {MAX_SPEC_TAGS} tags (an image has at most "
+                             f"50, and the factory adds up to {FACTORY_IMAGE_TAGS} of its own; a trigger's "
+                             "extra_tags count here too)")
         for key, tag_value in value.items():
-            if not TAG_KEY.match(key) or key.startswith("image-factory:"):
-                raise ValueError(f"tag key {key!r}: expected up to 128 characters, not starting with "
-                                 "'aws:' or 'image-factory:'")
-            if len(tag_value) > 256:
-                raise ValueError(f"tag {key!r}: values are at most 256 characters")
+            problem = _tag_key_problem(key)
+            if problem:
+                raise ValueError(problem)
+            if len(tag_value) > MAX_TAG_VALUE:
+                raise ValueError(f"tag {_shown(key)}: values are at most {MAX_TAG_VALUE} characters")
         return value
 
     @field_validator("egress_ports")
@@ -591,11 +722,13 @@ def _field_path(loc: tuple) -> str:
     for index, part in enumerate(loc):
         if index == 1 and loc[0] == "origin" and part in ORIGIN_TAGS:
             continue
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        path += f"[{part}]" if isinstance(part, int) else f".{_cut(str(part))}"
     return path
 
 
 def _suggest(field: str, allowed: set[str]) -> str:
+    if len(field) > QUOTE_LENGTH:
+        return ""
     close = difflib.get_close_matches(field, sorted(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -635,22 +768,157 @@ def validation_problems(error: ValidationError, quote: bool = True) -> list[tupl
             if not quote:
                 pass
             elif item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
-                message += f" (got {type(item['input']).__name__} {item['input']!r})"
+                message += f" (got {type(item['input']).__name__} {_shown(item['input'])})"
             elif not isinstance(item["input"], dict):
                 # A field's own value (a model-level check gets the whole mapping, which says nothing).
-                message += f" (got {item['input']!r})"
+                message += f" (got {_shown(item['input'])})"
         problems.setdefault(field, message)
-    return list(problems.items())
+    listed = list(problems.items())
+    if len(listed) > MAX_PROBLEMS:  # (a list of ten thousand bad items is not ten thousand lines)
+        listed = [*listed[:MAX_PROBLEMS], ("image", f"and {len(listed) - MAX_PROBLEMS} more problems")]
+    return listed
+
+
+class _TooManyAliases(yaml.YAMLError):
+    """Aliases that repeat too much of the document (a "billion laughs"), or one inside what it names."""
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, mapping: yaml.MappingNode, key: Any, first: int, second: int):
+        super().__init__(f"key {_shown(key)} given twice: lines {first} and {second}")
+        self.mapping, self.key = mapping, key
+
+
+class _SpecLoader(SAFE_LOADER):
+    """libyaml's safe loader (when PyYAML has it), refusing a key given twice in a mapping. A merge key's
+    (``<<: *base``) keys may be given again: that is what merging is for."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node):
+        # Before the merge keys are replaced by what they merge (in place, once per node): the node's own keys.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:str":
+                    key = key_node.value  # (nearly every key: no need to construct it)
+                elif key_node.tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"):
+                    continue
+                else:
+                    key = self.construct_object(key_node, deep=True)  # (kept: the mapping's construction reuses it)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the constructor says so
+                if first is not key_node:
+                    raise _DuplicateKey(node, key, first.start_mark.line + 1, key_node.start_mark.line + 1)
+        super().flatten_mapping(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse a document whose aliases repeat more than MAX_ALIAS_NODES nodes in all, or name a collection
+    they are inside of. An alias is the node it names, so the composed graph is small however much it would
+    expand to: this counts each node's expanded size once (no expansion), before anything is constructed."""
+    sizes: dict[int, int] = {}
+    inside: set[int] = set()  # the collections the walk is in
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, finished = pending.pop()
+        if finished:
+            inside.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in inside:
+            raise _TooManyAliases(f"line {node.start_mark.line + 1}: an alias names a collection it is inside of")
+        children = _children(node)
+        if not children:
+            sizes[id(node)] = 1
+            continue
+        inside.add(id(node))
+        pending.append((node, True))
+        pending.extend((child, False) for child in children)
+    repeated = sizes[id(root)] - len(sizes)
+    if repeated > MAX_ALIAS_NODES:
+        raise _TooManyAliases(f"aliases repeat {repeated:,} nodes; at most {MAX_ALIAS_NODES:,} are allowed")
+
+
+def _node_path(root: yaml.Node, target: yaml.Node) -> list[Any] | None:
+    """The keys and indexes that lead from ``root`` to ``target`` (only for an error message)."""
+    pending: list[tuple[yaml.Node, list[Any]]] = [(root, [])]
+    seen: set[int] = set()
+    while pending:
+        node, path = pending.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend((child, [*path, index]) for index, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend((value, [*path, key.value if isinstance(key, yaml.ScalarNode) else "?"])
+                           for key, value in node.value)
+    return None
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if "&" in text:  # (no anchor, no alias: an ordinary file costs nothing more)
+            _check_aliases(node)
+        try:
+            return loader.construct_document(node)
+        except _DuplicateKey as exc:
+            exc.root = node
+            raise
+    finally:
+        loader.dispose()
+
+
+def _duplicate_key_field(exc: _DuplicateKey) -> str:
+    parts = [*(_node_path(exc.root, exc.mapping) or []), str(exc.key)]
+    field = str(parts[0])
+    for part in parts[1:]:
+        field += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return _cut(field, 2 * QUOTE_LENGTH)
+
+
+def _read_yaml(text: str, path: Path | str) -> Any:
+    try:
+        return _load_yaml(text)
+    except _TooManyAliases as exc:
+        raise SpecError(path, [("YAML", f"refused: {exc}")]) from None
+    except _DuplicateKey as exc:
+        raise SpecError(path, [(_duplicate_key_field(exc), str(exc))]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = str(getattr(exc, "problem", None) or exc)
+        raise SpecError(path, [(where, f"not valid YAML: {problem[:200]}")]) from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        # Values YAML reads but Python cannot make: a 30th of February, an integer of 5,000 digits, ...
+        raise SpecError(path, [("YAML", f"a value cannot be read: {str(exc)[:200]}")]) from None
 
 
 def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     """Validate one spec's YAML text; raise :class:`SpecError` naming ``path`` and the fields."""
-    try:
-        document = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise SpecError(path, [(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    document = _read_yaml(text, path)
     if document is None:
         raise SpecError(path, [("image", "the file is empty; "
                                          "expected a mapping with a top-level 'image:' key")])
@@ -658,13 +926,13 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         raise SpecError(path, [("image", f"expected a mapping with a top-level 'image:' key, "
                                          f"got {type(document).__name__}")])
     if "image" not in document:
-        found = ", ".join(repr(str(key)) for key in document)
+        found = ", ".join(_shown(str(key)) for key in list(document)[:5]) + (", ..." * (len(document) > 5))
         message = "required top-level key is missing; the image's fields go under 'image:'"
         raise SpecError(path, [("image", message + (f" (found {found})" if found else ""))])
     extra = [key for key in document if key != "image"]
     if extra:
-        raise SpecError(path, [(str(key), "unknown top-level key" + _suggest(str(key), {"image"}))
-                               for key in extra])
+        raise SpecError(path, [(_cut(str(key)), "unknown top-level key" + _suggest(str(key), {"image"}))
+                               for key in extra[:MAX_PROBLEMS]])
     body = document["image"]
     if not isinstance(body, dict):
         raise SpecError(path, [("image", f"expected a mapping, got {type(body).__name__}")])
@@ -683,13 +951,48 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     return spec
 
 
-def load_spec(path: Path) -> LoadedSpec:
-    raw = path.read_bytes()
+def read_spec_file(path: Path) -> bytes:
+    """The bytes of a spec file; SpecError when ``path`` is a folder, a link to nothing, a pipe or a device, is
+    unreadable, or is larger than MAX_SPEC_BYTES. (A pipe is never opened for reading: that would wait.)"""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise SpecError(path, [("image", f"a symbolic link to {os.readlink(path)}, which does not "
+                                             "exist")]) from None
+        raise SpecError(path, [("image", "no such file")]) from None
+    except OSError as exc:
+        raise SpecError(path, [("image", f"cannot read the file: {exc.strerror or exc}")]) from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError(path, [("image", "a folder, not a spec file")])
+        if not stat.S_ISREG(mode):
+            raise SpecError(path, [("image", "not a regular file (a pipe, a socket or a device)")])
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES and (chunk := os.read(descriptor, MAX_SPEC_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise SpecError(path, [("image", f"cannot read the file: {exc.strerror or exc}")]) from None
+    finally:
+        os.close(descriptor)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(path, [("image", f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB")])
+    return raw
+
+
+def _loaded(path: Path, raw: bytes) -> LoadedSpec:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(path, [("image", "the file is not UTF-8 text")]) from None
     return LoadedSpec(parse_spec(text, path), path, hashlib.sha256(raw).hexdigest()[:16])
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    return _loaded(path, read_spec_file(path))
 
 
 def load_specs(folder: Path, only: str | None = None) -> tuple[list[LoadedSpec], list[SpecError]]:
@@ -701,12 +1004,18 @@ def load_specs(folder: Path, only: str | None = None) -> tuple[list[LoadedSpec],
     specs: list[LoadedSpec] = []
     errors: list[SpecError] = []
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        if only is not None and only.encode() not in path.read_bytes():
-            continue  # cannot define it
+        # Whatever is wrong with one entry (a folder, a link to nothing, a file nobody may read, a value
+        # nothing foresaw) is that entry's error: never an exception that hides the other specs.
         try:
-            specs.append(load_spec(path))
+            raw = read_spec_file(path)
+            if only is not None and only.encode() not in raw:
+                continue  # cannot define it
+            specs.append(_loaded(path, raw))
         except SpecError as exc:
             errors.append(exc)
+        except Exception as exc:  # (reported as the file's error)
+            errors.append(SpecError(path, [("image", f"could not be loaded: {type(exc).__name__}: "
+                                                     f"{_cut(str(exc), 200)}")]))
     by_name: dict[str, list[LoadedSpec]] = {}
     for spec in specs:
         by_name.setdefault(spec.name, []).append(spec)
