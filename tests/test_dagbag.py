@@ -75,6 +75,24 @@ def test_broken_specs_show_as_import_errors_and_good_specs_still_load(tmp_path, 
     assert f"{specs / 'broken.yaml'}: line 2" in shown
 
 
+def test_a_folder_or_a_broken_link_named_like_a_spec_costs_only_itself(tmp_path, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "good.yaml").write_text((PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml").read_text())
+    (specs / "folder.yaml").mkdir()
+    (specs / "dangling.yml").symlink_to(specs / "nowhere.yaml")
+    monkeypatch.setenv("AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER", str(specs))
+
+    bag = DagBag(str(PROJECT / "dags"))
+
+    assert image_build_dags(bag) == ["shopspinner-linux-image"]
+    assert list(bag.import_errors) == [str(PROJECT / "dags" / "image_spec_errors.py")]
+    shown = next(iter(bag.import_errors.values()))
+    assert "2 image spec(s) not loaded" in shown
+    assert f"{specs / 'folder.yaml'}: image: a folder" in shown
+    assert f"{specs / 'dangling.yml'}: image: a symbolic link" in shown
+
+
 def test_an_approval_and_a_base_image_shape_the_dag(tmp_path, monkeypatch):
     """The example built on another spec's channel, with an approval: scheduled on that channel's promotions,
     the approval between the two promotions, the teardown held up by neither."""
