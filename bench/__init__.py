@@ -10,8 +10,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localcloud.postgres import install_debian_package  # noqa: F401 (bench.build's peer: packer)
-
 
 @dataclass(frozen=True)
 class Row:

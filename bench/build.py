@@ -26,33 +26,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-import boto3
-
-from bench import Result, Row, install_debian_package
+from bench import Result, Row
+from bench.cloud import BUILD_TAG, LATENCY, MINIMUM, POLL, REGION, available_after, client, warm_up
+from bench.report import ratio, run_and_publish, secs
 from localcloud.cloud import LocalCloud, free_port
+from localcloud.postgres import install_debian_package
 
 PROJECT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
 DAG_ID = "shopspinner-linux-image"
-REGION = "eu-west-1"
-AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-LATENCY = {"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}
-MINIMUM = LATENCY["instance_running"] + LATENCY["instance_stopped"] + LATENCY["image_available"]
-POLL = 2
 #: The settings measured, in this order: the defaults a user gets (None), then both sides polling every 2 s.
 SETTINGS = (None, POLL)
 BUILD_TIMEOUT = 900  # seconds one build may take at most
 BUILDS = 3  # builds on each side: the table shows medians
-BUILD_TAG = "image-factory:build-id"
-
-
-def _client(cloud: LocalCloud, service: str, direct: bool = False):
-    """A client of the local cloud; ``direct`` goes to moto itself, so the bench's own reads are not counted."""
-    return boto3.client(service, endpoint_url=cloud.moto_endpoint if direct else cloud.endpoint, region_name=REGION,
-                        aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
 
 
 def _calls(cloud: LocalCloud) -> dict[str, int]:
@@ -89,7 +77,7 @@ def scheduler_stack(cloud: LocalCloud, work: Path, poll: float | None, lifecycle
 
     # The builder subnet goes into the region's default VPC, where Packer's instance goes: a deployment's
     # builder VPC ([image_factory] builder_vpc_id), as in production, rather than a VPC per build.
-    default_vpc = _client(cloud, "ec2", direct=True).describe_vpcs(
+    default_vpc = client(cloud, "ec2").describe_vpcs(
         Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
 
     class Stack(AirflowStack):
@@ -122,7 +110,7 @@ def image_factory(cloud: LocalCloud, work: Path, builds: int, poll: float | None
 def _one_build(stack, cloud: LocalCloud) -> dict:
     from image_factory.build import TAG_COMPLETE, build_id_for
 
-    ec2 = _client(cloud, "ec2", direct=True)
+    ec2 = client(cloud, "ec2")
     cloud.reset_stats()
     started, started_wall = time.monotonic(), time.time()
     run = stack.api("POST", f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
@@ -143,7 +131,7 @@ def _one_build(stack, cloud: LocalCloud) -> dict:
         time.sleep(1)
     to_end = time.monotonic() - started
     calls = _calls(cloud)
-    to_image = _available_after(cloud, image_id, started_wall) if to_complete is not None else None
+    to_image = available_after(cloud, image_id, started_wall) if to_complete is not None else None
     tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
     steps = {t["task_id"]: (t["state"], t.get("duration")) for t in tasks}
     # Seconds the run spent between its tasks up to the image (scheduling, task process start-up).
@@ -155,12 +143,6 @@ def _one_build(stack, cloud: LocalCloud) -> dict:
                            f"logs in {stack.home}")
     return {"to_image": to_image, "to_complete": to_complete, "to_end": to_end, "calls": calls, "steps": steps,
             "in_tasks": in_tasks}
-
-
-def _available_after(cloud: LocalCloud, image_id: str, started_wall: float) -> float:
-    """Seconds from the start to the moment the local cloud shows the image available (its CreateImage answer
-    plus the emulated image time): the same clock for both sides, whatever their polling."""
-    return cloud.stats()["changes"][image_id]["done"] - started_wall
 
 
 # --- Packer -----------------------------------------------------------------------------------------------
@@ -182,7 +164,7 @@ def packer(cloud: LocalCloud, work: Path, source_ami: str, builds: int, poll: fl
 
 def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, poll: float | None) -> dict:
     work.mkdir()
-    ec2 = _client(cloud, "ec2")
+    ec2 = client(cloud, "ec2", counted=True)
     # A key pair imported here, as the spec's builds are given theirs (Packer 1.6.6 cannot tag a temporary one):
     # the local cloud's machine of the instance trusts its public key, as cloud-init would.
     key = work / "packer-key"
@@ -230,7 +212,7 @@ def _packer_build(binary: str, cloud: LocalCloud, work: Path, source_ami: str, p
         tail = "\n".join(line for line in result.stdout.splitlines() if ",error," in line or "ui,error" in line)
         return {"error": f"packer build exited {result.returncode}: {tail[-800:] or result.stdout[-800:]}",
                 "calls": calls}
-    return {"to_image": _available_after(cloud, images[0]["ImageId"], started_wall), "to_complete": to_complete,
+    return {"to_image": available_after(cloud, images[0]["ImageId"], started_wall), "to_complete": to_complete,
             "to_end": to_end, "calls": calls}
 
 
@@ -266,27 +248,6 @@ def _ec2(calls: dict[str, int]) -> int:
     return sum(count for action, count in calls.items() if action.startswith("ec2:"))
 
 
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
-def _ratio(peer: float | None, ours: float | None) -> str:
-    return "-" if not peer or not ours else f"{peer / ours:.2f}"
-
-
-def _warm_up(cloud: LocalCloud) -> str:
-    """The origin AMI, resolved in the emulator itself (moto, not counted) before either side is timed, and
-    an instance with an encrypted root volume launched and terminated there: the emulator's first-call costs
-    (loading its public parameters and images, its first encrypted volume: 0.1-0.3 s) fall on neither side."""
-    ec2 = _client(cloud, "ec2", direct=True)
-    source_ami = _client(cloud, "ssm", direct=True).get_parameter(Name=AL2023)["Parameter"]["Value"]
-    root = ec2.describe_images(ImageIds=[source_ami])["Images"][0]["RootDeviceName"]
-    instance = ec2.run_instances(ImageId=source_ami, MinCount=1, MaxCount=1, BlockDeviceMappings=[
-        {"DeviceName": root, "Ebs": {"Encrypted": True, "VolumeSize": 8}}])["Instances"][0]["InstanceId"]
-    ec2.terminate_instances(InstanceIds=[instance])
-    return source_ami
-
-
 def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict], str, list[dict]]:
     """Image Factory's builds, Packer's version and its builds, all on one fresh local cloud, both sides at
     ``poll`` (None: each at its defaults)."""
@@ -297,7 +258,7 @@ def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict]
     try:
         cloud.configure(latency=LATENCY)
         print(f"local cloud {cloud.endpoint}, latency {LATENCY}; work in {work}", flush=True)
-        source_ami = _warm_up(cloud)
+        source_ami = warm_up(cloud)
         print(f"Image Factory: {builds} {DAG_ID} builds under the scheduler, one after the other ...", flush=True)
         ours = image_factory(cloud, work, builds, poll)
         for build in ours:
@@ -339,7 +300,7 @@ def result(ours: list[dict], version: str, peer: list[dict], poll: float | None 
 
     def timed(measure: str, key: str, note: str) -> Row:
         mine, theirs = _median(ours, key), _median(done, key)
-        return Row(name, f"{measure} (median of {n})", _s(mine), _s(theirs), _ratio(theirs, mine),
+        return Row(name, f"{measure} (median of {n})", secs(mine), secs(theirs), ratio(theirs, mine),
                    f"{note}; ours {_spread(ours, key)}, Packer {_spread(done, key)}")
 
     image, peer_image = _median(ours, "to_image"), _median(done, "to_image")
@@ -351,13 +312,13 @@ def result(ours: list[dict], version: str, peer: list[dict], poll: float | None 
               "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
         timed("time to teardown done", "to_end", "trigger to run success / packer build exit"),
         Row(name, "EC2 API calls (the most in one build)", str(_ec2(ours_calls)),
-            str(_ec2(peer_calls)) if peer_calls else "-", _ratio(_ec2(peer_calls or {}), _ec2(ours_calls)),
+            str(_ec2(peer_calls)) if peer_calls else "-", ratio(_ec2(peer_calls or {}), _ec2(ours_calls)),
             "the goal's count: no more than Packer's; per build: ours "
             f"{', '.join(str(_ec2(b['calls'])) for b in ours)}, Packer "
             f"{', '.join(str(_ec2(b['calls'])) for b in done) or '-'}"),
         Row(name, "EC2+SSM API calls (the most in one build)", str(sum(ours_calls.values())),
             str(sum(peer_calls.values())) if peer_calls else "-",
-            _ratio(sum((peer_calls or {}).values()), sum(ours_calls.values())), note_peer[:200]),
+            ratio(sum((peer_calls or {}).values()), sum(ours_calls.values())), note_peer[:200]),
     ]
     actions = sorted(set(ours_calls) | set(peer_calls or {}))
     lines = ["| API call | Image Factory | Packer |", "|---|---:|---:|"]
@@ -431,13 +392,7 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
 
 
 def main() -> int:
-    from bench.run import machine, publish, report
-
-    info = machine()
-    started = time.perf_counter()
-    outcome = run(argparse.Namespace(latency_builds=BUILDS))
-    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.build`"),
-            HERE / "results" / f"results-build-{datetime.now(UTC):%Y-%m-%d}.md")
+    run_and_publish(lambda: run(argparse.Namespace(latency_builds=BUILDS)), "`python -m bench.build`", None, "build")
     return 0
 
 

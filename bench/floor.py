@@ -1,14 +1,8 @@
-"""Airflow's own floor for a build: DAGs of exactly a build's shape (the same tasks, dependencies, pool,
-setup and teardown, XCom hand-offs, and the same meetings with the triggerer) whose task bodies do nothing.
-
-The concurrency benchmark runs them on a deployment of their own, one alone and N at once, as it runs the
-builds: what N runs cost on this machine when every second of it is Airflow's (its scheduler, executor,
-workers, task processes, api-server, triggerer and database) and none is the cloud's or the build's. The
-builds cannot finish faster than these.
-
-A build on the latency cloud meets the triggerer four times (9 task starts for 7 tasks): launching and the
-teardown end in the triggerer (the task does not go back to a worker), registering and testing the image
-resume on a worker after their wait. The floor's tasks do the same with a trigger that fires at once.
+"""Airflow's own floor for a build, measured: the DAGs of bench/floor_dags.py (exactly a build's shape, task bodies
+that do nothing) on a Celery deployment of their own, one run alone and N at once, as the concurrency benchmark
+runs the builds (after them, on the Celery deployment): what N runs cost on this machine when every second of it
+is Airflow's (its scheduler, executor, workers, task processes, api-server, triggerer and database) and none is
+the cloud's or the build's. The builds cannot finish faster than these.
 
 Alone (``python -m bench.floor [--builds 100] [--airflow-setting AIRFLOW__S__K=V ...]`` from the project root
 with ``PYTHONPATH=plugins:.``, about 4 minutes for 100): only the floor's two batches, no build, written to
@@ -18,70 +12,60 @@ bench/results/results-floor-<date>.md; a quick way to see what an Airflow settin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
-
-from image_factory import tasks
-from image_factory.dag import STEPS, build_dags
-from image_factory.settings import specs_folder
-from image_factory.waiting import WaitDeferred
-
-ENDS_IN_TRIGGER = (tasks.LAUNCH, tasks.TEARDOWN)
-RESUMES = (tasks.REGISTER, tasks.TEST)
-#: What every floor task returns (its XCom, which the next ones are handed).
-NOTHING = {"floor": True}
+from bench import Result, Row
+from bench.airflow_settings import add_airflow_setting, tuned
+from bench.batches import DEFAULT_PARALLELISM, DEFAULT_TIMEOUT, STEPS_INTRO, keep, one_then_many, steps_table
+from bench.deployments import PROJECT, celery_deployment, prepared
+from bench.report import ratio, run_and_publish, secs
+from localcloud.cloud import LocalCloud
 
 #: The DAG file the benchmark writes into the floor deployment's DAG folder (Airflow's safe mode reads only a
 #: file that names "airflow" and "dag").
-DAG_FILE = '''"""Airflow DAGs of the benchmark's floor (bench/floor.py)."""
+DAG_FILE = '''"""Airflow DAGs of the benchmark's floor (bench/floor_dags.py)."""
 
-from bench.floor import dags
+from bench.floor_dags import dags
 
 globals().update(dags())
 '''
 
 
-class AtOnce(BaseTrigger):
-    """Fires at once: ends the task (``end``), or resumes it on a worker, as a build's waits do."""
-
-    def __init__(self, end: bool = False):
-        super().__init__()
-        self.end = end
-
-    def serialize(self):
-        return f"{type(self).__module__}.{type(self).__qualname__}", {"end": self.end}
-
-    async def run(self):
-        yield TaskSuccessEvent() if self.end else TriggerEvent({"status": "success", "polls": 0})
-
-
-def _nothing(task_id: str):
-    def body(build: tasks.BuildTask, *results):
-        if task_id in ENDS_IN_TRIGGER:
-            raise WaitDeferred(AtOnce(end=True), timeout=60, result=NOTHING)
-        if task_id in RESUMES and build.resumed is None:
-            raise WaitDeferred(AtOnce(), timeout=60)
-        return NOTHING
-
-    body.__name__ = task_id
-    return body
+def run_floor(work: Path, cloud: LocalCloud, names: list[str], parallelism: int, workers: int, timeout: float,
+              extra_env: dict[str, str], source: Path) -> dict:
+    """The same batches of DAGs of a build's shape whose tasks do nothing (bench/floor_dags.py), on a deployment
+    of their own (the same settings, a new database): Airflow's own time for them on this machine."""
+    dags = work / "floor" / "dags"
+    dags.mkdir(parents=True)
+    (dags / "floor_builds.py").write_text(DAG_FILE)
+    env = {**extra_env, "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+           "PYTHONPATH": f"{source / 'plugins'}:{PROJECT}"}  # (bench.floor_dags from the project)
+    with celery_deployment(work / "floor" / "deployment", cloud, workers, parallelism, env) as celery:
+        print(f"the floor: Celery deployment at {celery.url}", flush=True)
+        raw_one, one, raw_many, many = one_then_many(celery.stack, cloud, celery.pg.dsn, names, timeout, "floor run")
+    keep(work / "floor.json", {"one": one, "many": many}, raw_one, raw_many)
+    return {"one": one, "many": many}
 
 
-#: The build's steps with bodies that do nothing (the approval, Airflow's own operator, as it is).
-TABLE = tuple(dataclasses.replace(step, body=_nothing(step.task_id)) if step.body else step for step in STEPS)
-
-
-def dags() -> dict:
-    """A floor DAG for each spec in ``[image_factory] specs_folder``, named as the spec (a task process: its own)."""
-    built, errors = build_dags(specs_folder(Path(__file__).resolve().parents[1] / "include" / "specs"), TABLE)
-    if errors:
-        raise RuntimeError(f"floor specs not loaded: {errors}")
-    return built
+def floor_row(name: str, floor: dict, n: int, builds: dict | None = None) -> Row:
+    """The floor's row: its ``n`` runs at once against one alone; with ``builds`` (a concurrency measurement
+    of the same ``n``), beside the builds' own."""
+    one, many = floor["one"], floor["many"]
+    times = many["wall_to_end"] / one["wall_to_end"] if many["wall_to_end"] and one["wall_to_end"] else None
+    note = (f"{many['succeeded']}/{many['n']} succeeded (one alone: {one['succeeded']}/{one['n']}), "
+            f"{many['task_starts'] / n:.1f} task starts a run")
+    if builds:
+        note += f" (the builds: {builds['many']['task_starts'] / n:.1f})"
+    if times:
+        note += f"; {n} took {times:.2f}x one"
+    builds_one, builds_many = (builds["one"]["wall_to_end"], builds["many"]["wall_to_end"]) if builds else (0, 0)
+    if many["wall_to_end"] and builds_one and builds_many:
+        note += (f"; Airflow alone needs {many['wall_to_end'] / builds_one:.2f}x one build's wall time for them "
+                 f"(the builds: {builds_many / builds_one:.2f}x)")
+    return Row(name, f"the floor: {n} runs at once of DAGs of a build's shape whose tasks do nothing, to all done",
+               secs(many["wall_to_end"]), secs(one["wall_to_end"]), ratio(one["wall_to_end"], many["wall_to_end"]),
+               note)
 
 
 # --- the floor alone (python -m bench.floor) -----------------------------------------------------------------
@@ -90,19 +74,14 @@ def dags() -> dict:
 def measure(runs: int, parallelism: int, workers: int, settings: dict[str, str], ref: str | None = None) -> dict:
     """The floor's batches (one alone, then ``runs`` at once) on a Celery deployment of ``workers`` hosts, with
     ``settings`` beyond the deployment's own; no build."""
-    from bench import concurrency
-
-    with concurrency.prepared("bench-floor-", runs, ref, settings) as (work, cloud, source, names, env, code_text):
-        floor = concurrency.run_floor(work, cloud, names, parallelism, workers, concurrency.DEFAULT_TIMEOUT, env,
-                                      source)  # the deployment's hosts live on the local cloud's bridge
+    with prepared("bench-floor-", runs, ref, settings) as (work, cloud, source, names, env, code_text):
+        floor = run_floor(work, cloud, names, parallelism, workers, DEFAULT_TIMEOUT, env,
+                          source)  # the deployment's hosts live on the local cloud's bridge
     return {**floor, "runs": runs, "workers": workers, "parallelism": parallelism, "code": code_text,
             "settings": settings, "work": work}
 
 
-def result(m: dict):
-    from bench import Result
-    from bench.concurrency import STEPS_INTRO, floor_row, steps_table, tuned
-
+def result(m: dict) -> Result:
     one, many, n = m["one"], m["many"], m["runs"]
     rows = [floor_row("floor", m, n)]
     details = [
@@ -117,9 +96,6 @@ def result(m: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.concurrency import DEFAULT_PARALLELISM, add_airflow_setting
-    from bench.run import machine, publish, report
-
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description="Airflow's floor alone: N runs "
                                      "of DAGs of a build's shape whose tasks do nothing, against one")
     parser.add_argument("--builds", type=int, default=100, help="runs at once (default 100)")
@@ -132,12 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.builds < 1 or args.workers < 1:
         parser.error("--builds and --workers must be at least 1")
-    info = machine()
-    started = time.perf_counter()
-    outcome = result(measure(args.builds, args.parallelism, args.workers, dict(args.airflow_setting or []),
-                             args.code))
-    publish(report(info, outcome.rows, outcome.details, time.perf_counter() - started, "`python -m bench.floor`"),
-            args.out or Path(__file__).resolve().parent / "results" / f"results-floor-{datetime.now(UTC):%Y-%m-%d}.md")
+    run_and_publish(lambda: result(measure(args.builds, args.parallelism, args.workers,
+                                           dict(args.airflow_setting or []), args.code)),
+                    "`python -m bench.floor`", args.out, "floor")
     return 0
 
 

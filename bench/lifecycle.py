@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import Result, Row, process_cpu_seconds
-from bench.build import DAG_ID, LATENCY, REGION, _available_after, _client, _warm_up, scheduler_stack
+from bench.build import DAG_ID, scheduler_stack
+from bench.cloud import LATENCY, REGION, available_after, client, warm_up
 from localcloud.airflow_stack import SHARED_SETTINGS
 from localcloud.cloud import LocalCloud
 
@@ -49,9 +50,9 @@ def _one(stack, cloud: LocalCloud) -> dict:
                                "return_value")["value"]
     tested = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/test_image/xcomEntries/"
                               "return_value")["value"]
-    image_at = _available_after(cloud, summary["image_id"], started_wall)
+    image_at = available_after(cloud, summary["image_id"], started_wall)
     promoted_at = _at(tasks["promote"]["end_date"]) - started_wall
-    ec2 = _client(cloud, "ec2", direct=True)
+    ec2 = client(cloud, "ec2")
     assert build_id_for(DAG_ID, run_id) == summary["build_id"]
     assert ec2.describe_images(ImageIds=[summary["image_id"]])["Images"]
     # The test instance's boot: the emulated one (its machine answers SSH within half a second of it). The
@@ -75,7 +76,7 @@ def measure(builds: int = BUILDS) -> tuple[list[dict], float]:
     cloud.up(regions=REGION)
     try:
         cloud.configure(latency=LATENCY)
-        _warm_up(cloud)
+        warm_up(cloud)
         with scheduler_stack(cloud, work, poll=None, lifecycle=True) as stack:
             measured = [_one(stack, cloud) for _ in range(builds)]
             idle = _idle_cpu(stack.component("scheduler").process.pid)

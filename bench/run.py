@@ -9,20 +9,15 @@ peer in the same run and reports figures and ratios (peer / ours); none of them 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from bench import Result, Row
-
-HERE = Path(__file__).resolve().parent
+from bench.airflow_settings import add_airflow_setting
+from bench.report import machine, publish, report, results_file
 
 
 @dataclass(frozen=True)
@@ -86,66 +81,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def machine() -> dict[str, str]:
-    """The date (``date -u``), CPUs, CPU model, memory, load, and the versions that matter."""
-    try:
-        date = subprocess.run(["date", "-u"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
-    cpu_model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                          if line.startswith("model name")), cpu_model)
-    memory = "unknown"
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        total_kib = next((int(line.split()[1]) for line in meminfo.read_text().splitlines()
-                          if line.startswith("MemTotal:")), 0)
-        memory = f"{total_kib / 1024 / 1024:.1f} GiB"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-    def version(package: str) -> str:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "date": date,
-        "cpus": f"{cpus} (nproc)",
-        "cpu model": cpu_model,
-        "memory": memory,
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "apache-airflow": version("apache-airflow"),
-        "dag-factory": version("dag-factory"),
-    }
-
-
-def table(rows: list[Row]) -> str:
-    header = ["benchmark", "measure", "Image Factory", "peer", "ratio (peer / ours)", "note"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---|"]
-    lines += ["| " + " | ".join([r.benchmark, r.measure, r.ours, r.peer, r.ratio, r.note]) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def report(info: dict[str, str], rows: list[Row], details: list[str], seconds: float,
-           made_by: str = "`make bench` (`python -m bench.run all`)") -> str:
-    lines = [f"# Benchmarks, {datetime.now(UTC):%Y-%m-%d}", ""]
-    lines += [f"- {key}: {value}" for key, value in info.items()]
-    lines += [f"- load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-              f"- benchmark run time: {seconds:.0f} s", "", table(rows), ""]
-    for paragraph in details:
-        lines += [paragraph, ""]
-    lines.append(f"Made by {made_by}; see bench/README.md.")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench.concurrency import add_airflow_setting
-
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=["all"], help=f"all, or some of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--n", type=int, default=1000, help="parse: specs (and dag-factory DAGs) to generate")
@@ -188,15 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     made_by = ("`make bench` (`python -m bench.run all`)" if "all" in args.names
                else f"`python -m bench.run {' '.join(names)}`")
     publish(report(info, rows, details, time.perf_counter() - started, made_by),
-            args.out or HERE / "results" / f"results-{datetime.now(UTC):%Y-%m-%d}.md")
+            args.out or results_file())
     return 0
-
-
-def publish(text: str, out: Path) -> None:
-    """Print a results table and write it to ``out``."""
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":
