@@ -90,8 +90,9 @@ RESERVED_TAG_PREFIXES = ("aws:", "image-factory:")
 MAX_DESCRIPTION = 1000
 #: Free-text values (a command template, a code_repo for the command tools, an origin owner).
 MAX_TEXT = 4096
-#: A spec file is a page of YAML; a larger one is refused unread.
-MAX_SPEC_BYTES = 1024 * 1024
+#: A spec file is a page of YAML (the shipped ones are 1-2 KiB); a larger one is refused unread. (Reading YAML
+#: costs some 15 us a node: a file this size takes half a second at worst, one of 1 MiB ten seconds.)
+MAX_SPEC_BYTES = 64 * 1024
 #: Nodes that YAML aliases may repeat in all (a few shared mappings are fine; a "billion laughs" is not).
 MAX_ALIAS_NODES = 10_000
 #: Problems listed for one file; the rest are counted.
