@@ -66,7 +66,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlencode, urlsplit
 from xml.sax.saxutils import escape
 
 LOOPBACK = "127.0.0.1"
@@ -124,6 +124,34 @@ def _param(data: bytes, name: bytes) -> str:
     pattern = QUERY_ACTION if name == b"Action" else re.compile(rb"(?:^|&)" + re.escape(name) + rb"=([^&]*)")
     match = pattern.search(data)
     return unquote_plus(match.group(1).decode("utf-8", errors="replace")) if match else ""
+
+
+def tag_specifications(body: bytes, resource_type: str) -> dict[str, str]:
+    """The tags an EC2 query call's ``TagSpecification.N`` of ``resource_type`` gives."""
+    params = parse_qs(body.decode("utf-8", errors="replace"))
+    tags: dict[str, str] = {}
+    for key, values in params.items():
+        spec = re.fullmatch(r"TagSpecification\.(\d+)\.Tag\.(\d+)\.Key", key)
+        if spec and params.get(f"TagSpecification.{spec.group(1)}.ResourceType", [""])[0] == resource_type:
+            tags[values[0]] = params.get(f"TagSpecification.{spec.group(1)}.Tag.{spec.group(2)}.Value", [""])[0]
+    return tags
+
+
+def without_tag_specifications(body: bytes, resource_type: str) -> bytes:
+    """``body`` without its ``TagSpecification.N`` of ``resource_type``, the others numbered from 1 again (moto
+    reads a list up to its first missing number)."""
+    pairs = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    numbers = {m.group(1) for k, v in pairs if (m := re.fullmatch(r"TagSpecification\.(\d+)\.ResourceType", k))
+               and v != resource_type}
+    renumbered = {old: str(new) for new, old in enumerate(sorted(numbers, key=int), start=1)}
+    kept = []
+    for key, value in pairs:
+        spec = re.match(r"TagSpecification\.(\d+)\.", key)
+        if spec is None:
+            kept.append((key, value))
+        elif spec.group(1) in renumbered:
+            kept.append((f"TagSpecification.{renumbered[spec.group(1)]}.{key[spec.end():]}", value))
+    return urlencode(kept).encode()
 
 
 def ec2_error(status: int, code: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -442,11 +470,31 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.reply(*ec2_error(400, "InvalidAMIName.Duplicate",
                                   f"AMI name {key[1]} is already in use by AMI {existing}"))
             return
-        response = self.forward(body, "ec2:CreateImage")
+        # As AWS does (moto 5.2 raises NotImplementedError instead): the snapshots' TagSpecifications tag the
+        # image's snapshots, before the client hears of the image.
+        snapshot_tags = tag_specifications(body, "snapshot")
+        response = self.forward(without_tag_specifications(body, "snapshot") if snapshot_tags else body,
+                                "ec2:CreateImage", after=lambda answer: self.tag_snapshots(answer, snapshot_tags))
         made = RESOURCE_ID.search(response.body) if response is not None and response.status == 200 else None
         if made:
             with stats.lock:
                 stats.image_names[key] = made.group(2).decode()
+
+    def tag_snapshots(self, answer: bytes, tags: dict[str, str]) -> None:
+        """Tags the snapshots of the image that ``answer`` (CreateImage's, CopyImage's) names."""
+        made = RESOURCE_ID.search(answer)
+        if not made or not tags:
+            return
+        from localcloud.machines import Moto
+
+        moto, region = Moto(self.server.upstream_port), _region(self.headers)
+        images = moto.query(region, "DescribeImages", {"ImageId.1": made.group(2).decode()})
+        snapshots = [s.text for s in images.iter("snapshotId") if s.text]
+        if snapshots:
+            query = {f"ResourceId.{n}": snapshot for n, snapshot in enumerate(snapshots, start=1)}
+            for number, (key, value) in enumerate(tags.items(), start=1):
+                query.update({f"Tag.{number}.Key": key, f"Tag.{number}.Value": value})
+            moto.query(region, "CreateTags", query)
 
     def copy_answered(self, body: bytes) -> bool:
         """Answers a CopyImage whose ClientToken made a copy already (with that copy), or whose name is in use in
@@ -476,13 +524,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         if not made:
             return
         copy_id, region, stats = made.group(2).decode(), _region(self.headers), self.server.stats
-        params = parse_qs(body.decode("utf-8", errors="replace"))
-        tags: dict[str, str] = {}
-        for key, values in params.items():
-            spec = re.fullmatch(r"TagSpecification\.(\d+)\.Tag\.(\d+)\.Key", key)
-            if spec and params.get(f"TagSpecification.{spec.group(1)}.ResourceType", [""])[0] == "image":
-                tags[values[0]] = params.get(f"TagSpecification.{spec.group(1)}.Tag.{spec.group(2)}.Value",
-                                             [""])[0]
+        tags = tag_specifications(body, "image")
+        self.tag_snapshots(answer, tag_specifications(body, "snapshot"))
         if tags:
             from localcloud.machines import Moto
 
@@ -535,8 +578,9 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     # --- forwarding -------------------------------------------------------------------------------
 
-    def forward(self, body: bytes, name: str | None = None) -> http.client.HTTPResponse | None:
-        """Forward to moto and relay its answer; returns that answer (None when moto failed)."""
+    def forward(self, body: bytes, name: str | None = None, after=None) -> http.client.HTTPResponse | None:
+        """Forward to moto and relay its answer; returns that answer (None when moto failed). ``after``: called
+        with a successful answer's body before it is relayed."""
         # As HTTP clients do, a reused keep-alive connection that fails before any answer (closed by the upstream
         # while idle) gets one more try on a fresh one. With moto it never comes to that: werkzeug's server sends
         # "Connection: close" on every response, so each forwarded request has a fresh connection.
@@ -580,6 +624,11 @@ class FrontHandler(BaseHTTPRequestHandler):
                     machine_call(machines, action, _region(self.headers), body, response.body)
                 except Exception as exc:
                     self.log_message("machines: %s failed: %r", action, exc)
+        if after is not None and response.status == 200:
+            try:
+                after(response.body)
+            except Exception as exc:
+                self.log_message("%s: the front's own part failed: %r", name, exc)
         self.relay(response)
         return response
 

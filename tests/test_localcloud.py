@@ -290,6 +290,30 @@ def test_an_image_name_in_use_is_refused_as_aws_refuses_it(local_cloud, ec2):
     assert again != made
 
 
+def test_create_image_and_copy_image_tag_the_snapshots_as_aws_does(local_cloud, ec2):
+    """moto refuses (CreateImage) or ignores (CopyImage) a snapshot's TagSpecifications; the front applies them."""
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance_id = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    specs = [{"ResourceType": kind, "Tags": [{"Key": "made-as", "Value": kind}]} for kind in ("image", "snapshot")]
+    made = []
+    try:
+        made.append(ec2.create_image(InstanceId=instance_id, Name="snapshot-tags-test", TagSpecifications=specs)[
+            "ImageId"])
+        made.append(ec2.copy_image(SourceImageId=made[0], SourceRegion="eu-west-1", Name="snapshot-tags-copy",
+                                   TagSpecifications=specs)["ImageId"])
+        for image_id in made:
+            [image] = ec2.describe_images(ImageIds=[image_id])["Images"]
+            assert {t["Key"]: t["Value"] for t in image["Tags"]} == {"made-as": "image"}
+            snapshots = [m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"] if "Ebs" in m]
+            assert snapshots
+            for snapshot in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
+                assert {t["Key"]: t["Value"] for t in snapshot.get("Tags", [])} == {"made-as": "snapshot"}
+    finally:
+        for image_id in made:
+            ec2.deregister_image(ImageId=image_id)
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+
 @pytest.fixture(scope="module")
 def single_sshd_cloud(tmp_path_factory):
     """The model without machines (``machines=False``): one sshd on 127.0.0.1 for every instance."""

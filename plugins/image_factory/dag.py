@@ -132,7 +132,7 @@ def _schedule(spec: ImageSpec):
 def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
               table: tuple[Step, ...] = STEPS) -> DAG:
     """The spec's DAG; ``deployment`` (retries, pool) is read from Airflow's config when not given. (``table``:
-    the steps, for a benchmark that gives them other bodies: bench/floor.py.)"""
+    the steps, for a benchmark that gives them other bodies: bench/floor_dags.py.)"""
     spec = loaded.image
     deployment = deployment or settings.load()  # config values only: no network, no Variable
     steps = steps_of(spec, table)

@@ -85,7 +85,7 @@ def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: RegionsWait,
             SourceImageId=source["ImageId"], SourceRegion=build.region, Name=source["Name"],
             Description=f"{source.get('Description') or source['Name']} (copy from {build.region})"[:255],
             ClientToken=client_token(build, region, replacing),
-            TagSpecifications=build.tag_specifications("image", tags=tags))["ImageId"]
+            TagSpecifications=build.tag_specifications("image", "snapshot", tags=tags))["ImageId"]
         created("image copy", copy_id, region=region, source=source["ImageId"])
         waiting[region] = copy_id
     if waiting:

@@ -96,7 +96,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         create = ("create_image", {
             "InstanceId": instance_id, "Name": name,
             "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
-            "TagSpecifications": build.tag_specifications("image", tags=tags)})
+            "TagSpecifications": build.tag_specifications("image", "snapshot", tags=tags)})
         described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
                          schedule=build.schedule("instance_stopped"), since=since, then=(create,),
                          next_wait=("image_available", named(name)),
@@ -108,9 +108,9 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
                          ImageIds=[image_id])["Images"][0]
     image_id = described["ImageId"]
     checkpoint("after:register")
-    # Snapshots are tagged once the image names them (the emulator refuses snapshot tags in CreateImage);
-    # a half-made image's snapshots are found through the image anyway. The complete mark comes last, in the
-    # same call: only an image whose registration went through to here is an output of the build.
+    # The snapshots carry the build's tags from CreateImage on (the IAM policy lets the role tag only what
+    # carries them already). The complete mark comes last, on the image and its snapshots in one call: only an
+    # image whose registration went through to here is an output of the build.
     tags[TAG_COMPLETE] = "true"
     if build.spec.test is None:
         tags[TAG_TESTS] = "untested"
