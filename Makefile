@@ -50,3 +50,9 @@ bench: setup
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.txt -r requirements-bench.txt
 	PYTHONPATH=plugins:. $(BIN)/python -m bench.postgres install
 	PYTHONPATH=plugins:. $(BIN)/python -m bench.run all
+
+# The docs' screenshots (docs/images/*.png): the browser test, which also saves them there under stable names
+# (grid.png, configure-log.png, approval.png, images-page.png; 1280x800, the Images page 1600x1000). Commit them.
+.PHONY: screenshots
+screenshots: setup
+	IMAGE_FACTORY_DOCS_SCREENSHOTS=1 $(BIN)/pytest -s tests/test_browser.py

@@ -8,11 +8,16 @@ then shows that the builder instance was a t3.medium: the form's value reached t
 a promotion of the layered example (built on the run's `latest`) on its task's Required Action tab, and its
 `production` channel moves (screenshots approval.png, approved.png). Last, the Images page, opened from the
 UI's navigation, shows the built image with its `latest` channel and its passed tests (images-page.png).
+
+With IMAGE_FACTORY_DOCS_SCREENSHOTS=1 (`make screenshots`) it also saves the docs' screenshots (the viewport only:
+1280x800, the Images page at the test's 1600x1000) into docs/images/ under stable names: grid.png,
+configure-log.png, approval.png, images-page.png.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from pathlib import Path
@@ -37,6 +42,9 @@ ROLE_OUTPUT = "appserver role: done"
 RUN_TIMEOUT = 300  # seconds: the whole build under the real scheduler takes about one minute
 ARTIFACTS = PROJECT / "test-artifacts" / "browser"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# `make screenshots`: the docs' copies (committed, referenced from README.md and docs/*.md).
+DOCS_IMAGES = PROJECT / "docs" / "images" if os.environ.get("IMAGE_FACTORY_DOCS_SCREENSHOTS") else None
+DOCS_VIEWPORT = {"width": 1280, "height": 800}
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing: Debian's chromium package is not installed and this test does not "
@@ -73,6 +81,23 @@ def browser():
             yield browser
         finally:
             browser.close()
+
+
+def docs_screenshot(page, name: str, viewport: dict | None = DOCS_VIEWPORT) -> None:
+    """With IMAGE_FACTORY_DOCS_SCREENSHOTS set, the page as it is now into docs/images/<name> at ``viewport``
+    (None: the test's own), the viewport only, to keep the files small; then the test's own viewport back."""
+    if DOCS_IMAGES is None:
+        return
+    own = page.viewport_size
+    if viewport:
+        page.set_viewport_size(viewport)
+        page.wait_for_timeout(1000)  # the UI lays itself out again for the new size
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(DOCS_IMAGES / name))
+    assert (DOCS_IMAGES / name).read_bytes()[:8] == PNG_MAGIC
+    print(f"browser: docs screenshot {DOCS_IMAGES / name}")
+    if viewport:
+        page.set_viewport_size(own)
 
 
 def log_in(page, stack: AirflowStack) -> None:
@@ -176,6 +201,7 @@ def test_trigger_from_the_form_and_read_the_run_in_the_ui(airflow_ui, browser, e
         page.goto(f"{run_page}/tasks/configure")
         page.get_by_text(ROLE_OUTPUT).first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "configure-log.png"))
+        docs_screenshot(page, "configure-log.png")
 
         # The finished run: its page, the grid and the task instances, all green.
         page.goto(run_page)
@@ -183,6 +209,7 @@ def test_trigger_from_the_form_and_read_the_run_in_the_ui(airflow_ui, browser, e
         page.get_by_text("tear_down").first.wait_for()
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(screenshot), full_page=True)
+        docs_screenshot(page, "grid.png")
     except Exception:
         with contextlib.suppress(Exception):
             page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
@@ -230,6 +257,7 @@ def test_approve_a_promotion_in_the_ui(airflow_ui, browser, ssm):
         page.get_by_text("Promote a new").first.wait_for()
         page.get_by_text("approving moves").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "approval.png"), full_page=True)
+        docs_screenshot(page, "approval.png")
         page.get_by_role("button", name="Approve").first.click()
         deadline = time.monotonic() + RUN_TIMEOUT
         while time.monotonic() < deadline and stack.api("GET", path)["state"] not in ("success", "failed"):
@@ -274,6 +302,7 @@ def test_the_images_page_shows_the_built_image(airflow_ui, browser, ssm):
         assert section.locator("table[data-region='eu-west-1']").count() == 1
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(screenshot))
+        docs_screenshot(page, "images-page.png", viewport=None)  # its table needs the 1600 pixels
         # The filters: the spec and the status `promoted` keep the row; `failed` drops it.
         frame.locator("select[name='spec']").select_option(DAG_ID)
         frame.locator("select[name='status']").select_option("promoted")
