@@ -78,6 +78,7 @@ def deployment(cloud: LocalCloud, args) -> int:
     """The Celery deployment on the local cloud's bridge (localcloud/deployment.py)."""
     from pathlib import Path
 
+    from localcloud.airflow_stack import AirflowStackError
     from localcloud.deployment import DEFAULT_HOME, DEFAULT_PORT, Deployment, DeploymentError
 
     home = Path(args.deployment_home) if args.deployment_home else DEFAULT_HOME
@@ -97,7 +98,7 @@ def deployment(cloud: LocalCloud, args) -> int:
             status = target.status()
             print(json.dumps(status, indent=2))
             return 0 if status["running"] else 1
-    except DeploymentError as exc:
+    except (DeploymentError, AirflowStackError) as exc:
         print(f"deployment: {exc}", file=sys.stderr)
         return 1
     return 0

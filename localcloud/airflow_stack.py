@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class Component:
     command: list[str]
     log: Path
     process: subprocess.Popen | None = None
+    #: When its process started (/proc/<pid>/stat field 22): what tells it from a later process of the same id.
+    started: int | None = None
 
 
 class AirflowStack:
@@ -152,7 +155,8 @@ class AirflowStack:
         self.stop_recorded()  # leftovers of an earlier run of this home that was not stopped
         with socket.socket() as sock:
             if sock.connect_ex((self.host, self.port)) == 0:
-                raise AirflowStackError(f"something already listens on {self.host}:{self.port}: choose another port")
+                raise AirflowStackError(f"something already listens on {self.host}:{self.port}: choose another "
+                                        f"port, or end it (`ss -ltnp 'sport = :{self.port}'` names it)")
         env = self.env()
         self._cli(env, "db", "migrate")
         self._cli(env, "pools", "set", POOL, str(self.pool_slots), POOL_DESCRIPTION)
@@ -176,16 +180,17 @@ class AirflowStack:
             component.process = subprocess.Popen(component.command, env=env, cwd=PROJECT, stdout=log,
                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                  start_new_session=True)
+        component.started = process_start(component.process.pid)
         self._record()
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
     def kill(self, name: str) -> None:
-        """SIGKILL a component and everything of its process group (a crash, a lost machine), and reap it."""
+        """SIGKILL a component and every process of its session (a crash, a lost machine), and reap it."""
         component = self.component(name)
         if component.process is not None:
-            _signal_group(component.process.pid, signal.SIGKILL)
+            end_sessions([(component.process.pid, component.started)], grace=0)
             component.process.wait(timeout=30)
 
     def restart(self, name: str) -> None:
@@ -196,21 +201,16 @@ class AirflowStack:
         self._launch(component, self.env(), "a")
 
     def stop(self, timeout: float = 30) -> None:
-        """End the components this object started (each its own process group), then forget them."""
-        for component in reversed(self.components):
-            if component.process is not None and component.process.poll() is None:
-                _signal_group(component.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        """End the components this object started, each with every process of its session (see
+        ``end_sessions``), reap them, then forget them."""
+        started = [(c.process.pid, c.started) for c in reversed(self.components) if c.process is not None]
+        left = end_sessions(started, grace=timeout)
         for component in self.components:
-            if component.process is None:
-                continue
-            try:
-                component.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(component.process.pid, signal.SIGKILL)
-                component.process.wait(timeout=10)
-            # Children that outlived their component (a task process, a gunicorn worker) share its group.
-            _signal_group(component.process.pid, signal.SIGKILL)
+            if component.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    component.process.wait(timeout=10)
+        if left:
+            raise AirflowStackError(f"processes {left} of the Airflow components outlive SIGKILL")
         self.components = []
         self.state_file.unlink(missing_ok=True)
         self._token = None
@@ -318,26 +318,29 @@ class AirflowStack:
             self.password_file.write_text(json.dumps(passwords) + "\n")
 
     def _record(self) -> None:
-        started = {c.name: c.process.pid for c in self.components if c.process is not None}
-        self.state_file.write_text(json.dumps({"port": self.port, "pids": started}))
+        started = {c.name: {"pid": c.process.pid, "started": c.started}
+                   for c in self.components if c.process is not None}
+        self.state_file.write_text(json.dumps({"port": self.port, "processes": started}))
 
-    def stop_recorded(self) -> None:
-        """End the components an earlier run of this home started and did not stop (by their recorded ids)."""
+    def recorded(self) -> dict[str, tuple[int, int | None]]:
+        """The components the record of this home names: name to (pid, start time)."""
+        try:
+            processes = json.loads(self.state_file.read_text()).get("processes", {})
+            return {name: (int(p["pid"]), p.get("started")) for name, p in processes.items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}
+
+    def stop_recorded(self, timeout: float = 30) -> None:
+        """End the components an earlier run of this home started and did not stop, also from another process:
+        each recorded session leader that is still the process started then (same id, same start time), with
+        every process of its session (``end_sessions``). Not by their command lines: Airflow renames its
+        processes (setproctitle: ``airflow api_server -- host:... port:...``)."""
         if not self.state_file.exists():
             return
-        try:
-            pids = json.loads(self.state_file.read_text()).get("pids", {})
-        except ValueError:
-            pids = {}
-        for name, pid in pids.items():
-            if _is_component(pid, name):
-                _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for name, pid in pids.items():
-            while time.monotonic() < deadline and _is_component(pid, name):
-                time.sleep(0.2)
-            if _is_component(pid, name):
-                _signal_group(pid, signal.SIGKILL)
+        left = end_sessions(reversed(self.recorded().values()), grace=timeout)
+        if left:
+            raise AirflowStackError(f"processes {left} of the recorded Airflow components outlive SIGKILL; "
+                                    f"{self.state_file} is kept")
         self.state_file.unlink(missing_ok=True)
 
     def _describe_exit(self, component: Component) -> str:
@@ -351,26 +354,104 @@ def _fernet_key() -> str:
     return Fernet.generate_key().decode()
 
 
+# --- the processes we start: each the leader of a session of its own ---------------------------------------
+#
+# A process started with ``start_new_session=True`` leads a new session and process group, both numbered by its
+# pid; its children (gunicorn workers, task supervisors, Celery's pool) stay in that session, even those that
+# take a process group of their own (Airflow's task runners: ``setpgid(0, 0)``). What was started is recorded as
+# (pid, start time): the start time (clock ticks after boot) tells the process from a later one given the same
+# id. Linux gives no new process the id of a session or group that still has a process.
+
+def process_start(pid: int) -> int | None:
+    """When the live process ``pid`` started (/proc/<pid>/stat field 22), or None (no such process, a zombie)."""
+    fields = _stat(pid)
+    return int(fields[19]) if len(fields) > 19 and fields[0] not in ("Z", "X") else None
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat from field 3 (the state) on: after the command's name, which may hold
+    spaces and parentheses."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def session_processes(sessions: Iterable[int]) -> list[int]:
+    """The live processes (not zombies) of the sessions ``sessions`` (field 6 of their stat)."""
+    wanted = {s for s in sessions if s > 1}
+    if not wanted:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            fields = _stat(int(entry.name))
+            if len(fields) > 3 and fields[0] not in ("Z", "X") and int(fields[3]) in wanted:
+                found.append(int(entry.name))
+    return found
+
+
+def is_ours(pid: int, started: int | None) -> bool:
+    """Whether the session ``pid`` is still the one whose leader started at ``started``: the leader lives with
+    that start time, or it ended and processes of its session started after it are left (its id is not given
+    again while they live)."""
+    if pid <= 1 or not started:
+        return False
+    leader = process_start(pid)
+    if leader is not None:
+        return leader == started
+    return any((process_start(member) or 0) >= started for member in session_processes([pid]))
+
+
+def end_sessions(recorded: Iterable[tuple[int, int | None]], grace: float = 30, kill_wait: float = 10
+                 ) -> list[int]:
+    """End the sessions of the recorded leaders (pid, start time) that are still ours (``is_ours``): SIGTERM
+    to each leader's process group (to every process of the session if the leader is gone), until ``grace``
+    seconds have passed or no process of those sessions is left, then SIGKILL to every one left, until none is
+    (``kill_wait`` at most). Returns the processes left (none, but for a process stuck in the kernel)."""
+    ours = [pid for pid, started in recorded if is_ours(pid, started)]
+    if not ours:
+        return []
+    if grace > 0:
+        for pid in ours:
+            if process_start(pid) is not None:
+                _signal_group(pid, signal.SIGTERM)
+        asked: set[int] = set()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            # The processes of a session whose leader has ended (or had already) are asked themselves, once.
+            orphans = [(m, pid) for pid in ours if process_start(pid) is None
+                       for m in session_processes([pid]) if m not in asked]
+            for member, pid in orphans:
+                _signal_member(member, pid, signal.SIGTERM)
+                asked.add(member)
+            if not session_processes(ours):
+                break
+            time.sleep(0.2)
+    deadline = time.monotonic() + kill_wait
+    while (left := session_processes(ours)) and time.monotonic() < deadline:
+        for pid in ours:
+            _signal_group(pid, signal.SIGKILL)
+        for member in left:  # a process of the session in a group of its own (a task runner)
+            _signal_member(member, None, signal.SIGKILL, sessions=ours)
+        time.sleep(0.1)
+    return session_processes(ours)
+
+
+def _signal_member(pid: int, session: int | None, sig: int, sessions: list[int] | None = None) -> None:
+    """Signal ``pid`` if it is (still) a process of ``session`` (or of one of ``sessions``)."""
+    fields = _stat(pid)
+    if len(fields) > 3 and int(fields[3]) in ({session} if session else set(sessions or ())) and pid > 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
 def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group of a component we started (its own session, so its group id is its pid)."""
+    """Signal the process group of a process we started (a session of its own, so its group id is its pid)."""
     if pid <= 1:  # never group 0 (ours) or -1 (everything)
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def _is_component(pid: int, name: str) -> bool:
-    """Whether ``pid`` is still the Airflow component ``name`` (a recorded id may have been reused)."""
-    if pid <= 1:
-        return False
-    try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    # Airflow renames its processes (setproctitle: "airflow scheduler -- ..."), so look for words, not arguments.
-    words = " ".join(w.decode(errors="replace") for w in command_line).split()
-    return state != "Z" and name in words and any(w.endswith("airflow") for w in words)
 
 
 if __name__ == "__main__":  # pragma: no cover - scripts/airflow_ui.py is the command

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from image_factory.build import build_id_for
 from image_factory.inventory import builder_resources
 from image_factory.steps.image import find as find_images
 from localcloud.airflow_stack import AirflowStackError
-from localcloud.cloud import free_port
+from localcloud.cloud import LOOPBACK, PROJECT, free_port
 from localcloud.deployment import REDIS_SERVER, Deployment
 from localcloud.postgres import bin_dir
 
@@ -398,3 +401,90 @@ def test_the_rest_client_triggers_follows_and_reads_the_log(deployment):
     print(f"\nREST client (apache-airflow-client): triggered {dag_id} with a conf, followed {len(seen)} task "
           f"instances to success in {time.monotonic() - started:.0f} s, read the configure log "
           f"({len(text)} characters, from {configure.hostname})")
+
+
+# --- last: the deployment's end, as `make deployment-down` ends it -----------------------------------------------
+
+def test_down_from_another_process_leaves_nothing_then_up_again(deployment, local_cloud, clients):
+    """Issue 28: a build, then ``python -m localcloud deployment-down`` in another process (what ``make
+    deployment-down`` runs) ends every process of the deployment (the api-server, renamed by setproctitle, too):
+    nothing listens on its addresses, no recorded process (nor one of its process group) is left, and ``up``
+    succeeds again. Last in the module: the fixture's teardown ends the deployment started again."""
+    ec2, ssm = clients
+    dag_id = NAMES[6]
+    run_id = trigger(deployment, dag_id)
+    assert wait_run(deployment, dag_id, run_id) == "success", task_states(deployment, dag_id, run_id)
+    assert_clean_build(deployment, ec2, ssm, dag_id, run_id)
+
+    bridge = deployment.bridge_address
+    record = json.loads(deployment.record_file.read_text())
+    addresses = {"api-server": [(bridge, deployment.port)],
+                 "redis": [(bridge, record["redis_port"]), (LOOPBACK, record["redis_port"])],
+                 "postgres": [(bridge, record["postgres"]["port"]), (LOOPBACK, record["postgres"]["port"])]}
+    for name, (address, port) in ((n, a[0]) for n, a in addresses.items()):
+        assert connects(address, port), f"the {name} does not listen on {address}:{port}"
+    leaders = {c.name: c.process.pid for c in deployment.stack.components}
+    leaders |= {"redis": record["redis_pid"], **{w["name"]: w["pid"] for w in record["workers"]}}
+    postmaster = deployment.pg.pid()
+    processes = group_members(set(leaders.values())) | {postmaster} | children(postmaster)
+    assert set(leaders.values()) <= processes and all(alive(pid) for pid in leaders.values()), leaders
+
+    started = time.monotonic()
+    down = subprocess.run([sys.executable, "-m", "localcloud", "deployment-down", "--deployment-home",
+                           str(deployment.home), "--state-dir", str(local_cloud.state_dir)],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    assert down.returncode == 0, down.stderr[-3000:]
+
+    still = [f"{name} on {address}:{port}" for name, pairs in addresses.items() for address, port in pairs
+             if connects(address, port)]
+    ports = {port for pairs in addresses.values() for _, port in pairs}
+    sockets = [line for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30
+                                               ).stdout.splitlines()
+               if any(line.split()[3].endswith(f":{port}") for port in ports)]
+    left = {pid: command_line(pid) for pid in processes if alive(pid)}
+    assert still == [] and sockets == [] and left == {}, (still, sockets, left)
+    assert not deployment.record_file.exists()
+
+    deployment.up()  # as `make deployment-up` again: it used to stop at "something already listens on ..."
+    assert connects(bridge, deployment.port)
+    print(f"\ndeployment-down from another process after a build: {len(processes)} processes of "
+          f"{len(leaders)} recorded ids ended in {took:.0f} s, nothing listens on "
+          f"{sorted(ports)}; up again at {deployment.url}")
+
+
+def connects(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, port)) == 0
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's name (field 3, the state, first)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def group_members(groups: set[int]) -> set[int]:
+    """Every live process whose process group is one of ``groups``."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[2]) in groups:
+            found.add(int(entry.name))
+    return found
+
+
+def children(pid: int | None) -> set[int]:
+    if not pid:
+        return set()
+    return {int(entry.name) for entry in os.scandir("/proc")
+            if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[1]) == pid}
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
