@@ -14,8 +14,11 @@
   SSH come from its address, and the provisioner CIDR is the smallest network holding every worker's.
 
 Task logs go to one folder that every host shares (as the Compose file's ./logs volume), so the workers need
-no log server. Everything is recorded in ``<home>/deployment.json``; ``down`` ends it all by PID (a worker:
-every process in its namespace) and removes the namespaces and veths, also from another process.
+no log server. Everything is recorded in ``<home>/deployment.json``; ``down`` ends it all, also from another
+process: each process it started leads a session of its own, recorded as its pid and start time, and is ended
+with every process of its session (``end_sessions`` of localcloud/airflow_stack.py: never a process that
+merely got a recorded id again); a worker's host besides loses every process in its namespace, then the
+namespace and the veth; PostgreSQL is stopped by its data directory (``pg_ctl stop``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import signal
 import socket
 import subprocess
 import time
@@ -31,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from localcloud import postgres
-from localcloud.airflow_stack import AirflowStack, _signal_group
+from localcloud.airflow_stack import AirflowStack, AirflowStackError, end_sessions, process_start
 from localcloud.cloud import LOOPBACK, PROJECT, LocalCloud, free_port
 from localcloud.runner import AIRFLOW
 
@@ -61,6 +63,7 @@ class WorkerHost:
     netns: str
     veth: str
     pid: int = 0
+    started: int | None = None  # the start time of ``pid`` (/proc/<pid>/stat field 22)
 
     @property
     def log_name(self) -> str:
@@ -75,6 +78,7 @@ class Record:
     port: int
     postgres: dict = field(default_factory=dict)
     redis_pid: int = 0
+    redis_started: int | None = None
     redis_port: int = 0
     workers: list[dict] = field(default_factory=list)
 
@@ -159,7 +163,7 @@ class Deployment:
             self._save(record)
             record.redis_port = free_port(self.pg.port, self.port)
             self.redis = self._start_redis(record.redis_port)
-            record.redis_pid = self.redis.pid
+            record.redis_pid, record.redis_started = self.redis.pid, process_start(self.redis.pid)
             self._save(record)
             self.stack = AirflowStack(self.home / "airflow", self.cloud, self.port, executor=EXECUTOR,
                                       host=bridge, database_url=self.pg.url_at(bridge),
@@ -206,8 +210,10 @@ class Deployment:
             f"bind {LOOPBACK} {self.bridge_address}", f"port {port}", "protected-mode no", "daemonize no",
             'save ""', "appendonly no", f"dir {folder}", 'logfile ""', ""]))
         log = self.home / "redis.log"
-        process = subprocess.Popen([REDIS_SERVER, str(config)], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        with log.open("w") as output:
+            process = subprocess.Popen([REDIS_SERVER, str(config)], stdout=output, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        started = process_start(process.pid)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -216,6 +222,8 @@ class Deployment:
                 if sock.connect_ex((self.bridge_address, port)) == 0:
                     return process
             time.sleep(0.1)
+        end_sessions([(process.pid, started)], grace=5)  # not recorded yet: `down` would not find it
+        process.wait(timeout=10)
         raise DeploymentError(f"redis-server does not listen on {self.bridge_address}:{port}; see {log}")
 
     # --- worker hosts -------------------------------------------------------------------------------------
@@ -255,7 +263,7 @@ class Deployment:
         with (self.home / worker.log_name).open("a") as log:
             process = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        worker.pid = process.pid
+        worker.pid, worker.started = process.pid, process_start(process.pid)
         self.worker_processes[worker.name] = process
         record = self._load()
         if record:
@@ -294,29 +302,39 @@ class Deployment:
     # --- down -------------------------------------------------------------------------------------------
 
     def down(self) -> None:
-        """End everything an ``up`` of this home started (this object's, or the recorded one's), by PID."""
+        """End everything an ``up`` of this home started (this object's, or the recorded one's): each process
+        with every process of its session, if it is still the one started (its id and start time), all at once;
+        the workers' hosts with every process in them; then PostgreSQL. The record is kept if a process
+        outlives it all."""
         record = self._load()
-        for worker in [*self.workers, *(WorkerHost(**w) for w in (record.workers if record else []))]:
+        workers = [*self.workers, *(WorkerHost(**w) for w in (record.workers if record else []))]
+        stack = self.stack or AirflowStack(self.home / "airflow", self.cloud, self.port)
+        sessions = {(w.pid, w.started) for w in workers}
+        sessions |= {(c.process.pid, c.started) for c in stack.components if c.process is not None}
+        sessions |= set(stack.recorded().values())
+        if record:
+            sessions.add((record.redis_pid, record.redis_started))
+        if self.redis is not None and self.redis.poll() is None:  # our child, not reaped: its id is still its own
+            sessions.add((self.redis.pid, process_start(self.redis.pid)))
+        # At once: the slowest to end (the api-server, gracefully: seconds) sets the time.
+        left: list = end_sessions(sessions, grace=30)
+        for worker in workers:
             self._unplug(worker)
         for process in self.worker_processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
         self.workers, self.worker_processes = [], {}
-        if self.stack is not None:
-            self.stack.stop()
-        else:
-            AirflowStack(self.home / "airflow", self.cloud, self.port).stop_recorded()
+        try:  # nothing of theirs runs now: reap (this object's), forget the record
+            if self.stack is not None:
+                self.stack.stop()
+            else:
+                stack.stop_recorded()
+        except AirflowStackError as exc:
+            left.append(str(exc))
         self.stack = None
-        redis_pid = self.redis.pid if self.redis is not None else (record.redis_pid if record else 0)
-        if redis_pid and _is_process(redis_pid, "redis-server"):
-            _signal_group(redis_pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _is_process(redis_pid, "redis-server"):
-                time.sleep(0.1)
-            if _is_process(redis_pid, "redis-server"):
-                _signal_group(redis_pid, signal.SIGKILL)
         if self.redis is not None:
-            self.redis.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.redis.wait(timeout=10)
             self.redis = None
         pg = self.pg
         if pg is None and record and record.postgres:
@@ -326,6 +344,8 @@ class Deployment:
         if pg is not None:
             postgres.remove(pg)
         self.pg = None
+        if left:
+            raise DeploymentError(f"processes of the deployment outlive SIGKILL: {left}; {self.record_file} is kept")
         self.record_file.unlink(missing_ok=True)
 
     def __enter__(self) -> Deployment:
@@ -355,15 +375,6 @@ class Deployment:
             return Record(**json.loads(self.record_file.read_text()))
         except (ValueError, TypeError):
             return None
-
-
-def _is_process(pid: int, word: str) -> bool:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and word in command
 
 
 def _alive_in(netns: str) -> bool:
