@@ -48,7 +48,13 @@ RUN_DIR = Path("/run/image-factory-local-cloud")
 #: made when a local cloud added the blackhole route: the last one down removes it
 BLACKHOLE_MARK = RUN_DIR / "blackhole.made"
 HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
+#: What a machine's PID 1 is: ``systemd`` (the default: the image's own systemd, booted by systemd-nspawn, with
+#: cloud-init) or ``sshd`` (the light model: sshd alone, for runs that need many machines at once).
+INITS = ("systemd", "sshd")
+INIT_BINARIES = {"systemd": ("systemd-nspawn",), "sshd": ()}
 BOOT_TIMEOUT = 120
+#: A clean stop (systemd's poweroff) that has not ended the machine by then is cut short, as EC2 forces a stop.
+STOP_TIMEOUT = 60
 #: What GetConsoleOutput gives of a console: its last 64 KiB, as AWS does.
 CONSOLE_BYTES = 64 * 1024
 USER = "ec2-user"
@@ -69,14 +75,15 @@ def run(*command: str, check: bool = True, input: str | None = None, timeout: fl
 
 # --- what the host must have ---------------------------------------------------------------------------
 
-def missing_features(need_mmdebstrap: bool) -> list[str]:
+def missing_features(need_mmdebstrap: bool, init: str = "systemd") -> list[str]:
     """What this host lacks for machines: rights, binaries (looked up on PATH) and kernel features."""
     missing = []
     if os.geteuid() != 0:
         missing.append("root rights (the machines need network and mount namespaces, overlay mounts, nftables)")
-    binaries = [*HOST_BINARIES, *(("mmdebstrap",) if need_mmdebstrap else ())]
+    binaries = [*HOST_BINARIES, *INIT_BINARIES[init], *(("mmdebstrap",) if need_mmdebstrap else ())]
     packages = {"ip": "iproute2", "nft": "nftables", "unshare": "util-linux", "mount": "mount",
-                "chroot": "coreutils", "ssh-keygen": "openssh-client", "mmdebstrap": "mmdebstrap"}
+                "chroot": "coreutils", "ssh-keygen": "openssh-client", "mmdebstrap": "mmdebstrap",
+                "systemd-nspawn": "systemd-container"}
     for binary in binaries:
         if shutil.which(binary) is None:
             missing.append(f"the command {binary} (Debian's {packages[binary]}; `make setup` installs it)")
@@ -196,11 +203,17 @@ def machine_pid_namespace(machine: dict) -> int | None:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
+    if inode in (_namespace_inode("/proc/self/ns/pid"), _namespace_inode("/proc/1/ns/pid")):
+        return None  # never the host's own
     return inode if any(_namespace_inode(f"/proc/{child}/ns/pid") == inode for child in children) else None
 
 
 def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[int]:
     """Every process in the network namespace ``net_inode`` or the PID namespace ``pid_inode``."""
+    host = {_namespace_inode("/proc/self/ns/net"), _namespace_inode("/proc/self/ns/pid"),
+            _namespace_inode("/proc/1/ns/net"), _namespace_inode("/proc/1/ns/pid")}
+    net_inode = None if net_inode in host else net_inode  # never the host's own namespaces
+    pid_inode = None if pid_inode in host else pid_inode
     wanted = {f"net:[{net_inode}]" if net_inode else None, f"pid:[{pid_inode}]" if pid_inode else None} - {None}
     pids = []
     for entry in os.scandir("/proc"):
@@ -385,6 +398,29 @@ echo "-----BEGIN SSH HOST KEY KEYS-----"
 cat {host_key}.pub
 echo "-----END SSH HOST KEY KEYS-----"
 exec chroot "$R" /usr/sbin/sshd -D -e -f /run/localcloud/sshd_config
+"""
+
+#: A machine as a cloud image boots: its own systemd as PID 1 (systemd-nspawn, in the machine's network namespace;
+#: mount, PID, UTS, IPC and cgroup namespaces of nspawn's), cloud-init reading the NoCloud seed the local cloud
+#: writes on the disk at every boot. Its console (nspawn's pty) is this script's output.
+SYSTEMD_BOOT_SCRIPT = r"""
+set -eu
+R={root}
+# The layers by their names, from their folder: the mount options' page (4 KiB) then holds a hundred of them.
+cd {layers}
+mount -t overlay overlay -o {overlay} "$R"
+cd /
+# The cloud's side of the disk, as a hypervisor's seed disk and DHCP would give it: the NoCloud seed (instance
+# id, host name, the key pair's public key, the user data), the host name, the mirror of Debian's packages.
+install -d -m 0755 "$R/var/lib/cloud" "$R/var/lib/cloud/seed"
+install -d -m 0700 "$R/var/lib/cloud/seed/nocloud"
+install -m 0600 {seed}/meta-data {seed}/user-data "$R/var/lib/cloud/seed/nocloud/"
+echo {hostname} > "$R/etc/hostname"
+printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
+if [ -d "$R/etc/apt/apt.conf.d" ]; then install -m 0644 {apt_conf} "$R/etc/apt/apt.conf.d/01localcloud-mirror"; fi
+exec systemd-nspawn --quiet --boot --directory="$R" --machine={instance_id} --hostname={hostname} \
+  --register=no --keep-unit --network-namespace-path=/run/netns/{netns} --console=read-only \
+  --kill-signal=SIGRTMIN+4 --resolv-conf=off --timezone=off --link-journal=no
 """
 
 SSHD_CONFIG = """\
