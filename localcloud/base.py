@@ -117,7 +117,6 @@ apt:
 growpart:
   mode: "off"
 resize_rootfs: false
-ssh_pwauth: false
 disable_root: true
 ssh_deletekeys: true
 ssh_genkeytypes: [ed25519, ecdsa, rsa]
@@ -136,7 +135,6 @@ cloud_init_modules:
   - users_groups
   - ssh
 cloud_config_modules:
-  - set_passwords
   - apt_configure
   - timezone
   - runcmd
@@ -153,8 +151,10 @@ cloud_final_modules:
   - final_message
 """
 
-#: Each boot's sshd takes many logins at once (builds and their tests); the rest is Debian's default.
-SSHD_DROP_IN = "MaxStartups 100\nUseDNS no\n"
+#: Each boot's sshd takes many logins at once (builds and their tests); keys only, as cloud-init's ssh_pwauth
+#: would set, but here from the start: cloud-init then never restarts sshd in the middle of a boot (a login
+#: that comes then is refused). The rest is Debian's default.
+SSHD_DROP_IN = "MaxStartups 100\nUseDNS no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
 
 
 def _hook_script(sources: list[tuple[str, str, str]]) -> str:

@@ -604,7 +604,14 @@ class Machines:
             self.collect_layers()
 
     def image_created(self, region: str, instance_id: str, image_id: str) -> None:
-        """The instance's upper directory frozen as a new layer; the image = its origin's layers + it."""
+        """The instance's upper directory frozen as a new layer; the image = its origin's layers + it. An instance
+        still shutting down (StopInstances just before) is imaged once it has stopped."""
+        deadline = time.monotonic() + STOP_TIMEOUT + 30
+        while time.monotonic() < deadline:
+            with self.lock:
+                if (self.registry["machines"].get(instance_id) or {}).get("state") != "stopping":
+                    break
+            time.sleep(0.05)
         with self.machine_lock(instance_id), self.lock:
             machine = self.registry["machines"].get(instance_id)
             if machine is None:
@@ -886,7 +893,9 @@ class Machines:
                                     f"{(disk / 'console.log').read_text()[-1500:]}")
             time.sleep(0.02)
         if probe.returncode != 0:
-            raise MachinesError(f"sshd on {ip}:22 did not answer in {BOOT_TIMEOUT} s; see {disk / 'console.log'}")
+            console = (disk / "console.log").read_text(errors="replace")[-2000:]
+            raise MachinesError(f"sshd on {ip}:22 did not answer in {BOOT_TIMEOUT} s; the end of its console "
+                                f"({disk / 'console.log'}):\n{console}")
 
     def _public_key(self, machine: dict) -> str:
         if not machine.get("key_name"):
