@@ -390,11 +390,13 @@ cp {authorized_keys} "$R/run/localcloud/authorized_keys"
 hostname {hostname}
 echo {hostname} > "$R/etc/hostname"
 printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
+if [ -d "$R/etc/apt/apt.conf.d" ]; then cp {apt_conf} "$R/etc/apt/apt.conf.d/01localcloud-mirror"; fi
 # As cloud-init does: the key pair's public key is ec2-user's.
 chroot "$R" /bin/sh -c 'install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh &&
   install -m 0600 -o {user} -g {user} /run/localcloud/authorized_keys /home/{user}/.ssh/authorized_keys'
 echo "localcloud: booted {instance_id}, sshd on {ip}:22"
-# As cloud-init's keys_to_console: the host key on the console, where a client reads it to check SSH.
+# The light model has no cloud-init: its console shows its sshd's key in cloud-init's format, where a client
+# reads it to check SSH (the systemd model's console is cloud-init's own).
 echo "-----BEGIN SSH HOST KEY KEYS-----"
 cat {host_key}.pub
 echo "-----END SSH HOST KEY KEYS-----"
@@ -741,6 +743,9 @@ class Machines:
             machine["public_ip"]) in self.plan.public else ""
         config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
         (disk / "sshd_config").write_text(config)
+        from localcloud.mirror import apt_config
+
+        (disk / "apt-mirror.conf").write_text(apt_config(str(self.plan.bridge_address)))
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         lower = ":".join([*machine["layers"], str(self.base)])
         overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
@@ -749,6 +754,7 @@ class Machines:
             overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
             sshd_config=shlex.quote(str(disk / "sshd_config")),
             authorized_keys=shlex.quote(str(disk / "authorized_keys")), user=USER, instance_id=instance_id, ip=ip,
+            apt_conf=shlex.quote(str(disk / "apt-mirror.conf")),
             hostname="ip-" + ip.replace(".", "-"))
         (disk / "boot.sh").write_text(script)
         netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
