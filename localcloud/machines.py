@@ -698,6 +698,11 @@ class Machines:
                     started_machine = self._boot_machine(instance_id)
                 self._await_sshd(*started_machine)
             except Exception as exc:
+                with self.lock:
+                    machine = self.registry["machines"].get(instance_id)
+                    if machine is None or machine["state"] != "booting":  # stopped or terminated meanwhile
+                        self.log(f"localcloud machines: {instance_id} ended while it booted")
+                        return
                 self.log(f"localcloud machines: {instance_id} failed to boot: {exc}")
                 with self.lock:
                     machine = self.registry["machines"].get(instance_id)
@@ -943,11 +948,15 @@ class Machines:
         with self.lock:
             process = self.processes.pop(instance_id, None)
         if clean and process is not None and process.poll() is None and self.init == "systemd":
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+            # Again every 2 s: a systemd that has not set up its signal handlers yet (early in its boot) does
+            # not see the first one (a PID namespace's init ignores signals it does not handle).
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=2)
+            if process.poll() is None:
                 self.log(f"localcloud machines: {instance_id} did not power off in {STOP_TIMEOUT} s: killed")
         self._unplug(instance_id)
         if process is not None:
