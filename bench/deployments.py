@@ -71,7 +71,9 @@ def prepared(prefix: str, builds: int, ref: str | None, settings: dict[str, str]
     asks every region at each login) and ``builds`` specs: yields (work, cloud, source, names, the environment of
     the Airflow processes, the code's description); the cloud goes down after."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    cloud = LocalCloud(work / "local-cloud")
+    # The light machines (sshd alone as PID 1, localcloud/machines.py): 50 to 100 builders and test instances at
+    # once, each booting systemd and cloud-init, are more than this 2-core machine has.
+    cloud = LocalCloud(work / "local-cloud", init="sshd")
     source, code_env, code_text = code(work, ref)
     print(f"work in {work}; code: {code_text}", flush=True)
     cloud.up(regions=REGION)

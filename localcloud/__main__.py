@@ -21,6 +21,9 @@ def main() -> int:
     parser.add_argument("--no-machines", action="store_true",
                         help="up: no machines: one sshd on 127.0.0.1 for every instance, roles run on this host "
                              "(the Docker Compose profile's model)")
+    parser.add_argument("--init", choices=("systemd", "sshd"), default=None,
+                        help="up: a machine's PID 1: its image's systemd with cloud-init (the default) or sshd alone "
+                             "(the light model, for many machines at once); IMAGE_FACTORY_LOCAL_CLOUD_INIT too")
     parser.add_argument("--latency", metavar="boot=S,stop=S,image=S,terminate=S",
                         help="up, config: emulated state-change times in seconds (0: instant, the default)")
     parser.add_argument("--deployment-home", default=None, help="deployment-*: its state and Airflow home "
@@ -31,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     from pathlib import Path
 
-    cloud = LocalCloud(Path(args.state_dir), machines=not args.no_machines)
+    cloud = LocalCloud(Path(args.state_dir), machines=not args.no_machines, init=args.init)
     try:
         latency = parse_latency(args.latency) if args.latency else None
         if args.action == "up":

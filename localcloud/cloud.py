@@ -7,9 +7,13 @@ every AWS client goes through it; it counts API calls and can throttle a share o
 Two models of the instances:
 
 * ``machines=True`` (the default): every instance is a real, isolated Linux machine made by the front
-  (localcloud/machines.py): network, mount and PID namespaces, an overlay disk on the images' layers, its own
-  sshd on its private address in 198.18.0.0/15, security groups as nftables. Needs root, network namespaces,
-  overlayfs, nftables (and mmdebstrap once, for the origin root filesystem); ``up`` names what is missing.
+  (localcloud/machines.py): its network namespace, an overlay disk on the images' layers, its own address in
+  198.18.0.0/15, security groups as nftables; it boots its image's systemd (systemd-nspawn) and cloud-init,
+  and gets Debian's packages through the local cloud's mirror on the bridge (apt-cacher-ng,
+  localcloud/mirror.py). ``init="sshd"`` (or ``IMAGE_FACTORY_LOCAL_CLOUD_INIT=sshd``) is the light model: sshd
+  alone is a machine's PID 1, for runs of many machines at once. Needs root, network namespaces, overlayfs,
+  nftables, systemd-nspawn, apt-cacher-ng (and mmdebstrap once, for the origin root filesystem); ``up`` names
+  what is missing.
 * ``machines=False``: instances are moto's records only and one sshd on 127.0.0.1 stands in for all of them
   (roles run on the host, as the host's user). The Docker Compose profile's model (its own containers).
 """
@@ -85,13 +89,25 @@ class State:
     builder_vpcs: dict | None = None
     blackhole_made: bool = False
     slot: int = 0  # the machines' address slot (localcloud/addresses.py)
+    init: str = "sshd"  # a machine's PID 1 (localcloud/machines.py INITS); older state files: the sshd model
+    mirror_pid: int = 0  # the package mirror on the bridge (localcloud/mirror.py)
+
+
+def default_init() -> str:
+    """A machine's PID 1 unless told otherwise: ``IMAGE_FACTORY_LOCAL_CLOUD_INIT`` (``systemd``, the default, or
+    ``sshd``, the light model)."""
+    return os.environ.get("IMAGE_FACTORY_LOCAL_CLOUD_INIT", "").strip() or "systemd"
 
 
 class LocalCloud:
-    def __init__(self, state_dir: Path = DEFAULT_STATE, machines: bool = True):
+    def __init__(self, state_dir: Path = DEFAULT_STATE, machines: bool = True, init: str | None = None):
         self.state_dir = state_dir.resolve()
         self.state_file = self.state_dir / "state.json"
         self.machines = machines
+        self.init = init or default_init()
+        if self.init not in ("systemd", "sshd"):
+            raise LocalCloudError(f"init {self.init!r}: a machine's PID 1 is systemd (the default) or sshd (the "
+                                  "light model)")
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -105,7 +121,7 @@ class LocalCloud:
         if state is None:
             return False
         pids = (state.moto_pid, state.proxy_pid) + (() if state.machines else (state.sshd_pid,))
-        return all(pid > 0 and _alive(pid) for pid in pids)
+        return all(pid > 0 and _alive(pid) for pid in pids) and (state.mirror_pid <= 0 or _alive(state.mirror_pid))
 
     @property
     def endpoint(self) -> str:
@@ -316,7 +332,7 @@ class LocalCloud:
         ssh_port = 0 if self.machines else (ssh_port or free_port(ec2_port))
         moto_port = free_port(ec2_port, ssh_port)
         started: list[tuple[int, str]] = []
-        blackhole_made = False
+        blackhole_made, mirror_pid = False, 0
         try:
             if self.machines:
                 from localcloud import machines
@@ -327,7 +343,12 @@ class LocalCloud:
                 # Written before anything else can fail: `down` then knows what to remove.
                 self.state_file.write_text(json.dumps(asdict(State(
                     0, 0, 0, 0, getpass.getuser(), regions, machines=True, blackhole_made=blackhole_made,
-                    slot=slot))))
+                    slot=slot, init=self.init))))
+                mirror_pid = self._start_mirror(slot)
+                started.append((mirror_pid, "apt-cacher-ng"))
+                self.state_file.write_text(json.dumps(asdict(State(
+                    0, 0, 0, 0, getpass.getuser(), regions, machines=True, blackhole_made=blackhole_made,
+                    slot=slot, init=self.init, mirror_pid=mirror_pid))))
             moto = self._start_moto(moto_port, regions, slot)
             started.append((moto.pid, "moto_server"))
             proxy = self._start_proxy(ec2_port, moto_port, base, slot)
@@ -351,7 +372,8 @@ class LocalCloud:
                 self._machines_down(slot)
             raise
         state = State(ec2_port, ssh_port, moto.pid, sshd_pid, getpass.getuser(), regions, moto_port, proxy.pid,
-                      machines=self.machines, builder_vpcs=builder_vpcs, blackhole_made=blackhole_made, slot=slot)
+                      machines=self.machines, builder_vpcs=builder_vpcs, blackhole_made=blackhole_made, slot=slot,
+                      init=self.init, mirror_pid=mirror_pid)
         self.state_file.write_text(json.dumps(asdict(state)))
         return state
 
@@ -359,7 +381,7 @@ class LocalCloud:
         """Root, the commands and the kernel features the machines need, and the origin root filesystem."""
         from localcloud import base, machines
 
-        missing = machines.missing_features(need_mmdebstrap=not base.is_complete(base.base_dir()))
+        missing = machines.missing_features(need_mmdebstrap=not base.is_complete(base.base_dir()), init=self.init)
         if missing:
             raise LocalCloudError("the local cloud's machines cannot run here: missing " + "; ".join(missing)
                                   + ". (LocalCloud(machines=False) is the single-sshd model, which runs roles "
@@ -437,11 +459,22 @@ class LocalCloud:
         if state:
             _terminate(state.sshd_pid, "sshd")
             _terminate(state.proxy_pid, "localcloud.proxy")
+            _terminate(state.mirror_pid, "apt-cacher-ng")
             _terminate(state.moto_pid, "moto_server")
             if state.machines:
                 self._machines_down(state.slot)
             self.state_file.unlink()
         shutil.rmtree(self._command_dir(), ignore_errors=True)
+
+    def _start_mirror(self, slot: int) -> int:
+        """Debian's apt-cacher-ng on the bridge's address, port 80 (localcloud/mirror.py): the machines' packages."""
+        from localcloud import mirror
+        from localcloud.addresses import Plan
+
+        try:
+            return mirror.start(self.state_dir, str(Plan(slot).bridge_address), slot).pid
+        except mirror.MirrorError as exc:
+            raise LocalCloudError(f"the package mirror of the machines cannot run: {exc}") from None
 
     def _start_moto(self, port: int, regions: str, slot: int) -> subprocess.Popen:
         log = self.state_dir / "moto.log"
@@ -462,7 +495,7 @@ class LocalCloud:
                                     "--upstream-port", str(moto_port), "--state-dir", str(self.state_dir),
                                     # The bridge's address too: the Celery deployment's worker hosts (their own
                                     # network namespaces) reach the cloud API there, as other machines would.
-                                    *(["--machines", str(base), "--slot", str(slot),
+                                    *(["--machines", str(base), "--slot", str(slot), "--init", self.init,
                                        "--also-listen", str(Plan(slot).bridge_address)] if base else
                                       ["--console-host-key", str(self._shared_host_key()) + ".pub"])],
                                    cwd=PROJECT, stdout=log.open("w"), stderr=subprocess.STDOUT,

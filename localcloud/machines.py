@@ -48,7 +48,14 @@ RUN_DIR = Path("/run/image-factory-local-cloud")
 #: made when a local cloud added the blackhole route: the last one down removes it
 BLACKHOLE_MARK = RUN_DIR / "blackhole.made"
 HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
+#: What a machine's PID 1 is: ``systemd`` (the default: the image's own systemd, booted by systemd-nspawn, with
+#: cloud-init) or ``sshd`` (the light model: sshd alone, for runs that need many machines at once).
+INITS = ("systemd", "sshd")
+INIT_BINARIES = {"systemd": ("systemd-nspawn",), "sshd": ()}
 BOOT_TIMEOUT = 120
+#: A clean stop (systemd's poweroff) that has not ended the machine by then is cut short, as EC2 forces a stop.
+STOP_TIMEOUT = 60
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 #: What GetConsoleOutput gives of a console: its last 64 KiB, as AWS does.
 CONSOLE_BYTES = 64 * 1024
 USER = "ec2-user"
@@ -69,14 +76,15 @@ def run(*command: str, check: bool = True, input: str | None = None, timeout: fl
 
 # --- what the host must have ---------------------------------------------------------------------------
 
-def missing_features(need_mmdebstrap: bool) -> list[str]:
+def missing_features(need_mmdebstrap: bool, init: str = "systemd") -> list[str]:
     """What this host lacks for machines: rights, binaries (looked up on PATH) and kernel features."""
     missing = []
     if os.geteuid() != 0:
         missing.append("root rights (the machines need network and mount namespaces, overlay mounts, nftables)")
-    binaries = [*HOST_BINARIES, *(("mmdebstrap",) if need_mmdebstrap else ())]
+    binaries = [*HOST_BINARIES, *INIT_BINARIES[init], *(("mmdebstrap",) if need_mmdebstrap else ())]
     packages = {"ip": "iproute2", "nft": "nftables", "unshare": "util-linux", "mount": "mount",
-                "chroot": "coreutils", "ssh-keygen": "openssh-client", "mmdebstrap": "mmdebstrap"}
+                "chroot": "coreutils", "ssh-keygen": "openssh-client", "mmdebstrap": "mmdebstrap",
+                "systemd-nspawn": "systemd-container"}
     for binary in binaries:
         if shutil.which(binary) is None:
             missing.append(f"the command {binary} (Debian's {packages[binary]}; `make setup` installs it)")
@@ -196,11 +204,17 @@ def machine_pid_namespace(machine: dict) -> int | None:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
+    if inode in (_namespace_inode("/proc/self/ns/pid"), _namespace_inode("/proc/1/ns/pid")):
+        return None  # never the host's own
     return inode if any(_namespace_inode(f"/proc/{child}/ns/pid") == inode for child in children) else None
 
 
 def namespace_pids(net_inode: int | None, pid_inode: int | None = None) -> list[int]:
     """Every process in the network namespace ``net_inode`` or the PID namespace ``pid_inode``."""
+    host = {_namespace_inode("/proc/self/ns/net"), _namespace_inode("/proc/self/ns/pid"),
+            _namespace_inode("/proc/1/ns/net"), _namespace_inode("/proc/1/ns/pid")}
+    net_inode = None if net_inode in host else net_inode  # never the host's own namespaces
+    pid_inode = None if pid_inode in host else pid_inode
     wanted = {f"net:[{net_inode}]" if net_inode else None, f"pid:[{pid_inode}]" if pid_inode else None} - {None}
     pids = []
     for entry in os.scandir("/proc"):
@@ -376,15 +390,40 @@ cp {authorized_keys} "$R/run/localcloud/authorized_keys"
 hostname {hostname}
 echo {hostname} > "$R/etc/hostname"
 printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
+if [ -d "$R/etc/apt/apt.conf.d" ]; then cp {apt_conf} "$R/etc/apt/apt.conf.d/01localcloud-mirror"; fi
 # As cloud-init does: the key pair's public key is ec2-user's.
 chroot "$R" /bin/sh -c 'install -d -m 0700 -o {user} -g {user} /home/{user}/.ssh &&
   install -m 0600 -o {user} -g {user} /run/localcloud/authorized_keys /home/{user}/.ssh/authorized_keys'
 echo "localcloud: booted {instance_id}, sshd on {ip}:22"
-# As cloud-init's keys_to_console: the host key on the console, where a client reads it to check SSH.
+# The light model has no cloud-init: its console shows its sshd's key in cloud-init's format, where a client
+# reads it to check SSH (the systemd model's console is cloud-init's own).
 echo "-----BEGIN SSH HOST KEY KEYS-----"
 cat {host_key}.pub
 echo "-----END SSH HOST KEY KEYS-----"
 exec chroot "$R" /usr/sbin/sshd -D -e -f /run/localcloud/sshd_config
+"""
+
+#: A machine as a cloud image boots: its own systemd as PID 1 (systemd-nspawn, in the machine's network namespace;
+#: mount, PID, UTS, IPC and cgroup namespaces of nspawn's), cloud-init reading the NoCloud seed the local cloud
+#: writes on the disk at every boot. Its console (nspawn's pty) is this script's output.
+SYSTEMD_BOOT_SCRIPT = r"""
+set -eu
+R={root}
+# The layers by their names, from their folder: the mount options' page (4 KiB) then holds a hundred of them.
+cd {layers}
+mount -t overlay overlay -o {overlay} "$R"
+cd /
+# The cloud's side of the disk, as a hypervisor's seed disk and DHCP would give it: the NoCloud seed (instance
+# id, host name, the key pair's public key, the user data), the host name, the mirror of Debian's packages.
+install -d -m 0755 "$R/var/lib/cloud" "$R/var/lib/cloud/seed"
+install -d -m 0700 "$R/var/lib/cloud/seed/nocloud"
+install -m 0600 {seed}/meta-data {seed}/user-data "$R/var/lib/cloud/seed/nocloud/"
+echo {hostname} > "$R/etc/hostname"
+printf '127.0.0.1 localhost\n{ip} {hostname}\n' > "$R/etc/hosts"
+if [ -d "$R/etc/apt/apt.conf.d" ]; then install -m 0644 {apt_conf} "$R/etc/apt/apt.conf.d/01localcloud-mirror"; fi
+exec systemd-nspawn --quiet --boot --directory="$R" --machine={instance_id} --hostname={hostname} \
+  --register=no --keep-unit --network-namespace-path=/run/netns/{netns} --console=read-only \
+  --kill-signal=SIGRTMIN+4 --resolv-conf=off --timezone=off --link-journal=no
 """
 
 SSHD_CONFIG = """\
@@ -423,7 +462,10 @@ sys.exit(1)
 class Machines:
     """The machines and image layers of one local cloud (used by its front, one process)."""
 
-    def __init__(self, state_dir: Path, base: Path, moto: Moto, plan: Plan, log=None):
+    def __init__(self, state_dir: Path, base: Path, moto: Moto, plan: Plan, log=None, init: str = "systemd"):
+        if init not in INITS:
+            raise MachinesError(f"init {init!r} is not one of {', '.join(INITS)}")
+        self.init = init
         self.plan = plan
         self.state_dir = state_dir
         self.base = base
@@ -474,6 +516,11 @@ class Machines:
         with self.lock:
             return {iid for iid, m in self.registry["machines"].items() if m["state"] in ("booting", "failed")}
 
+    def stopping(self) -> set[str]:
+        """Instances moto shows stopped whose machine is still shutting down (systemd's poweroff)."""
+        with self.lock:
+            return {iid for iid, m in self.registry["machines"].items() if m["state"] == "stopping"}
+
     # --- EC2 calls ----------------------------------------------------------------------------------
 
     def ran(self, region: str, answer: bytes) -> None:
@@ -507,18 +554,38 @@ class Machines:
             self._boot_async(instance_id)
 
     def stopped(self, instance_ids: list[str]) -> None:
+        """StopInstances: a clean shutdown (systemd's poweroff), in the background: DescribeInstances shows the
+        instance ``stopping`` until its machine has ended (cut short after STOP_TIMEOUT, as EC2 forces a stop).
+        The light model (sshd) is ended at once."""
         for instance_id in instance_ids:
             with self.lock:
                 machine = self.registry["machines"].get(instance_id)
-                if machine is None or machine["state"] == "stopped":
+                if machine is None or machine["state"] in ("stopped", "stopping"):
                     continue
                 machine["state"] = "stopping"
                 self._save()
-            with self.machine_lock(instance_id):
-                self._halt(instance_id)
+            if self.init == "systemd":
+                threading.Thread(target=self._stop, args=(instance_id,), name=f"stop-{instance_id}",
+                                 daemon=True).start()
+            else:
+                self._stop(instance_id)
+
+    def _stop(self, instance_id: str) -> None:
+        with self.machine_lock(instance_id):
             with self.lock:
-                machine["state"] = "stopped"
-                self._save()
+                machine = self.registry["machines"].get(instance_id)
+                if machine is None or machine["state"] != "stopping":
+                    return  # started again (or terminated) meanwhile
+            started = time.monotonic()
+            try:
+                self._halt(instance_id, clean=True)
+            except Exception as exc:
+                self.log(f"localcloud machines: stopping {instance_id}: {exc}")
+            with self.lock:
+                machine = self.registry["machines"].get(instance_id)
+                if machine is not None and machine["state"] == "stopping":
+                    machine["state"], machine["stop_seconds"] = "stopped", round(time.monotonic() - started, 3)
+                    self._save()
 
     def terminated(self, instance_ids: list[str]) -> None:
         for instance_id in instance_ids:
@@ -539,7 +606,14 @@ class Machines:
             self.collect_layers()
 
     def image_created(self, region: str, instance_id: str, image_id: str) -> None:
-        """The instance's upper directory frozen as a new layer; the image = its origin's layers + it."""
+        """The instance's upper directory frozen as a new layer; the image = its origin's layers + it. An instance
+        still shutting down (StopInstances just before) is imaged once it has stopped."""
+        deadline = time.monotonic() + STOP_TIMEOUT + 30
+        while time.monotonic() < deadline:
+            with self.lock:
+                if (self.registry["machines"].get(instance_id) or {}).get("state") != "stopping":
+                    break
+            time.sleep(0.05)
         with self.machine_lock(instance_id), self.lock:
             machine = self.registry["machines"].get(instance_id)
             if machine is None:
@@ -624,6 +698,11 @@ class Machines:
                     started_machine = self._boot_machine(instance_id)
                 self._await_sshd(*started_machine)
             except Exception as exc:
+                with self.lock:
+                    machine = self.registry["machines"].get(instance_id)
+                    if machine is None or machine["state"] != "booting":  # stopped or terminated meanwhile
+                        self.log(f"localcloud machines: {instance_id} ended while it booted")
+                        return
                 self.log(f"localcloud machines: {instance_id} failed to boot: {exc}")
                 with self.lock:
                     machine = self.registry["machines"].get(instance_id)
@@ -659,6 +738,8 @@ class Machines:
         disk = self.disks_dir / instance_id
         for name in ("upper", "work", "root"):
             (disk / name).mkdir(parents=True, exist_ok=True)
+        if self.init == "systemd":
+            return self._boot_systemd(instance_id, machine, disk)
         host_key = disk / "ssh_host_ed25519_key"
         if not host_key.exists():
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", instance_id, "-f", str(host_key))
@@ -667,6 +748,9 @@ class Machines:
             machine["public_ip"]) in self.plan.public else ""
         config = SSHD_CONFIG.format(ip=ip) + (f"ListenAddress {public}:22\n" if public else "")
         (disk / "sshd_config").write_text(config)
+        from localcloud.mirror import apt_config
+
+        (disk / "apt-mirror.conf").write_text(apt_config(str(self.plan.bridge_address)))
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         lower = ":".join([*machine["layers"], str(self.base)])
         overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
@@ -675,6 +759,7 @@ class Machines:
             overlay=shlex.quote(overlay), host_key=shlex.quote(str(host_key)),
             sshd_config=shlex.quote(str(disk / "sshd_config")),
             authorized_keys=shlex.quote(str(disk / "authorized_keys")), user=USER, instance_id=instance_id, ip=ip,
+            apt_conf=shlex.quote(str(disk / "apt-mirror.conf")),
             hostname="ip-" + ip.replace(".", "-"))
         (disk / "boot.sh").write_text(script)
         netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
@@ -717,6 +802,97 @@ class Machines:
             self._save()
         return process, netns, ip, disk
 
+    def _plug(self, instance_id: str, ip: str, public: str) -> str:
+        """The machine's network namespace: its addresses on a veth onto the bridge, the reserved range only,
+        its security groups; returns the namespace's name."""
+        netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
+        self._unplug(instance_id)
+        run("ip", "netns", "add", netns)
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        run("ip", "link", "set", veth, "master", self.plan.bridge, "up")
+        run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
+        run("ip", "-n", netns, "link", "set", "lo", "up")
+        run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        if public:  # as AWS's NAT would: the public address reaches the machine
+            run("ip", "-n", netns, "addr", "add", f"{public}/32", "dev", "eth0")
+        run("ip", "-n", netns, "link", "set", "eth0", "up")
+        # The reserved range only, on the link: the bridge, the other machines; no default route.
+        run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", ip)
+        self._firewall(instance_id)
+        return netns
+
+    def _seed(self, instance_id: str, machine: dict, ip: str, folder: Path) -> None:
+        """The NoCloud seed of this boot (meta-data, user-data), as a cloud's metadata service would answer."""
+        import base64
+
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = [line for line in self._public_key(machine).splitlines() if line.strip()]
+        meta = {"instance-id": instance_id, "local-hostname": "ip-" + ip.replace(".", "-"),
+                "public-keys": keys}
+        # JSON is YAML: no quoting of our own to get wrong.
+        (folder / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")
+        user_data = b""
+        answer = self.moto.query(machine["region"], "DescribeInstanceAttribute",
+                                 {"InstanceId": instance_id, "Attribute": "userData"})
+        encoded = answer.findtext("userData/value")
+        if encoded:
+            user_data = base64.b64decode(encoded)
+        descriptor = os.open(folder / "user-data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(user_data)
+
+    def _boot_systemd(self, instance_id: str, machine: dict, disk: Path
+                      ) -> tuple[subprocess.Popen, str, str, Path]:
+        from localcloud.mirror import apt_config
+
+        ip = machine["ip"]
+        public = machine.get("public_ip") if machine.get("public_ip") and ipaddress.ip_address(
+            machine["public_ip"]) in self.plan.public else ""
+        self._seed(instance_id, machine, ip, disk / "seed")
+        (disk / "apt-mirror.conf").write_text(apt_config(str(self.plan.bridge_address)))
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        lower = ":".join([*machine["layers"], str(self.base)])
+        overlay = f"lowerdir={lower},upperdir={disk / 'upper'},workdir={disk / 'work'}"
+        netns = self.plan.netns(instance_id)
+        script = SYSTEMD_BOOT_SCRIPT.format(
+            root=shlex.quote(str(disk / "root")), layers=shlex.quote(str(self.layers_dir)),
+            overlay=shlex.quote(overlay), seed=shlex.quote(str(disk / "seed")),
+            apt_conf=shlex.quote(str(disk / "apt-mirror.conf")), instance_id=instance_id, ip=ip, netns=netns,
+            hostname="ip-" + ip.replace(".", "-"))
+        (disk / "boot.sh").write_text(script)
+        self._plug(instance_id, ip, public)
+        console = (disk / "console.log").open("a")
+        # unshare (no fork): the overlay in a mount namespace of the machine's own; the script then becomes
+        # systemd-nspawn (same PID): SIGTERM to it is the machine's poweroff (--kill-signal).
+        process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", str(disk / "boot.sh")],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+            env={"PATH": MACHINE_PATH, "LANG": "C.UTF-8"})
+        console.close()
+        pid_inode = self._await_pid_namespace(process, timeout=30)
+        with self.lock:
+            self.processes[instance_id] = process
+            self.registry["machines"][instance_id]["pid"] = process.pid
+            self.registry["machines"][instance_id]["pid_namespace"] = pid_inode
+            self.registry["machines"][instance_id]["init"] = "systemd"
+            self._save()
+        return process, netns, ip, disk
+
+    @staticmethod
+    def _await_pid_namespace(process: subprocess.Popen, timeout: float) -> int | None:
+        """The PID namespace of the machine's init (the child of ``process`` in a PID namespace that is not
+        this host's); None if the process ends first."""
+        own = {_namespace_inode("/proc/self/ns/pid"), _namespace_inode("/proc/1/ns/pid")}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError):
+                for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split():
+                    inode = _namespace_inode(f"/proc/{child}/ns/pid")
+                    if inode and inode not in own:
+                        return inode
+            time.sleep(0.01)
+        return None
+
     def _await_sshd(self, process: subprocess.Popen, netns: str, ip: str, disk: Path) -> None:
         probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-I", "-S", "-c", PROBE, ip,
                                   str(BOOT_TIMEOUT)])
@@ -728,7 +904,9 @@ class Machines:
                                     f"{(disk / 'console.log').read_text()[-1500:]}")
             time.sleep(0.02)
         if probe.returncode != 0:
-            raise MachinesError(f"sshd on {ip}:22 did not answer in {BOOT_TIMEOUT} s; see {disk / 'console.log'}")
+            console = (disk / "console.log").read_text(errors="replace")[-2000:]
+            raise MachinesError(f"sshd on {ip}:22 did not answer in {BOOT_TIMEOUT} s; the end of its console "
+                                f"({disk / 'console.log'}):\n{console}")
 
     def _public_key(self, machine: dict) -> str:
         if not machine.get("key_name"):
@@ -764,9 +942,22 @@ class Machines:
             run("ip", "netns", "del", netns, check=False)
         run("ip", "link", "del", self.plan.veth(instance_id), check=False)
 
-    def _halt(self, instance_id: str) -> None:
+    def _halt(self, instance_id: str, clean: bool = False) -> None:
+        """End the machine: with ``clean``, a systemd machine's poweroff first (SIGTERM to its nspawn, which
+        sends systemd SIGRTMIN+4), up to STOP_TIMEOUT; then whatever is left is killed."""
         with self.lock:
             process = self.processes.pop(instance_id, None)
+        if clean and process is not None and process.poll() is None and self.init == "systemd":
+            # Again every 2 s: a systemd that has not set up its signal handlers yet (early in its boot) does
+            # not see the first one (a PID namespace's init ignores signals it does not handle).
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=2)
+            if process.poll() is None:
+                self.log(f"localcloud machines: {instance_id} did not power off in {STOP_TIMEOUT} s: killed")
         self._unplug(instance_id)
         if process is not None:
             try:
@@ -774,6 +965,8 @@ class Machines:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # systemd-nspawn's folder for the machine's mount propagation (it leaves it when /run is no tmpfs)
+        shutil.rmtree(NSPAWN_PROPAGATE / instance_id, ignore_errors=True)
         with self.lock:  # its namespace is gone (the unplug killed until none was left): the kernel may give
             # the number to another machine's
             if instance_id in self.registry["machines"]:

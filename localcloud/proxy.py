@@ -33,8 +33,8 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   ``service:Action``, in one region) with the access-denied error AWS gives when a policy forbids the call (an
   SCP that closes a region, say): fault injection, ``[]`` turns it off. Denied calls are counted, not forwarded.
 
-GetConsoleOutput, as on AWS: the instance's own console (its machine's boot output, which ends with its sshd's
-host key as cloud-init prints it) instead of moto's one fixed sample; without machines, the sample followed
+GetConsoleOutput, as on AWS: the instance's own console (its machine's boot output: systemd's, and cloud-init's
+block of the host keys it made) instead of moto's one fixed sample; without machines, the sample followed
 by the host key of the one sshd that stands in for every instance (``--console-host-key``).
 
 CopyImage, as AWS does and moto does not: its ``TagSpecifications`` tag the copy (moto ignores them; the front
@@ -289,14 +289,16 @@ class Stats:
             while len(self.changes) > MAX_REMEMBERED:
                 del self.changes[next(iter(self.changes))]
 
-    def delayed(self, body: bytes, booting: set[str] = frozenset()) -> bytes:
+    def delayed(self, body: bytes, booting: set[str] = frozenset(), stopping: set[str] = frozenset()) -> bytes:
         """A describe answer with the states whose emulated change time has not yet passed put back; the
-        instances in ``booting`` (machines whose sshd does not answer yet) show pending too."""
+        instances in ``booting`` (machines whose sshd does not answer yet) show pending too, those in
+        ``stopping`` (machines still shutting down) stopping."""
         now = time.monotonic()
         with self.lock:
             pending = {resource_id: kind for resource_id, (kind, at, _) in self.changes.items()
                        if now - at < self.latency[kind]}
         pending.update(dict.fromkeys(booting, "instance_running"))
+        pending.update(dict.fromkeys(stopping, "instance_stopped"))
         if not pending or not any(resource_id.encode() in body for resource_id in pending):
             return body
         try:
@@ -613,8 +615,9 @@ class FrontHandler(BaseHTTPRequestHandler):
             if action in LATENCY_STARTS:
                 self.server.stats.remember_change(action, response.body)
             elif action in LATENCY_DESCRIBES:
-                booting = machines.not_ready() if machines is not None and action != "DescribeImages" else set()
-                response.body = self.server.stats.delayed(response.body, booting)
+                live = machines is not None and action != "DescribeImages"
+                response.body = self.server.stats.delayed(response.body, machines.not_ready() if live else set(),
+                                                          machines.stopping() if live else set())
                 if action == "DescribeImages":
                     response.body = self.server.stats.shown_failed(self.server.stats.backdated(response.body))
             if action == "GetConsoleOutput":
@@ -811,6 +814,8 @@ def main() -> int:
     parser.add_argument("--machines", metavar="BASE", help="make a real machine of every instance, booting "
                         "images from this origin root filesystem (localcloud/machines.py; needs root)")
     parser.add_argument("--slot", type=int, default=0, help="the machines' address slot (localcloud/addresses.py)")
+    parser.add_argument("--init", default="systemd", choices=("systemd", "sshd"), help="a machine's PID 1: its "
+                        "image's systemd, with cloud-init (the default), or sshd alone (the light model)")
     parser.add_argument("--console-host-key", metavar="FILE", help="without machines: the public host key of the "
                         "sshd that stands in for every instance, shown on their consoles (GetConsoleOutput)")
     parser.add_argument("--also-listen", metavar="ADDRESS", help="listen on this address too, same port and "
@@ -823,7 +828,8 @@ def main() -> int:
         from localcloud.addresses import Plan
         from localcloud.machines import Machines, Moto
 
-        machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port), Plan(args.slot))
+        machines = Machines(Path(args.state_dir), Path(args.machines), Moto(args.upstream_port), Plan(args.slot),
+                            init=args.init)
     shared_key = ""
     if args.console_host_key:
         shared_key = " ".join(Path(args.console_host_key).read_text().split()[:2])

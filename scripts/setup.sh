@@ -19,6 +19,11 @@ command -v ip >/dev/null || packages+=(iproute2)
 command -v nft >/dev/null || packages+=(nftables)
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
 command -v unshare >/dev/null || packages+=(util-linux)
+# A machine boots its image's systemd (systemd-nspawn) and gets Debian's packages through the local cloud's mirror
+# on its bridge (apt-cacher-ng, started by the local cloud itself: localcloud/mirror.py).
+command -v systemd-nspawn >/dev/null || packages+=(systemd-container)
+acng_new=0
+[ -x /usr/sbin/apt-cacher-ng ] || { packages+=(apt-cacher-ng); acng_new=1; }
 # The Celery deployment (localcloud/deployment.py, tests/test_deployment.py): its database and its broker.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
 [ -x /usr/bin/redis-server ] || packages+=(redis-server)
@@ -35,6 +40,11 @@ if [ $(( ${#packages[@]} + ${#bare[@]} )) -gt 0 ]; then
   [ ${#packages[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
   [ ${#bare[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     "${bare[@]}" >/dev/null
+fi
+# Debian starts apt-cacher-ng as a service of the host's own on every address, port 3142: the local cloud runs its
+# own instance on its bridge only, so the host's is turned off when this script installed it.
+if [ "$acng_new" -eq 1 ] && [ -d /run/systemd/system ]; then
+  ${sudo:-} systemctl disable --now apt-cacher-ng.service >/dev/null 2>&1 || true
 fi
 
 stamp=.venv/.requirements.sha256

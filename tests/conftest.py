@@ -20,7 +20,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 
-from image_factory import remote  # noqa: E402
+from image_factory import host_keys, remote  # noqa: E402
 from image_factory.steps.infrastructure import _new_key  # noqa: E402
 from localcloud.cloud import LocalCloud  # noqa: E402
 from localcloud.runner import airflow_env, migrate  # noqa: E402
@@ -79,6 +79,11 @@ def machine(local_cloud, ec2):
                                  SecurityGroupIds=[group])["Instances"][0]
     try:
         remote.wait_until_ready(instance["PrivateIpAddress"], 22, "ec2-user", private_key, timeout=60, interval=0.5)
+        # As a build waits: cloud-init prints the host keys it made on the console at the end of the first boot.
+        deadline = time.monotonic() + 60
+        while not host_keys.from_console(ec2, instance["InstanceId"]):
+            assert time.monotonic() < deadline, f"no host keys on the console of {instance['InstanceId']} after 60 s"
+            time.sleep(0.2)
         yield instance["InstanceId"], instance["PrivateIpAddress"], private_key
     finally:
         ec2.terminate_instances(InstanceIds=[instance["InstanceId"]])

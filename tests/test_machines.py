@@ -115,6 +115,13 @@ class Fleet:
             assert time.monotonic() < deadline, f"{instance_id} not running after {timeout} s"
             time.sleep(0.05)
 
+    def wait_stopped(self, instance_id: str, timeout: float = 90) -> None:
+        """A stop is the machine's clean shutdown: ``stopping`` until its systemd has powered it off."""
+        deadline = time.monotonic() + timeout
+        while self.state(instance_id) != "stopped":
+            assert time.monotonic() < deadline, f"{instance_id} not stopped after {timeout} s"
+            time.sleep(0.05)
+
     def state(self, instance_id: str) -> str:
         return self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
             "State"]["Name"]
@@ -161,7 +168,7 @@ def test_a_machine_boots_and_ec2_user_logs_in_with_the_key_pair(local_cloud, fle
     user, sudo, hostname, init, *addresses = out.split("\n")
     assert (user, sudo) == ("ec2-user", "sudo-ok")
     assert hostname == f"ip-{ip.replace('.', '-')}"
-    assert init == "sshd"  # its own PID namespace: the machine's sshd is its PID 1
+    assert init == "systemd"  # its own PID namespace: the image's systemd is its PID 1
     public = fleet.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0].get(
         "PublicIpAddress")
     assert public and ipaddress.ip_address(public) in PLAN.public  # the "public" address is in the range too
@@ -203,7 +210,7 @@ def test_an_image_holds_what_was_written_on_its_instance_and_nothing_leaks(local
     assert local_cloud.instance_file(builder, "/etc/passwd") is None  # the base's, not written by the instance
 
     ec2m.stop_instances(InstanceIds=[builder])
-    assert fleet.state(builder) == "stopped"
+    fleet.wait_stopped(builder)
     started = time.monotonic()
     image = ec2m.create_image(InstanceId=builder, Name=f"machines-{mark}")["ImageId"]
     created = time.monotonic() - started
@@ -361,7 +368,7 @@ def test_stop_keeps_the_disk_and_terminate_leaves_nothing(local_cloud, ec2m, fle
     assert {"netns", "veth"} <= set(host_traces(instance_id, local_cloud.state_dir, pid_namespace))
 
     ec2m.stop_instances(InstanceIds=[instance_id])
-    assert fleet.state(instance_id) == "stopped"
+    fleet.wait_stopped(instance_id)
     assert host_traces(instance_id, local_cloud.state_dir, pid_namespace) == []
     assert not connects(ip, 22)
     ec2m.start_instances(InstanceIds=[instance_id])
@@ -388,6 +395,7 @@ def test_a_stopped_machine_names_no_pid_namespace_another_may_have_now(local_clo
     assert second_namespace is not None
     assert machines.machine_pid_namespace(before[second]) == second_namespace
     ec2m.stop_instances(InstanceIds=[first])
+    fleet.wait_stopped(first)
     assert registry(local_cloud)["machines"][first]["pid_namespace"] is None
     # The first machine's record from before its stop, as if its number had gone to the second's namespace:
     # its unshare has ended, so the record names no namespace.
@@ -403,7 +411,10 @@ def test_a_machine_ended_while_it_boots_leaves_nothing(local_cloud, ec2m, fleet,
         "Instances"]]
     ec2m.stop_instances(InstanceIds=ids[:1])
     ec2m.terminate_instances(InstanceIds=ids[1:])
-    time.sleep(2)  # boots that were under way have ended by now
+    deadline = time.monotonic() + 90  # boots that were under way end (the stop: once powered off)
+    while registry(local_cloud)["machines"].get(ids[0], {}).get("state") != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     for instance_id in ids:
         assert host_traces(instance_id, local_cloud.state_dir, None) == [], instance_id
     assert set(registry(local_cloud)["machines"]) & set(ids) == {ids[0]}
@@ -444,20 +455,24 @@ def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fle
     ok(copy)
     output = ok(fleet.ssh(ip, f"trap 'cd / && rm -rf -- {staging}' EXIT; cd {staging} && "
                               "export IMAGE_FACTORY_SERVER_ROLE=appserver IMAGE_FACTORY_IMAGE_NAME=machines-test "
-                              "IMAGE_FACTORY_BUILD_ID=b-123 && for s in ./*.sh; do bash $s || exit $?; done"))
+                              "IMAGE_FACTORY_BUILD_ID=b-123 && for s in ./*.sh; do bash $s || exit $?; done",
+                          timeout=600))
     assert output.strip().splitlines()[-1] == "appserver role: done"
     assert not Path("/etc/shopspinner/appserver.conf").exists() or "machines-test" not in Path(
         "/etc/shopspinner/build-info").read_text()
-    ec2m.stop_instances(InstanceIds=[instance_id])
+    ec2m.stop_instances(InstanceIds=[instance_id])  # CreateImage waits for the stop
     image = ec2m.create_image(InstanceId=instance_id, Name=f"appserver-{uuid.uuid4().hex[:8]}")["ImageId"]
     wait_image(ec2m, image)
     _, child_ip, _ = fleet.launch(image, ssh_group)
     seen = ok(fleet.ssh(child_ip, "cat /etc/shopspinner/build-info; test -x /opt/shopspinner/appserver/start.sh && "
                                   "grep -c listen_port /etc/shopspinner/appserver.conf && "
                                   "grep ExecStart /etc/systemd/system/shopspinner-appserver.service; "
+                                  "timeout 60 systemctl is-system-running --wait >/dev/null; "
+                                  "systemctl is-active shopspinner-appserver; "
                                   "ls -d /tmp/image-factory-role.* 2>/dev/null | wc -l"))
     assert seen.split("\n")[:3] == ["build b-123", "image machines-test", "role appserver"]
     assert "ExecStart=/opt/shopspinner/appserver/start.sh" in seen
+    assert seen.strip().splitlines()[-2] == "active"  # nginx, installed from Debian by the role, runs
     assert seen.strip().splitlines()[-1] == "0"  # the role's own files are not in the image
     ec2m.deregister_image(ImageId=image)
 
@@ -465,12 +480,12 @@ def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fle
 def test_running_shows_only_once_sshd_answers_and_the_latency_has_passed(local_cloud, ec2m, fleet, base_ami,
                                                                         ssh_group):
     try:
-        local_cloud.configure(latency={"instance_running": 2})
+        local_cloud.configure(latency={"instance_running": 12})
         instance_id, _, seconds = fleet.launch(base_ami, ssh_group)
     finally:
         local_cloud.configure(latency={"instance_running": 0})
-    assert seconds >= 2
-    assert registry(local_cloud)["machines"][instance_id]["boot_seconds"] < 2
+    assert seconds >= 12
+    assert registry(local_cloud)["machines"][instance_id]["boot_seconds"] < 12
     # A machine that cannot boot (its key pair is not there) never shows running; the registry says why.
     broken = ec2m.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=f"missing-{uuid.uuid4().hex[:6]}",
                                 SecurityGroupIds=[ssh_group])["Instances"][0]["InstanceId"]

@@ -34,5 +34,26 @@ def test_the_service_is_installed_and_enabled(host):
     assert enabled.is_symlink and enabled.linked_to == "/etc/systemd/system/shopspinner-appserver.service"
 
 
+def test_nginx_is_installed_from_debian(host):
+    assert host.package("nginx-light").is_installed
+
+
+def test_the_application_server_runs_after_boot(host):
+    host.run("timeout 60 systemctl is-system-running --wait")  # the boot has finished (running or degraded)
+    service = host.service("shopspinner-appserver")
+    assert service.is_enabled
+    assert service.is_running
+    assert host.socket("tcp://0.0.0.0:8080").is_listening
+
+
+def test_it_answers_with_the_page_the_role_wrote(host):
+    answer = host.run("python3 -c 'import urllib.request; print(urllib.request.urlopen("
+                      "\"http://127.0.0.1:8080/\", timeout=10).read().decode())'")
+    assert answer.rc == 0, answer.stderr
+    lines = answer.stdout.splitlines()
+    assert lines[0] == "ShopSpinner appserver"
+    assert lines[1].startswith("image ") and lines[2].startswith("build b")
+
+
 def test_the_role_left_no_staging_folder_behind(host):
     assert host.run("ls -d /tmp/image-factory-role.* 2>/dev/null").stdout == ""
