@@ -410,17 +410,21 @@ class LocalCloud:
             try:  # made atomically: two clouds starting at once never take the same slot
                 descriptor = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                other = Path(owner.read_text().strip() or "/nonexistent")
-                if other != self.state_dir and LocalCloud(other).running():
+                state_dir, _, claimer = owner.read_text().strip().partition("\n")
+                other = Path(state_dir or "/nonexistent")
+                # A cloud still starting has no state yet: while the process that claimed the slot lives, it is
+                # taken (else a second cloud took it over and removed the first one's bridge).
+                starting = claimer.isdigit() and int(claimer) != os.getpid() and _alive(int(claimer))
+                if other != self.state_dir and (starting or LocalCloud(other).running()):
                     busy.append(str(other))
                     continue
                 if other != self.state_dir:  # a dead one's leftovers (machines, bridge) first
                     LocalCloud(other).down()
                     machines.host_network_down(Plan(slot))
-                owner.write_text(str(self.state_dir))
+                owner.write_text(f"{self.state_dir}\n{os.getpid()}")
                 return slot
             with os.fdopen(descriptor, "w") as file:
-                file.write(str(self.state_dir))
+                file.write(f"{self.state_dir}\n{os.getpid()}")
             return slot
         raise LocalCloudError(f"{SLOTS} local clouds with machines run on this host already (state in "
                               f"{', '.join(busy)}): stop one (`python -m localcloud down --state-dir DIR`)")
@@ -429,7 +433,7 @@ class LocalCloud:
         from localcloud import machines
 
         owner = machines.owner_file(slot)
-        if owner.exists() and owner.read_text().strip() == str(self.state_dir):
+        if owner.exists() and owner.read_text().strip().partition("\n")[0] == str(self.state_dir):
             owner.unlink()
 
     def _make_builder_vpcs(self, moto_port: int, regions: str) -> dict[str, str]:

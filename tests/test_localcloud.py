@@ -419,3 +419,22 @@ def test_sshd_trusts_only_registered_build_keys_and_asks_moto_directly(single_ss
     assert accepted.returncode == 0, accepted.stderr
     assert accepted.stdout.strip() == "in"
     assert "ec2:DescribeKeyPairs" not in local_cloud.stats()["calls"]
+
+
+def test_a_slot_claimed_by_a_cloud_still_starting_is_not_taken_over(tmp_path, monkeypatch):
+    """A cloud that has claimed a slot but written no state yet is not taken for a dead one (which a second cloud
+    would take the slot from, removing the first one's bridge)."""
+    from localcloud import addresses, machines
+
+    monkeypatch.setattr(machines, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(addresses, "SLOTS", 1)
+    starting = subprocess.Popen(["sleep", "30"])
+    try:
+        machines.RUN_DIR.mkdir()
+        machines.owner_file(0).write_text(f"{tmp_path / 'starting'}\n{starting.pid}")
+        with pytest.raises(LocalCloudError, match="1 local clouds with machines run on this host already"):
+            LocalCloud(tmp_path / "second")._claim_slot()
+        assert machines.owner_file(0).read_text().startswith(str(tmp_path / "starting"))
+    finally:
+        starting.kill()
+        starting.wait()
