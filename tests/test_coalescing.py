@@ -53,7 +53,7 @@ def test_an_image_that_the_trigger_made_is_polled_by_its_id(local_cloud, ec2, ss
 
     with stopping_instance(local_cloud, ec2, ssm, {"image_available": 30}, "by-id") as (instance_id, name):
         event = asyncio.run(asyncio.wait_for(anext(Ec2StateTrigger(
-            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=1.5, schedule=0.25,
+            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=10, schedule=0.25,
             then=[("create_image", {"InstanceId": instance_id, "Name": name})],
             next_wait=["image_available", named(name)], next_schedule=0.25).run()), 60))
         [image] = ec2.describe_images(**named(name))["Images"]
