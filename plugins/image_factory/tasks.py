@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import MappingProxyType
 
 from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException
@@ -39,8 +40,8 @@ NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOT
 #: The tasks whose durations the build summary reports.
 TIMED = (NETWORK, LAUNCH, CONFIGURE)
 #: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
-WAITING = {LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
-           TEARDOWN: ("instance_terminated",)}
+WAITING = MappingProxyType({LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
+                            TEARDOWN: ("instance_terminated",)})
 
 
 class BuildTask:
