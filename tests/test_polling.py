@@ -14,7 +14,7 @@ from image_factory.build import Build
 from image_factory.settings import Settings
 from image_factory.spec import parse_spec
 from image_factory.steps.instance import EMULATED_RANGE, InstanceError, address
-from image_factory.waits.schedule import HISTORY, PRIORS, Schedule, remember, schedule_for, window
+from image_factory.waits.schedule import HISTORY, PRIORS, Schedule, recorded, remember, schedule_for, window
 from image_factory.waits.triggers import Ec2StateTrigger
 from tests.test_triggers import first_event, launch, wait
 
@@ -77,6 +77,9 @@ def test_windows_record_what_the_polls_saw_and_history_keeps_the_recent_ones():
     for k in range(HISTORY + 2):
         history = remember(history, [k, k + 1])
     assert history[0] == [2, 3] and len(history) == HISTORY
+    # What a task (or the trigger that ends it) records: each wait's recent windows with this build's.
+    assert recorded({"instance_running": history, "image_available": [[1, 2]]}, {"instance_running": [9, 10]}) == {
+        "instance_running": [*history[1:], [9, 10]]}
     assert Schedule.of(schedule.to_dict()) == schedule
 
 

@@ -29,7 +29,7 @@ from image_factory.steps import teardown as teardown_step
 from image_factory.tools import tests as test_tools
 from image_factory.waits.deferring import Deferring
 from image_factory.waits.protocol import Deferred, WaitOutcome
-from image_factory.waits.schedule import remember, schedule_for
+from image_factory.waits.schedule import recorded, schedule_for
 from image_factory.waits.triggers import SSH_READY, SshReadyTrigger
 
 log = logging.getLogger("image_factory")
@@ -117,8 +117,7 @@ class BuildTask:
     def record_waits(self, build: Build, windows: dict) -> None:
         """XCom ``waits``: the spec's recent windows with this build's added (for the next build's polls)."""
         if windows:
-            self.ti.xcom_push(key="waits", value={name: remember(build.history.get(name), seen)
-                                                  for name, seen in windows.items()})
+            self.ti.xcom_push(key="waits", value=recorded(build.history, windows))
 
 
 def _windows(value) -> dict:

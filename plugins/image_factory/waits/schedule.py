@@ -126,6 +126,12 @@ def remember(history: list | None, window: list | tuple | None) -> list:
     return kept[-HISTORY:]
 
 
+def recorded(history: dict, windows: dict) -> dict:
+    """What a task records of its waits (XCom ``waits``): for each wait in ``windows`` (this build's, by state),
+    the spec's recent windows (``history``) with this build's added."""
+    return {state: remember(history.get(state), seen) for state, seen in windows.items()}
+
+
 def window(schedule: Schedule, previous: float | None, seen: float) -> list[float]:
     """The window a change ended in, in seconds after it began: (the last poll that did not see it, the first
     that did); when the first poll saw it, from a dense step before that poll (see :func:`schedule_for`)."""

@@ -36,7 +36,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from image_factory.waits.coalescing import coalescer
 from image_factory.waits.polls import judged, waiter_config
 from image_factory.waits.protocol import Wait, WaitFailed, WaitOutcome
-from image_factory.waits.schedule import remember, window
+from image_factory.waits.schedule import recorded, window
 
 
 class Ec2StateTrigger(BaseTrigger):
@@ -88,8 +88,7 @@ class Ec2StateTrigger(BaseTrigger):
         if self.finish and not failed:
             # The task stored its result before deferring; step_seconds feeds the build summary, waits the
             # next build's schedule.
-            history = self.wait.history
-            xcoms = {"waits": {name: remember(history.get(name), seen) for name, seen in windows.items()}}
+            xcoms = {"waits": recorded(self.wait.history, windows)}
             if self.elapsed is not None:
                 xcoms["step_seconds"] = round(self.elapsed + time.time() - self.started, 1)
             yield TaskSuccessEvent(xcoms=xcoms)
