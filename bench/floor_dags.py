@@ -17,7 +17,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from image_factory import tasks
 from image_factory.dag import STEPS, build_dags
 from image_factory.settings import specs_folder
-from image_factory.waiting import WaitDeferred
+from image_factory.waits.protocol import Deferred, WaitOutcome
 
 ENDS_IN_TRIGGER = (tasks.LAUNCH, tasks.TEARDOWN)
 RESUMES = (tasks.REGISTER, tasks.TEST)
@@ -36,15 +36,15 @@ class AtOnce(BaseTrigger):
         return f"{type(self).__module__}.{type(self).__qualname__}", {"end": self.end}
 
     async def run(self):
-        yield TaskSuccessEvent() if self.end else TriggerEvent({"status": "success", "polls": 0})
+        yield TaskSuccessEvent() if self.end else TriggerEvent(WaitOutcome("at_once", {}).to_event())
 
 
 def _nothing(task_id: str):
     def body(build: tasks.BuildTask, *results):
         if task_id in ENDS_IN_TRIGGER:
-            raise WaitDeferred(AtOnce(end=True), timeout=60, result=NOTHING)
-        if task_id in RESUMES and build.resumed is None:
-            raise WaitDeferred(AtOnce(), timeout=60)
+            raise Deferred(AtOnce(end=True), timeout=60, result=NOTHING)
+        if task_id in RESUMES and build.outcome is None:
+            raise Deferred(AtOnce(), timeout=60)
         return NOTHING
 
     body.__name__ = task_id

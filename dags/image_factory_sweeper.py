@@ -16,7 +16,7 @@ import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from image_factory import settings
-from image_factory.polling import schedule_for
+from image_factory.waits.schedule import schedule_for
 
 log = logging.getLogger("image_factory")
 

@@ -184,7 +184,8 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
 
 def actions_in_code(folder: Path) -> set[str]:
     """Every EC2 and SSM action the code can call: client methods, the calls a wait makes after its state
-    (``("create_image", {...})``) and the waiters' operations."""
+    (``FollowUp("ec2", "create_image", {...})``, or ``("delete_subnet", {...})`` before they become follow-ups)
+    and the waiters' operations."""
     clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
                                      aws_secret_access_key="x") for service in ("ec2", "ssm")}  # noqa: S106
     actions = set()
@@ -200,6 +201,8 @@ def actions_in_code(folder: Path) -> set[str]:
         for method in re.findall(r'\("([a-z_]+)", \{', text):
             if method in clients["ec2"].meta.method_to_api_mapping:
                 actions.add(f"ec2:{clients['ec2'].meta.method_to_api_mapping[method]}")
+        for service, method in re.findall(r'\bFollowUp\("(ec2|ssm)", "([a-z_]+)"', text):  # (a wait's follow-up calls)
+            actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for waiter in re.findall(r'get_waiter\("(\w+)"\)', text):
             actions.add(f"ec2:{clients['ec2'].get_waiter(waiter).config.operation}")
     return actions

@@ -1,4 +1,4 @@
-"""Polls of many waits sharing describe calls in the triggerer (plugins/image_factory/coalescing.py), against
+"""Polls of many waits sharing describe calls in the triggerer (plugins/image_factory/waits/coalescing.py), against
 the local cloud: its front counts the calls."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from test_triggers import OFF, REGION, launch, stopping_instance
+from test_triggers import OFF, REGION, launch, stopping_instance, then, wait
 
 from image_factory import aws
-from image_factory.coalescing import Coalescer
-from image_factory.triggers import Ec2StateTrigger
+from image_factory.waits.coalescing import Coalescer
+from image_factory.waits.triggers import Ec2StateTrigger
 
 UNKNOWN_INSTANCE = "i-0123456789abcdef0"
 
@@ -28,8 +28,8 @@ def test_waits_of_several_builds_share_their_polls_and_each_gets_its_own_answer(
         started = time.time()  # as builds whose instances were launched together
 
         async def all_waits():
-            triggers = [Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                        timeout=30, schedule=0.2, started=started) for instance_id in instance_ids]
+            triggers = [Ec2StateTrigger(wait(aws_connection, "instance_running", {"InstanceIds": [instance_id]},
+                                             timeout=30, schedule=0.2, since=started)) for instance_id in instance_ids]
             return await asyncio.gather(*(anext(trigger.run()) for trigger in triggers))
 
         events = asyncio.run(asyncio.wait_for(all_waits(), 60))
@@ -52,10 +52,10 @@ def test_an_image_that_the_trigger_made_is_polled_by_its_id(local_cloud, ec2, ss
     from image_factory.steps.image import named
 
     with stopping_instance(local_cloud, ec2, ssm, {"image_available": 30}, "by-id") as (instance_id, name):
-        event = asyncio.run(asyncio.wait_for(anext(Ec2StateTrigger(
-            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=10, schedule=0.25,
-            then=[("create_image", {"InstanceId": instance_id, "Name": name})],
-            next_wait=["image_available", named(name)], next_schedule=0.25).run()), 60))
+        event = asyncio.run(asyncio.wait_for(anext(Ec2StateTrigger(wait(
+            aws_connection, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=10, schedule=0.25,
+            then=then(("create_image", {"InstanceId": instance_id, "Name": name})),
+            next=wait(aws_connection, "image_available", named(name), timeout=10, schedule=0.25))).run()), 60))
         [image] = ec2.describe_images(**named(name))["Images"]
     # The image (pending for 30 s) outlasts the wait: its timeout names what the polls asked for.
     assert event.payload["status"] == "timeout"

@@ -14,7 +14,7 @@ from bench import airflow_settings, batches, floor, floor_dags
 from image_factory import tasks
 from image_factory.dag import build_dag
 from image_factory.spec import load_specs
-from image_factory.waiting import WaitDeferred
+from image_factory.waits.protocol import Deferred, WaitOutcome
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -36,21 +36,21 @@ def test_the_floor_dags_have_the_build_dags_tasks_edges_pools_and_rules(tmp_path
 
 
 class Build:
-    def __init__(self, resumed=None):
-        self.resumed = resumed
+    def __init__(self, outcome=None):
+        self.outcome = outcome
 
 
 def test_the_floor_tasks_meet_the_triggerer_as_a_builds_do():
     bodies = {step.task_id: step.body for step in floor_dags.TABLE if step.body}
     for task_id in floor_dags.ENDS_IN_TRIGGER:  # the trigger ends the task: its result stored first
-        with pytest.raises(WaitDeferred) as wait:
+        with pytest.raises(Deferred) as wait:
             bodies[task_id](Build())
         assert wait.value.result == floor_dags.NOTHING and wait.value.trigger.end
     for task_id in floor_dags.RESUMES:  # deferred, then run again on a worker, which returns
-        with pytest.raises(WaitDeferred) as wait:
+        with pytest.raises(Deferred) as wait:
             bodies[task_id](Build())
         assert wait.value.result is None and not wait.value.trigger.end
-        assert bodies[task_id](Build(resumed={"status": "success"})) == floor_dags.NOTHING
+        assert bodies[task_id](Build(outcome=WaitOutcome("at_once", {}))) == floor_dags.NOTHING
     for task_id in set(bodies) - set(floor_dags.ENDS_IN_TRIGGER) - set(floor_dags.RESUMES):
         assert bodies[task_id](Build(), {}, {}) == floor_dags.NOTHING
     assert {tasks.LAUNCH, tasks.TEARDOWN, tasks.REGISTER, tasks.TEST} <= set(bodies)

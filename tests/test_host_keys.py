@@ -15,7 +15,7 @@ from image_factory import host_keys, remote
 from image_factory.host_keys import HostKeyError
 from image_factory.settings import SettingsError
 from image_factory.steps.infrastructure import _new_key
-from image_factory.triggers import SshReadyTrigger
+from image_factory.waits.triggers import SshReadyTrigger
 from tests.test_triggers import first_event
 
 REGION = "eu-west-1"
@@ -151,8 +151,8 @@ def test_the_ssh_wait_brings_the_console_s_host_keys(machine, ec2, aws_connectio
     instance = {"aws_conn_id": aws_connection, "region": REGION, "instance_id": instance_id}
     event = first_event(SshReadyTrigger(address, 22, timeout=30, delay=0.2, instance=instance, console=True))
     assert event.payload["status"] == "success"
-    assert event.payload["host_keys"] == host_keys.from_console(ec2, instance_id)  # Ed25519, ECDSA, RSA
-    assert event.payload["host_keys"][0] == served_host_key(address)
+    assert event.payload["answer"]["host_keys"] == host_keys.from_console(ec2, instance_id)  # Ed25519, ECDSA, RSA
+    assert event.payload["answer"]["host_keys"][0] == served_host_key(address)
 
 
 def test_a_console_without_host_keys_ends_the_wait_at_its_timeout_saying_what_to_set(machine, ec2, aws_connection):

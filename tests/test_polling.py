@@ -1,4 +1,4 @@
-"""The poll schedule (polling.py): priors for a spec's first build, a schedule fitted to its recent builds,
+"""The poll schedule (waits/schedule.py): priors for a spec's first build, a schedule fitted to its recent builds,
 the fixed poll_interval override; and a trigger that polls on a learned schedule, against the local cloud's
 emulated state-change times."""
 
@@ -11,12 +11,12 @@ import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
 from image_factory.build import Build
-from image_factory.polling import HISTORY, PRIORS, Schedule, remember, schedule_for, window
 from image_factory.settings import Settings
 from image_factory.spec import parse_spec
 from image_factory.steps.instance import EMULATED_RANGE, InstanceError, address
-from image_factory.triggers import Ec2StateTrigger
-from tests.test_triggers import REGION, first_event, launch
+from image_factory.waits.schedule import HISTORY, PRIORS, Schedule, recorded, remember, schedule_for, window
+from image_factory.waits.triggers import Ec2StateTrigger
+from tests.test_triggers import first_event, launch, wait
 
 OFF = {"instance_running": 0, "instance_stopped": 0, "image_available": 0, "instance_terminated": 0}
 
@@ -77,6 +77,9 @@ def test_windows_record_what_the_polls_saw_and_history_keeps_the_recent_ones():
     for k in range(HISTORY + 2):
         history = remember(history, [k, k + 1])
     assert history[0] == [2, 3] and len(history) == HISTORY
+    # What a task (or the trigger that ends it) records: each wait's recent windows with this build's.
+    assert recorded({"instance_running": history, "image_available": [[1, 2]]}, {"instance_running": [9, 10]}) == {
+        "instance_running": [*history[1:], [9, 10]]}
     assert Schedule.of(schedule.to_dict()) == schedule
 
 
@@ -90,9 +93,9 @@ def test_a_learned_wait_sees_the_change_in_one_or_two_polls_and_records_its_wind
         instance_id = launch(ec2, ssm)
         started = time.time()
         local_cloud.reset_stats()
-        trigger = Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                  timeout=30, schedule=schedule_for("instance_running", history["instance_running"]),
-                                  finish=True, started=started, history=history)
+        schedule = schedule_for("instance_running", history["instance_running"])
+        trigger = Ec2StateTrigger(wait(aws_connection, "instance_running", {"InstanceIds": [instance_id]},
+                                       timeout=30, schedule=schedule, since=started, history=history), finish=True)
         event = first_event(trigger)
         waited = time.time() - started
         polls = local_cloud.stats()["calls"].get("ec2:DescribeInstances", 0)

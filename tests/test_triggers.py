@@ -1,4 +1,4 @@
-"""The triggers that hold a build's long waits (plugins/image_factory/triggers.py), run as the triggerer runs
+"""The triggers that hold a build's long waits (plugins/image_factory/waits/triggers.py), run as the triggerer runs
 them (their async ``run()``), against the local cloud with emulated state-change times and its real sshd."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import boto3
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
-from image_factory.triggers import Ec2StateTrigger, RegionsTrigger, SshReadyTrigger
+from image_factory.waits.protocol import FollowUp, Wait
+from image_factory.waits.schedule import Schedule
+from image_factory.waits.triggers import Ec2StateTrigger, RegionsTrigger, SshReadyTrigger
 from localcloud.cloud import LOOPBACK, free_port
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -27,6 +29,16 @@ def first_event(trigger):
     return asyncio.run(asyncio.wait_for(run(), 60))
 
 
+def wait(aws_connection: str, state: str, resources: dict, timeout: float, schedule, region: str = REGION,
+         **more) -> Wait:
+    """A wait as a build's step asks for it (``schedule``: a Schedule, or seconds between polls)."""
+    return Wait(state, resources, Schedule.of(schedule), timeout, region=region, connection=aws_connection, **more)
+
+
+def then(*calls: tuple[str, dict]) -> tuple[FollowUp, ...]:
+    return tuple(FollowUp("ec2", operation, params) for operation, params in calls)
+
+
 def launch(ec2, ssm) -> str:
     ami = ssm.get_parameter(Name=AL2023)["Parameter"]["Value"]
     return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
@@ -37,8 +49,8 @@ def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(loc
     try:
         instance_id = launch(ec2, ssm)
         local_cloud.reset_stats()
-        trigger = Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                  timeout=30, schedule=0.5, finish=True, elapsed=0.0)  # a timed step (the launch)
+        trigger = Ec2StateTrigger(wait(aws_connection, "instance_running", {"InstanceIds": [instance_id]},
+                                       timeout=30, schedule=0.5), finish=True, elapsed=0.0)  # a timed step (the launch)
         event = first_event(trigger)
         waited = time.time() - trigger.started
         polls = local_cloud.stats()["calls"].get("ec2:DescribeInstances", 0)
@@ -55,8 +67,8 @@ def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(loc
 def test_a_wait_that_cannot_succeed_goes_back_to_the_task_with_the_reason(ec2, ssm, aws_connection):
     instance_id = launch(ec2, ssm)
     ec2.terminate_instances(InstanceIds=[instance_id])
-    event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running", {"InstanceIds": [instance_id]},
-                                        timeout=30, schedule=0.2, finish=True))
+    event = first_event(Ec2StateTrigger(wait(aws_connection, "instance_running", {"InstanceIds": [instance_id]},
+                                             timeout=30, schedule=0.2), finish=True))
     assert not isinstance(event, TaskSuccessEvent)
     assert event.payload["status"] == "failed" and instance_id in event.payload["message"]
 
@@ -65,8 +77,8 @@ def test_a_wait_past_its_timeout_goes_back_to_the_task(ec2, ssm, aws_connection)
     instance_id = launch(ec2, ssm)
     try:
         started = time.monotonic()
-        event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_stopped",
-                                            {"InstanceIds": [instance_id]}, timeout=1.5, schedule=0.5))
+        event = first_event(Ec2StateTrigger(wait(aws_connection, "instance_stopped",
+                                                 {"InstanceIds": [instance_id]}, timeout=1.5, schedule=0.5)))
         assert event.payload["status"] == "timeout" and "not reached within 2 s" in event.payload["message"]
         assert time.monotonic() - started < 5
     finally:
@@ -76,16 +88,16 @@ def test_a_wait_past_its_timeout_goes_back_to_the_task(ec2, ssm, aws_connection)
 def test_a_resumed_wait_reports_which_wait_succeeded(local_cloud, ec2, ssm, aws_connection):
     instance_id = launch(ec2, ssm)
     try:
-        event = first_event(Ec2StateTrigger(aws_connection, REGION, "instance_running",
-                                            {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2))
+        event = first_event(Ec2StateTrigger(wait(aws_connection, "instance_running",
+                                                 {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2)))
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
     answer = event.payload.pop("answer")
     low, high = event.payload.pop("windows")["instance_running"]
     polls = event.payload.pop("polls")
-    assert event.payload == {"status": "success", "waiter_name": "instance_running",
-                             "waiter_args": {"InstanceIds": [instance_id]}, "calls_failed": None,
-                             "calls_failed_transient": None}
+    assert event.payload == {"status": "success", "state": "instance_running",
+                             "resources": {"InstanceIds": [instance_id]}, "answers": {}, "failed": None,
+                             "transient": False}
     # A machine boots in under a second: seen within a few polls, its window the last two of them.
     assert 1 <= polls <= 10 and 0 <= low < high < 3 and round(high - low, 1) <= 0.3
     # The last describe answer comes along (JSON-safe): the task need not describe the instance again.
@@ -102,10 +114,10 @@ def test_the_calls_that_waited_for_the_state_are_made_by_the_trigger(local_cloud
     instance_id = launch(ec2, ssm)
     ec2.terminate_instances(InstanceIds=[instance_id])
     local_cloud.reset_stats()
-    event = first_event(Ec2StateTrigger(
-        aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
-        finish=True, then=[("delete_security_group", {"GroupId": group}), ("delete_subnet", {"SubnetId": subnet}),
-                           ("delete_vpc", {"VpcId": vpc})]))
+    event = first_event(Ec2StateTrigger(wait(
+        aws_connection, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
+        then=then(("delete_security_group", {"GroupId": group}), ("delete_subnet", {"SubnetId": subnet}),
+                  ("delete_vpc", {"VpcId": vpc}))), finish=True))
     assert isinstance(event, TaskSuccessEvent)
     assert "step_seconds" not in event.xcoms  # the teardown: a step the build summary does not time
     calls = local_cloud.stats()["calls"]
@@ -119,33 +131,34 @@ def test_a_failed_call_after_the_wait_sends_the_task_back_to_run_again(ec2, ssm,
     instance_id = launch(ec2, ssm)
     ec2.terminate_instances(InstanceIds=[instance_id])
     try:
-        event = first_event(Ec2StateTrigger(
-            aws_connection, REGION, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
-            finish=True, then=[("delete_vpc", {"VpcId": vpc})]))  # its subnet is still there: DependencyViolation
+        event = first_event(Ec2StateTrigger(wait(
+            aws_connection, "instance_terminated", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.2,
+            then=then(("delete_vpc", {"VpcId": vpc}))), finish=True))  # its subnet is still there: DependencyViolation
     finally:
         ec2.delete_subnet(SubnetId=subnet)
         ec2.delete_vpc(VpcId=vpc)
     assert not isinstance(event, TaskSuccessEvent)
     assert event.payload["status"] == "success"
-    assert "delete_vpc" in event.payload["calls_failed"] and "DependencyViolation" in event.payload["calls_failed"]
-    assert event.payload["calls_failed_transient"] is True  # the subnet may still go: worth a retry
+    assert "delete_vpc" in event.payload["failed"] and "DependencyViolation" in event.payload["failed"]
+    assert event.payload["transient"] is True  # the subnet may still go: worth a retry
 
 
 @pytest.mark.parametrize(("transient", "raised"), [(False, "WaitFailed"), (True, "CallFailed")])
 def test_a_step_whose_trigger_could_not_start_the_next_change_fails_instead_of_waiting_again(transient, raised):
     """CreateImage refused in the triggerer: the resumed register step must not defer the same wait again."""
-    from image_factory import polling, waiting
     from image_factory.steps.image import named
+    from image_factory.waits.deferring import Deferring
+    from image_factory.waits.protocol import CallFailed, WaitFailed, WaitOutcome
 
-    event = {"status": "success", "polls": 3, "waiter_name": "instance_stopped",
-             "waiter_args": {"InstanceIds": ["i-1"]}, "calls_failed": "create_image i-1: InvalidParameterValue",
-             "calls_failed_transient": transient}
-    wait = waiting.deferring("aws_default", REGION, resumed=event)
-    with pytest.raises((polling.WaitFailed, polling.CallFailed), match="InvalidParameterValue") as failed:
-        wait(None, "instance_stopped", timeout=60, schedule=2, then=[("create_image", {"InstanceId": "i-1"})],
-             next_wait=("image_available", named("x")), InstanceIds=["i-1"])
+    event = {"status": "success", "polls": 3, "state": "instance_stopped", "resources": {"InstanceIds": ["i-1"]},
+             "failed": "create_image i-1: InvalidParameterValue", "transient": transient}
+    waiter = Deferring("aws_default", REGION, WaitOutcome.from_event(event))
+    with pytest.raises((WaitFailed, CallFailed), match="InvalidParameterValue") as failed:
+        waiter(None, wait("aws_default", "instance_stopped", {"InstanceIds": ["i-1"]}, timeout=60, schedule=2,
+                          then=then(("create_image", {"InstanceId": "i-1"})),
+                          next=wait("aws_default", "image_available", named("x"), timeout=60, schedule=2)))
     assert type(failed.value).__name__ == raised
-    assert isinstance(failed.value, polling.WaitFailed) == (not transient)  # permanent: no retry
+    assert isinstance(failed.value, WaitFailed) == (not transient)  # permanent: no retry
 
 
 @contextlib.contextmanager
@@ -177,18 +190,19 @@ def test_register_waits_for_the_stop_makes_the_image_and_waits_for_it_once_even_
     latency = {"instance_stopped": 1, "image_available": 1}
     with stopping_instance(local_cloud, ec2, ssm, latency, "register-trigger") as (instance_id, name):
         def trigger():
-            return Ec2StateTrigger(aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]},
-                                   timeout=30, schedule=0.3, then=[("create_image", {"InstanceId": instance_id,
-                                                                                  "Name": name})],
-                                   next_wait=["image_available", named(name)])
+            return Ec2StateTrigger(wait(aws_connection, "instance_stopped", {"InstanceIds": [instance_id]},
+                                        timeout=30, schedule=0.3,
+                                        then=then(("create_image", {"InstanceId": instance_id, "Name": name})),
+                                        next=wait(aws_connection, "image_available", named(name), timeout=30,
+                                                  schedule=0.3)))
 
         first, again = first_event(trigger()), first_event(trigger())
         calls = local_cloud.stats()["calls"]
         images = ec2.describe_images(**named(name))["Images"]
     assert [i["State"] for i in images] == ["available"]  # one image, however often the trigger ran
     for event in (first, again):
-        assert event.payload["status"] == "success" and event.payload["calls_failed"] is None
-        assert event.payload["waiter_name"] == "image_available" and event.payload["waiter_args"] == named(name)
+        assert event.payload["status"] == "success" and event.payload["failed"] is None
+        assert event.payload["state"] == "image_available" and event.payload["resources"] == named(name)
         assert event.payload["answer"]["Images"][0]["ImageId"] == images[0]["ImageId"]
     assert calls["ec2:CreateImage"] == 2  # the second answered InvalidAMIName.Duplicate
 
@@ -199,12 +213,12 @@ def test_the_next_wait_polls_on_its_own_interval(local_cloud, ec2, ssm, aws_conn
 
     latency = {"instance_stopped": 1, "image_available": 2}
     with stopping_instance(local_cloud, ec2, ssm, latency, "intervals") as (instance_id, name):
-        event = first_event(Ec2StateTrigger(
-            aws_connection, REGION, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.25,
-            then=[("create_image", {"InstanceId": instance_id, "Name": name})],
-            next_wait=["image_available", named(name)], next_schedule=1))
+        event = first_event(Ec2StateTrigger(wait(
+            aws_connection, "instance_stopped", {"InstanceIds": [instance_id]}, timeout=30, schedule=0.25,
+            then=then(("create_image", {"InstanceId": instance_id, "Name": name})),
+            next=wait(aws_connection, "image_available", named(name), timeout=30, schedule=1))))
         calls = local_cloud.stats()["calls"]
-    assert event.payload["status"] == "success" and event.payload["waiter_name"] == "image_available"
+    assert event.payload["status"] == "success" and event.payload["state"] == "image_available"
     assert 3 <= calls["ec2:DescribeInstances"] <= 1 / 0.25 + 2  # the stop: every 0.25 s
     assert 2 <= calls["ec2:DescribeImages"] <= 2 / 1 + 1  # the image: every second, not every 0.25 s
 
@@ -237,7 +251,7 @@ def test_ssh_ready_reads_the_servers_banner(local_cloud, ec2):
         assert set(trigger.serialize()[1]) == {"host", "port", "timeout", "delay", "started", "instance", "console"}
         event = first_event(trigger)
     assert event.payload["status"] == "success"
-    assert event.payload["waiter_args"] == {"address": [f"{host}:{port}"]}
+    assert event.payload["resources"] == {"address": [f"{host}:{port}"]}
 
 
 def test_ssh_ready_times_out_when_nothing_answers():
@@ -277,10 +291,13 @@ def test_ssh_wait_for_a_running_instance_goes_on_until_its_timeout(ec2, ssm, aws
 
 
 def test_triggers_come_back_from_their_serialized_form(aws_connection):
-    for trigger in (Ec2StateTrigger(aws_connection, REGION, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
-                                    finish=True, started=1.0, then=[["delete_subnet", {"SubnetId": "subnet-1"}]],
-                                    elapsed=1.5, next_wait=["image_available", {"ImageIds": ["ami-2"]}],
-                                    next_schedule=4),
+    for trigger in (Ec2StateTrigger(wait(aws_connection, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
+                                         since=1.0, then=then(("delete_subnet", {"SubnetId": "subnet-1"})),
+                                         next=wait(aws_connection, "image_available", {"ImageIds": ["ami-2"]}, 60, 4),
+                                         history={"image_available": [[1.0, 2.0]]}),
+                                    finish=True, elapsed=1.5),
+                    RegionsTrigger([wait(aws_connection, "image_available", {"ImageIds": ["ami-1"]}, 60, 2,
+                                         region=region, since=1.0) for region in ("us-east-1", "us-west-2")]),
                     SshReadyTrigger(LOOPBACK, 22, 60, 2, started=1.0, console=True,
                                     instance={"aws_conn_id": aws_connection, "region": REGION, "instance_id": "i-1"})):
         classpath, kwargs = trigger.serialize()
@@ -292,7 +309,7 @@ def test_triggers_come_back_from_their_serialized_form(aws_connection):
 def test_configure_hands_an_unanswered_ssh_wait_to_the_triggerer_after_one_attempt():
     from image_factory import remote
     from image_factory.steps.infrastructure import _new_key
-    from image_factory.waiting import WaitDeferred
+    from image_factory.waits.protocol import Deferred
 
     key, _ = _new_key()
     port = free_port()  # nothing listens there: the first login attempt fails at once
@@ -300,10 +317,10 @@ def test_configure_hands_an_unanswered_ssh_wait_to_the_triggerer_after_one_attem
 
     def defer():
         handed.append(SshReadyTrigger(LOOPBACK, port, timeout=60, delay=2))
-        raise WaitDeferred(handed[-1], 60)
+        raise Deferred(handed[-1], 60)
 
     started = time.monotonic()
-    with pytest.raises(WaitDeferred):
+    with pytest.raises(Deferred):
         remote.wait_until_ready(LOOPBACK, port, "nobody", key, timeout=60, interval=2, defer=defer)
     assert len(handed) == 1 and time.monotonic() - started < 15  # no polling in the worker
     # Without a way to defer (a resumed task: the banner answered), it keeps trying until its timeout.
@@ -331,9 +348,9 @@ def wait_for_copies(local_cloud, ssm, aws_connection, regions: list[str], **conf
     try:
         copies = copies_of_al2023(local_cloud, ssm, regions)
         started = time.time()
-        event = first_event(RegionsTrigger(aws_connection, "image_available",
-                                           {region: {"ImageIds": [image_id]} for region, image_id in copies.items()},
-                                           timeout=30, schedule=0.5))
+        event = first_event(RegionsTrigger([wait(aws_connection, "image_available", {"ImageIds": [image_id]},
+                                                 timeout=30, schedule=0.5, region=region, since=time.time())
+                                            for region, image_id in copies.items()]))
         return copies, event, time.time() - started
     finally:
         local_cloud.configure(latency=OFF, fail_copies_to=[])

@@ -11,9 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from image_factory.polling import Schedule, schedule_for
 from image_factory.settings import Settings
 from image_factory.spec import ImageSpec
+from image_factory.waits.protocol import FollowUp, Wait
+from image_factory.waits.schedule import Schedule, schedule_for
 
 log = logging.getLogger("image_factory")
 
@@ -64,7 +65,7 @@ class Build:
     #: The first try of a step, not resumed: what the step creates cannot exist yet, so it does not look for
     #: it first (those lookups are what make a retry create nothing twice).
     fresh: bool = False
-    #: The spec's recent windows of each wait (polling.py), by waiter name: what this build's polls start from.
+    #: The spec's recent windows of each wait (waits/schedule.py), by waiter name: what this build's polls start from.
     history: dict = field(default_factory=dict)
     #: What the trigger overrode of what goes into the image (parameters.CONTENT_OVERRIDES), by field.
     overridden: dict = field(default_factory=dict)
@@ -85,6 +86,16 @@ class Build:
     def schedule(self, waiter_name: str) -> Schedule:
         """When this build polls for ``waiter_name``'s state (the deployment's fixed poll_interval, if set)."""
         return schedule_for(waiter_name, self.history.get(waiter_name), self.settings.poll_interval)
+
+    def wait_for(self, state: str, resources: dict, *, timeout: float, since: float | None = None,
+                 then: tuple[FollowUp, ...] = (), next: Wait | None = None, result=None,
+                 region: str | None = None) -> Wait:
+        """A wait of this build, through its connection in ``region`` (its own, if None), polled on the build's
+        schedule for ``state``."""
+        names = (state, *((next.state,) if next else ()))
+        return Wait(state, resources, self.schedule(state), timeout, since=since, then=then, next=next, result=result,
+                    history={name: self.history[name] for name in names if name in self.history},
+                    region=region or self.region, connection=self.spec.aws_conn_id)
 
     @property
     def ssh_poll_interval(self) -> float:

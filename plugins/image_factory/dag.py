@@ -34,6 +34,7 @@ from image_factory.assets import channel_asset, origin_asset, promotion_assets
 from image_factory.operators import RETRY_POLICY, BuildStep, ImageApproval, ImageStep, InstanceStep, classified
 from image_factory.spec import ImageSpec, LoadedSpec, SpecError, channel_of, load_specs
 from image_factory.ui import dag_doc, trigger_params
+from image_factory.waits.protocol import WaitOutcome
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 
@@ -104,8 +105,9 @@ STEPS: tuple[Step, ...] = (
 SETUP, TEARDOWN = STEPS[0].task_id, STEPS[-1].task_id
 
 
-def _run(body: Callable, loaded: LoadedSpec, *results):
-    return body(tasks.BuildTask(loaded), *results)
+def _run(body: Callable, loaded: LoadedSpec, *results, wait_outcome: WaitOutcome | None = None):
+    """``wait_outcome``: of the wait the task was resumed after (operators.BuildStep.resume gives it)."""
+    return body(tasks.BuildTask(loaded, outcome=wait_outcome), *results)
 
 
 def steps_of(spec: ImageSpec, table: tuple[Step, ...] = STEPS) -> list[Step]:

@@ -14,10 +14,9 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import get_current_context
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
-from image_factory import links, waiting
+from image_factory import links
 from image_factory.errors import PermanentError, permanent_aws_errors
-from image_factory.polling import WaitFailed
-from image_factory.tasks import remember_resumed
+from image_factory.waits.protocol import Deferred, WaitOutcome
 
 log = logging.getLogger("image_factory")
 
@@ -37,8 +36,8 @@ def classified(function, timed: bool = False):
         try:
             with permanent_aws_errors():
                 result = function(*args, **kwargs)
-        except waiting.WaitDeferred as wait:
-            # Hand the wait to the triggerer (defer() raises); the task resumes by running again (waiting.py),
+        except Deferred as wait:
+            # Hand the wait to the triggerer (defer() raises); the task resumes by running again (resume below),
             # or the trigger ends it, and then the result stored here is the task's.
             context = get_current_context()
             if wait.result is not None:
@@ -56,6 +55,10 @@ def classified(function, timed: bool = False):
     return wrapper
 
 
+#: The name the task body (dag._run) is handed a resumed task's wait outcome under.
+OUTCOME = "wait_outcome"
+
+
 class BuildStep(PythonOperator):
     """A build task: a plain function run as a task, which can wait for a cloud state in the triggerer and
     then run again to go on. (Plain operators rather than TaskFlow's: a DAG file of many specs parses faster.)"""
@@ -65,11 +68,11 @@ class BuildStep(PythonOperator):
             # A trigger that ends the task, under `airflow dags test`: it resumes the task with the event's state
             # instead. The wait is over, and the task stored its result before deferring.
             return context["ti"].xcom_pull(task_ids=self.task_id)
-        if not event or event.get("status") != "success":
-            raise WaitFailed((event or {}).get("message", "the wait ended without a result"))
-        log.info("the wait is over (%s polls in the triggerer); going on", event.get("polls"))
-        remember_resumed(context["ti"].id, event)  # the task's wait reads it: no second poll
-        return self.execute(context)
+        outcome = WaitOutcome.from_event(event)  # (a failed or timed-out wait raises)
+        log.info("the wait is over (%s polls in the triggerer); going on", outcome.polls)
+        # The task body is given the outcome (its parameter of that name, filled from the context as Airflow
+        # fills a callable's): the step's wait, asked again, returns it instead of polling a second time.
+        return self.execute({**context, OUTCOME: outcome})
 
 
 class InstanceStep(BuildStep):

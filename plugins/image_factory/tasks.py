@@ -1,6 +1,6 @@
 """The task bodies of an image build: plain functions of the task (:class:`BuildTask`: the spec and the task's
 Airflow context) and of the results of the tasks they follow. dag.py wires them into a DAG; the cloud work
-itself is in steps/ (Airflow-free), the waits in waiting.py.
+itself is in steps/ (Airflow-free), the waits in waits/.
 
 Each body is safe to run again (a retry, a resumed wait): a step first looks for what it would create for
 this build, except on its first try, when nothing of it can exist yet.
@@ -9,16 +9,16 @@ this build, except on its first try, when nothing of it can exist yet.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 from pathlib import Path
+from types import MappingProxyType
 
 from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from image_factory import aws, host_keys, links, parameters, polling, remote, settings, tools, waiting
+from image_factory import aws, host_keys, links, parameters, remote, settings, tools
 from image_factory.assets import channel_asset, image_asset
 from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
 from image_factory.errors import PermanentError
@@ -27,7 +27,10 @@ from image_factory.spec import LoadedSpec, tests_folder
 from image_factory.steps import channels, distribution, image, infrastructure, instance, origin, testing
 from image_factory.steps import teardown as teardown_step
 from image_factory.tools import tests as test_tools
-from image_factory.triggers import SshReadyTrigger
+from image_factory.waits.deferring import Deferring
+from image_factory.waits.protocol import Deferred, WaitOutcome
+from image_factory.waits.schedule import recorded, schedule_for
+from image_factory.waits.triggers import SSH_READY, SshReadyTrigger
 
 log = logging.getLogger("image_factory")
 
@@ -37,37 +40,20 @@ NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOT
 #: The tasks whose durations the build summary reports.
 TIMED = (NETWORK, LAUNCH, CONFIGURE)
 #: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
-WAITING = {LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
-           TEARDOWN: ("instance_terminated",)}
-
-#: Task instance id -> the trigger event it was resumed with (see operators.BuildStep.resume). By id:
-#: `airflow dags test` runs every task of a run in one process.
-_resumed_events: dict = {}
-
-
-def remember_resumed(ti_id, event: dict) -> None:
-    _resumed_events[ti_id] = event
+WAITING = MappingProxyType({LAUNCH: ("instance_running",), REGISTER: ("instance_stopped", "image_available"),
+                            TEARDOWN: ("instance_terminated",)})
 
 
 class BuildTask:
-    """One task of one build: the spec, the task's context, and what follows from them."""
+    """One task of one build: the spec, the task's context, the outcome of the wait it was resumed after (None:
+    not resumed; operators.BuildStep.resume hands it over from the trigger's event), and what follows."""
 
-    def __init__(self, loaded: LoadedSpec, context=None):
+    def __init__(self, loaded: LoadedSpec, context=None, outcome: WaitOutcome | None = None):
         self.loaded = loaded
         self.context = context if context is not None else get_current_context()
         self.ti = self.context["ti"]
         self.dag_run = self.context["dag_run"]
-
-    @functools.cached_property
-    def resumed(self) -> dict | None:
-        """The event this task was resumed with, after a wait in the triggerer."""
-        return _resumed_events.get(self.ti.id)
-
-    def answer_of(self, waiter_name: str) -> dict | None:
-        """The last describe answer of the wait this task was resumed after, when it was a ``waiter_name``
-        wait: what it waited for, as the triggerer saw it (no need to describe it again)."""
-        resumed = self.resumed or {}
-        return resumed.get("answer") if resumed.get("waiter_name") == waiter_name else None
+        self.outcome = outcome
 
     @property
     def build_id(self) -> str:
@@ -76,7 +62,7 @@ class BuildTask:
     def build(self, network: dict | None = None, fields: tuple[str, ...] | None = None) -> Build:
         """The :class:`Build` of this run, its parameters resolved (``network``: the builder network's record,
         whose outputs are parameters too; without it, the fields that need them stay unresolved)."""
-        fresh = self.ti.try_number == 1 and self.resumed is None
+        fresh = self.ti.try_number == 1 and self.outcome is None
         trigger = {**(self.context.get("params") or {}), **(self.dag_run.conf or {})}
         overrides, values = parameters.trigger_values(self.loaded.image, trigger)
         outputs = infrastructure.BuilderInfrastructure.from_dict(network).outputs() if network else {}
@@ -95,9 +81,9 @@ class BuildTask:
     def clients(self, build: Build) -> aws.Clients:
         return aws.clients(build.spec.aws_conn_id, build.spec.region)
 
-    def wait(self, build: Build) -> waiting.Wait:
-        """A wait in the triggerer (this task resumes after it, or the trigger ends it)."""
-        return waiting.deferring(build.spec.aws_conn_id, build.region, resumed=self.resumed)
+    def wait(self, build: Build) -> Deferring:
+        """Waits in the triggerer (this task resumes after them, or the trigger ends it)."""
+        return Deferring(build.spec.aws_conn_id, build.region, self.outcome)
 
     def clients_in(self, build: Build):
         """A region's clients, made once per region and task (distribution works in several)."""
@@ -109,10 +95,6 @@ class BuildTask:
             return made[region]
 
         return clients_of
-
-    def wait_in_regions(self, build: Build) -> waiting.RegionsWait:
-        """A wait in several regions at once, in one trigger (this task runs again after it)."""
-        return waiting.deferring_in_regions(build.spec.aws_conn_id, resumed=self.resumed)
 
     def pull(self, task_id: str, key: str = "return_value"):
         return self.ti.xcom_pull(task_ids=task_id, key=key)
@@ -135,8 +117,7 @@ class BuildTask:
     def record_waits(self, build: Build, windows: dict) -> None:
         """XCom ``waits``: the spec's recent windows with this build's added (for the next build's polls)."""
         if windows:
-            self.ti.xcom_push(key="waits", value={name: polling.remember(build.history.get(name), seen)
-                                                  for name, seen in windows.items()})
+            self.ti.xcom_push(key="waits", value=recorded(build.history, windows))
 
 
 def _windows(value) -> dict:
@@ -208,14 +189,14 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
     def defer() -> None:  # SSH does not answer yet (or the console shows no host key): wait in the triggerer
         instance_of = {"aws_conn_id": build.spec.aws_conn_id, "region": build.region,
                        "instance_id": launched["instance_id"]}
-        raise waiting.WaitDeferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval,
-                                                   instance=instance_of, console=check),
-                                   build.settings.ssh_timeout)
+        raise Deferred(SshReadyTrigger(host, port, build.settings.ssh_timeout, interval, instance=instance_of,
+                                       console=check), build.settings.ssh_timeout)
 
-    resumed = task.resumed if (task.resumed or {}).get("waiter_name") == "ssh_ready" else None
+    resumed = task.outcome if task.outcome and task.outcome.state == SSH_READY else None
     keys = []
     if check:
-        keys = (resumed or {}).get("host_keys") or host_keys.from_console(c.ec2, launched["instance_id"])
+        keys = (resumed.answer.get("host_keys") if resumed else None) or host_keys.from_console(
+            c.ec2, launched["instance_id"])
         if not keys:
             defer()  # its first boot has not printed them yet
         log.info("host key of %s (from its console): %s", launched["instance_id"], host_keys.fingerprint(keys[0]))
@@ -236,13 +217,12 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
     build = task.build(network)
     c = task.clients(build)
     logical = task.dag_run.run_after.strftime("%Y%m%d-%H%M%S")
-    # After the image wait: the image as the triggerer saw it available.
-    available = answer["Images"][0] if (answer := task.answer_of("image_available")) else None
-    windows = dict((task.resumed or {}).get("windows") or {})
     described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
                                image.image_name(build, logical), wait=task.wait(build),
-                               stop_requested_at=configured["stop_requested_at"], available=available,
-                               windows=windows, origin_lineage=network.get("origin_lineage"))
+                               stop_requested_at=configured["stop_requested_at"], outcome=task.outcome,
+                               origin_lineage=network.get("origin_lineage"))
+    # The windows the stop and the image were seen in (the task resumed after their wait).
+    windows = dict(task.outcome.windows) if task.outcome else {}
     links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
     task.record_waits(build, windows)
     task.ti.xcom_push(key="image", value=instance.launch_view(described))  # what the test instance boots
@@ -278,10 +258,8 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     c = task.clients(build)
     image_id = registered["image_id"]
     tests = build.spec.test
-    # After the boot's wait: the test instance as the triggerer saw it running.
-    running = answer["Reservations"][0]["Instances"][0] if (answer := task.answer_of("instance_running")) else None
     test_instance = testing.launch(c.ec2, build, task.pull(REGISTER, key="image"), network["security_group_id"],
-                                   network["key_name"], task.wait(build), running=running)
+                                   network["key_name"], task.wait(build), outcome=task.outcome)
     hook, target = _ssh(task, build, c, test_instance, stage="test-ssh")
     folder = (tests_folder() if not build.settings.tests_folder else Path(build.settings.tests_folder)) / tests.tests
     log.info("testing image %s on instance %s: %s tests of %s", image_id, test_instance["instance_id"], tests.tool,
@@ -305,13 +283,9 @@ def distribute_image(task: BuildTask, network: dict, registered: dict) -> dict:
     their source and marked complete, and the image and the copies shared as ``share_with`` says."""
     build = task.build(network)
     clients_in = task.clients_in(build)
-    resumed = task.resumed or {}
-    # After the copies' wait: each copy as the triggerer saw it available, by region.
-    available = ({region: answer["Images"][0] for region, answer in resumed["answers"].items()}
-                 if resumed.get("waiter_name") == "image_available" and resumed.get("answers") else None)
     [source] = clients_in(build.region).ec2.describe_images(ImageIds=[registered["image_id"]])["Images"]
     done = distribution.distribute(lambda region: clients_in(region).ec2, build, source,
-                                   wait=task.wait_in_regions(build), available=available)
+                                   wait=task.wait(build), outcome=task.outcome)
     log.info("image %s distributed: %s", source["ImageId"],
              ", ".join(f"{copy} in {region}" for region, copy in done["copies"].items()) or "no copies")
     return {"image_id": source["ImageId"], "region": build.region, **done}
@@ -378,8 +352,7 @@ def tear_down(task: BuildTask) -> list[str]:
     record = ({**network, **launched, "test_instance_id": (tested or {}).get("instance_id")}
               if build.fresh and network and launched and tested_as_planned else None)
     history = (network or {}).get("history", {})
-    schedule = polling.schedule_for("instance_terminated", history.get("instance_terminated"),
-                                    build.settings.poll_interval)
+    schedule = schedule_for("instance_terminated", history.get("instance_terminated"), build.settings.poll_interval)
     removed = []
     if build.spec.distribute and build.spec.distribute.regions and task.pull(DISTRIBUTE) is None:
         # The copies did not all become complete: those that did not are deregistered, in their regions.

@@ -1,7 +1,7 @@
 """Distribution (the spec's ``distribute``): the tested image copied into other regions, and shared.
 
 CopyImage into every region first (each call returns at once), then one wait for all the copies, in every
-region at the same time (in the triggerer when deferred: waiting.deferring_in_regions). A copy carries the
+region at the same time (in the triggerer when deferred: one trigger, see waits/deferring.py). A copy carries the
 original's tags, lineage and tests included, plus its source (``image-factory:source-image``,
 ``source-region``), given in the CopyImage call; once available, its snapshots are tagged and it is marked
 complete (one CreateTags, as a registered image is). Then ``share_with``: launch permissions on the image and
@@ -30,7 +30,8 @@ from image_factory.build import (
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.steps import image as images
-from image_factory.waiting import RegionsWait
+from image_factory.waits.blocking import blocking
+from image_factory.waits.protocol import Waiter, WaitOutcome
 
 log = logging.getLogger("image_factory")
 
@@ -56,17 +57,19 @@ def client_token(build: Build, region: str, replacing: str | None = None) -> str
     return f"{build.build_id}-{region}" + (f"-after-{replacing}" if replacing else "")
 
 
-def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: RegionsWait,
-               available: dict[str, dict] | None = None) -> dict:
+def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: Waiter = blocking,
+               outcome: WaitOutcome | None = None) -> dict:
     """Copy ``source`` (the build's image, as described) into the spec's distribute regions, wait until every
-    copy is available, mark the copies complete and share the image and the copies. ``available``: the copies
-    as the triggerer described them available, by region (a resumed task). Returns ``{"copies": {region:
-    image id}, "shared_with": {...}}``."""
+    copy is available (in all regions at once: ``wait.all``), mark the copies complete and share the image and
+    the copies. ``outcome``: of the wait the task was resumed after; when it was the copies', the copies as the
+    triggerer described them available, by region. Returns ``{"copies": {region: image id}, "shared_with":
+    {...}}``."""
     distribute_spec = build.spec.distribute
     regions = list(distribute_spec.regions)
     if build.region in regions:  # (a parameterised region, resolved only now)
         raise DistributionError(f"image.distribute.regions names {build.region}, the build's own region")
-    copies: dict[str, dict] = dict(available or {})
+    copies: dict[str, dict] = ({region: answer["Images"][0] for region, answer in outcome.answers.items()}
+                               if outcome and outcome.state == "image_available" and outcome.answers else {})
     waiting: dict[str, str] = {}
     tags = copy_tags(source, build.region)
     for region in regions:
@@ -90,9 +93,10 @@ def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: RegionsWait,
         waiting[region] = copy_id
     if waiting:
         checkpoint("after:copy")
-        answers = wait("image_available", {region: {"ImageIds": [copy_id]} for region, copy_id in waiting.items()},
-                       timeout=build.settings.image_timeout, schedule=build.schedule("image_available"),
-                       since=time.time())
+        since = time.time()
+        answers = wait.all(ec2_in, [build.wait_for("image_available", {"ImageIds": [copy_id]}, region=region,
+                                                   timeout=build.settings.image_timeout, since=since)
+                                    for region, copy_id in waiting.items()]).answers
         copies.update({region: answer["Images"][0] for region, answer in answers.items()})
     for region in regions:
         described = copies[region]

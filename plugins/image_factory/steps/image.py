@@ -23,7 +23,8 @@ from image_factory.build import (
 )
 from image_factory.faults import checkpoint
 from image_factory.steps import instance as instances
-from image_factory.waiting import Wait, blocking
+from image_factory.waits.blocking import blocking
+from image_factory.waits.protocol import FollowUp, Waiter, WaitOutcome
 
 log = logging.getLogger("image_factory")
 
@@ -59,22 +60,24 @@ def named(name: str) -> dict:
     return {"Owners": ["self"], "Filters": [{"Name": "name", "Values": [name]}]}
 
 
-def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Wait = blocking,
-             stop_requested_at: float | None = None, available: dict | None = None,
-             windows: dict | None = None, origin_lineage: dict | None = None) -> dict:
+def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Waiter = blocking,
+             stop_requested_at: float | None = None, outcome: WaitOutcome | None = None,
+             origin_lineage: dict | None = None) -> dict:
     """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
     once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
     as described.
 
-    Stopped, image created, available: one ``wait``, so that a deferred registration leaves the whole of it to
-    the triggerer (no worker slot while the image is pending, not even between CreateImage and a deferral).
-    An earlier run of that wait has made the image already if AWS refuses its name as a duplicate.
+    Stopped, image created, available: one ``wait``, whose follow-up call is CreateImage (:func:`create_image`),
+    so that a deferred registration leaves the whole of it to the triggerer (no worker slot while the image is
+    pending, not even between CreateImage and a deferral). An earlier run of that wait has made the image
+    already if AWS refuses its name as a duplicate.
 
     A retry resumes: a complete image is returned as it is, a pending or available one is waited for again,
-    a failed one is replaced. ``available``: the image as the triggerer described it available (a resumed
-    task): no need to look for it or describe it again. An image this step leaves incomplete is deregistered
-    by the build's teardown. ``windows`` gets the windows the stop and the image were seen in (polling.py).
+    a failed one is replaced. ``outcome``: of the wait the task was resumed after; when it was the image's, the
+    image as the triggerer described it available: no need to look for it or describe it again. An image this
+    step leaves incomplete is deregistered by the build's teardown.
     """
+    available = outcome.answer["Images"][0] if outcome and outcome.state == "image_available" else None
     image_id = None
     for image in [] if build.fresh or available else find(ec2, build.build_id):
         if tag_dict(image.get("Tags")).get(TAG_COMPLETE) == "true":
@@ -86,6 +89,7 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         else:
             deregister(ec2, image)
     tags = lineage_tags(build, origin_ami, origin_lineage)
+    timeout = build.settings.image_timeout
     if available:
         described = available
     elif image_id is None:
@@ -93,19 +97,13 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
         # A retry asks for the stop again (stopping a stopped instance is a no-op).
         since = (stop_requested_at if build.fresh and stop_requested_at
                  else instances.request_stop(ec2, instance_id))
-        create = ("create_image", {
-            "InstanceId": instance_id, "Name": name,
-            "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
-            "TagSpecifications": build.tag_specifications("image", "snapshot", tags=tags)})
-        described = wait(ec2, "instance_stopped", timeout=build.settings.image_timeout,
-                         schedule=build.schedule("instance_stopped"), since=since, then=(create,),
-                         next_wait=("image_available", named(name)),
-                         next_schedule=build.schedule("image_available"), windows=windows,
-                         InstanceIds=[instance_id])["Images"][0]
+        stopped = build.wait_for("instance_stopped", {"InstanceIds": [instance_id]}, timeout=timeout, since=since,
+                                 then=(create_image(build, instance_id, origin_ami, name, tags),),
+                                 next=build.wait_for("image_available", named(name), timeout=timeout))
+        described = wait(ec2, stopped).answer["Images"][0]
     else:
-        described = wait(ec2, "image_available", timeout=build.settings.image_timeout,
-                         schedule=build.schedule("image_available"), windows=windows,
-                         ImageIds=[image_id])["Images"][0]
+        described = wait(ec2, build.wait_for("image_available", {"ImageIds": [image_id]},
+                                             timeout=timeout)).answer["Images"][0]
     image_id = described["ImageId"]
     checkpoint("after:register")
     # The snapshots carry the build's tags from CreateImage on (the IAM policy lets the role tag only what
@@ -119,6 +117,15 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     ec2.create_tags(Resources=[*snapshot_ids(described), image_id],
                     Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     return described
+
+
+def create_image(build: Build, instance_id: str, origin_ami: str, name: str, tags: dict[str, str]) -> FollowUp:
+    """CreateImage, once the instance is stopped: the follow-up call of the stop's wait (made by the trigger
+    that waited, when deferred). Its snapshots carry the build's tags from the start."""
+    return FollowUp("ec2", "create_image", {
+        "InstanceId": instance_id, "Name": name,
+        "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
+        "TagSpecifications": build.tag_specifications("image", "snapshot", tags=tags)})
 
 
 def snapshot_ids(image: dict) -> list[str]:

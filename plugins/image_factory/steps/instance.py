@@ -10,7 +10,9 @@ from image_factory.build import TAG_BUILD, TAG_INSTANCE, Build, created, deleted
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import instance_type
-from image_factory.waiting import Wait, blocking
+from image_factory.waits.blocking import blocking
+from image_factory.waits.protocol import Wait, Waiter, WaitOutcome
+from image_factory.waits.schedule import Schedule
 
 log = logging.getLogger("image_factory")
 
@@ -40,15 +42,17 @@ def launch_view(image: dict) -> dict:
 
 
 def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
-           wait: Wait | None = blocking, purpose: str = "builder", size: str | None = None,
-           known: dict | None = None) -> dict:
+           wait: Waiter | None = blocking, purpose: str = "builder", size: str | None = None,
+           outcome: WaitOutcome | None = None) -> dict:
     """Launch (or find) the build's ``purpose`` instance (``builder``, or ``test``: of the new image) from
     ``origin_image`` (:func:`launch_view`) and wait until it is running (``wait=None``: do not wait, see
     :func:`wait_running`). Returns ``instance_id`` and ``private_ip`` (AWS gives the private address in
-    RunInstances' answer already), and its ``state`` as found. ``known``: the instance as the wait for it
-    described it (a task resumed after the wait): not looked up again."""
+    RunInstances' answer already), and its ``state`` as found. ``outcome``: of the wait the task was resumed
+    after; when it was this instance's wait until it runs, the instance as described then is not looked up
+    again."""
     spec = build.spec
     size = size or spec.instance_size
+    known = running(outcome)
     existing = [known] if known else [] if build.fresh else find(ec2, build.build_id, purpose=purpose)
     if existing:
         found = existing[0]
@@ -88,10 +92,17 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
     return launched
 
 
-def wait_running(ec2, build: Build, instance_id: str, wait: Wait = blocking, result=None) -> None:
-    """``result``: the step's, when the wait is its last act (see waiting.deferring)."""
-    wait(ec2, "instance_running", timeout=build.settings.ssh_timeout, schedule=build.schedule("instance_running"),
-         result=result, history=build.history, InstanceIds=[instance_id])
+def wait_running(ec2, build: Build, instance_id: str, wait: Waiter = blocking, result=None) -> WaitOutcome:
+    """``result``: the step's, when the wait is its last act (see waits/deferring.py)."""
+    return wait(ec2, build.wait_for("instance_running", {"InstanceIds": [instance_id]},
+                                    timeout=build.settings.ssh_timeout, result=result))
+
+
+def running(outcome: WaitOutcome | None) -> dict | None:
+    """The instance as the wait until it runs described it running (None: ``outcome`` is not of that wait)."""
+    if outcome is None or outcome.state != "instance_running":
+        return None
+    return outcome.answer["Reservations"][0]["Instances"][0]
 
 
 def _encrypted_root(image: dict) -> dict:
@@ -133,7 +144,8 @@ def request_stop(ec2, instance_id: str) -> float:
     return time.time()
 
 
-def terminate(ec2, build_id: str, schedule, timeout: float = 900, wait: Wait = blocking) -> list[str]:
+def terminate(ec2, build_id: str, schedule: Schedule | float, timeout: float = 900,
+              wait: Waiter = blocking) -> list[str]:
     """Terminate every instance of the build and wait until they are gone (a rerun only waits)."""
     found = find(ec2, build_id, [*LIVE_STATES, "shutting-down"])
     live = [i["InstanceId"] for i in found if i["State"]["Name"] in LIVE_STATES]
@@ -143,5 +155,5 @@ def terminate(ec2, build_id: str, schedule, timeout: float = 900, wait: Wait = b
             deleted("instance", instance_id)
     going = [i["InstanceId"] for i in found]
     if going:
-        wait(ec2, "instance_terminated", timeout=timeout, schedule=schedule, InstanceIds=going)
+        wait(ec2, Wait("instance_terminated", {"InstanceIds": going}, Schedule.of(schedule), timeout))
     return live

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 from image_factory.build import deleted
 from image_factory.faults import checkpoint
-from image_factory.polling import Schedule
 from image_factory.steps import image, infrastructure, instance
-from image_factory.waiting import Wait, blocking
+from image_factory.waits.blocking import blocking
+from image_factory.waits.protocol import FollowUp, Wait, Waiter
+from image_factory.waits.schedule import Schedule
 
 
-def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Wait = blocking,
+def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Waiter = blocking,
               record: dict | None = None, image_complete: bool = False, timeout: float = 900,
               history: dict | None = None, removed_before: list[str] | None = None) -> list[str]:
     """``record``: what the setup made (infrastructure.BuilderInfrastructure), the ``instance_id`` launched and
     the ``test_instance_id`` (if any);
     ``image_complete``: the build's image was registered (no half-made image can be left); ``schedule``: of
-    the wait until the instance is terminated (``history``: for the next build's, see waiting.deferring);
+    the wait until the instance is terminated (``history``: for the next build's, see waits/deferring.py);
     ``removed_before``: what the caller removed already (half-made copies in other regions), reported too."""
     checkpoint("before:teardown")
     if record is None:
@@ -38,7 +39,14 @@ def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Wait = 
     removed += [] if image_complete else image.remove_incomplete(ec2, build_id)
     gone, later = infrastructure.destroy_recorded(ec2, ssm, infrastructure.BuilderInfrastructure.from_dict(record))
     removed += gone + [next(iter(arguments.values())) for _, arguments in later]
-    # The rest waits until the instance is gone; the wait makes those calls (in the triggerer, when deferred).
-    wait(ec2, "instance_terminated", timeout=timeout, schedule=schedule, then=tuple(later), result=removed,
-         history=history, InstanceIds=instance_ids)
+    # The rest waits until the instances are gone: the wait's follow-up calls (made in the triggerer, when
+    # deferred, which then ends the task).
+    wait(ec2, Wait("instance_terminated", {"InstanceIds": instance_ids}, Schedule.of(schedule), timeout,
+                   then=after_termination(later), result=removed, history=history or {}))
     return removed
+
+
+def after_termination(later: list[tuple[str, dict]]) -> tuple[FollowUp, ...]:
+    """The deletions that wait until the build's instances are gone (what infrastructure.destroy_recorded left:
+    the security group, the subnet, the build's own VPC, in this order), as the wait's follow-up calls."""
+    return tuple(FollowUp("ec2", operation, params) for operation, params in later)

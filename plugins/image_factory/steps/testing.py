@@ -13,20 +13,20 @@ from datetime import UTC, datetime
 from image_factory.build import TAG_TESTED_AT, TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED, Build
 from image_factory.faults import checkpoint
 from image_factory.steps import instance
-from image_factory.waiting import Wait
+from image_factory.waits.protocol import Waiter, WaitOutcome
 
 log = logging.getLogger("image_factory")
 
 PURPOSE = "test"
 
 
-def launch(ec2, build: Build, image: dict, security_group_id: str, key_name: str, wait: Wait,
-           running: dict | None = None) -> dict:
-    """The test instance of ``image`` (instance.launch_view), running: waited for with ``wait``. ``running``:
-    the instance as the wait saw it running (a task resumed after it)."""
+def launch(ec2, build: Build, image: dict, security_group_id: str, key_name: str, wait: Waiter,
+           outcome: WaitOutcome | None = None) -> dict:
+    """The test instance of ``image`` (instance.launch_view), running: waited for with ``wait``. ``outcome``: of
+    the wait the task was resumed after (when it was the boot's, the instance as the wait saw it running)."""
     size = build.spec.test.instance_size if build.spec.test else None
     launched = instance.launch(ec2, build, image, security_group_id, key_name, wait=None, purpose=PURPOSE,
-                               size=size, known=running)
+                               size=size, outcome=outcome)
     if launched["state"] != "running":  # (a task resumed after the wait finds it running)
         instance.wait_running(ec2, build, launched["instance_id"], wait)
     return launched

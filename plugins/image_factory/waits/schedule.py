@@ -1,5 +1,4 @@
-"""When a wait polls, and what one poll is: shared by the waits in a task (waiting.py) and in the triggerer
-(triggers.py), which both import this module and nothing of each other.
+"""When a wait polls: its schedule, and the windows its change was seen to end in.
 
 **The schedule.** A wait knows when the change it waits for began (``since``); its :class:`Schedule` gives the
 moments of its polls as seconds after that. A change is not polled before it has usually been seen to end
@@ -20,8 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-
-from image_factory.errors import PermanentError
 
 #: Seconds after the change began between which AWS usually completes it: the schedule of a spec's first build.
 PRIORS: dict[str, tuple[float, float]] = {
@@ -129,6 +126,12 @@ def remember(history: list | None, window: list | tuple | None) -> list:
     return kept[-HISTORY:]
 
 
+def recorded(history: dict, windows: dict) -> dict:
+    """What a task records of its waits (XCom ``waits``): for each wait in ``windows`` (this build's, by state),
+    the spec's recent windows (``history``) with this build's added."""
+    return {state: remember(history.get(state), seen) for state, seen in windows.items()}
+
+
 def window(schedule: Schedule, previous: float | None, seen: float) -> list[float]:
     """The window a change ended in, in seconds after it began: (the last poll that did not see it, the first
     that did); when the first poll saw it, from a dense step before that poll (see :func:`schedule_for`)."""
@@ -142,101 +145,3 @@ def window(schedule: Schedule, previous: float | None, seen: float) -> list[floa
 def dense_step(duration: float) -> float:
     """The step of a learned schedule's polls around a change that takes ``duration`` seconds."""
     return max(MIN_STEP, LEARNED_PRECISION * duration)
-
-
-# --- one poll -----------------------------------------------------------------------------------------
-
-class WaitFailed(PermanentError):
-    pass
-
-
-class CallFailed(Exception):
-    """A call made after a wait failed for a reason that may pass (throttling, a dependency not gone yet, a
-    dropped connection): the step runs again (Airflow's retry)."""
-
-
-def failure(message: str, transient: bool) -> Exception:
-    """The error that a failed call after a wait (see :func:`call_after`) fails its step with."""
-    return CallFailed(message) if transient else WaitFailed(message)
-
-
-def reached(ec2, waiter_name: str, waiter_args: dict) -> dict | None:
-    """One poll, judged by boto3's waiter definition: the describe call's answer when the state is reached
-    (so that nobody needs to describe it again), else None; raises :class:`WaitFailed` when it never will be."""
-    config = waiter_config(ec2, waiter_name)
-    return judged(config, waiter_name, waiter_args, call(ec2, config.operation, waiter_args))
-
-
-def call(client, operation: str, arguments: dict) -> dict:
-    """The describe call's answer, or the error EC2 answered with (a waiter judges errors too)."""
-    from botocore import xform_name
-    from botocore.exceptions import ClientError
-
-    try:
-        return getattr(client, xform_name(operation))(**arguments)
-    except ClientError as exc:
-        return exc.response
-
-
-_waiter_configs: dict[tuple[str, str], object] = {}
-
-
-def waiter_config(ec2, waiter_name: str):
-    """boto3's definition of the waiter (its describe operation, its acceptors); read once per process, as
-    ``get_waiter`` makes a waiter model and class each time."""
-    key = (ec2.meta.service_model.service_name, waiter_name)
-    if key not in _waiter_configs:
-        _waiter_configs[key] = ec2.get_waiter(waiter_name).config
-    return _waiter_configs[key]
-
-
-def judged(config, waiter_name: str, waiter_args: dict, answer: dict) -> dict | None:
-    """The answer (or error) of one poll, judged by the waiter ``config``: the answer when the state is reached,
-    else None; raises :class:`WaitFailed` when it never will be."""
-    for acceptor in config.acceptors:
-        if acceptor.matcher_func(answer):
-            if acceptor.state == "failure":
-                raise WaitFailed(f"{waiter_name} {waiter_args}: the waiter reached a terminal failure state "
-                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected})")
-            return answer if acceptor.state == "success" else None
-    return None
-
-
-#: An EC2 call made once a wait is over: (operation name, its arguments), e.g. ("delete_subnet", {...}).
-Call = tuple[str, dict]
-
-
-def call_after(ec2, then: tuple[Call, ...] | list, made: list[str] | None = None) -> tuple[str, bool] | None:
-    """Make the calls that waited for the state, in order; a resource gone already counts as deleted, one
-    there already (made by an earlier run of the same wait) as created. Returns what failed and whether
-    retrying may help (the rest is left undone), else None. ``made`` gets the ids of what the calls created."""
-    from image_factory.aws import error_code
-    from image_factory.build import created, deleted
-    from image_factory.errors import is_transient
-
-    for operation, arguments in then:
-        try:
-            answer = getattr(ec2, operation)(**arguments)
-        except Exception as exc:
-            code, done = error_code(exc), ".NotFound" if operation.startswith("delete_") else ".Duplicate"
-            if not code.endswith(done):
-                return f"{operation} {ids(arguments)}: {exc}", not code or is_transient(code)
-            continue  # done already
-        kind = operation.split("_", 1)[1].replace("_", "-")  # as the build's log lines name it: security-group
-        if operation.startswith("delete_"):
-            deleted(kind, ids(arguments))
-        elif operation.startswith("create_"):
-            new_id = next((v for k, v in answer.items() if k.endswith("Id") and isinstance(v, str)), "")
-            created(kind, new_id, **({"name": arguments["Name"]} if "Name" in arguments else {}))
-            if made is not None and new_id:
-                made.append(new_id)
-    return None
-
-
-def describe(waiter_name: str) -> str:
-    return waiter_name.replace("_", " ")
-
-
-def ids(waiter_args: dict) -> str:
-    return ", ".join(str(i) for v in waiter_args.values() for i in (v if isinstance(v, list) else [v]))
-

@@ -1,6 +1,6 @@
 """Polls that ride one describe call: the triggerer's waits on the instances and images of many builds.
 
-Each wait polls on its own schedule (polling.py). While a DescribeInstances (or DescribeImages) call of one
+Each wait polls on its own schedule (schedule.py). While a DescribeInstances (or DescribeImages) call of one
 connection and region is on its way, the polls of other waits that come due queue, and the next call asks
 about all their resources at once; each wait gets the answer cut down to its own resources, as if it had asked
 alone. A poll with no call on its way is made at once, so a lone build polls as before; a hundred builds in
@@ -16,7 +16,7 @@ import asyncio
 import weakref
 from dataclasses import dataclass
 
-from image_factory.polling import call
+from image_factory.waits.polls import call
 
 
 @dataclass(frozen=True)

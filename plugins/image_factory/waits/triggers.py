@@ -1,14 +1,17 @@
-"""Triggers: the long waits of a build run in Airflow's triggerer, so that no worker slot is held.
+"""Triggers: the long waits of a build run in Airflow's triggerer, so that no worker slot is held. A trigger
+watches; what it does once the state is reached is the request's follow-up calls (follow_ups.py), which the
+step declared.
 
-:class:`Ec2StateTrigger` polls an EC2 state with the same boto3 waiter definitions as the tasks (a describe
-call per poll, in a thread: the Amazon provider's async waiters need aiobotocore, which this project does not
-install; the polls of other waits that come due meanwhile share the next call, see coalescing.py), on the
-schedule of polling.py (from when the change was started; never at once). Then it makes
-the EC2 calls that waited for the state (``then``). With ``finish``, it ends the task itself (a
-``TaskSuccessEvent``; the task stored its result before deferring), so the task does not go back to a worker
-only to return a value; a failure, a timeout or a failed call always goes back to the task: it raises the
-first two with their message and runs again after the third. A task that runs again gets the last describe
-answer in the event.
+:class:`Ec2StateTrigger` carries out one :class:`~image_factory.waits.protocol.Wait`: it polls an EC2 state
+with the same boto3 waiter definitions as the tasks (a describe call per poll, in a thread: the Amazon
+provider's async waiters need aiobotocore, which this project does not install; the polls of other waits that
+come due meanwhile share the next call, see coalescing.py), on the wait's schedule (schedule.py: from when the
+change was started; never at once). Then it makes the wait's follow-up calls, and waits for its ``next``. With
+``finish``, it ends the task itself (a ``TaskSuccessEvent``; the task stored its result before deferring), so
+the task does not go back to a worker only to return a value; a failure, a timeout or a failed call always goes
+back to the task: it raises the first two with their message and runs again after the third. A task that runs
+again gets the :class:`~image_factory.waits.protocol.WaitOutcome` in the event (the last describe answer, the
+windows, the polls).
 
 :class:`RegionsTrigger` waits for one state in several regions at once (an image's copies): an
 :class:`Ec2StateTrigger` per region, all polling together; the first region that fails or times out ends the
@@ -23,129 +26,120 @@ goes away meanwhile (SSH would never answer: it would wait until its timeout).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from image_factory.polling import Schedule, remember
+from image_factory.waits.coalescing import coalescer
+from image_factory.waits.polls import judged, waiter_config
+from image_factory.waits.protocol import Wait, WaitFailed, WaitOutcome
+from image_factory.waits.schedule import recorded, window
 
 
 class Ec2StateTrigger(BaseTrigger):
-    def __init__(self, aws_conn_id: str, region: str, waiter_name: str, waiter_args: dict, timeout: float,
-                 schedule: Schedule | dict | float, finish: bool = False, started: float | None = None,
-                 then: list | None = None, elapsed: float | None = None, next_wait: list | None = None,
-                 next_schedule: Schedule | dict | float | None = None, history: dict | None = None):
+    def __init__(self, wait: Wait | dict, finish: bool = False, elapsed: float | None = None):
         super().__init__()
-        self.aws_conn_id = aws_conn_id
-        self.region = region
-        self.waiter_name = waiter_name
-        self.waiter_args = waiter_args
-        self.timeout = timeout
-        #: When to poll, from ``started`` (polling.py).
-        self.schedule = Schedule.of(schedule)
+        wait = Wait.of(wait)
+        #: The request, in its region through its connection (deferring.py places it), from when it began.
+        self.wait = wait if wait.since else dataclasses.replace(wait, since=time.time())
         self.finish = finish
-        self.started = started or time.time()
-        self.then = [list(call) for call in then or []]
         #: Seconds the task ran before deferring, for a step the build summary times (with ``finish``: the
         #: step's XCom ``step_seconds`` is this plus the wait; None: not timed, no such XCom).
         self.elapsed = elapsed
-        #: [waiter name, waiter args]: a second wait, from when the ``then`` calls are made (they start the
-        #: change it waits for: the image that CreateImage makes once the instance is stopped).
-        self.next_wait = list(next_wait) if next_wait else None
-        self.next_schedule = Schedule.of(next_schedule) if next_schedule is not None else self.schedule
-        #: With ``finish``: the spec's recent windows of this wait, which the task's XCom ``waits`` then holds
-        #: with this build's window added (the next build's schedule starts from them).
-        self.history = history or {}
+
+    @property
+    def started(self) -> float:
+        return self.wait.since
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("image_factory.triggers.Ec2StateTrigger", {
-            "aws_conn_id": self.aws_conn_id, "region": self.region, "waiter_name": self.waiter_name,
-            "waiter_args": self.waiter_args, "timeout": self.timeout, "schedule": self.schedule.to_dict(),
-            "finish": self.finish, "started": self.started, "then": self.then, "elapsed": self.elapsed,
-            "next_wait": self.next_wait, "next_schedule": self.next_schedule.to_dict(), "history": self.history})
+        return ("image_factory.waits.triggers.Ec2StateTrigger",
+                {"wait": self.wait.to_dict(), "finish": self.finish, "elapsed": self.elapsed})
 
     def __repr__(self) -> str:
-        shown = f" then {self.next_wait[0]}" if self.next_wait else ""
-        return f"Ec2StateTrigger({self.waiter_name} {self.waiter_args}{shown})"
+        return f"Ec2StateTrigger({self.wait.shown()})"
 
     async def run(self):
         from image_factory import aws
-        from image_factory.polling import call_after
+        from image_factory.waits import follow_ups
 
-        ec2 = await asyncio.to_thread(aws.shared_ec2, self.aws_conn_id, self.region)
-        waiter_name, waiter_args = self.waiter_name, self.waiter_args
-        answer, polls, ended, seen = await self._poll(ec2, waiter_name, waiter_args, self.started, self.schedule)
+        wait = self.wait
+        ec2 = await asyncio.to_thread(aws.shared_ec2, wait.connection, wait.region)
+        answer, polls, ended, seen = await self._poll(ec2, wait, wait.resources, wait.since)
         if ended:
             yield ended
             return
-        windows = {waiter_name: seen}
+        windows = {wait.state: seen}
         made: list[str] = []
-        failed = await asyncio.to_thread(call_after, ec2, self.then, made)
+        failed = await asyncio.to_thread(follow_ups.run, ec2, wait.then, made)
         if failed:
             self.log.warning("left to the task, which runs again: %s", failed[0])
-        elif self.next_wait:
-            waiter_name, waiter_args = self.next_wait
-            answer, more, ended, seen = await self._poll(ec2, waiter_name, by_id(waiter_name, waiter_args, made),
-                                                         time.time(), self.next_schedule)
+        elif wait.next:
+            wait = wait.next
+            answer, more, ended, seen = await self._poll(ec2, wait, by_id(wait.state, wait.resources, made),
+                                                         time.time())
             polls += more
             if ended:
                 yield ended
                 return
-            windows[waiter_name] = seen
+            windows[wait.state] = seen
         if self.finish and not failed:
             # The task stored its result before deferring; step_seconds feeds the build summary, waits the
             # next build's schedule.
-            xcoms = {"waits": {name: remember(self.history.get(name), seen) for name, seen in windows.items()}}
+            xcoms = {"waits": recorded(self.wait.history, windows)}
             if self.elapsed is not None:
                 xcoms["step_seconds"] = round(self.elapsed + time.time() - self.started, 1)
             yield TaskSuccessEvent(xcoms=xcoms)
         else:
             # The last answer goes back too: the task need not describe again what it waited for.
             shown = {key: value for key, value in answer.items() if key != "ResponseMetadata"}
-            yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": waiter_name,
-                                "waiter_args": waiter_args, "calls_failed": failed[0] if failed else None,
-                                "calls_failed_transient": failed[1] if failed else None, "windows": windows,
-                                "answer": json.loads(json.dumps(shown, default=str))})
+            answer = json.loads(json.dumps(shown, default=str))
+            yield TriggerEvent(WaitOutcome(wait.state, wait.resources, answer=answer, windows=windows, polls=polls,
+                                           failed=failed[0] if failed else None,
+                                           transient=bool(failed and failed[1])).to_event())
 
-    async def _poll(self, ec2, waiter_name: str, waiter_args: dict, since: float, schedule: Schedule):
-        """Poll on ``schedule`` from ``since`` until the state is reached: (the answer, polls, None, the
-        window it was reached in), or (None, polls, the event that ends the wait: failed or timed out, None)."""
-        from image_factory.coalescing import coalescer
-        from image_factory.polling import WaitFailed, judged, waiter_config, window
-
-        config = waiter_config(ec2, waiter_name)
-        deadline = since + self.timeout
+    async def _poll(self, ec2, wait: Wait, resources: dict, since: float):
+        """Poll ``resources`` on ``wait``'s schedule from ``since`` until its state is reached: (the answer,
+        polls, None, the window it was reached in), or (None, polls, the event that ends the wait: failed or
+        timed out, None)."""
+        state, schedule = wait.state, wait.schedule
+        config = waiter_config(ec2, state)
+        deadline = since + wait.timeout
         polls, shared, previous = 0, 0, None
         while True:
             moment = since + schedule.next_after(time.time() - since)
             await asyncio.sleep(max(0.0, min(moment, deadline) - time.time()))
             polls += 1
             polled = time.time() - since
-            answer, sharing = await coalescer().ask((self.aws_conn_id, self.region), ec2, config.operation,
-                                                    waiter_args)
+            answer, sharing = await coalescer().ask((wait.connection, wait.region), ec2, config.operation,
+                                                    resources)
             shared += sharing > 1
             try:
-                answer = judged(config, waiter_name, waiter_args, answer)
+                answer = judged(config, state, resources, answer)
             except WaitFailed as exc:
                 return None, polls, TriggerEvent({"status": "failed", "message": str(exc)}), None
             if answer is not None:
-                self.log.info("%s %s after %d polls (%.1f s; %d shared a call with other waits)", waiter_name,
-                              waiter_args, polls, polled, shared)
+                self.log.info("%s %s after %d polls (%.1f s; %d shared a call with other waits)", state,
+                              resources, polls, polled, shared)
                 return answer, polls, None, window(schedule, previous, polled)
             previous = polled
             if time.time() >= deadline:
-                return None, polls, TriggerEvent({"status": "timeout", "message": f"{waiter_name} {waiter_args}: "
-                                                  f"not reached within {self.timeout:.0f} s"}), None
+                return None, polls, TriggerEvent({"status": "timeout", "message": f"{state} {resources}: "
+                                                  f"not reached within {wait.timeout:.0f} s"}), None
 
 
-def by_id(waiter_name: str, waiter_args: dict, made: list[str]) -> dict:
+def by_id(state: str, resources: dict, made: list[str]) -> dict:
     """The image that the calls before an image wait made (CreateImage's answer) is polled by its id: a poll
     other waits' polls can share (coalescing.py), and cheaper for AWS than a filter on the name. (The event
-    still names the wait as the task asked for it.) An image made by an earlier run keeps ``waiter_args``."""
+    still names the wait as the task asked for it.) An image made by an earlier run keeps ``resources``."""
     images = [resource for resource in made if resource.startswith("ami-")]
-    return {"ImageIds": images} if waiter_name == "image_available" and len(images) == 1 else waiter_args
+    return {"ImageIds": images} if state == "image_available" and len(images) == 1 else resources
+
+
+#: The state an SSH wait reaches: the server answers (and, when asked, the console shows its host keys).
+SSH_READY = "ssh_ready"
 
 
 class SshReadyTrigger(BaseTrigger):
@@ -167,7 +161,7 @@ class SshReadyTrigger(BaseTrigger):
         self.console = console
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("image_factory.triggers.SshReadyTrigger", {
+        return ("image_factory.waits.triggers.SshReadyTrigger", {
             "host": self.host, "port": self.port, "timeout": self.timeout, "delay": self.delay,
             "started": self.started, "instance": self.instance, "console": self.console})
 
@@ -188,8 +182,8 @@ class SshReadyTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "failed", "message": str(exc)})
                 return
             if answered and (keys or not self.console):
-                yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": "ssh_ready",
-                                    "waiter_args": {"address": [f"{self.host}:{self.port}"]}, "host_keys": keys})
+                yield TriggerEvent(WaitOutcome(SSH_READY, {"address": [f"{self.host}:{self.port}"]},
+                                               answer={"host_keys": keys}, polls=polls).to_event())
                 return
             if self.instance and time.time() >= next_look:
                 next_look = time.time() + self.STATE_EVERY
@@ -225,7 +219,6 @@ class SshReadyTrigger(BaseTrigger):
     async def _instance_gone(self) -> str | None:
         """Why SSH will never answer (the instance is neither pending nor running), else None."""
         from image_factory import aws
-        from image_factory.coalescing import coalescer
 
         conn_id, region, instance_id = (self.instance[k] for k in ("aws_conn_id", "region", "instance_id"))
         try:
@@ -256,34 +249,25 @@ class SshReadyTrigger(BaseTrigger):
 
 
 class RegionsTrigger(BaseTrigger):
-    def __init__(self, aws_conn_id: str, waiter_name: str, waiter_args: dict[str, dict], timeout: float,
-                 schedule: Schedule | dict | float, started: float | None = None):
+    def __init__(self, waits: list[Wait | dict]):
         super().__init__()
-        self.aws_conn_id = aws_conn_id
-        self.waiter_name = waiter_name
-        #: region -> the waiter's arguments there.
-        self.waiter_args = waiter_args
-        self.timeout = timeout
-        self.schedule = Schedule.of(schedule)
-        self.started = started or time.time()
+        #: One state, a wait in each region (each placed: its region, its connection, its since).
+        self.waits = [Wait.of(wait) for wait in waits]
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("image_factory.triggers.RegionsTrigger", {
-            "aws_conn_id": self.aws_conn_id, "waiter_name": self.waiter_name, "waiter_args": self.waiter_args,
-            "timeout": self.timeout, "schedule": self.schedule.to_dict(), "started": self.started})
+        return ("image_factory.waits.triggers.RegionsTrigger", {"waits": [wait.to_dict() for wait in self.waits]})
 
     def __repr__(self) -> str:
-        return f"RegionsTrigger({self.waiter_name} {self.waiter_args})"
+        return f"RegionsTrigger({', '.join(f'{wait.shown()} in {wait.region}' for wait in self.waits)})"
 
     async def run(self):
-        async def first_event(region: str, trigger: Ec2StateTrigger) -> tuple[str, dict]:
-            async for event in trigger.run():
-                return region, event.payload
-            return region, {"status": "failed", "message": "the wait ended without an event"}
+        async def first_event(wait: Wait) -> tuple[str, dict]:
+            async for event in Ec2StateTrigger(wait).run():
+                return wait.region, event.payload
+            return wait.region, {"status": "failed", "message": "the wait ended without an event"}
 
-        waits = [asyncio.create_task(first_event(region, Ec2StateTrigger(
-            self.aws_conn_id, region, self.waiter_name, args, self.timeout, self.schedule, started=self.started)))
-            for region, args in self.waiter_args.items()]
+        state = self.waits[0].state
+        waits = [asyncio.create_task(first_event(wait)) for wait in self.waits]
         answers, windows, polls = {}, {}, 0
         try:
             for finished in asyncio.as_completed(waits):
@@ -294,10 +278,10 @@ class RegionsTrigger(BaseTrigger):
                                         "message": f"{region}: {payload.get('message', 'failed')}"})
                     return
                 answers[region] = payload["answer"]
-                windows[region] = payload["windows"].get(self.waiter_name)
+                windows[region] = payload["windows"].get(state)
                 polls += payload["polls"]
         finally:
             for wait in waits:
                 wait.cancel()
-        yield TriggerEvent({"status": "success", "polls": polls, "waiter_name": self.waiter_name,
-                            "waiter_args": self.waiter_args, "windows": windows, "answers": answers})
+        yield TriggerEvent(WaitOutcome(state, {wait.region: wait.resources for wait in self.waits},
+                                       answers=answers, windows=windows, polls=polls).to_event())

@@ -1,0 +1,48 @@
+"""One poll, judged by boto3's waiter definition (its describe operation and acceptors): the same in a task and
+in the triggerer."""
+
+from __future__ import annotations
+
+from image_factory.waits.protocol import WaitFailed
+
+
+def reached(ec2, state: str, resources: dict) -> dict | None:
+    """One poll: the describe call's answer when ``state`` is reached (so that nobody needs to describe it
+    again), else None; raises :class:`WaitFailed` when it never will be."""
+    config = waiter_config(ec2, state)
+    return judged(config, state, resources, call(ec2, config.operation, resources))
+
+
+def call(client, operation: str, arguments: dict) -> dict:
+    """The describe call's answer, or the error EC2 answered with (a waiter judges errors too)."""
+    from botocore import xform_name
+    from botocore.exceptions import ClientError
+
+    try:
+        return getattr(client, xform_name(operation))(**arguments)
+    except ClientError as exc:
+        return exc.response
+
+
+_waiter_configs: dict[tuple[str, str], object] = {}
+
+
+def waiter_config(ec2, state: str):
+    """boto3's definition of the waiter (its describe operation, its acceptors); read once per process, as
+    ``get_waiter`` makes a waiter model and class each time."""
+    key = (ec2.meta.service_model.service_name, state)
+    if key not in _waiter_configs:
+        _waiter_configs[key] = ec2.get_waiter(state).config
+    return _waiter_configs[key]
+
+
+def judged(config, state: str, resources: dict, answer: dict) -> dict | None:
+    """The answer (or error) of one poll, judged by the waiter ``config``: the answer when the state is reached,
+    else None; raises :class:`WaitFailed` when it never will be."""
+    for acceptor in config.acceptors:
+        if acceptor.matcher_func(answer):
+            if acceptor.state == "failure":
+                raise WaitFailed(f"{state} {resources}: the waiter reached a terminal failure state "
+                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected})")
+            return answer if acceptor.state == "success" else None
+    return None
