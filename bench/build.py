@@ -367,8 +367,8 @@ def result(ours: list[dict], version: str, peer: list[dict], poll: float | None 
 def _polling(poll: float | None) -> str:
     if poll is None:
         return ("Each side at its defaults: Image Factory with no poll_interval (each wait polls on the schedule "
-                "of plugins/image_factory/waits/schedule.py: a spec's first build on priors, the later ones fitted to the "
-                "windows the earlier ones saw); Packer with no AWS_POLL_DELAY_SECONDS or AWS_MAX_ATTEMPTS.")
+                "of plugins/image_factory/waits/schedule.py: a spec's first build on priors, the later ones fitted to "
+                "the windows the earlier ones saw); Packer with no AWS_POLL_DELAY_SECONDS or AWS_MAX_ATTEMPTS.")
     return (f"Both sides poll every {poll:g} s, but for the stop before the image, which Image Factory polls at "
             f"half its interval (every {poll / 2:g} s: a short wait that CreateImage waits for).")
 
