@@ -80,6 +80,9 @@ Call = tuple[str, dict]
 
 @dataclass(frozen=True)
 class Kind:
+    """One kind of resource a build makes: how it is found, how it is deleted, what must be gone first."""
+
+    #: As the inventory, the sweeper and the plan list it.
     name: str
     #: What the plan says of it (``image-factory render``).
     described: str
