@@ -112,15 +112,10 @@ class Kind:
             object.__setattr__(self, "noun", self.name)
 
 
-def _each(operation: str, argument: str) -> Callable[[list[Resource]], list[Call]]:
-    """One call per resource."""
-    return lambda found: [(operation, {argument: r.id}) for r in found]
-
-
-def _tagged(kind: str, operation: str, key: str, id_key: str):
-    """A kind found by one EC2 describe call filtered on the build tag."""
+def _tagged(kind: str, id_key: str, items: Callable[[object, list[dict]], Iterable[dict]]):
+    """A kind found by one EC2 describe call (``items``: of the client and the filter on the build tag)."""
     def find(scope: Scope, _found: list[Resource]) -> Iterable[Resource]:
-        for item in aws.all_items(scope.ec2, operation, key, Filters=scope.tagged):
+        for item in items(scope.ec2, scope.tagged):
             made = scope.resource(kind, item[id_key], item.get("Tags"), item)
             if made:
                 yield made
@@ -129,7 +124,8 @@ def _tagged(kind: str, operation: str, key: str, id_key: str):
 
 
 def _instances(scope: Scope, _found: list[Resource]) -> Iterable[Resource]:
-    for reservation in aws.all_items(scope.ec2, "describe_instances", "Reservations", Filters=[
+    ec2 = scope.ec2
+    for reservation in aws.all_items(ec2, "describe_instances", "Reservations", Filters=[
             *scope.tagged, {"Name": "instance-state-name", "Values": list(INSTANCE_STATES)}]):
         for item in reservation["Instances"]:
             made = scope.resource("instance", item["InstanceId"], item.get("Tags"), item)
@@ -148,7 +144,8 @@ def _complete(tags: dict[str, str]) -> bool:
 
 
 def _incomplete_images(scope: Scope, _found: list[Resource]) -> Iterable[Resource]:
-    for item in aws.all_items(scope.ec2, "describe_images", "Images", Owners=["self"], Filters=scope.tagged):
+    ec2 = scope.ec2
+    for item in aws.all_items(ec2, "describe_images", "Images", Owners=["self"], Filters=scope.tagged):
         made = scope.resource("image (incomplete)", item["ImageId"], item.get("Tags"), item)
         if made and not _complete(made.tags):
             yield made
@@ -162,8 +159,8 @@ def _snapshots(scope: Scope, found: list[Resource]) -> Iterable[Resource]:
         for snapshot_id in snapshot_ids(image.data):
             seen.add(snapshot_id)
             yield Resource("snapshot", snapshot_id, image.build_id, image.tags)
-    for item in aws.all_items(scope.ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"],
-                              Filters=scope.tagged):
+    ec2 = scope.ec2
+    for item in aws.all_items(ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"], Filters=scope.tagged):
         made = scope.resource("snapshot", item["SnapshotId"], item.get("Tags"), item)
         if made and not _complete(made.tags) and made.id not in seen:
             yield made
@@ -172,16 +169,17 @@ def _snapshots(scope: Scope, found: list[Resource]) -> Iterable[Resource]:
 def _parameters(scope: Scope, _found: list[Resource]) -> Iterable[Resource]:
     """One build's: its folder, by name. Every build's: the builds' folder, and of those, only parameters whose
     tags name the build whose folder they are in (SSM cannot filter on a tag key alone)."""
-    if scope.ssm is None:
+    ssm = scope.ssm
+    if ssm is None:
         return
     folder = parameter_folder(scope.build_id) if scope.build_id else PARAMETER_PREFIX
-    for item in aws.all_items(scope.ssm, "describe_parameters", "Parameters", ParameterFilters=[
+    for item in aws.all_items(ssm, "describe_parameters", "Parameters", ParameterFilters=[
             {"Key": "Name", "Option": "BeginsWith", "Values": [folder]}]):
         name = item["Name"]
         if scope.build_id:
             yield Resource("ssm-parameter", name, scope.build_id, data=item)
             continue
-        tag_list = scope.ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
+        tag_list = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
         made = scope.resource("ssm-parameter", name, tag_list, item)
         if made and name.startswith(parameter_folder(made.build_id)):
             yield made
@@ -196,24 +194,33 @@ KINDS: tuple[Kind, ...] = (
     Kind("instance", "the builder and test instances (terminated, waited for)", _instances, _terminate,
          gone=("InvalidInstanceID.NotFound",), settles="instance_terminated", plural="instances"),
     Kind("image (incomplete)", "images of the build never marked complete", _incomplete_images,
-         _each("deregister_image", "ImageId"), gone=("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"),
-         copied=True, noun="image"),
-    Kind("snapshot", "their snapshots", _snapshots, _each("delete_snapshot", "SnapshotId"),
+         lambda found: [("deregister_image", {"ImageId": r.id}) for r in found],
+         gone=("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"), copied=True, noun="image"),
+    Kind("snapshot", "their snapshots", _snapshots,
+         lambda found: [("delete_snapshot", {"SnapshotId": r.id}) for r in found],
          gone=("InvalidSnapshot.NotFound",), after=("image (incomplete)",), copied=True),
-    Kind("key-pair", "the key pair", _tagged("key-pair", "describe_key_pairs", "KeyPairs", "KeyName"),
-         _each("delete_key_pair", "KeyName"),  # by name: the emulator ignores KeyPairId
+    Kind("key-pair", "the key pair",
+         _tagged("key-pair", "KeyName", lambda ec2, tagged: aws.all_items(ec2, "describe_key_pairs", "KeyPairs",
+                                                                           Filters=tagged)),
+         lambda found: [("delete_key_pair", {"KeyName": r.id}) for r in found],  # the emulator ignores KeyPairId
          gone=("InvalidKeyPair.NotFound",)),
     Kind("ssm-parameter", "its SSM parameter (the private key)", _parameters,
-         _each("delete_parameter", "Name"), gone=("ParameterNotFound",), service="ssm"),
+         lambda found: [("delete_parameter", {"Name": r.id}) for r in found], gone=("ParameterNotFound",),
+         service="ssm"),
     Kind("security-group", "the security group",
-         _tagged("security-group", "describe_security_groups", "SecurityGroups", "GroupId"),
-         _each("delete_security_group", "GroupId"), gone=("InvalidGroup.NotFound",), after=("instance",)),
-    Kind("subnet", "the subnet", _tagged("subnet", "describe_subnets", "Subnets", "SubnetId"),
-         _each("delete_subnet", "SubnetId"), gone=("InvalidSubnetID.NotFound",), after=("instance",),
-         made_by=_wants_subnet),
-    Kind("vpc", "the VPC (when the build made one)", _tagged("vpc", "describe_vpcs", "Vpcs", "VpcId"),
-         _each("delete_vpc", "VpcId"), gone=("InvalidVpcID.NotFound",), after=("security-group", "subnet"),
-         made_by=_wants_subnet),
+         _tagged("security-group", "GroupId",
+                 lambda ec2, tagged: aws.all_items(ec2, "describe_security_groups", "SecurityGroups", Filters=tagged)),
+         lambda found: [("delete_security_group", {"GroupId": r.id}) for r in found],
+         gone=("InvalidGroup.NotFound",), after=("instance",)),
+    Kind("subnet", "the subnet",
+         _tagged("subnet", "SubnetId", lambda ec2, tagged: aws.all_items(ec2, "describe_subnets", "Subnets",
+                                                                          Filters=tagged)),
+         lambda found: [("delete_subnet", {"SubnetId": r.id}) for r in found],
+         gone=("InvalidSubnetID.NotFound",), after=("instance",), made_by=_wants_subnet),
+    Kind("vpc", "the VPC (when the build made one)",
+         _tagged("vpc", "VpcId", lambda ec2, tagged: aws.all_items(ec2, "describe_vpcs", "Vpcs", Filters=tagged)),
+         lambda found: [("delete_vpc", {"VpcId": r.id}) for r in found],
+         gone=("InvalidVpcID.NotFound",), after=("security-group", "subnet"), made_by=_wants_subnet),
 )
 BY_NAME = {kind.name: kind for kind in KINDS}
 #: The kinds found in the regions the image is copied to.
