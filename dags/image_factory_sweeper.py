@@ -28,8 +28,9 @@ REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$")
 DOC = """\
 # Image Factory sweeper
 
-Each build's `tear_down` task deletes the build's builder resources (instance, incomplete image, key pair and
-its SSM parameter, security group, subnet, VPC) whatever failed, but only when it runs. A killed worker, a
+Each build's `tear_down` task deletes the build's builder resources (instances, incomplete images and their
+snapshots, key pair and its SSM parameter, security group, subnet, VPC: the table of what builds make,
+plugins/image_factory/resources.py) whatever failed, but only when it runs. A killed worker, a
 lost scheduler, or a run marked failed by hand in the UI (which skips teardowns) leaves them behind. This DAG
 finds them by their `image-factory:build-id` tag and runs the same teardown for them.
 
@@ -38,13 +39,15 @@ copy their images to), plus the regions in
 `[image_factory] sweeper_regions` (`AIRFLOW__IMAGE_FACTORY__SWEEPER_REGIONS`, comma separated, with the
 `aws_default` connection), one `sweep_region` task:
 
-1. lists every resource tagged `image-factory:build-id` (instances not terminated, images not marked
-   complete, key pairs, security groups, subnets, VPCs, the builds' SSM parameters), grouped by build;
+1. lists every resource tagged `image-factory:build-id` of each kind of that table (instances not
+   terminated, images not marked complete and their snapshots, key pairs, the builds' SSM parameters,
+   security groups, subnets, VPCs), grouped by build;
 2. sweeps a build when it was created more than `grace_minutes` ago **and** its DAG run (the spec's DAG,
    the run id in the `image-factory:dag-run-id` tag) is not running or queued (a run this Airflow does not
    know counts as not running), **or** when it was created more than `max_age_hours` ago whatever its run's
    state (a run left "running" by a scheduler that died);
-3. tears each such build down with the build's own teardown, logging every resource it deletes
+3. tears each such build down with the build's own teardown (in the table's dependency order), logging
+   every resource it deletes
    (`deleted <kind> <id>`); with `dry_run` it deletes nothing and logs `would delete <kind> <id>`.
 
 Resources without the Image Factory build tag are never looked at. Completed images are outputs, not

@@ -146,9 +146,11 @@ class LocalCloud:
     # --- the front's counters and throttling -------------------------------------------------------
 
     def stats(self) -> dict:
-        """``{"calls": {"ec2:DescribeVpcs": 2, ...}, "throttled": {...}, "config": {...}}`` since the last reset.
+        """``{"calls": {"ec2:DescribeVpcs": 2, ...}, "throttled": {...}, "errors": {...}, "config": {...}}`` since
+        the last reset.
 
-        ``calls`` counts every AWS API call the front received, throttled ones included.
+        ``calls`` counts every AWS API call the front received, throttled ones included; ``errors``, the error
+        answers of the cloud behind it by call and error code (``{"ec2:DeleteVpc": {"DependencyViolation": 1}}``).
         """
         return self._control("GET", "stats")
 

@@ -5,8 +5,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
 (hop-by-hop headers dropped). Standard library only. Its own endpoints, never forwarded:
 
 * ``GET /_localcloud/stats``: ``{"calls": {"ec2:RunInstances": 1, ...}, "throttled": {...}, "config": {...},
-  "changes": {...}}``. ``calls`` counts every AWS API call received, the throttled ones included; ``throttled``
-  counts those answered with a throttling error instead of being forwarded; ``changes`` tells, for each
+  "errors": {...}, "changes": {...}}``. ``calls`` counts every AWS API call received, the throttled ones
+  included; ``throttled`` counts those answered with a throttling error instead of being forwarded; ``errors``
+  counts the error answers of the cloud behind by call and code (``{"ec2:DeleteVpc": {"DependencyViolation":
+  1}}``); ``changes`` tells, for each
   remembered state change (see latency below), when it started and when it shows done (epoch seconds).
 * ``POST /_localcloud/reset``: zero the counters.
 * ``POST /_localcloud/config`` with ``{"throttle_rate": 0.3, "throttle_seed": 1}``: answer that share of EC2
@@ -184,6 +186,19 @@ def access_denied(service: str, name: str) -> tuple[int, list[tuple[str, str]], 
                  ("x-amzn-ErrorType", "AccessDeniedException")], body
 
 
+ERROR_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
+JSON_ERROR_TYPE = re.compile(rb'"__type"\s*:\s*"(?:[^"#]*#)?([^"]{1,128})"')
+
+
+def error_code(response) -> str:
+    """The AWS error code of an error answer: EC2's XML ``<Code>``, or a JSON service's (SSM's) error type."""
+    found = ERROR_CODE.search(response.body or b"") or JSON_ERROR_TYPE.search(response.body or b"")
+    if found:
+        return found.group(1).decode("utf-8", errors="replace")
+    header = response.getheader("x-amzn-ErrorType") or ""
+    return header.split(":")[0] or f"HTTP {response.status}"
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -197,6 +212,8 @@ class Stats:
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
+        # "service:Action" -> error code -> how many of its calls the cloud answered with that error
+        self.errors: dict[str, Counter[str]] = {}
         self.throttle_rate = 0.0
         self.throttle_seed = 0
         self.random = random.Random(self.throttle_seed)  # noqa: S311 reproducible fault injection, not crypto
@@ -226,10 +243,15 @@ class Stats:
                 self.throttled[name] += 1
             return throttle
 
+    def record_error(self, name: str, code: str) -> None:
+        with self.lock:
+            self.errors.setdefault(name, Counter())[code] += 1
+
     def reset(self) -> None:
         with self.lock:
             self.calls.clear()
             self.throttled.clear()
+            self.errors.clear()
 
     def configure(self, settings: dict) -> None:
         unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to", "deny"}
@@ -376,6 +398,7 @@ class Stats:
     def snapshot(self) -> dict:
         with self.lock:
             return {"calls": dict(sorted(self.calls.items())), "throttled": dict(sorted(self.throttled.items())),
+                    "errors": {name: dict(sorted(codes.items())) for name, codes in sorted(self.errors.items())},
                     "config": self.config(), "changes": self.changes_shown()}
 
     def changes_shown(self) -> dict:
@@ -605,6 +628,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         if response.will_close:
             self.drop_upstream()
         service, _, action = (name or "").partition(":")
+        if name is not None and response.status >= 400:
+            self.server.stats.record_error(name, error_code(response))
         if service == "ec2" and response.status == 200:
             machines = self.server.machines
             if action == "CopyImage":

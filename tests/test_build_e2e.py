@@ -184,8 +184,8 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
 
 def actions_in_code(folder: Path) -> set[str]:
     """Every EC2 and SSM action the code can call: client methods, the calls a wait makes after its state
-    (``FollowUp("ec2", "create_image", {...})``, or ``("delete_subnet", {...})`` before they become follow-ups)
-    and the waiters' operations."""
+    (``FollowUp("ec2", "create_image", {...})``, and ``("delete_subnet", {...})`` as the deletions of
+    resources.py are written) and the waiters' operations."""
     clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
                                      aws_secret_access_key="x") for service in ("ec2", "ssm")}  # noqa: S106
     actions = set()
@@ -198,9 +198,11 @@ def actions_in_code(folder: Path) -> set[str]:
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\ball_items\((ec2|ssm), "(\w+)"', text):  # (aws.all_items: pages)
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
-        for method in re.findall(r'\("([a-z_]+)", \{', text):
-            if method in clients["ec2"].meta.method_to_api_mapping:
-                actions.add(f"ec2:{clients['ec2'].meta.method_to_api_mapping[method]}")
+        for method in re.findall(r'\("([a-z_]+)", \{', text):  # (the table of resources.py: SSM's too)
+            service = next((name for name, client in clients.items() if method in client.meta.method_to_api_mapping),
+                           None)
+            if service:
+                actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\bFollowUp\("(ec2|ssm)", "([a-z_]+)"', text):  # (a wait's follow-up calls)
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for waiter in re.findall(r'get_waiter\("(\w+)"\)', text):

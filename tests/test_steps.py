@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from image_factory import resources
 from image_factory.build import Build
 from image_factory.errors import PermanentError
 from image_factory.inventory import builder_resources
@@ -163,7 +164,7 @@ class DependencyViolationTwice:
 def test_teardown_retries_a_security_group_still_in_use(ec2, ssm, build):
     infrastructure.create(ec2, ssm, build)
     flaky = DependencyViolationTwice(ec2)
-    removed = infrastructure.destroy(flaky, ssm, build.build_id, delay=0.01)
+    removed = resources.delete(flaky, ssm, resources.find(ec2, ssm, build.build_id), delay=0.01)
     assert flaky.refusals == 2
     assert any(r.startswith("sg-") for r in removed)
     assert builder_resources(ec2, ssm, build.build_id) == []

@@ -22,7 +22,7 @@ import pytest
 
 from image_factory.build import TAG_BUILD, TAG_CREATED_AT, TAG_RUN, TAG_SPEC, tag_dict
 from image_factory.inventory import builder_resources
-from image_factory.steps.image import deregister
+from image_factory.steps.image import deregister, snapshot_ids
 from image_factory.steps.image import find as find_images
 from image_factory.steps.teardown import tear_down
 from image_factory.sweeper import BuildResources, find_builds, orphans, sweep
@@ -350,7 +350,10 @@ def test_resources_without_image_factory_tags_survive_a_sweep(ec2, ssm, caplog):
             {"ResourceType": "image", "Tags": [*tags(finished_build_id, "fake-finished-image", datetime.now(UTC)),
                                                {"Key": "image-factory:complete", "Value": "true"}]}])["ImageId"]
         images = [half_made, complete]
-        made = sorted([*made, ("image (incomplete)", half_made)])
+        # The half-made image's snapshots are builder resources too (deleted after it); the complete one's not.
+        [described] = ec2.describe_images(ImageIds=[half_made])["Images"]
+        made = sorted([*made, ("image (incomplete)", half_made),
+                       *(("snapshot", snapshot_id) for snapshot_id in snapshot_ids(described))])
 
         builds = find_builds(ec2, ssm)
         found = {resource_id for build in builds.values() for _, resource_id in build.resources}
@@ -366,7 +369,7 @@ def test_resources_without_image_factory_tags_survive_a_sweep(ec2, ssm, caplog):
 
         assert summary.failed == {}
         expected = {resource_id for _, resource_id in made}
-        assert expected <= set(summary.deleted[build_id])  # and the half-made image's snapshots
+        assert expected == set(summary.deleted[build_id])
         assert deleted_in(caplog.text) == set(summary.deleted[build_id])
         assert builder_resources(ec2, ssm, build_id) == []
         untagged.assert_intact()

@@ -464,7 +464,7 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
     schedule = spec.schedule or "none: manual builds only"
     if getattr(spec, "rebuild_on_origin_change", False):
         schedule += ", and when the origin resolves to a new image"
-    from image_factory import dag
+    from image_factory import dag, resources
 
     details = {
         "create_builder_network": lambda: _network_task(spec, build, settings, warnings),
@@ -485,13 +485,7 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
             "finds": "what the setup and the launch recorded, or on a retry or when they failed, what is tagged "
                      f"image-factory:build-id={build.build_id}; what needs the instance gone is deleted by the "
                      "triggerer once it is",
-            "deletes": ["the builder instance (terminated, waited for)", "images of the build never marked "
-                        "complete, and their snapshots",
-                        *([f"copies never marked complete, in {', '.join(spec.distribute.regions)}"]
-                          if spec.distribute and spec.distribute.regions else []),
-                        "the key pair and its SSM parameter",
-                        "the security group",
-                        *(["the subnet", "the VPC (when the build made one)"] if spec.wants_builder_subnet else [])]},
+            "deletes": resources.planned(spec, spec.distribute.regions if spec.distribute else ())},
     }
     steps = dag.steps_of(spec)
     present = {step.task_id for step in steps}

@@ -4,7 +4,8 @@ A build's ``tear_down`` task deletes its builder resources whatever failed, but 
 worker, a lost scheduler, or a run marked failed by hand (which skips teardowns) leaves them behind. Every
 builder resource carries the build's tags (see :mod:`image_factory.build`), so they are found by tag here:
 
-- :func:`find_builds` lists every resource tagged ``image-factory:build-id``, grouped by build, with the
+- :func:`find_builds` lists every resource tagged ``image-factory:build-id``, of every kind of the table of
+  what builds make (:mod:`image_factory.resources`), grouped by build, with the
   build's spec (its DAG id), its DAG run id and when it started (the oldest ``image-factory:created-at``);
 - :func:`orphans` decides which builds are orphans: older than a grace period and whose DAG run is not
   running or queued (a run Airflow does not know counts as not running), or older than a maximum age whatever
@@ -12,7 +13,7 @@ builder resource carries the build's tags (see :mod:`image_factory.build`), so t
 - :func:`sweep` runs the build's own teardown for each orphan (or, in a dry run, logs what it would delete).
 
 Only resources carrying the Image Factory build tag are ever looked at: the EC2 calls filter on the tag key
-and an SSM parameter must carry the tag too. Nothing here imports Airflow.
+and an SSM parameter must carry the tag too (resources.py). Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -22,18 +23,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from image_factory import aws
-from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_CREATED_AT, TAG_RUN, TAG_SPEC, tag_dict
+from image_factory import resources
+from image_factory.build import TAG_CREATED_AT, TAG_RUN, TAG_SPEC
 from image_factory.inventory import builder_resources
-from image_factory.steps import instance
 from image_factory.steps.teardown import tear_down
 
 log = logging.getLogger("image_factory")
 
 #: DAG run states in which the build may still be using its resources.
 ACTIVE_RUN_STATES = frozenset({"running", "queued"})
-#: Where builds keep their SSM parameters (the private half of their key pair).
-PARAMETER_PREFIX = "/image-factory/builds/"
 CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 RunState = Callable[[str, str], "str | None"]
@@ -96,47 +94,12 @@ def parse_created_at(value: str | None) -> datetime | None:
 # --- finding ------------------------------------------------------------------------------------------
 
 def find_builds(ec2, ssm) -> dict[str, BuildResources]:
-    """Every build that has builder resources in the clients' region, by build id.
-
-    Builder resources are those teardown deletes (:func:`image_factory.inventory.builder_resources`):
-    instances not yet terminated, images never marked complete, key pairs, security groups, subnets, VPCs
-    and the build's SSM parameters. A complete image is an output of its build, never a leftover.
-    """
-    tagged = [{"Name": "tag-key", "Values": [TAG_BUILD]}]
+    """Every build that has builder resources in the clients' region, by build id: every kind of the table of
+    what builds make (resources.py), found by the build tag. A complete image is an output of its build, never
+    a leftover."""
     builds: dict[str, BuildResources] = {}
-
-    def add(kind: str, resource_id: str, tag_list: list[dict] | None) -> None:
-        tags = tag_dict(tag_list)
-        build_id = tags.get(TAG_BUILD)
-        if not build_id:  # the filter guarantees the tag; never act on a resource without it
-            return
-        builds.setdefault(build_id, BuildResources(build_id)).add(kind, resource_id, tags)
-
-    live = [*instance.LIVE_STATES, "shutting-down"]
-    for reservation in aws.all_items(ec2, "describe_instances", "Reservations",
-                              Filters=[*tagged, {"Name": "instance-state-name", "Values": live}]):
-        for item in reservation["Instances"]:
-            add("instance", item["InstanceId"], item.get("Tags"))
-    for item in aws.all_items(ec2, "describe_images", "Images", Owners=["self"], Filters=tagged):
-        if tag_dict(item.get("Tags")).get(TAG_COMPLETE) != "true":
-            add("image (incomplete)", item["ImageId"], item.get("Tags"))
-    for item in aws.all_items(ec2, "describe_key_pairs", "KeyPairs", Filters=tagged):
-        add("key-pair", item["KeyName"], item.get("Tags"))
-    for item in aws.all_items(ec2, "describe_security_groups", "SecurityGroups", Filters=tagged):
-        add("security-group", item["GroupId"], item.get("Tags"))
-    for item in aws.all_items(ec2, "describe_subnets", "Subnets", Filters=tagged):
-        add("subnet", item["SubnetId"], item.get("Tags"))
-    for item in aws.all_items(ec2, "describe_vpcs", "Vpcs", Filters=tagged):
-        add("vpc", item["VpcId"], item.get("Tags"))
-    # SSM cannot filter on a tag key alone: list the builds' folder, then keep only parameters whose tags
-    # name the build whose folder they are in.
-    for item in aws.all_items(ssm, "describe_parameters", "Parameters", ParameterFilters=[
-            {"Key": "Name", "Option": "BeginsWith", "Values": [PARAMETER_PREFIX]}]):
-        name = item["Name"]
-        tag_list = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
-        build_id = tag_dict(tag_list).get(TAG_BUILD)
-        if build_id and name.startswith(f"{PARAMETER_PREFIX}{build_id}/"):
-            add("ssm-parameter", name, tag_list)
+    for found in resources.find(ec2, ssm):
+        builds.setdefault(found.build_id, BuildResources(found.build_id)).add(found.kind, found.id, found.tags)
     return builds
 
 

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from image_factory import resources
 from image_factory.build import (
     TAG_COMPLETE,
     TAG_SOURCE_IMAGE,
@@ -152,10 +153,11 @@ def share(ec2_in: ClientIn, build: Build, images_by_region: dict[str, dict]) -> 
 
 def remove_incomplete(ec2_in: ClientIn, regions: list[str], build_id: str) -> list[str]:
     """The teardown's part: every copy of the build that never became complete, in each region, deregistered
-    (its snapshots deleted)."""
+    and its snapshots deleted (the image kinds of resources.py, found in each region)."""
     removed = []
     for region in regions:
-        gone = images.remove_incomplete(ec2_in(region), build_id)
+        ec2 = ec2_in(region)
+        gone = resources.delete(ec2, None, resources.find(ec2, None, build_id, kinds=resources.COPIED))
         if gone:
             log.info("removed half-made copies in %s: %s", region, ", ".join(gone))
         removed += gone

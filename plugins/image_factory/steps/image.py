@@ -143,12 +143,3 @@ def deregister(ec2, image: dict) -> list[str]:
         ec2.delete_snapshot(SnapshotId=snapshot_id)
         log.info("deleted snapshot %s", snapshot_id)
     return [image_id, *snapshots]
-
-
-def remove_incomplete(ec2, build_id: str) -> list[str]:
-    """Deregister every image of the build that never became complete."""
-    removed = []
-    for image in find(ec2, build_id):
-        if tag_dict(image.get("Tags")).get(TAG_COMPLETE) != "true":
-            removed += deregister(ec2, image)
-    return removed

@@ -1,4 +1,4 @@
-"""Step 2: the builder infrastructure, created for one build and destroyed after it.
+"""Step 2: the builder infrastructure, created for one build (and deleted after it: resources.py, teardown.py).
 
 What it creates, each tagged with the build in its create call and looked up by tag before it is created
 (so a retry creates nothing twice):
@@ -14,13 +14,13 @@ import contextlib
 import hashlib
 import ipaddress
 import logging
-import time
 from dataclasses import asdict, dataclass, fields
 
 from image_factory.aws import error_code
-from image_factory.build import TAG_BUILD, Build, created, deleted
+from image_factory.build import Build, created
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
+from image_factory.resources import parameter_folder
 
 log = logging.getLogger("image_factory")
 
@@ -56,7 +56,7 @@ class BuilderInfrastructure:
 
 
 def private_key_parameter(build: Build) -> str:
-    return f"/image-factory/builds/{build.build_id}/ssh-private-key"
+    return f"{parameter_folder(build.build_id)}ssh-private-key"
 
 
 def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
@@ -256,77 +256,3 @@ def private_key(ssm, build: Build) -> str:
         raise InfrastructureError(f"the private key of build {build.build_id} is gone "
                                   f"({private_key_parameter(build)}); was the build torn down?")
     return private
-
-
-# --- teardown -----------------------------------------------------------------------------------------
-
-def destroy(ec2, ssm, build_id: str, *, attempts: int = 30, delay: float = 2.0) -> list[str]:
-    """Delete the build's key pair, key parameter, security groups, subnets and VPC, found by tag.
-
-    Call after the instances are gone. A security group still attached to a terminating instance answers
-    DependencyViolation for a while: retried, within a bound.
-    """
-    flt = [{"Name": f"tag:{TAG_BUILD}", "Values": [build_id]}]
-    removed: list[str] = []
-    for pair in ec2.describe_key_pairs(Filters=flt)["KeyPairs"]:
-        ec2.delete_key_pair(KeyName=pair["KeyName"])  # the emulator ignores KeyPairId
-        deleted("key-pair", pair["KeyName"])
-        removed.append(pair["KeyName"])
-    parameter = f"/image-factory/builds/{build_id}/ssh-private-key"
-    try:
-        ssm.delete_parameter(Name=parameter)
-        deleted("ssm-parameter", parameter)
-        removed.append(parameter)
-    except Exception as exc:
-        if error_code(exc) != "ParameterNotFound":
-            raise
-    for group in ec2.describe_security_groups(Filters=flt)["SecurityGroups"]:
-        _retry_dependency(lambda g=group: ec2.delete_security_group(GroupId=g["GroupId"]), attempts, delay)
-        deleted("security-group", group["GroupId"])
-        removed.append(group["GroupId"])
-    for subnet in ec2.describe_subnets(Filters=flt)["Subnets"]:
-        _retry_dependency(lambda s=subnet: ec2.delete_subnet(SubnetId=s["SubnetId"]), attempts, delay)
-        deleted("subnet", subnet["SubnetId"])
-        removed.append(subnet["SubnetId"])
-    for vpc in ec2.describe_vpcs(Filters=flt)["Vpcs"]:
-        _retry_dependency(lambda v=vpc: ec2.delete_vpc(VpcId=v["VpcId"]), attempts, delay)
-        deleted("vpc", vpc["VpcId"])
-        removed.append(vpc["VpcId"])
-    return removed
-
-
-def destroy_recorded(ec2, ssm, infra: BuilderInfrastructure) -> tuple[list[str], list[tuple[str, dict]]]:
-    """Delete what the setup recorded that nothing depends on (the key pair and its parameter), with no
-    lookups; returns what was deleted and the calls that must wait until the instance is gone (security
-    group, subnet, the build's own VPC: in this order)."""
-    ec2.delete_key_pair(KeyName=infra.key_name)
-    deleted("key-pair", infra.key_name)
-    removed = [infra.key_name]
-    try:
-        ssm.delete_parameter(Name=infra.private_key_parameter)
-        deleted("ssm-parameter", infra.private_key_parameter)
-        removed.append(infra.private_key_parameter)
-    except Exception as exc:
-        if error_code(exc) != "ParameterNotFound":
-            raise
-    later = [("delete_security_group", {"GroupId": infra.security_group_id})]
-    if infra.subnet_id:
-        later.append(("delete_subnet", {"SubnetId": infra.subnet_id}))
-    if infra.own_vpc:
-        later.append(("delete_vpc", {"VpcId": infra.vpc_id}))
-    return removed, later
-
-
-def _retry_dependency(call, attempts: int, delay: float) -> None:
-    for attempt in range(1, attempts + 1):
-        try:
-            call()
-            return
-        except Exception as exc:
-            code = error_code(exc)
-            if code.endswith(".NotFound"):
-                return  # deleted meanwhile
-            if code != "DependencyViolation" or attempt == attempts:
-                raise
-            log.info("still in use (%s), retrying in %.0f s (%d/%d)", code, delay, attempt, attempts)
-            time.sleep(delay)

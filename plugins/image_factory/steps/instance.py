@@ -144,10 +144,11 @@ def request_stop(ec2, instance_id: str) -> float:
     return time.time()
 
 
-def terminate(ec2, build_id: str, schedule: Schedule | float, timeout: float = 900,
-              wait: Waiter = blocking) -> list[str]:
-    """Terminate every instance of the build and wait until they are gone (a rerun only waits)."""
-    found = find(ec2, build_id, [*LIVE_STATES, "shutting-down"])
+def terminate(ec2, build_id: str, schedule: Schedule | float, timeout: float = 900, wait: Waiter = blocking,
+              found: list[dict] | None = None) -> list[str]:
+    """Terminate every instance of the build and wait until they are gone (a rerun only waits); ``found``: the
+    build's instances, as described (resources.find's), not looked up again."""
+    found = find(ec2, build_id, [*LIVE_STATES, "shutting-down"]) if found is None else found
     live = [i["InstanceId"] for i in found if i["State"]["Name"] in LIVE_STATES]
     if live:
         ec2.terminate_instances(InstanceIds=live)

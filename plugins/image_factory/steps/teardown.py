@@ -1,7 +1,8 @@
-"""Step 7: tear down everything the build made, in dependency order.
+"""Step 7: tear down everything the build made, in the order of the table of what builds make (resources.py).
 
-Instances first (they hold the security group, the subnet and the key), then half-made images, then the
-key pair and its stored private key, the security group, the subnet and the VPC.
+What nothing needs gone first goes at once (half-made images, then their snapshots; the key pair and its
+stored private key), and the instances are terminated; once they are gone, what needed them gone goes (the
+security group, the subnet, then the VPC).
 
 Found by the build's tags, unless the setup's record is given: then that names what it made (it made all of it
 or failed, and a failed setup leaves no record), and the teardown needs no lookups.
@@ -9,9 +10,9 @@ or failed, and a failed setup leaves no record), and the teardown needs no looku
 
 from __future__ import annotations
 
-from image_factory.build import deleted
+from image_factory import resources
 from image_factory.faults import checkpoint
-from image_factory.steps import image, infrastructure, instance
+from image_factory.steps import instance
 from image_factory.waits.blocking import blocking
 from image_factory.waits.protocol import FollowUp, Wait, Waiter
 from image_factory.waits.schedule import Schedule
@@ -26,27 +27,27 @@ def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Waiter 
     the wait until the instance is terminated (``history``: for the next build's, see waits/deferring.py);
     ``removed_before``: what the caller removed already (half-made copies in other regions), reported too."""
     checkpoint("before:teardown")
+    removed = list(removed_before or [])
     if record is None:
-        removed = [*(removed_before or []), *instance.terminate(ec2, build_id, schedule, timeout, wait=wait)]
-        removed += image.remove_incomplete(ec2, build_id)
-        removed += infrastructure.destroy(ec2, ssm, build_id)
+        now, instances, later = resources.stages(resources.find(ec2, ssm, build_id))
+        removed += resources.delete(ec2, ssm, now)
+        removed += instance.terminate(ec2, build_id, schedule, timeout, wait=wait,
+                                      found=[r.data for r in instances])
+        removed += resources.delete(ec2, ssm, later)
         return removed
-    instance_ids = [record["instance_id"], *([record["test_instance_id"]] if record.get("test_instance_id") else [])]
-    ec2.terminate_instances(InstanceIds=instance_ids)
-    for instance_id in instance_ids:
-        deleted("instance", instance_id)
-    removed = [*(removed_before or []), *instance_ids]
-    removed += [] if image_complete else image.remove_incomplete(ec2, build_id)
-    gone, later = infrastructure.destroy_recorded(ec2, ssm, infrastructure.BuilderInfrastructure.from_dict(record))
-    removed += gone + [next(iter(arguments.values())) for _, arguments in later]
+    images = [] if image_complete else resources.find(ec2, None, build_id, kinds=resources.COPIED)
+    now, instances, later = resources.stages([*resources.recorded(build_id, record), *images])
+    removed += resources.delete(ec2, ssm, instances)  # first: their termination takes longest
+    removed += resources.delete(ec2, ssm, now)
+    removed += [r.id for r in later]
     # The rest waits until the instances are gone: the wait's follow-up calls (made in the triggerer, when
     # deferred, which then ends the task).
-    wait(ec2, Wait("instance_terminated", {"InstanceIds": instance_ids}, Schedule.of(schedule), timeout,
+    wait(ec2, Wait("instance_terminated", {"InstanceIds": [r.id for r in instances]}, Schedule.of(schedule), timeout,
                    then=after_termination(later), result=removed, history=history or {}))
     return removed
 
 
-def after_termination(later: list[tuple[str, dict]]) -> tuple[FollowUp, ...]:
-    """The deletions that wait until the build's instances are gone (what infrastructure.destroy_recorded left:
-    the security group, the subnet, the build's own VPC, in this order), as the wait's follow-up calls."""
-    return tuple(FollowUp("ec2", operation, params) for operation, params in later)
+def after_termination(later: list[resources.Resource]) -> tuple[FollowUp, ...]:
+    """The deletions that wait until the build's instances are gone (the security group, the subnet, the build's
+    own VPC: resources.py's order), as the wait's follow-up calls."""
+    return tuple(FollowUp("ec2", operation, params) for operation, params in resources.calls(later))
