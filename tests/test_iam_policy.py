@@ -138,7 +138,7 @@ def test_the_statements_of_each_action_together_grant_every_resource_it_requires
         for kind in required:
             # (An SNS topic's ARN has no resource type in it: arn:aws:sns:REGION:ACCOUNT:NAME.)
             if not any(r == "*" or r.split(":", 5)[-1].startswith(f"{kind}/")
-                       or (service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:") for r in resources):
+                       or ((service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:")) for r in resources):
                 missing.append((action, kind))
     assert missing == []
 

@@ -156,7 +156,8 @@ def _first_offered(build: Build, size, purpose: str, run) -> tuple[dict, list[di
         return found, refused
     raise CapacityError(
         f"no capacity for the {purpose} instance: AWS refused every instance type of the spec's list ("
-        + "; ".join(f"{r['instance_type']}: {r['code']} {r['message']}".rstrip() for r in refused)
+        + "; ".join(f"{r['instance_type']}: {r['code']}" + (f" ({r['message']})" if r["message"] else "")
+                    for r in refused)
         + "). Add more types to instance_size (a list is tried in order), or try again later")
 
 
