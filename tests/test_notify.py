@@ -180,7 +180,7 @@ def test_a_failed_build_sends_one_message_with_the_failed_task_and_its_error(loc
     local_cloud.reset_stats()
     result = run_dag("notify-failing-image", env)
 
-    assert result.state == "failed" and result.task_states["configure"] == "failed"
+    assert result.state == "failed" and result.task_states["configure"] == "failed", result.output[-5000:]
     assert result.task_states["tear_down"] == "success"
     assert f"notify: SNS topic {arn} is there" in result.task_logs["create_builder_network"]
     [message] = messages()
