@@ -160,7 +160,7 @@ class LocalCloud:
 
     def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None,
                   latency: dict[str, float] | None = None, fail_copies_to: list[str] | None = None,
-                  deny: list[str] | None = None) -> dict:
+                  deny: list[str] | None = None, insufficient_capacity: list[str] | None = None) -> dict:
         """Answer a share of EC2 and SSM calls with AWS's throttling error (0 turns it off); returns the settings.
 
         The choice is made by ``random.Random(throttle_seed)``, seeded afresh by every call of this method.
@@ -168,9 +168,11 @@ class LocalCloud:
         ``{"instance_running": 20, "instance_stopped": 5, "image_available": 30, "instance_terminated": 5}``;
         see localcloud/proxy.py. ``fail_copies_to``: copies of images into these regions fail (``[]``: none do).
         ``deny``: calls ("ssm:PutParameter@us-west-2") answered access denied (``[]``: none are).
+        ``insufficient_capacity``: instance types RunInstances is refused for, as EC2 refuses them when a zone has
+        no capacity (``[]``: none are).
         """
         settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed, "latency": latency,
-                    "fail_copies_to": fail_copies_to, "deny": deny}
+                    "fail_copies_to": fail_copies_to, "deny": deny, "insufficient_capacity": insufficient_capacity}
         return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
 
     def backdate_images(self, dates: dict[str, datetime]) -> None:

@@ -31,6 +31,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
 * ``POST /_localcloud/config`` with ``{"fail_copies_to": ["us-west-2"]}``: a copy of an image into one of those
   regions fails, as a copy on AWS can: DescribeImages shows it ``failed`` (fault injection; ``[]`` turns it off).
 
+* ``POST /_localcloud/config`` with ``{"insufficient_capacity": ["t3.small"]}``: answer RunInstances of those
+  instance types with the error EC2 gives when a zone has no capacity for them (``InsufficientInstanceCapacity``,
+  HTTP 500): fault injection, ``[]`` turns it off. Refused calls are counted, not forwarded.
+
 * ``POST /_localcloud/config`` with ``{"deny": ["ssm:PutParameter@us-west-2"]}``: answer those calls (a
   ``service:Action``, in one region) with the access-denied error AWS gives when a policy forbids the call (an
   SCP that closes a region, say): fault injection, ``[]`` turns it off. Denied calls are counted, not forwarded.
@@ -231,6 +235,8 @@ class Stats:
         self.failed_copies: set[str] = set()
         # "service:Action@region" answered access denied (fault injection)
         self.deny: list[str] = []
+        # instance types RunInstances is refused for, as a zone without capacity for them (fault injection)
+        self.insufficient_capacity: list[str] = []
 
     def record(self, name: str) -> bool:
         """Count one call; True when it is to be throttled."""
@@ -254,7 +260,8 @@ class Stats:
             self.errors.clear()
 
     def configure(self, settings: dict) -> None:
-        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to", "deny"}
+        unknown = set(settings) - {"throttle_rate", "throttle_seed", "latency", "fail_copies_to", "deny",
+                                   "insufficient_capacity"}
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}")
         latency = dict(self.latency)
@@ -274,9 +281,14 @@ class Stats:
         if not isinstance(deny, list) or not all(isinstance(d, str) and re.fullmatch(
                 r"[a-z0-9-]{1,32}:[A-Za-z0-9]{1,64}@[a-z0-9-]{1,32}", d) for d in deny):
             raise ValueError(f"deny must be a list of 'service:Action@region', not {deny!r}")
+        capacity = settings.get("insufficient_capacity", self.insufficient_capacity)
+        if not isinstance(capacity, list) or not all(isinstance(t, str) and re.fullmatch(r"[a-z0-9.-]{1,64}", t)
+                                                     for t in capacity):
+            raise ValueError(f"insufficient_capacity must be a list of instance types, not {capacity!r}")
         with self.lock:
             self.fail_copies_to = list(failing)
             self.deny = list(deny)
+            self.insufficient_capacity = list(capacity)
             self.latency = latency
             rate = float(settings.get("throttle_rate", self.throttle_rate))
             if not 0 <= rate <= 1:
@@ -293,6 +305,8 @@ class Stats:
             config["fail_copies_to"] = list(self.fail_copies_to)
         if self.deny:
             config["deny"] = list(self.deny)
+        if self.insufficient_capacity:
+            config["insufficient_capacity"] = list(self.insufficient_capacity)
         return config
 
     # --- emulated state-change times ---------------------------------------------------------------
@@ -469,6 +483,12 @@ class FrontHandler(BaseHTTPRequestHandler):
             return
         if name is not None and f"{name}@{_region(self.headers)}" in self.server.stats.deny:
             self.reply(*access_denied(name.partition(":")[0], name))
+            return
+        if name == "ec2:RunInstances" and _param(body, b"InstanceType") in self.server.stats.insufficient_capacity:
+            kind = _param(body, b"InstanceType")
+            self.reply(*ec2_error(500, "InsufficientInstanceCapacity",
+                                  f"We currently do not have sufficient {kind} capacity in the Availability Zone "
+                                  "you requested (the local cloud's config refuses it)."))
             return
         if name == "ec2:CreateImage":
             self.create_image(body)

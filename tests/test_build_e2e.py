@@ -183,15 +183,17 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
 
 
 def actions_in_code(folder: Path) -> set[str]:
-    """Every EC2 and SSM action the code can call: client methods, the calls a wait makes after its state
+    """Every EC2, SSM and SNS action the code can call: client methods, the calls a wait makes after its state
     (``FollowUp("ec2", "create_image", {...})``, and ``("delete_subnet", {...})`` as the deletions of
-    resources.py are written) and the waiters' operations."""
+    resources.py are written), the waiters' operations, and the provider's SNS notifier (sns:Publish)."""
     clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
-                                     aws_secret_access_key="x") for service in ("ec2", "ssm")}  # noqa: S106
+                                     aws_secret_access_key="x") for service in ("ec2", "ssm", "sns")}  # noqa: S106
     actions = set()
     for path in folder.rglob("*.py"):
         text = path.read_text()
-        for service, method in re.findall(r"\b(ec2|ssm)\.([a-z_]+)\(", text):
+        if re.search(r"\bSnsNotifier\(", text):  # (its hook's publish_to_target calls Publish)
+            actions.add("sns:Publish")
+        for service, method in re.findall(r"\b(ec2|ssm|sns)\.([a-z_]+)\(", text):
             if method not in ("get_waiter", "get_paginator"):
                 actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\b(ec2|ssm)\.get_paginator\("(\w+)"\)', text):

@@ -136,7 +136,9 @@ def test_the_statements_of_each_action_together_grant_every_resource_it_requires
         resources = [r for s in policy["Statement"] if s["Effect"] == "Allow" and action in _list(s["Action"])
                      for r in _list(s["Resource"])]
         for kind in required:
-            if not any(r == "*" or r.split(":", 5)[-1].startswith(f"{kind}/") for r in resources):
+            # (An SNS topic's ARN has no resource type in it: arn:aws:sns:REGION:ACCOUNT:NAME.)
+            if not any(r == "*" or r.split(":", 5)[-1].startswith(f"{kind}/")
+                       or ((service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:")) for r in resources):
                 missing.append((action, kind))
     assert missing == []
 
@@ -273,6 +275,16 @@ def test_distribution_shares_with_accounts_organizations_and_units_never_with_al
             assert "UserGroups" not in kwargs
         else:
             assert "GroupNames" not in kwargs and kwargs["UserIds"] == ["444455556666"]
+
+
+def test_notifications_only_read_and_publish_to_topics(policy):
+    topic = "arn:aws:sns:eu-west-1:111122223333:image-builds"
+    assert allowed(policy, "sns:Publish", topic) and allowed(policy, "sns:GetTopicAttributes", topic)
+    sns = [s for s in policy["Statement"] if any(a.startswith("sns:") for a in _list(s["Action"]))]
+    assert [sorted(_list(s["Action"])) for s in sns] == [["sns:GetTopicAttributes", "sns:Publish"]]
+    assert all(r.startswith("arn:aws:sns:") for s in sns for r in _list(s["Resource"]))  # topics only
+    for action in ("sns:Subscribe", "sns:SetTopicAttributes", "sns:DeleteTopic", "sns:CreateTopic"):
+        assert not allowed(policy, action, topic), action
 
 
 def test_console_output_only_of_the_builds_instances(policy):

@@ -144,7 +144,7 @@ def test_the_schema_refuses_the_bad_specs_it_can_describe(validator, path):
 
 @pytest.mark.parametrize(("body", "where"), [
     ({"regoin": "eu-west-1"}, "image: Additional properties are not allowed ('regoin' was unexpected)"),
-    ({"instance_size": 3}, "image/instance_size: 3 is not of type 'string'"),
+    ({"ssh_username": 3}, "image/ssh_username: 3 is not of type 'string'"),
     ({"region": "europe"}, "image/region: 'europe' does not match"),
     ({"egress_ports": [443, 70000]}, "image/egress_ports/1: 70000 is greater than the maximum of 65535"),
     ({"public_ip": "yes"}, "image/public_ip: 'yes' is not of type 'boolean'"),

@@ -103,6 +103,12 @@ class Clients:
         hook.__dict__["conn_config"] = self._ec2_hook.conn_config
         return hook.conn
 
+    def sns_in(self, region: str) -> Any:
+        """An SNS client of the connection in ``region`` (a topic's own: notify.py checks the spec's topic)."""
+        hook = self._hook(client_type="sns", region_name=region)
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
+
     @property
     def emulated(self) -> bool:
         """True when the connection points at an endpoint of its own (an emulator), not at AWS."""

@@ -29,7 +29,7 @@ from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 from airflow.task.trigger_rule import TriggerRule
 
-from image_factory import settings, tasks
+from image_factory import notify, settings, tasks
 from image_factory.assets import channel_asset, origin_asset, promotion_assets
 from image_factory.operators import RETRY_POLICY, BuildStep, ImageApproval, ImageStep, InstanceStep, classified
 from image_factory.spec import ImageSpec, LoadedSpec, SpecError, channel_of, load_specs
@@ -138,6 +138,10 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
     spec = loaded.image
     deployment = deployment or settings.load()  # config values only: no network, no Variable
     steps = steps_of(spec, table)
+    # Messages (notify.py): a failed task, an approval asked for, a build past its deadline. (Config values only.)
+    topic = deployment.sns_topic_arn
+    on_failure = notify.notifier(spec, "failure", topic)
+    deadline = notify.deadline_alert(spec, topic)
     dag = DAG(
         dag_id=spec.name,
         description=f"Build the {spec.name} image in {spec.region}",
@@ -154,7 +158,9 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
             "retry_exponential_backoff": True,
             "max_retry_delay": timedelta(minutes=10),
             "retry_policy": RETRY_POLICY,
+            **({"on_failure_callback": on_failure} if on_failure else {}),
         },
+        **({"deadline": deadline} if deadline else {}),
     )
     with dag:
         made = {}
@@ -165,6 +171,8 @@ def build_dag(loaded: LoadedSpec, deployment: settings.Settings | None = None,
             if step.outlets:
                 options["outlets"] = step.outlets(spec)
             if step.body is None:  # the approval: Airflow's own operator, no task body of ours
+                if asking := notify.notifier(spec, "approval", topic):
+                    options["notifiers"] = [asking]
                 made[step.task_id] = step.operator(task_id=step.task_id, spec=spec, doc=step.does, **options)
             else:
                 made[step.task_id] = step.operator(

@@ -196,6 +196,9 @@ def apply_overrides(spec: ImageSpec, given: Mapping[str, Any]) -> ImageSpec:
                              f"(its overrides: {', '.join(spec.overrides) or 'none'})")
     if not given:
         return spec
+    if "instance_size" in given and not isinstance(given["instance_size"], str):
+        raise ParameterError(f"spec {spec.name!r}: the trigger field 'instance_size' is one size or instance type "
+                             "(a list of fallbacks is the spec's to give)")
     data = spec.model_dump(exclude_none=True)
     for key in ("origin", "instance_size"):
         if key in given:

@@ -91,8 +91,7 @@ def _image_rules(image: dict) -> None:
     _string_form(_property(image, "origin"))["pattern"] = _pattern(_body(model.AMI_ID), ssm,
                                                                    parameter=EARLY_PARAMETER)
     _string_form(_property(image, "region"))["pattern"] = _pattern(_body(model.REGION), parameter=EARLY_PARAMETER)
-    size = _string_form(_property(image, "instance_size"))
-    size["anyOf"] = [{"enum": list(model.INSTANCE_SIZES)}, {"pattern": _pattern(_body(model.INSTANCE_TYPE))}]
+    _size_rules(_property(image, "instance_size"))
     _string_form(_property(image, "subnet"))["pattern"] = _pattern(_body(model.SUBNET_ID))
     _string_form(_property(image, "ssh_key"))["const"] = "${IMAGE_BUILDER_SSH_KEY}"
     _string_form(_property(image, "ssh_username"))["pattern"] = _pattern(_body(model.USERNAME), parameter=None)
@@ -113,6 +112,22 @@ def _image_rules(image: dict) -> None:
     alias["description"] = "Same as `instance_size` (the spelling of the seed's Example 13-2); give one of them."
     image["properties"]["size"] = alias
     image["dependentSchemas"] = {"size": {"not": {"required": ["instance_size"]}}}
+
+
+def _size_rules(prop: dict) -> None:
+    """A size (or instance type), or a non-empty list of them without repeats, tried in order."""
+    one = [{"enum": list(model.INSTANCE_SIZES)}, {"pattern": _pattern(_body(model.INSTANCE_TYPE))}]
+    nested = [branch for branch in prop.get("anyOf", []) if "oneOf" in branch]
+    if nested:  # (a field that may also be null)
+        _size_rules(nested[0])
+        return
+    _string_form(prop)["anyOf"] = one
+    for branch in prop.get("anyOf", []) + prop.get("oneOf", []):
+        if branch.get("type") == "array":
+            branch.update({"minItems": 1, "maxItems": model.MAX_INSTANCE_TYPES, "uniqueItems": True})
+            branch["items"] = {"type": "string", "anyOf": copy.deepcopy(one)}
+            return
+    raise SchemaError(f"expected instance_size to be a string or a list, got {prop}")
 
 
 def _configure_rules(configure: dict) -> None:
@@ -165,6 +180,14 @@ def spec_schema(image_model: type[BaseModel] = model.ImageSpec) -> dict[str, Any
     _configure_rules(configure)
     if "Distribute" not in definitions or "ShareWith" not in definitions:
         raise SchemaError("the model has no Distribute section any more: update image_factory/schema.py")
+    for name in ("ImageTests", "Notify"):
+        if name not in definitions:
+            raise SchemaError(f"the model has no {name} section any more: update image_factory/schema.py")
+    _size_rules(_property(definitions["ImageTests"], "instance_size"))
+    _add_defaults(definitions["Notify"], model.Notify)
+    _string_form(_property(definitions["Notify"], "sns_topic_arn"))["pattern"] = _pattern(
+        _body(model.SNS_TOPIC_ARN), parameter=None)
+    _property(definitions["Notify"], "events")["uniqueItems"] = True
     _add_defaults(definitions["Distribute"], model.Distribute)
     _add_defaults(definitions["ShareWith"], model.ShareWith)
     _distribute_rules(definitions["Distribute"], definitions["ShareWith"])

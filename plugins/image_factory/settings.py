@@ -61,6 +61,17 @@ class Settings:
     tests_folder: str = ""
     #: The SSM path of the channels: ``<channel_prefix>/<spec>/<channel>``.
     channel_prefix: str = "/image-factory"
+    #: The SNS topic of the specs without a topic of their own (notify.py); empty: those send nothing.
+    sns_topic_arn: str = ""
+
+    def default_topic(self) -> str:
+        """``sns_topic_arn``, checked: an SNS topic's ARN, or empty."""
+        from image_factory.spec import SNS_TOPIC_ARN
+
+        if self.sns_topic_arn and not SNS_TOPIC_ARN.match(self.sns_topic_arn):
+            raise SettingsError(f"[{SECTION}] sns_topic_arn {self.sns_topic_arn!r}: expected an SNS topic ARN, "
+                                "arn:aws:sns:<region>:<12-digit account>:<topic name>")
+        return self.sns_topic_arn
 
     def checks_host_key(self) -> bool:
         """Whether SSH goes only to the host key the instance's console shows (``host_key_check``)."""

@@ -99,6 +99,13 @@ MAX_ALIAS_NODES = 10_000
 MAX_PROBLEMS = 20
 #: A value from the spec file is quoted in an error, cut to this many characters.
 QUOTE_LENGTH = 80
+#: An SNS topic's ARN (topic names: 1-256 letters, digits, '_' or '-'; a FIFO topic's ends in .fifo).
+SNS_TOPIC_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:sns:[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]:[0-9]{12}:"
+                           r"[A-Za-z0-9_-]{1,256}(\.fifo)?\Z")
+#: What a spec's notify section may be told about.
+NOTIFY_EVENTS = ("failure", "promotion", "approval", "deadline")
+#: Instance types a spec may name in its list of fallbacks.
+MAX_INSTANCE_TYPES = 10
 #: Where public AMI parameters are (the only SSM parameters an origin names, besides the factory's channels).
 PUBLIC_PARAMETERS = "/aws/service/"
 
@@ -225,6 +232,44 @@ def _walk_tests_folder(folder: Path) -> tuple[Path | None, list[str]]:
     return None, names
 
 
+def _size_problem(value: str) -> str | None:
+    if value in INSTANCE_SIZES or INSTANCE_TYPE.match(value) or _is_parameterised(value):
+        return None
+    return f"expected one of {', '.join(INSTANCE_SIZES)} or an instance type such as m6i.large"
+
+
+def _check_sizes(value: str | list[str]) -> str | list[str]:
+    """A size, or a list of sizes in order of preference (the next is tried when AWS has no capacity for one)."""
+    if isinstance(value, str):
+        problem = _size_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    if not value:
+        raise ValueError("expected at least one instance size or type (a list is tried in order)")
+    if len(value) > MAX_INSTANCE_TYPES:
+        raise ValueError(f"{len(value)} instance types; at most {MAX_INSTANCE_TYPES} are tried")
+    for index, size in enumerate(value):
+        problem = _size_problem(size)
+        if problem:
+            raise ValueError(f"[{index}] {_shown(size)}: {problem}")
+    types = [instance_type(size) for size in value]
+    _no_duplicates(types, "instance type")
+    return value
+
+
+def _size_kind(value: Any) -> str:
+    return "list" if isinstance(value, list | tuple) else "string"
+
+
+#: ``instance_size``: one size, or a list tried in order (tags left out of error locations, as the origin's).
+SIZE_TAGS = ("string", "list")
+InstanceSize = Annotated[
+    Annotated[str, Tag("string")] | Annotated[list[str], Tag("list")],
+    Discriminator(_size_kind),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -313,8 +358,9 @@ class ImageTests(_Strict):
         description="`testinfra`: the test_*.py files of include/tests/<tests>/, run with pytest-testinfra over "
                     "SSH; `shell`: its *.sh scripts, each run on the instance (exit 0: passed).")
     tests: str = Field(description="A folder of include/tests/.", examples=["appserver"])
-    instance_size: str | None = Field(default=None, description="The test instance (default: the build's "
-                                                                "instance_size).")
+    instance_size: InstanceSize | None = Field(
+        default=None, description="The test instance: a size or a list tried in order, as the build's "
+                                  "(default: the build's instance_size).")
 
     @field_validator("tests")
     @classmethod
@@ -336,10 +382,8 @@ class ImageTests(_Strict):
 
     @field_validator("instance_size")
     @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None and value not in INSTANCE_SIZES and not INSTANCE_TYPE.match(value):
-            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} or an instance type such as m6i.large")
-        return value
+    def _size(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return None if value is None else _check_sizes(value)
 
     @model_validator(mode="after")
     def _files_for_tool(self) -> ImageTests:
@@ -503,6 +547,33 @@ class Distribute(_Strict):
         return self
 
 
+class Notify(_Strict):
+    """Messages to an SNS topic, sent with the Amazon provider's notifier through the spec's AWS connection."""
+
+    sns_topic_arn: str | None = Field(
+        default=None, description="The topic (arn:aws:sns:<region>:<account>:<name>); absent: the deployment's "
+                                  "[image_factory] sns_topic_arn.",
+        examples=["arn:aws:sns:eu-west-1:123456789012:image-builds"])
+    events: list[Literal["failure", "promotion", "approval", "deadline"]] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        description="What is sent: `failure` (a failed task of a build: the task, its error, a link), `promotion` "
+                    "(channels moved: the image, channels, regions), `approval` (a promotion waiting for a "
+                    "person: who is asked, a link), `deadline` (a build running past `deadline_minutes`). "
+                    "Default: all four.")
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not SNS_TOPIC_ARN.match(value):
+            raise ValueError("expected an SNS topic ARN: arn:aws:sns:<region>:<12-digit account>:<topic name>")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        return _no_duplicates(value, "event")
+
+
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
@@ -514,9 +585,11 @@ class ImageSpec(_Strict):
                     "with `name` and `owners` (the newest match wins).",
         examples=["resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"])
     region: str = Field(description="The AWS region the image is built in.", examples=["eu-west-1"])
-    instance_size: str = Field(default="small", description="The builder instance: small, medium or large "
-                                                            "(t3.*), or an instance type such as m6i.large. "
-                                                            "`size` is accepted instead.")
+    instance_size: InstanceSize = Field(
+        default="small", description="The builder instance: small, medium or large (t3.*), or an instance type "
+                                     "such as m6i.large; or a list of them in order of preference, the next tried "
+                                     "when AWS has no capacity for one (or does not offer it in the zone). `size` "
+                                     "is accepted instead.")
     subnet: str | None = Field(default=None, description="${IMAGE_BUILDER_SUBNET_ID} (the build makes a subnet), "
                                                          "a subnet id, or absent (the default VPC).")
     ssh_key: str | None = Field(default=None, description="${IMAGE_BUILDER_SSH_KEY} or absent: builds always log "
@@ -563,6 +636,13 @@ class ImageSpec(_Strict):
                                                                     "regions, and who it is shared with; "
                                                                     "absent: the build's region only, "
                                                                     "shared with nobody.")
+    notify: Notify | None = Field(default=None, description="Messages about the builds to an SNS topic; absent: "
+                                                            "to the deployment's [image_factory] sns_topic_arn, if "
+                                                            "set, about all four events.")
+    deadline_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60,
+                                         description="A build still running this many minutes after it was "
+                                                     "queued is reported (notify event `deadline`; Airflow's "
+                                                     "deadline alerts). Absent: no deadline.")
 
     @model_validator(mode="before")
     @classmethod
@@ -605,11 +685,8 @@ class ImageSpec(_Strict):
 
     @field_validator("instance_size")
     @classmethod
-    def _instance_size(cls, value: str) -> str:
-        if value not in INSTANCE_SIZES and not INSTANCE_TYPE.match(value) and not _is_parameterised(value):
-            raise ValueError(f"expected one of {', '.join(INSTANCE_SIZES)} "
-                             "or an instance type such as m6i.large")
-        return value
+    def _instance_size(cls, value: str | list[str]) -> str | list[str]:
+        return _check_sizes(value)
 
     @field_validator("ssh_key")
     @classmethod
@@ -699,8 +776,17 @@ class ImageSpec(_Strict):
         return "IMAGE_BUILDER_SUBNET_ID" in self.parameters()
 
 
-def instance_type(size: str) -> str:
+def instance_type(size: str | list[str]) -> str:
+    """The instance type of a size (``small`` -> ``t3.small``); of a list, its types in order, as people read
+    them (``t3.small, then t3a.small``)."""
+    if isinstance(size, list | tuple):
+        return ", then ".join(instance_types(size))
     return INSTANCE_SIZES.get(size, size)
+
+
+def instance_types(size: str | list[str]) -> list[str]:
+    """The instance types to try, in order: one for a size, each of a list's."""
+    return [INSTANCE_SIZES.get(s, s) for s in ([size] if isinstance(size, str) else size)]
 
 
 @dataclass(frozen=True)
@@ -722,6 +808,10 @@ def _field_path(loc: tuple) -> str:
     path = "image"
     for index, part in enumerate(loc):
         if index == 1 and loc[0] == "origin" and part in ORIGIN_TAGS:
+            continue
+        if index == 1 and loc[0] == "instance_size" and part in SIZE_TAGS:
+            continue
+        if index == 2 and loc[:2] == ("test", "instance_size") and part in SIZE_TAGS:
             continue
         path += f"[{part}]" if isinstance(part, int) else f".{_cut(str(part))}"
     return path

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from image_factory import aws, host_keys, links, parameters, remote, settings, tools
+from image_factory import aws, host_keys, links, notify, parameters, remote, settings, tools
 from image_factory.assets import channel_asset, image_asset
 from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
 from image_factory.errors import PermanentError
@@ -137,6 +137,10 @@ def create_builder_network(task: BuildTask) -> dict:
     """The setup: the origin resolved, then the subnet, the security group and the key pair of the build."""
     build = task.build()
     c = task.clients(build)
+    # Before anything is made: the topics the build's messages go to exist and may be used.
+    for topic in sorted(notify.topics_of(task.loaded.image, build.settings.default_topic())):
+        notify.check_topic(c.sns_in(notify.region_of(topic)), topic)
+        log.info("notify: SNS topic %s is there", topic)
     origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
     network = infrastructure.create(c.ec2, c.ssm, build)
     log.info("builder network ready: %s", network.outputs())
@@ -233,6 +237,9 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
         "origin": network["origin_ami"],
         "server_role": build.spec.configure.server_role if build.spec.configure else None,
         "build_id": build.build_id,
+        # Which type the builder ran as, and the types of the spec's list AWS refused before it (and why).
+        "instance_type": launched.get("instance_type"),
+        "instance_types_refused": launched.get("refused") or [],
         # What the trigger overrode of what went into the image: the approval shows it, promote refuses it.
         "overridden": build.overridden,
         # float(): a value stored by the triggerer (TaskSuccessEvent) reads back as its JSON text.
@@ -268,7 +275,8 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     checkpoint("after:tests")
     testing.record(c.ec2, image_id, outcome)
     testing.finish(c.ec2, test_instance)
-    result = {"image_id": image_id, **outcome, "instance_id": test_instance["instance_id"]}
+    result = {"image_id": image_id, **outcome, "instance_id": test_instance["instance_id"],
+              "instance_type": test_instance.get("instance_type")}
     if outcome["status"] != "passed":
         shown = ", ".join(outcome["failed_tests"]) or "none ran"
         raise TestsFailed(f"image {image_id}: {outcome['failed']} of {outcome['passed'] + outcome['failed']} tests "
@@ -310,6 +318,10 @@ def _move(task: BuildTask, network: dict, registered: dict, tested: dict, wanted
     events[image_asset(build.spec.name)].extra = extra
     for channel in versions:
         events[channel_asset(build.spec.name, channel)].extra = extra
+    if topic := notify.topic_for(task.loaded.image, "promotion", build.settings.sns_topic_arn):
+        notify.publish(topic, build.spec.aws_conn_id,
+                       *notify.promotion_message(build.spec.name, build.run_id, extra,
+                                                 approved=task.ti.task_id == PROMOTE_APPROVED))
     return {"image_id": registered["image_id"], "channels": versions,
             **({"regions": {region: {"image_id": images[region], "channels": moved[region]} for region in images}}
                if len(images) > 1 else {})}

@@ -9,7 +9,7 @@ import time
 from image_factory.build import TAG_BUILD, TAG_INSTANCE, Build, created, deleted
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
-from image_factory.spec import instance_type
+from image_factory.spec import instance_types
 from image_factory.waits.blocking import blocking
 from image_factory.waits.protocol import Wait, Waiter, WaitOutcome
 from image_factory.waits.schedule import Schedule
@@ -24,6 +24,40 @@ EMULATED_RANGE = ipaddress.ip_network("198.18.0.0/15")
 
 class InstanceError(PermanentError):
     pass
+
+
+#: RunInstances' answers that say "not this type here, now": the next type of the spec's list is tried.
+#: (InsufficientInstanceCapacity comes with HTTP 500, which botocore would retry ten times first: see
+#: :func:`_no_capacity_retries`.)
+CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "Unsupported"})
+
+
+class CapacityError(InstanceError):
+    """Every instance type of the spec's list was refused: permanent, so the build fails with AWS's reasons
+    rather than retrying (a zone's capacity seldom comes back within a task's retries; name more types)."""
+
+
+def _capacity_refusal(exc: Exception) -> str | None:
+    """AWS's code when ``exc`` says there is no capacity for (or no offer of) the instance type."""
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")
+    return code if code in CAPACITY_CODES else None
+
+
+def _no_capacity_retries(ec2) -> None:
+    """botocore retries a 5xx answer, and EC2 answers InsufficientInstanceCapacity with a 500: on this client,
+    RunInstances raises it at once instead (the next instance type is the retry)."""
+    from botocore.exceptions import ClientError
+
+    events = getattr(getattr(ec2, "meta", None), "events", None)
+    if events is None:  # (not a botocore client)
+        return
+
+    def raise_capacity(response=None, operation=None, **_):
+        parsed = response[1] if isinstance(response, tuple) and len(response) > 1 else None
+        if isinstance(parsed, dict) and parsed.get("Error", {}).get("Code") in CAPACITY_CODES:
+            raise ClientError(parsed, operation.name if operation is not None else "RunInstances")
+
+    events.register_first("needs-retry.ec2.RunInstances", raise_capacity, unique_id="image-factory-capacity")
 
 
 def find(ec2, build_id: str, states=LIVE_STATES, purpose: str | None = None) -> list[dict]:
@@ -66,30 +100,69 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
                      "DeleteOnTermination": True}
         if spec.subnet:
             interface["SubnetId"] = spec.subnet
-        response = ec2.run_instances(
-            ImageId=origin_ami,
-            InstanceType=instance_type(size),
-            MinCount=1,
-            MaxCount=1,
-            KeyName=key_name,
-            NetworkInterfaces=[interface],
-            # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
-            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-            BlockDeviceMappings=[_encrypted_root(origin_image)],
-            InstanceInitiatedShutdownBehavior="terminate",
-            TagSpecifications=build.tag_specifications("instance", "volume", "network-interface",
-                                                       tags=build.tags(**{TAG_INSTANCE: purpose})),
-            ClientToken=f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}",
-        )
-        found = response["Instances"][0]
-        created("instance", found["InstanceId"], type=instance_type(size), image=origin_ami,
+
+        def run(kind: str, token: str) -> dict:
+            return ec2.run_instances(
+                ImageId=origin_ami,
+                InstanceType=kind,
+                MinCount=1,
+                MaxCount=1,
+                KeyName=key_name,
+                NetworkInterfaces=[interface],
+                # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
+                MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+                BlockDeviceMappings=[_encrypted_root(origin_image)],
+                InstanceInitiatedShutdownBehavior="terminate",
+                TagSpecifications=build.tag_specifications("instance", "volume", "network-interface",
+                                                           tags=build.tags(**{TAG_INSTANCE: purpose})),
+                ClientToken=token,
+            )
+
+        _no_capacity_retries(ec2)
+        found, refused = _first_offered(build, size, purpose, run)
+        created("instance", found["InstanceId"], type=found.get("InstanceType"), image=origin_ami,
                 address=found.get("PrivateIpAddress"), purpose=purpose)
         checkpoint("after:launch" if purpose == "builder" else f"after:{purpose}-launch")
     launched = {"instance_id": found["InstanceId"], "private_ip": found.get("PrivateIpAddress"),
-                "state": found.get("State", {}).get("Name", "pending")}
+                "state": found.get("State", {}).get("Name", "pending"), "instance_type": found.get("InstanceType")}
+    if not existing:
+        launched["refused"] = refused  # the types tried first, and why AWS said no
     if wait is not None:
         wait_running(ec2, build, launched["instance_id"], wait)
     return launched
+
+
+def _first_offered(build: Build, size, purpose: str, run) -> tuple[dict, list[dict]]:
+    """``run`` (RunInstances of a type, with a client token) with each instance type of ``size`` in turn until one
+    is not refused for capacity (or as not offered in the zone); returns the instance and the refusals. All
+    refused: :class:`CapacityError`."""
+    types = instance_types(size)
+    refused: list[dict] = []
+    for number, kind in enumerate(types):
+        # A token of its own for each type: a call with the same token and other values is refused by AWS.
+        token = f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}" + (f"-{number}" if number else "")
+        try:
+            response = run(kind, token)
+        except Exception as exc:
+            code = _capacity_refusal(exc)
+            if code is None:
+                raise
+            message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message", "")
+            refused.append({"instance_type": kind, "code": code, "message": message})
+            following = f"trying {types[number + 1]}" if number + 1 < len(types) else "no type is left to try"
+            log.warning("%s instance: %s refused (%s: %s); %s", purpose, kind, code, message, following)
+            continue
+        found = response["Instances"][0]
+        if refused:
+            log.info("%s instance runs as %s (%s refused: %s)", purpose, kind,
+                     ", ".join(r["instance_type"] for r in refused),
+                     "; ".join(f"{r['instance_type']}: {r['code']}" for r in refused))
+        return found, refused
+    raise CapacityError(
+        f"no capacity for the {purpose} instance: AWS refused every instance type of the spec's list ("
+        + "; ".join(f"{r['instance_type']}: {r['code']}" + (f" ({r['message']})" if r["message"] else "")
+                    for r in refused)
+        + "). Add more types to instance_size (a list is tried in order), or try again later")
 
 
 def wait_running(ec2, build: Build, instance_id: str, wait: Waiter = blocking, result=None) -> WaitOutcome:
