@@ -183,9 +183,11 @@ def test_the_create_calls_allowed_to_tag_are_those_the_code_makes_with_tag_speci
         text = path.read_text()
         for found in re.finditer(r"TagSpecifications", text):
             before = text[:found.start()]
-            made = list(re.finditer(r'\bec2(?:_in\([^)]*\))?\.([a-z_]+)\(|\("([a-z_]+)", \{', before))
+            # A client's method, a ("method", {...}) call, or a wait's FollowUp("ec2", "method", {...}).
+            made = list(re.finditer(
+                r'\bec2(?:_in\([^)]*\))?\.([a-z_]+)\(|\("([a-z_]+)", \{|FollowUp\("ec2", "([a-z_]+)"', before))
             assert made, f"{path}: TagSpecifications outside a call"
-            method = made[-1].group(1) or made[-1].group(2)
+            method = made[-1].group(1) or made[-1].group(2) or made[-1].group(3)
             calls.add(ec2.meta.method_to_api_mapping[method])
     assert calls == CREATE_CALLS
 
