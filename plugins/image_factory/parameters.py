@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from image_factory.errors import InvalidValues, PermanentError
-
-if TYPE_CHECKING:
-    from image_factory.spec import ImageSpec
 
 PARAMETER_PATTERN = re.compile(r"\$\{([^}]*)\}")
 NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")  # (\Z: '$' would take a name ending in a newline)
@@ -38,6 +35,20 @@ class ParameterError(PermanentError):
     """A parameter that cannot be resolved; names the spec, the field and the parameter."""
 
 
+class ImageSpec(Protocol):
+    """What this module uses of a spec (image_factory.spec.ImageSpec, which imports this module to check its
+    parameters when it is parsed: a Protocol here, not an import back)."""
+
+    name: str
+    overrides: list[str]
+
+    def model_dump(self, **options) -> dict: ...
+
+    def with_values(self, data: dict, context: dict | None = None, quote: bool = True) -> ImageSpec: ...
+
+    def parameters(self) -> set[str]: ...
+
+
 def _strings(value: Any, path: str = ""):
     if isinstance(value, str):
         yield path, value
@@ -53,10 +64,10 @@ def parameter_names(data: Any) -> set[str]:
     return {m for _, text in _strings(data) for m in PARAMETER_PATTERN.findall(text)}
 
 
-def check_parameters(spec: ImageSpec) -> list[tuple[str, str]]:
-    """Parse-time checks: well-formed names, and no builder output where it cannot exist yet."""
+def check_parameters(data: dict) -> list[tuple[str, str]]:
+    """Parse-time checks of a spec's values (``data``): well-formed names, and no builder output where it cannot
+    exist yet."""
     problems = []
-    data = spec.model_dump(exclude_none=True)
     for path, text in _strings(data):
         for name in PARAMETER_PATTERN.findall(text):
             if not NAME.match(name):

@@ -1031,7 +1031,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         spec = ImageSpec.model_validate(body)
     except ValidationError as exc:
         raise SpecError(path, validation_problems(exc)) from None
-    problems = check_parameters(spec)
+    problems = check_parameters(spec.model_dump(exclude_none=True))
     if spec.promote is not None and spec.test is None:
         problems.append(("image.promote", "needs a test section: channels only ever point at tested images"))
     if spec.distribute is not None and spec.region in spec.distribute.regions:
