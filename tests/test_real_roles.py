@@ -102,6 +102,7 @@ def test_a_builder_that_may_not_reach_the_mirror_fails_in_configure_with_apts_er
         """)
     result = run_dag(name, airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs")),
                      timeout=900)
+    (tmp_path / "airflow-output.log").write_text(result.output)  # kept by pytest, for a failure's reader
 
     assert result.exit_code != 0 and result.state == "failed"
     assert result.task_states["configure"] == "failed", result.output[-5000:]
