@@ -1,7 +1,8 @@
 """The main job: build shopspinner-linux-image through a real Airflow DAG run on the local cloud.
 
 Starts the local cloud (unless it runs already), runs the DAG, prints each step as it goes, then the AMI,
-its tags, and the builder resources created and deleted, checked against the emulator. Exits non-zero if
+its tags, the answer the service gave on the image's test boot (logged by its tests), and the builder resources
+created and deleted, checked against the emulator. Exits non-zero if
 the build failed or left anything behind.
 """
 
@@ -25,6 +26,8 @@ from localcloud.runner import TASK_END, TASK_START, airflow_env, migrate, run_da
 
 # Lines of our steps' logger and of the SSH hook (which streams the remote output).
 STEP_LINE = re.compile(r"\] (.*?)\s+\[(image_factory|airflow\.task\.hooks\.airflow\.providers\.ssh\.hooks\.ssh\.\w+)\]")
+# What the shipped tests log of the service's answer on the new image's test boot (include/tests/appserver).
+ANSWER = re.compile(r"the application server answered on port (\d+): (.*?)\s+\[image_factory\]")
 RESOURCE = re.compile(r"^(created|deleted) (vpc|subnet|security-group|key-pair|ssm-parameter|instance) (\S+)")
 
 
@@ -103,6 +106,10 @@ def report(cloud: LocalCloud, dag_id: str, result, progress: Progress, log_file:
             print(f"    {tag['Key']} = {tag['Value']}")
     if not images:
         print("image: none")
+    if answer := ANSWER.search(result.task_logs.get("test_image", "")):
+        print(f"the service's answer on the image's test boot (port {answer.group(1)}): {answer.group(2)}")
+    elif "test_image" in result.task_logs:
+        print("the service's answer on the image's test boot: not in the test_image log")
     print(f"builder resources: {len(progress.created)} created, {len(progress.deleted)} deleted, "
           f"{len(left)} left in the cloud")
     for kind, resource_id in left:
