@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The web application, on top of the appserver image: its release, its site configuration, and Debian's nginx
-# in front of the application server (port 80, proxying to the appserver's 127.0.0.1:8080).
+# in front of the application server (127.0.0.1 port 80, proxying to the appserver's 127.0.0.1:8080).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 test -s /etc/shopspinner/appserver.conf  # built on the appserver image: its configuration is there already
@@ -13,7 +13,7 @@ upstream = 127.0.0.1:8080
 CONF
 sudo tee /etc/nginx/sites-available/shopspinner-webapp >/dev/null <<'SITE'
 server {
-  listen 80 default_server;
+  listen 127.0.0.1:80 default_server;
   location = /release { default_type text/plain; alias /opt/shopspinner/webapp/RELEASE; }
   location / { proxy_pass http://127.0.0.1:8080; }
 }

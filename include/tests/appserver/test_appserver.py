@@ -58,7 +58,7 @@ def test_the_application_server_runs_after_boot(host):
     service = host.service("shopspinner-appserver")
     assert service.is_enabled
     assert service.is_running
-    assert host.socket("tcp://0.0.0.0:8080").is_listening
+    assert host.socket("tcp://127.0.0.1:8080").is_listening
 
 
 def test_it_answers_with_the_page_the_role_wrote(host, capsys):
@@ -76,7 +76,7 @@ def test_it_answers_with_the_page_the_role_wrote(host, capsys):
 
 def test_nginx_runs_the_workers_the_configuration_asks_for(host):
     workers = int(setting(host, "workers"))
-    assert host.socket(f"tcp://0.0.0.0:{setting(host, 'listen_port')}").is_listening
+    assert host.socket(f"tcp://127.0.0.1:{setting(host, 'listen_port')}").is_listening
     running = [p for p in host.process.filter(comm="nginx") if p.args.startswith("nginx: worker process")]
     assert len(running) == workers
 

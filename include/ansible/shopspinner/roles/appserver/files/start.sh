@@ -13,7 +13,7 @@ http {
   include /etc/nginx/mime.types;
   access_log $logs/access.log;
   server {
-    listen $port;
+    listen 127.0.0.1:$port;  # loopback only: the web layer (or a test on the instance) reaches it there
     root /var/www/shopspinner;
     index index.html;
   }
