@@ -762,20 +762,7 @@ class Machines:
             apt_conf=shlex.quote(str(disk / "apt-mirror.conf")),
             hostname="ip-" + ip.replace(".", "-"))
         (disk / "boot.sh").write_text(script)
-        netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
-        self._unplug(instance_id)
-        run("ip", "netns", "add", netns)
-        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        run("ip", "link", "set", veth, "master", self.plan.bridge, "up")
-        run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
-        run("ip", "-n", netns, "link", "set", "lo", "up")
-        run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
-        if public:  # as AWS's NAT would: the public address reaches the machine
-            run("ip", "-n", netns, "addr", "add", f"{public}/32", "dev", "eth0")
-        run("ip", "-n", netns, "link", "set", "eth0", "up")
-        # The reserved range only, on the link: the bridge, the other machines; no default route.
-        run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", ip)
-        self._firewall(instance_id)
+        netns = self._plug(instance_id, ip, public)
         console = (disk / "console.log").open("a")
         process = subprocess.Popen(
             ["ip", "netns", "exec", netns, "unshare", "--mount", "--pid", "--fork", "--uts", "--ipc",
