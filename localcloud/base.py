@@ -47,25 +47,10 @@ def is_complete(path: Path) -> bool:
 
 
 def debian_mirror(sources=SOURCES) -> str:
-    """The Debian mirror this machine's apt uses for the suite (deb822 ``.sources`` or one-line ``.list``)."""
-    files: list[Path] = []
-    for source in sources:
-        if source.is_dir():
-            files += sorted(p for p in source.iterdir() if p.suffix in (".list", ".sources"))
-        elif source.is_file():
-            files.append(source)
-    for path in files:
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
-                if "deb" in fields.get("Types", "").split() and SUITE in fields.get("Suites", "").split():
-                    return fields["URIs"].split()[0]
-        else:
-            for line in text.splitlines():
-                parts = re.sub(r"\[[^]]*\]", "", line).split()
-                if len(parts) >= 3 and parts[0] == "deb" and parts[2] == SUITE:
-                    return parts[1]
+    """The Debian mirror this machine's apt uses for the suite itself (the first of :func:`debian_sources`)."""
+    for uri, suite, _ in debian_sources(sources):
+        if suite == SUITE:
+            return uri
     raise BaseError(f"no apt source for Debian {SUITE} in /etc/apt/sources.list*: the origin root filesystem is "
                     "made from the mirror this machine's apt uses")
 
