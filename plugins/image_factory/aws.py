@@ -109,6 +109,13 @@ class Clients:
         hook.__dict__["conn_config"] = self._ec2_hook.conn_config
         return hook.conn
 
+    @functools.cached_property
+    def sts(self) -> Any:
+        """Who the connection is (GetCallerIdentity: a revocation's ``revoked-by``)."""
+        hook = self._hook(client_type="sts")
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
+
     @property
     def emulated(self) -> bool:
         """True when the connection points at an endpoint of its own (an emulator), not at AWS."""
