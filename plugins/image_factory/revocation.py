@@ -75,6 +75,15 @@ def check_by(by: str) -> str:
     return by if by and REASON.match(by) else "unknown"
 
 
+def spec_regions(folder) -> list[str]:
+    """Every region the specs of ``folder`` build or distribute in: where their images are."""
+    from image_factory.retention import regions_of
+    from image_factory.spec import load_specs
+
+    specs, _ = load_specs(folder)
+    return sorted({region for loaded in specs for region in regions_of(loaded.image)})
+
+
 def revocation(tags: dict[str, str]) -> str:
     """An image's revocation in words ("" if it is not revoked)."""
     if TAG_REVOKED not in tags:

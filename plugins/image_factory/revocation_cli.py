@@ -10,17 +10,8 @@ from image_factory import revocation
 from image_factory.cli import OK, Failure, UsageError, _quiet_airflow, _specs_folder
 
 
-def spec_regions(folder) -> list[str]:
-    """Every region the specs of ``folder`` build or distribute in: where their images are."""
-    from image_factory.retention import regions_of
-    from image_factory.spec import load_specs
-
-    specs, _ = load_specs(folder)
-    return sorted({region for loaded in specs for region in regions_of(loaded.image)})
-
-
 def _regions(given: str | None) -> list[str]:
-    regions = [r.strip() for r in given.split(",") if r.strip()] if given else spec_regions(_specs_folder())
+    regions = [r.strip() for r in given.split(",") if r.strip()] if given else revocation.spec_regions(_specs_folder())
     if not regions:
         raise UsageError("no region: give --regions (no spec in the specs folder names one)")
     return regions
