@@ -12,6 +12,7 @@ import json
 import textwrap
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import boto3
 import pytest
@@ -267,3 +268,35 @@ def test_the_revoke_dag_and_a_build_that_refuses_the_revoked_base(lineage, local
     assert f"origin image {base} in {HOME} is revoked at" in first and "CVE-2026-0001 in openssl" in first
     assert "launch_builder_instance" not in build.task_states or build.task_states[
         "launch_builder_instance"] != "success"
+
+
+@pytest.fixture(scope="module")
+def revoke_form():
+    """The revoke DAG's params, as Airflow loads the DAG file."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(Path(cli.PROJECT) / "dags" / "image_factory_revoke.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["image_factory_revoke"].params
+
+
+@pytest.mark.parametrize("conf, refused", [
+    ({"image": "ami-0123456789abcdef0", "reason": "${AWS_SECRET_ACCESS_KEY}"}, "reason"),
+    ({"image": "ami-0123456789abcdef0", "reason": "line one\nline two"}, "reason"),
+    ({"image": "ami-0123456789abcdef0", "reason": ""}, "reason"),
+    ({"image": "ami-0123456789abcdef0", "reason": "x" * 201}, "reason"),
+    ({"image": "ami-0123; reboot", "reason": "bad"}, "image"),
+    ({"image": "ami-0123456789abcdef0", "reason": "bad", "descendants": "yes"}, "descendants"),
+])
+def test_the_revoke_dags_trigger_form_takes_values_as_data(revoke_form, conf, refused):
+    import copy
+
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    params = copy.deepcopy(revoke_form)
+    params.update({"image": "ami-0123456789abcdef0", "reason": "CVE-2026-0001", "descendants": True})
+    assert params.validate()["reason"] == "CVE-2026-0001"
+    params = copy.deepcopy(revoke_form)
+    with pytest.raises(ParamValidationError, match=f"param {refused}"):
+        params.update(conf)
+        params.validate()
