@@ -34,6 +34,7 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.inventory import channel_names, tests_summary
+from image_factory.revocation import revocation
 from image_factory.spec import ImageSpec
 
 log = logging.getLogger("image_factory")
@@ -94,8 +95,6 @@ class ImageRow:
     @property
     def revoked(self) -> str:
         """Its revocation, when, by whom and why, or ``""``."""
-        from image_factory.revocation import revocation
-
         return revocation(self.tags)
 
     @property

@@ -131,12 +131,14 @@ class Account:
             return self.images[image_id][0]
         for region in self.regions:
             try:
-                if ec2_in(region).describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"]:
-                    raise RevocationError(f"{image_id} in {region} is not an Image Factory image (it has no "
-                                          f"{TAG_SPEC} tag): only the factory's images are revoked here")
+                found = ec2_in(region).describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"]
             except Exception as exc:
                 if not error_code(exc).startswith("InvalidAMIID"):
                     raise
+                found = []
+            if found:
+                raise RevocationError(f"{image_id} in {region} is not an Image Factory image (it has no "
+                                      f"{TAG_SPEC} tag): only the factory's images are revoked here")
         raise RevocationError(f"no image {image_id} in {', '.join(self.regions)}")
 
 
