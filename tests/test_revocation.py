@@ -165,9 +165,18 @@ def test_revoke_with_descendants_restore_and_rollback_from_the_command_line(line
     made, ids = lineage
     _promote_new(made, ids)
     base = ids["base_new"][HOME]
-    code, out, err = _cli(capsys, "revoke", base, "--reason", "CVE-2026-0001 in openssl", "--descendants",
-                          "--regions", ",".join(REGIONS))
-    assert code == 0, err
+    running = made.ec2[HOME].run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    try:
+        made.ec2[HOME].get_waiter("instance_running").wait(InstanceIds=[running], WaiterConfig={"Delay": 1})
+        code, out, err = _cli(capsys, "revoke", base, "--reason", "CVE-2026-0001 in openssl", "--descendants",
+                              "--regions", ",".join(REGIONS))
+        assert code == 0, err
+        # An instance of it keeps running (DisableImage stops new launches only).
+        state = made.ec2[HOME].describe_instances(InstanceIds=[running])["Reservations"][0]["Instances"][0]["State"]
+        assert state["Name"] == "running"
+    finally:
+        made.ec2[HOME].terminate_instances(InstanceIds=[running])
+        made.ec2[HOME].get_waiter("instance_terminated").wait(InstanceIds=[running], WaiterConfig={"Delay": 1})
     by = _client(made.cloud, "sts", HOME).get_caller_identity()["Arn"]  # the caller, as the command saw it
     _assert_revoked(made, ids, by)
     assert f"channel rv-api/latest deleted (it named {HOME} {ids['api'][HOME]}, {COPIES} {ids['api'][COPIES]})" in out
