@@ -183,6 +183,13 @@ def test_revoke_with_descendants_restore_and_rollback_from_the_command_line(line
     assert f"channel rv-webapp/latest: {HOME} {ids['web_new'][HOME]}" in out
     assert out.count("revoked ami-") == 6
 
+    # A revocation again (say, the first one was interrupted before DisableImage): the first tags stay, the
+    # image is disabled again, no channel moves.
+    made.ec2[HOME].enable_image(ImageId=base)
+    code, out, err = _cli(capsys, "revoke", base, "--reason", "another reason", "--regions", ",".join(REGIONS))
+    assert code == 0 and "channel" not in out, (out, err)
+    _assert_revoked(made, ids, by)
+
     # show prints the revocations along the lineage.
     code, out, err = _cli(capsys, "show", ids["api"][HOME], "--region", HOME)
     assert out.count("revoked: revoked at ") == 3, (out, err)

@@ -35,7 +35,7 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.errors import PermanentError
-from image_factory.retention import deprecation_time
+from image_factory.retention import deprecated_at, deprecation_time
 from image_factory.spec import CHANNEL_NAME, IMAGE_NAME, channel_parameter
 from image_factory.steps import channels as channel_steps
 
@@ -191,18 +191,21 @@ def revoke(ec2_in: Callable, ssm_in: Callable, regions: list[str], image_id: str
         region, image = account.images[doomed_id]
         tags = tag_dict(image.get("Tags"))
         entry = {"image": doomed_id, "region": region, "spec": tags[TAG_SPEC], "reason": why}
-        if TAG_REVOKED in tags:  # a revocation again (a retry): its first tags stay
+        ec2 = ec2_in(region)
+        if TAG_REVOKED in tags:  # a revocation again (a retry): its first tags stay, the rest is finished
             log.info("revoke: %s in %s is %s already", doomed_id, region, revocation(tags))
             entry["reason"] = tags.get(TAG_REVOKED_REASON, why)
         else:
-            ec2 = ec2_in(region)
             ec2.create_tags(Resources=[doomed_id], Tags=[{"Key": TAG_REVOKED, "Value": at},
                                                          {"Key": TAG_REVOKED_REASON, "Value": why},
                                                          {"Key": TAG_REVOKED_BY, "Value": by}])
+        since = deprecated_at(image)
+        if since is None or since > deprecation_time(now):  # (deprecated now, even if planned for later)
             ec2.enable_image_deprecation(ImageId=doomed_id, DeprecateAt=deprecation_time(now))
+        if image.get("State") != "disabled":
             ec2.disable_image(ImageId=doomed_id)
-            log.info("revoke: %s (%s) in %s revoked, deprecated and disabled: %s", doomed_id, tags[TAG_SPEC],
-                     region, why)
+        log.info("revoke: %s (%s) in %s revoked, deprecated and disabled: %s", doomed_id, tags[TAG_SPEC], region,
+                 entry["reason"])
         report.revoked.append(entry)
     report.channels = _roll_back_channels(ssm_in, account, set(doomed), prefix)
     return report
