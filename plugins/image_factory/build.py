@@ -47,6 +47,10 @@ TAG_OVERRIDDEN = "image-factory:overridden"
 #: On a copy of an image in another region (distribute): the image it is a copy of, and that image's region.
 TAG_SOURCE_IMAGE = "image-factory:source-image"
 TAG_SOURCE_REGION = "image-factory:source-region"
+#: On what a failed build keeps to be looked at (keep_on_failure_hours, keep.py): until when (ISO UTC); and on
+#: the kept instance, the login it is reached with.
+TAG_KEEP_UNTIL = "image-factory:keep-until"
+TAG_LOGIN = "image-factory:login"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:

@@ -4,6 +4,8 @@
     python -m image_factory render SPEC [--param NAME=VALUE]  the build's plan as YAML, no network call
     python -m image_factory list SPEC [--region R]            the spec's images, their tests and channels
     python -m image_factory show IMAGE [--region R]           an image's lineage back to its root origin
+    python -m image_factory ssh BUILD_ID [-- COMMAND]         log in to a failed build's kept instance
+    python -m image_factory release BUILD_ID                  tear that instance down now
     python -m image_factory schema                            the JSON Schema of spec files
 
 ``SPEC`` is a spec file or, for ``render`` and ``list``, the name of a spec in the specs folder. Exit codes:
@@ -24,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from image_factory import parameters
+from image_factory import keep, parameters
 from image_factory.errors import PermanentError
 from image_factory.parameters import BUILDER_OUTPUTS
 from image_factory.spec import (
@@ -727,6 +729,25 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--region", help="default: the connection's")
     command.add_argument("--aws-conn-id", help="default: aws_default")
     command.set_defaults(run=lambda a: show(a.image, a.region, a.aws_conn_id))
+
+    # A failed build's kept instance (keep_on_failure_hours): keep.py.
+    command = commands.add_parser("ssh", help="log in to a failed build's kept instance (or run a command on it)",
+                                  description="Log in with OpenSSH to the instance a failed build kept "
+                                              "(keep_on_failure_hours), or run COMMAND on it (after --).")
+    command.add_argument("build_id", metavar="BUILD_ID")
+    command.add_argument("remote_command", nargs="*", metavar="COMMAND", help="after --: run this, not a shell")
+    command.add_argument("--user", help="default: the login the build used")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: keep.main("ssh", a.build_id, a.region, a.aws_conn_id, a.remote_command,
+                                                 a.user))
+    command = commands.add_parser("release", help="tear down a failed build's kept instance now",
+                                  description="Tear down the instance a failed build kept, and what it kept "
+                                              "with it.")
+    command.add_argument("build_id", metavar="BUILD_ID")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: keep.main("release", a.build_id, a.region, a.aws_conn_id))
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())
