@@ -455,6 +455,11 @@ def test_a_kept_build_is_swept_only_once_its_keep_until_has_passed():
     passed = build("b2", timedelta(minutes=61))
     passed.add("instance", "i-2", {TAG_KEEP_UNTIL: (NOW - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")})
     assert decided([passed], {"manual__1": "failed"}) == ["b2"]
+    # A keep-until further ahead than a build keeps anything protects nothing: the usual rules decide.
+    forever = build("b3", timedelta(minutes=61))
+    forever.add("instance", "i-3", {TAG_KEEP_UNTIL: "2099-01-01T00:00:00Z"})
+    assert decided([forever], {"manual__1": "failed"}) == ["b3"]
+    assert decided([forever], {"manual__1": "running"}) == []
 
 
 def test_grace_longer_than_max_age_is_refused():

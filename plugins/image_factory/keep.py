@@ -36,6 +36,8 @@ log = logging.getLogger("image_factory")
 #: What stays with the kept instance: what it needs to run and to be reached.
 KEPT_KINDS = ("key-pair", "ssm-parameter", "security-group", "subnet", "vpc")
 KEEP_UNTIL_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: The longest a build keeps anything (the spec's limit): a keep-until further ahead is not one a build made.
+MAX_KEEP = timedelta(hours=24)
 #: The command line, as the task log prints it.
 COMMAND = "bin/image-factory"
 
