@@ -56,8 +56,8 @@ class Keeping:
     login: str
 
     @classmethod
-    def of(cls, purpose: str, hours: int, login: str, now: datetime | None = None) -> Keeping:
-        return cls(purpose, (now or datetime.now(UTC)) + timedelta(hours=hours), login)
+    def of(cls, purpose: str, hours: int, login: str) -> Keeping:
+        return cls(purpose, datetime.now(UTC).replace(microsecond=0) + timedelta(hours=hours), login)
 
     @property
     def until_text(self) -> str:
@@ -73,9 +73,9 @@ class Keeping:
             return found
         kept = [*instances[:1], *(r for r in found if r.kind in KEPT_KINDS)]
         tag = {"Key": TAG_KEEP_UNTIL, "Value": self.until_text}
-        ec2_ids = [r.id for r in kept if resources.BY_NAME[r.kind].service == "ec2" and r.kind != "key-pair"]
-        ec2_ids += [r.data.get("KeyPairId", r.id) for r in kept if r.kind == "key-pair"]
-        ec2.create_tags(Resources=ec2_ids, Tags=[tag])
+        # (CreateTags names a key pair by its id, not by its name.)
+        ec2.create_tags(Resources=[r.data.get("KeyPairId", r.id) if r.kind == "key-pair" else r.id
+                                   for r in kept if r.kind != "ssm-parameter"], Tags=[tag])
         ec2.create_tags(Resources=[instances[0].id], Tags=[{"Key": TAG_LOGIN, "Value": self.login}])
         for parameter in (r for r in kept if r.kind == "ssm-parameter"):
             ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=parameter.id, Tags=[tag])
@@ -161,7 +161,7 @@ def ssh(ec2, ssm, build_id: str, command: Sequence[str], settings, emulated: boo
     found = kept(ec2, ssm, build_id)
     instance = _instance(found, build_id)
     host = _address(instance.data, settings.ssh_host, emulated)
-    login = login or settings.ssh_username or instance.tags.get(TAG_LOGIN) or "ec2-user"
+    login = login or instance.tags.get(TAG_LOGIN) or "ec2-user"
     keys = host_keys.from_console(ec2, instance.id) if settings.checks_host_key() else []
     if settings.checks_host_key() and not keys:
         raise NothingKept(f"instance {instance.id}: its console shows no SSH host key to check it by")
