@@ -8,12 +8,14 @@ until keep-until, and sweeps it once that has passed; ``image-factory release`` 
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 from image_factory import host_keys
 from image_factory.build import TAG_KEEP_UNTIL, TAG_LOGIN, build_id_for, tag_dict
 from image_factory.inventory import builder_resources
-from image_factory.keep import KEEP_UNTIL_FORMAT
+from image_factory.keep import KEEP_UNTIL_FORMAT, ssh_command
+from image_factory.resources import parameter_folder
 from image_factory.steps.teardown import tear_down
 from image_factory.sweeper import find_builds, orphans, sweep
 from localcloud.runner import airflow_env, run_dag
@@ -38,6 +40,12 @@ def kept_tags(ec2, ssm, build_id: str) -> dict[str, str | None]:
                                                     .get("Tags"))
         found[f"{kind} {resource_id}"] = tags.get(TAG_KEEP_UNTIL)
     return found
+
+
+def parameter_of(ssm, build_id: str) -> str:
+    [parameter] = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Option": "BeginsWith",
+                                                             "Values": [parameter_folder(build_id)]}])["Parameters"]
+    return parameter["Name"]
 
 
 def retag(ec2, ssm, build_id: str, until: datetime) -> None:
@@ -117,6 +125,20 @@ def test_a_failed_build_keeps_its_builder_to_log_in_to_until_released_or_swept(
         for answer in (read, echoed):
             assert PRIVATE_KEY_MARKER not in answer.stdout + answer.stderr
         assert list(temporary.iterdir()) == []
+        # The command line it runs logs in only to the pinned host key: another key at that address is refused.
+        key_file, other = temporary / "key", temporary / "other"
+        key_file.write_text(ssm.get_parameter(Name=parameter_of(ssm, build_id), WithDecryption=True)
+                            ["Parameter"]["Value"])
+        key_file.chmod(0o600)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        known_hosts = temporary / "known_hosts"
+        address = builder["PrivateIpAddress"]
+        known_hosts.write_text(host_keys.known_hosts_text(address, 22, [other.with_suffix(".pub").read_text()]))
+        refused = subprocess.run(ssh_command(address, 22, "ec2-user", key_file, known_hosts, ["true"]),
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+        for made in (key_file, other, other.with_suffix(".pub"), known_hosts):
+            made.unlink()
 
         # With the hours passed the sweeper sweeps it (the dry run says what its teardown deletes) ...
         retag(ec2, ssm, build_id, datetime.now(UTC) - timedelta(minutes=1))
