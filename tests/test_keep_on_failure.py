@@ -3,7 +3,8 @@
 One real DAG run whose role fails: the builder stays running with its security group, subnet, key pair and the
 key's parameter, each tagged ``image-factory:keep-until``; ``image-factory ssh BUILD -- COMMAND`` runs on it
 (the host key pinned from its console, the key in a temporary file removed afterwards); the sweeper keeps it
-until keep-until, and sweeps it once that has passed; ``image-factory release`` tears it all down.
+until keep-until, and picks it to sweep once that has passed (its dry run lists all of it: the sweep is the
+build's teardown, as `release`'s is); ``image-factory release`` tears it all down.
 """
 
 from __future__ import annotations
