@@ -78,7 +78,9 @@ def shopspinner_run(local_cloud, airflow_home):
     local_cloud.reset_stats()
     catcher.start()
     try:
-        result = run_dag("shopspinner-linux-image", airflow_env(local_cloud, airflow_home))
+        # Asking to keep a failed build's instance: a build that succeeds keeps nothing all the same.
+        result = run_dag("shopspinner-linux-image", airflow_env(local_cloud, airflow_home),
+                         conf=json.dumps({"keep_on_failure_hours": 2}))
     finally:
         catcher.done.set()
         catcher.join()
@@ -117,6 +119,7 @@ def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, 
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
     assert (tags["image-factory:tests"], tags["image-factory:tests-failed"]) == ("passed", "0")
     assert builder_resources(ec2, ssm, build_id) == []
+    assert "kept until" not in result.task_logs["tear_down"]  # (its trigger asked to keep a failed build's)
 
 
 def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):

@@ -40,6 +40,8 @@ ARN = {
 }
 TAGGED = {f"aws:ResourceTag/{BUILD_TAG}": "web-1"}
 TAGGING = {f"aws:RequestTag/{BUILD_TAG}": "web-1"}
+#: What a failed build's kept resources are tagged with after creation (keep.py).
+KEEP_TAGS = ["image-factory:keep-until", "image-factory:login"]
 
 
 def load_policy(path: Path = POLICY_PATH) -> dict:
@@ -57,10 +59,12 @@ def _condition_holds(operator: str, key: str, wanted, context: dict) -> bool:
     if operator == "ForAllValues:StringEquals":  # (true for an absent key, as IAM: pair it with Null)
         return all(str(v) in wanted for v in _list(context.get(key, [])))
     if not present:
-        return False
+        return operator.startswith("ForAllValues:")  # (IAM: true of no values at all; the policy adds a Null)
     values = [str(v) for v in _list(context[key])]
     if operator == "StringEquals":
         return any(v in wanted for v in values)
+    if operator == "ForAllValues:StringEquals":  # (every value of the request's among those wanted)
+        return all(v in wanted for v in values)
     if operator == "Bool":
         return any(v.lower() in [w.lower() for w in wanted] for v in values)
     raise AssertionError(f"the evaluator does not know condition operator {operator} (teach it before using it)")
@@ -154,9 +158,17 @@ def test_tags_on_an_existing_resource_only_where_the_build_tag_is_already(policy
     # What the build does after creation: marks its images (and their snapshots) complete, tested, copied.
     for kind in ("image", "snapshot"):
         assert allowed(policy, "ec2:CreateTags", ARN[kind], {**TAGGING, **TAGGED}), kind
-    # Nothing else is retagged after creation, even with the build tag on it.
+    # Nothing else is retagged after creation, even with the build tag on it ...
     for kind in ("instance", "volume", "vpc", "subnet", "security-group", "key-pair"):
         assert not allowed(policy, "ec2:CreateTags", ARN[kind], {**TAGGING, **TAGGED}), kind
+    # ... but with the tags of a failed build's kept instance (keep_on_failure_hours), and those alone.
+    keep = KEEP_TAGS
+    for kind in ("instance", "vpc", "subnet", "security-group", "key-pair"):
+        assert allowed(policy, "ec2:CreateTags", ARN[kind], {**TAGGED, "aws:TagKeys": keep}), kind
+        assert not allowed(policy, "ec2:CreateTags", ARN[kind], {"aws:TagKeys": keep}), f"{kind}: not a build's"
+        assert not allowed(policy, "ec2:CreateTags", ARN[kind], {**TAGGED, "aws:TagKeys": [*keep, BUILD_TAG]}), kind
+        assert not allowed(policy, "ec2:CreateTags", ARN[kind], TAGGED), f"{kind}: no tag keys"
+    assert not allowed(policy, "ec2:CreateTags", ARN["volume"], {**TAGGED, "aws:TagKeys": keep})
 
 
 def test_tags_in_a_create_call_only_in_the_calls_the_code_makes_and_with_the_build_tag(policy):
@@ -175,7 +187,11 @@ def test_tags_in_a_create_call_only_in_the_calls_the_code_makes_and_with_the_bui
         if "ec2:CreateAction" in condition.get("StringEquals", {}):
             assert set(_list(condition["StringEquals"]["ec2:CreateAction"])) == CREATE_CALLS
         else:  # the other kind: no create action in the request, the build tag on the resource
-            assert condition["Null"] == {"ec2:CreateAction": "true", f"aws:ResourceTag/{BUILD_TAG}": "false"}
+            expected = {"ec2:CreateAction": "true", f"aws:ResourceTag/{BUILD_TAG}": "false"}
+            if "ForAllValues:StringEquals" in condition:  # (only the keep tags, and some tag keys given)
+                assert condition["ForAllValues:StringEquals"] == {"aws:TagKeys": KEEP_TAGS}
+                expected["aws:TagKeys"] = "false"
+            assert condition["Null"] == expected
 
 
 def test_the_create_calls_allowed_to_tag_are_those_the_code_makes_with_tag_specifications():

@@ -1,10 +1,12 @@
 """The image's lifecycle, part 1, in real DAG runs on the local cloud's machines: every new image tested on a
-fresh boot of itself, then promoted to its channels; a failed test moves none and leaves nothing behind; the
-test stage's faults leak nothing, and a retry makes no second test instance.
+fresh boot of itself, then promoted to its channels; a failed test moves none and leaves nothing behind but
+the test instance its trigger asked to keep (keep_on_failure_hours), until released; the test stage's faults
+leak nothing, and a retry makes no second test instance.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from image_factory.build import TAG_INSTANCE, TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED, build_id_for, tag_dict
 from image_factory.inventory import builder_resources
+from image_factory.keep import release
 from image_factory.steps.image import find as find_images
 from localcloud.runner import airflow_env, migrate, run_dag
 
@@ -74,14 +77,16 @@ def channel(ssm) -> tuple[str, int] | None:
 
 @pytest.fixture(scope="module")
 def lifecycle(local_cloud, airflow_home, tmp_path_factory, ssm):
-    """Two runs of one spec: the first passes its tests and moves `latest`, the second fails them."""
+    """Two runs of one spec: the first passes its tests and moves `latest`, the second fails them (its trigger
+    asks to keep the failed instance an hour)."""
     tmp_path = tmp_path_factory.mktemp("lifecycle")
     tests = write_tests_folder(tmp_path)
     passing = run_dag("lifecycle-image", airflow_env(local_cloud, airflow_home, tests_folder=str(tests),
                                                      specs_folder=str(spec_folder(tmp_path, "appserver"))))
     after_passing = channel(ssm)
     failing = run_dag("lifecycle-image", airflow_env(local_cloud, airflow_home, tests_folder=str(tests),
-                                                     specs_folder=str(spec_folder(tmp_path, "missing-file"))))
+                                                     specs_folder=str(spec_folder(tmp_path, "missing-file"))),
+                      conf=json.dumps({"keep_on_failure_hours": 1}))
     yield passing, after_passing, failing, channel(ssm)
     ssm.delete_parameter(Name=LATEST)
 
@@ -106,7 +111,7 @@ def test_a_passing_build_tests_its_image_tags_the_result_and_moves_latest(lifecy
     assert builder_resources(ec2, ssm, build_id) == []
 
 
-def test_a_failing_test_fails_the_run_moves_no_channel_and_leaves_nothing(lifecycle, ec2, ssm):
+def test_a_failing_test_fails_the_run_moves_no_channel_and_keeps_only_the_test_instance(lifecycle, ec2, ssm):
     _, moved, failing, after = lifecycle
     assert failing.state == "failed"
     assert failing.task_states["test_image"] == "failed"
@@ -117,7 +122,16 @@ def test_a_failing_test_fails_the_run_moves_no_channel_and_leaves_nothing(lifecy
     build_id = build_id_for("lifecycle-image", failing.run_id)
     [image] = find_images(ec2, build_id)  # it stays, for a look, tagged failed
     assert tag_dict(image["Tags"])[TAG_TESTS] == "failed"
-    assert {i["State"]["Name"] for i in instances_of(ec2, build_id)} == {"terminated"}  # test instance too
+    # The trigger asked to keep the failed instance: the test instance, as the tests found it, runs on (tagged
+    # keep-until, with what it needs); the builder is gone.
+    states = {tag_dict(i["Tags"])[TAG_INSTANCE]: i["State"]["Name"] for i in instances_of(ec2, build_id)}
+    assert states == {"builder": "terminated", "test": "running"}
+    assert sorted(kind for kind, _ in builder_resources(ec2, ssm, build_id)) == [
+        "instance", "key-pair", "security-group", "ssm-parameter", "subnet"]
+    assert f"bin/image-factory release {build_id}" in failing.task_logs["tear_down"]
+    # Released, nothing is left.
+    release(ec2, ssm, build_id, schedule=1)
+    assert {i["State"]["Name"] for i in instances_of(ec2, build_id)} == {"terminated"}
     assert builder_resources(ec2, ssm, build_id) == []
     ec2.deregister_image(ImageId=image["ImageId"])
 

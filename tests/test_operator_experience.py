@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import ParamValidationError
 
 from image_factory.build import TAG_COMPLETE, TAG_ORIGIN, TAG_SPEC
 from image_factory.origin_watch import new_origin
@@ -56,6 +57,22 @@ def test_overrides_change_the_spec_and_bad_ones_are_refused():
         apply_overrides(spec, {"instance_size": "huge"})
     with pytest.raises(ParameterError, match=r"image\.configure\.server_role"):
         apply_overrides(spec, {"server_role": "../etc"})
+
+
+def test_keep_on_failure_hours_from_the_form_is_a_whole_number_of_hours_0_to_24(bag):
+    param = bag.dags["shopspinner-linux-image"].params.get_param("keep_on_failure_hours")
+    assert param.resolve(None) is None and param.resolve(3) == 3
+    for bad in (25, -1, "3; reboot"):  # the form refuses it (Airflow checks the field's schema)
+        with pytest.raises(ParamValidationError, match=r"less than|greater|not of type"):
+            param.resolve(bad)
+    spec = load_spec(LIVE).image
+    assert apply_overrides(spec, {"keep_on_failure_hours": 3}).keep_on_failure_hours == 3
+    # The run's conf is not checked by the form: the build refuses it, naming the field.
+    with pytest.raises(ParameterError, match=r"image\.keep_on_failure_hours: .*less than or equal to 24"):
+        apply_overrides(spec, trigger_values(spec, {"keep_on_failure_hours": 25})[0])
+    for bad in ("3", True, 1.5):
+        with pytest.raises(ParameterError, match="'keep_on_failure_hours' is a whole number of hours"):
+            apply_overrides(spec, trigger_values(spec, {"keep_on_failure_hours": bad})[0])
 
 
 def test_dag_docs_tags_owner_and_console_links(bag):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from image_factory.build import TAG_BUILD, TAG_CREATED_AT, TAG_RUN, TAG_SPEC, tag_dict
+from image_factory.build import TAG_BUILD, TAG_CREATED_AT, TAG_KEEP_UNTIL, TAG_RUN, TAG_SPEC, tag_dict
 from image_factory.inventory import builder_resources
 from image_factory.steps.image import deregister, snapshot_ids
 from image_factory.steps.image import find as find_images
@@ -444,6 +444,22 @@ def test_grace_zero_and_several_builds():
     ]}
     states = {"r1": "running", "r2": "failed", "r3": "running"}
     assert decided(builds, states, grace=timedelta(0)) == ["b2", "b3"]
+
+
+def test_a_kept_build_is_swept_only_once_its_keep_until_has_passed():
+    """keep_on_failure_hours: the keep-until tag protects the build past max_age, whatever its run says; once
+    it has passed, it is swept (its run failed: it is over)."""
+    kept = build("b1", timedelta(hours=13))
+    kept.add("instance", "i-1", {TAG_KEEP_UNTIL: (NOW + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert decided([kept], {"manual__1": "failed"}) == []
+    passed = build("b2", timedelta(minutes=61))
+    passed.add("instance", "i-2", {TAG_KEEP_UNTIL: (NOW - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert decided([passed], {"manual__1": "failed"}) == ["b2"]
+    # A keep-until further ahead than a build keeps anything protects nothing: the usual rules decide.
+    forever = build("b3", timedelta(minutes=61))
+    forever.add("instance", "i-3", {TAG_KEEP_UNTIL: "2099-01-01T00:00:00Z"})
+    assert decided([forever], {"manual__1": "failed"}) == ["b3"]
+    assert decided([forever], {"manual__1": "running"}) == []
 
 
 def test_grace_longer_than_max_age_is_refused():

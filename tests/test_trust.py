@@ -84,7 +84,8 @@ def test_a_spec_may_restrict_overrides_and_the_form_offers_only_those():
     with pytest.raises(ParameterError, match="does not let a trigger override origin, server_role"):
         apply_overrides(spec, trigger_values(spec, {"origin": "ami-0123456789abcdef0", "server_role": "x"})[0])
     everything = parse_spec(spec_text("trust-image"))
-    assert set(trigger_params(everything)) == {"origin", "instance_size", "server_role", "extra_tags"}
+    assert set(trigger_params(everything)) == {"origin", "instance_size", "server_role", "extra_tags",
+                                               "keep_on_failure_hours"}
 
 
 # --- what a person sees of an overridden image -------------------------------------------------------------

@@ -52,6 +52,10 @@ TAG_SOURCE_REGION = "image-factory:source-region"
 TAG_REVOKED = "image-factory:revoked"
 TAG_REVOKED_REASON = "image-factory:revoked-reason"
 TAG_REVOKED_BY = "image-factory:revoked-by"
+#: On what a failed build keeps to be looked at (keep_on_failure_hours, keep.py): until when (ISO UTC); and on
+#: the kept instance, the login it is reached with.
+TAG_KEEP_UNTIL = "image-factory:keep-until"
+TAG_LOGIN = "image-factory:login"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:

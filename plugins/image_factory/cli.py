@@ -7,6 +7,8 @@
     python -m image_factory revoke IMAGE --reason TEXT [--descendants]  take an image out of use (revocation.py)
     python -m image_factory restore IMAGE                     take a revocation back
     python -m image_factory rollback SPEC CHANNEL [--to AMI]  move a channel back, in every region at once
+    python -m image_factory ssh BUILD_ID [-- COMMAND]         log in to a failed build's kept instance
+    python -m image_factory release BUILD_ID                  tear that instance down now
     python -m image_factory schema                            the JSON Schema of spec files
 
 ``SPEC`` is a spec file or, for ``render`` and ``list``, the name of a spec in the specs folder. Exit codes:
@@ -27,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from image_factory import parameters
+from image_factory import keep, parameters
 from image_factory.errors import PermanentError
 from image_factory.parameters import BUILDER_OUTPUTS
 from image_factory.spec import (
@@ -736,6 +738,24 @@ def parser() -> argparse.ArgumentParser:
     from image_factory import revocation_cli
 
     revocation_cli.add_commands(commands)  # revoke, restore, rollback
+    # A failed build's kept instance (keep_on_failure_hours): keep.py.
+    command = commands.add_parser("ssh", help="log in to a failed build's kept instance (or run a command on it)",
+                                  description="Log in with OpenSSH to the instance a failed build kept "
+                                              "(keep_on_failure_hours), or run COMMAND on it (after --).")
+    command.add_argument("build_id", metavar="BUILD_ID")
+    command.add_argument("remote_command", nargs="*", metavar="COMMAND", help="after --: run this, not a shell")
+    command.add_argument("--user", help="default: the login the build used")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: keep.main("ssh", a.build_id, a.region, a.aws_conn_id, a.remote_command,
+                                                 a.user))
+    command = commands.add_parser("release", help="tear down a failed build's kept instance now",
+                                  description="Tear down the instance a failed build kept, and what it kept "
+                                              "with it.")
+    command.add_argument("build_id", metavar="BUILD_ID")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: keep.main("release", a.build_id, a.region, a.aws_conn_id))
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())

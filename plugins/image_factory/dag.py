@@ -100,7 +100,8 @@ STEPS: tuple[Step, ...] = (
               "promotion event"),
     Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER, tasks.TEST, tasks.DISTRIBUTE),
          does="the teardown of the setup, whatever failed: terminates the builder and test instances, deletes a "
-              "half-made image and half-made copies, the key pair, the security group and the subnet"),
+              "half-made image and half-made copies, the key pair, the security group and the subnet (a failed "
+              "configure or test_image keeps its instance and what it needs, as keep_on_failure_hours says)"),
 )
 SETUP, TEARDOWN = STEPS[0].task_id, STEPS[-1].task_id
 

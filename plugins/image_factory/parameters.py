@@ -172,7 +172,7 @@ def resolve(spec: ImageSpec, lookup: Lookup, fields: tuple[str, ...] | None = No
 
 
 #: Trigger-form fields that override the spec; empty means "as the spec says".
-OVERRIDES = ("origin", "instance_size", "server_role", "extra_tags")
+OVERRIDES = ("origin", "instance_size", "server_role", "extra_tags", "keep_on_failure_hours")
 #: The overrides that change what goes into the image: a run with one of them moves no channel on its own.
 CONTENT_OVERRIDES = ("origin", "server_role")
 
@@ -211,7 +211,11 @@ def apply_overrides(spec: ImageSpec, given: Mapping[str, Any]) -> ImageSpec:
         raise ParameterError(f"spec {spec.name!r}: the trigger field 'instance_size' is one size or instance type "
                              "(a list of fallbacks is the spec's to give)")
     data = spec.model_dump(exclude_none=True)
-    for key in ("origin", "instance_size"):
+    if "keep_on_failure_hours" in given and (isinstance(given["keep_on_failure_hours"], bool)
+                                             or not isinstance(given["keep_on_failure_hours"], int)):
+        raise ParameterError(f"spec {spec.name!r}: the trigger field 'keep_on_failure_hours' is a whole number of "
+                             "hours, 0 to 24")
+    for key in ("origin", "instance_size", "keep_on_failure_hours"):
         if key in given:
             data[key] = given[key]
     if "server_role" in given:

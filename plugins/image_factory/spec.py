@@ -630,9 +630,9 @@ class ImageSpec(_Strict):
     retention: Retention | None = Field(default=None, description="Which old images are deprecated and deleted "
                                                                   "(the image_factory_retention DAG); absent: "
                                                                   "none ever are.")
-    overrides: list[Literal["origin", "instance_size", "server_role", "extra_tags"]] = Field(
-        default_factory=lambda: ["origin", "instance_size", "server_role", "extra_tags"],
-        description="What a person triggering a build may override in the trigger form (default: all four; "
+    overrides: list[Literal["origin", "instance_size", "server_role", "extra_tags", "keep_on_failure_hours"]] = Field(
+        default_factory=lambda: ["origin", "instance_size", "server_role", "extra_tags", "keep_on_failure_hours"],
+        description="What a person triggering a build may override in the trigger form (default: all five; "
                     "[] for none). An `origin` or `server_role` override moves no channel unless "
                     "`promote.allow_overrides` says so or a person approves it.")
     distribute: Distribute | None = Field(default=None, description="Copies of the tested image in other "
@@ -642,6 +642,13 @@ class ImageSpec(_Strict):
     notify: Notify | None = Field(default=None, description="Messages about the builds to an SNS topic; absent: "
                                                             "to the deployment's [image_factory] sns_topic_arn, if "
                                                             "set, about all four events.")
+    keep_on_failure_hours: int = Field(default=0, ge=0, le=24,
+                                       description="When `configure` or `test_image` fails, the instance it ran "
+                                                   "on stays this many hours (with its security group, subnet, "
+                                                   "key pair and the key's parameter) to be looked at: "
+                                                   "`image-factory ssh BUILD_ID`, `image-factory release "
+                                                   "BUILD_ID`; the sweeper tears it down after. 0: nothing "
+                                                   "stays.")
     deadline_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60,
                                          description="A build still running this many minutes after it was "
                                                      "queued is reported (notify event `deadline`; Airflow's "

@@ -9,7 +9,9 @@ builder resource carries the build's tags (see :mod:`image_factory.build`), so t
   build's spec (its DAG id), its DAG run id and when it started (the oldest ``image-factory:created-at``);
 - :func:`orphans` decides which builds are orphans: older than a grace period and whose DAG run is not
   running or queued (a run Airflow does not know counts as not running), or older than a maximum age whatever
-  the state of their run (a run left "running" by a scheduler that died);
+  the state of their run (a run left "running" by a scheduler that died); a failed build's instance kept to
+  be looked at (``image-factory:keep-until``, keep.py) is kept until that time whatever its age (unless it
+  is more than 24 hours ahead: not a time a build sets), and is an orphan once it has passed;
 - :func:`sweep` runs the build's own teardown for each orphan (or, in a dry run, logs what it would delete).
 
 Only resources carrying the Image Factory build tag are ever looked at: the EC2 calls filter on the tag key
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from image_factory import resources
 from image_factory.build import TAG_CREATED_AT, TAG_RUN, TAG_SPEC
 from image_factory.inventory import builder_resources
+from image_factory.keep import MAX_KEEP, keep_until
 from image_factory.steps.teardown import tear_down
 
 log = logging.getLogger("image_factory")
@@ -48,9 +51,14 @@ class BuildResources:
     created_at: datetime | None = None
     #: (kind, id) pairs, with the kinds of :func:`image_factory.inventory.builder_resources`.
     resources: list[tuple[str, str]] = field(default_factory=list)
+    #: The latest ``image-factory:keep-until`` among them (None: nothing of the build is kept).
+    keep_until: datetime | None = None
 
     def add(self, kind: str, resource_id: str, tags: Mapping[str, str]) -> None:
         self.resources.append((kind, resource_id))
+        until = keep_until(tags)
+        if until and (self.keep_until is None or until > self.keep_until):
+            self.keep_until = until
         self.spec = self.spec or tags.get(TAG_SPEC) or None
         self.run_id = self.run_id or tags.get(TAG_RUN) or None
         created = parse_created_at(tags.get(TAG_CREATED_AT))
@@ -108,6 +116,11 @@ def find_builds(ec2, ssm) -> dict[str, BuildResources]:
 def decide(build: BuildResources, now: datetime, grace: timedelta, run_state: RunState,
            max_age: timedelta) -> tuple[bool, str]:
     """Whether to sweep the build, and why (or why not)."""
+    if build.keep_until is not None and build.keep_until <= now + MAX_KEEP:  # (further: not a build's own)
+        until = build.keep_until.strftime(CREATED_AT_FORMAT)
+        if build.keep_until > now:
+            return False, f"a failed build kept to be looked at until {until}"
+        return True, f"a failed build kept to be looked at until {until}, which has passed"
     age = now - build.created_at if build.created_at else None
     if age is not None and age <= grace:
         return False, f"created {_minutes(age)} ago, within the grace period of {_minutes(grace)}"

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from image_factory import aws, host_keys, links, notify, parameters, remote, settings, tools
+from image_factory import aws, host_keys, keep, links, notify, parameters, remote, settings, tools
 from image_factory.assets import channel_asset, image_asset
 from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
 from image_factory.errors import PermanentError
@@ -37,6 +37,8 @@ log = logging.getLogger("image_factory")
 NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
     "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image",
     "distribute_image", "promote", "approve_promotion", "promote_approved", "tear_down")
+#: The tasks whose failure keeps the instance they ran on (keep_on_failure_hours), and which instance.
+KEPT_ON_FAILURE = MappingProxyType({CONFIGURE: "builder", TEST: testing.PURPOSE})
 #: The tasks whose durations the build summary reports.
 TIMED = (NETWORK, LAUNCH, CONFIGURE)
 #: The tasks that record the windows their waits ended in (XCom ``waits``), and what they wait for.
@@ -274,7 +276,8 @@ def test_image(task: BuildTask, network: dict, launched: dict, registered: dict)
     outcome = test_tools.run(tests, folder, hook, target).summary()
     checkpoint("after:tests")
     testing.record(c.ec2, image_id, outcome)
-    testing.finish(c.ec2, test_instance)
+    if outcome["status"] == "passed" or not build.spec.keep_on_failure_hours:  # (else kept by the teardown)
+        testing.finish(c.ec2, test_instance)
     result = {"image_id": image_id, **outcome, "instance_id": test_instance["instance_id"],
               "instance_type": test_instance.get("instance_type")}
     if outcome["status"] != "passed":
@@ -372,8 +375,22 @@ def tear_down(task: BuildTask) -> list[str]:
         removed += distribution.remove_incomplete(lambda region: clients_in(region).ec2,
                                                   build.spec.distribute.regions, build.build_id)
     removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
-                                      removed_before=removed,
+                                      removed_before=removed, keeping=_keeping(task, build),
                                       record=record, image_complete=task.pull(REGISTER) is not None,
                                       history=history)
     log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)
     return removed
+
+
+def _keeping(task: BuildTask, build: Build) -> keep.Keeping | None:
+    """What a failed build keeps to be looked at: the instance of the task that failed (configure's builder, or
+    test_image's test instance), if the spec or the trigger asks (keep_on_failure_hours)."""
+    hours = build.spec.keep_on_failure_hours
+    if not hours:
+        return None
+    run_id = task.dag_run.run_id
+    states = task.ti.get_task_states(dag_id=task.dag_run.dag_id, run_ids=[run_id],
+                                     task_ids=list(KEPT_ON_FAILURE)).get(run_id, {})
+    purpose = keep.failed(states, KEPT_ON_FAILURE)
+    login = build.settings.ssh_username or build.spec.ssh_username
+    return keep.Keeping.of(purpose, hours, login) if purpose else None

@@ -32,6 +32,11 @@ def trigger_params(spec) -> dict[str, Param]:
                               f"({spec.configure.server_role if spec.configure else 'none'}).{moves}", type=text),
         "extra_tags": _field({}, "Extra image tags", "Tags added to the image, as a JSON object of strings.",
                              type="object"),
+        "keep_on_failure_hours": _field(None, "Keep a failed builder (hours)", "When configure or test_image "
+                                        "fails, keep the instance this many hours (0 to 24) to log in to it: "
+                                        "`image-factory ssh BUILD_ID`. Empty: the spec's "
+                                        f"({spec.keep_on_failure_hours}).", type=["null", "integer"], minimum=0,
+                                        maximum=24),
     }
     # Only the overrides the spec allows; every value is used as it is (never resolved as a ${NAME}).
     form = {name: field for name, field in overrides.items() if name in spec.overrides}

@@ -5,13 +5,16 @@ stored private key), and the instances are terminated; once they are gone, what 
 security group, the subnet, then the VPC).
 
 Found by the build's tags, unless the setup's record is given: then that names what it made (it made all of it
-or failed, and a failed setup leaves no record), and the teardown needs no lookups.
+or failed, and a failed setup leaves no record), and the teardown needs no lookups. A failed build that keeps
+its instance to be looked at (``keeping``, keep.py) is found by its tags: the kept instance and what it needs
+stay.
 """
 
 from __future__ import annotations
 
 from image_factory import resources
 from image_factory.faults import checkpoint
+from image_factory.keep import Keeping
 from image_factory.steps import instance
 from image_factory.waits.blocking import blocking
 from image_factory.waits.protocol import FollowUp, Wait, Waiter
@@ -20,16 +23,19 @@ from image_factory.waits.schedule import Schedule
 
 def tear_down(ec2, ssm, build_id: str, schedule: Schedule | float, wait: Waiter = blocking,
               record: dict | None = None, image_complete: bool = False, timeout: float = 900,
-              history: dict | None = None, removed_before: list[str] | None = None) -> list[str]:
+              history: dict | None = None, removed_before: list[str] | None = None,
+              keeping: Keeping | None = None) -> list[str]:
     """``record``: what the setup made (infrastructure.BuilderInfrastructure), the ``instance_id`` launched and
     the ``test_instance_id`` (if any);
     ``image_complete``: the build's image was registered (no half-made image can be left); ``schedule``: of
     the wait until the instance is terminated (``history``: for the next build's, see waits/deferring.py);
-    ``removed_before``: what the caller removed already (half-made copies in other regions), reported too."""
+    ``removed_before``: what the caller removed already (half-made copies in other regions), reported too;
+    ``keeping``: the failed build's instance to keep, and until when."""
     checkpoint("before:teardown")
     removed = list(removed_before or [])
-    if record is None:
-        now, instances, later = resources.stages(resources.find(ec2, ssm, build_id))
+    if record is None or keeping is not None:
+        found = resources.find(ec2, ssm, build_id)
+        now, instances, later = resources.stages(keeping.hold(ec2, ssm, found) if keeping else found)
         removed += resources.delete(ec2, ssm, now)
         removed += instance.terminate(ec2, build_id, schedule, timeout, wait=wait,
                                       found=[r.data for r in instances])
