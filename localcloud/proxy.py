@@ -10,7 +10,8 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   counts the error answers of the cloud behind by call and code (``{"ec2:DeleteVpc": {"DependencyViolation":
   1}}``); ``changes`` tells, for each
   remembered state change (see latency below), when it started and when it shows done (epoch seconds).
-* ``POST /_localcloud/reset``: zero the counters.
+* ``POST /_localcloud/reset``: zero the counters and clear the journal.
+* ``GET /_localcloud/calls``: the journal, every AWS API call received (localcloud/hooks.py ``Journal``).
 * ``POST /_localcloud/config`` with ``{"throttle_rate": 0.3, "throttle_seed": 1}``: answer that share of EC2
   and SSM API calls with the throttling error AWS itself answers with (0 turns it off). The decisions come
   from ``random.Random(throttle_seed)``, re-seeded on every config call, so a run is reproducible.
@@ -74,6 +75,9 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlencode, urlsplit
 from xml.sax.saxutils import escape
+
+from localcloud.chain import Call
+from localcloud.hooks import Journal
 
 LOOPBACK = "127.0.0.1"
 CONTROL_PREFIX = "/_localcloud/"
@@ -478,6 +482,8 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.control(path[len(CONTROL_PREFIX):], body)
             return
         name = call_name(self.command, self.path, self.headers, body)
+        if name is not None:
+            self.server.journal.before(Call(self.command, self.path, self.headers, body, name, _region(self.headers)))
         if name is not None and self.server.stats.record(name):
             self.reply(*throttling_error(name.partition(":")[0]))
             return
@@ -752,11 +758,14 @@ class FrontHandler(BaseHTTPRequestHandler):
         stats = self.server.stats
         if name == "stats" and self.command == "GET":
             self.reply_json(200, stats.snapshot())
+        elif (answered := self.server.journal.control(self.command, name, body)) is not None:
+            self.reply_json(*answered)
         elif name == "machines" and self.command == "GET":
             machines = self.server.machines
             self.reply_json(200, machines.snapshot() if machines is not None else {"images": {}, "machines": {}})
         elif name == "reset" and self.command == "POST":
             stats.reset()
+            self.server.journal.reset()
             self.reply_json(200, stats.snapshot())
         elif name == "creation-dates" and self.command == "POST":
             try:
@@ -782,9 +791,9 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.reply_json(200, stats.config())
         else:
             self.reply_json(404, {"error": f"no {self.command} {CONTROL_PREFIX}{name}; there are GET stats, "
-                                           "POST reset, GET/POST config, GET machines, POST creation-dates"})
+                                           "POST reset, GET/POST config, GET machines, GET calls, POST creation-dates"})
 
-    def reply_json(self, status: int, document: dict) -> None:
+    def reply_json(self, status: int, document: dict | list) -> None:
         self.reply(status, [("Content-Type", "application/json")], json.dumps(document).encode() + b"\n")
 
     def log_request(self, code="-", size="-") -> None:
@@ -840,10 +849,11 @@ class FrontServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, port: int, upstream_port: int, verbose: bool = False, machines=None, host: str = LOOPBACK,
-                 stats: Stats | None = None, console_host_key: str = ""):
+                 stats: Stats | None = None, console_host_key: str = "", journal: Journal | None = None):
         super().__init__((host, port), FrontHandler)
         self.upstream_port = upstream_port
         self.stats = stats or Stats()
+        self.journal = journal or Journal()
         self.verbose = verbose
         self.machines = machines  # localcloud.machines.Machines, or None: instances are records only
         #: Without machines: the host key of the one sshd that stands in for every instance, shown on consoles.
@@ -884,7 +894,7 @@ def main() -> int:
         import threading
 
         second = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines, args.also_listen,
-                             server.stats)
+                             server.stats, journal=server.journal)
         threading.Thread(target=second.serve_forever, name="front-bridge", daemon=True).start()
     print(f"local cloud front on {LOOPBACK}:{server.server_address[1]}"
           f"{f' and {args.also_listen}' if args.also_listen else ''} -> moto on {LOOPBACK}:{args.upstream_port}",

@@ -3,6 +3,7 @@ addresses of both models (the machines of tests/test_machines.py, and the single
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import socket
@@ -135,6 +136,43 @@ def test_call_name_of_a_presigned_request():
     target = ("/?Action=DescribeRegions&X-Amz-Algorithm=AWS4-HMAC-SHA256"
               "&X-Amz-Credential=testing%2F20240101%2Feu-west-1%2Fec2%2Faws4_request")
     assert call_name("GET", target, http.client.HTTPMessage(), b"") == "ec2:DescribeRegions"
+
+
+# --- the journal of calls ----------------------------------------------------------------------------
+
+
+def test_the_journal_records_every_call_with_its_params_and_never_a_secret(local_cloud):
+    ec2, ssm = client(local_cloud, "ec2"), client(local_cloud, "ssm")
+    vpc_id = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    group_name, secret, name = f"journal-{uuid.uuid4().hex[:8]}", f"s3cret-{uuid.uuid4().hex}", uuid.uuid4().hex[:8]
+    group = ec2.create_security_group(GroupName=group_name, Description="journal", VpcId=vpc_id, TagSpecifications=[
+        {"ResourceType": "security-group", "Tags": [{"Key": "made-by", "Value": "journal-test"}]}])["GroupId"]
+    user_data = base64.b64encode(secret.encode()).decode()
+    template = None
+    try:
+        template = ec2.create_launch_template(LaunchTemplateName=f"journal-{name}",
+                                              LaunchTemplateData={"UserData": user_data})["LaunchTemplate"]
+        ssm.put_parameter(Name=f"/journal/{name}", Value=secret, Type="SecureString")
+        calls = local_cloud.calls()
+        assert [c["call"] for c in calls] == ["ec2:DescribeVpcs", "ec2:CreateSecurityGroup",
+                                              "ec2:CreateLaunchTemplate", "ssm:PutParameter"]
+        assert {c["region"] for c in calls} == {REGION}
+        assert calls[1]["params"] == {
+            "GroupName": group_name, "GroupDescription": "journal", "VpcId": vpc_id,
+            "TagSpecification.1.ResourceType": "security-group", "TagSpecification.1.Tag.1.Key": "made-by",
+            "TagSpecification.1.Tag.1.Value": "journal-test"}
+        assert calls[2]["params"]["LaunchTemplateData.UserData"] == "<redacted>"
+        assert calls[3]["params"] == {"Name": f"/journal/{name}", "Value": "<redacted>", "Type": "SecureString"}
+        journal = raw(local_cloud, "GET", "/_localcloud/calls")[2].decode()
+        assert secret not in journal and user_data not in journal
+    finally:
+        ssm.delete_parameter(Name=f"/journal/{name}")
+        if template:
+            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
+        ec2.delete_security_group(GroupId=group)
+    assert local_cloud.calls()[-1]["call"] == "ec2:DeleteSecurityGroup"
+    local_cloud.reset_stats()
+    assert local_cloud.calls() == []
 
 
 # --- throttling -------------------------------------------------------------------------------------
