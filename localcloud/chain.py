@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote_plus, urlsplit
 from xml.sax.saxutils import escape
@@ -57,13 +58,13 @@ def param(data: bytes, name: str) -> str:
 
 
 class Call:
-    """One AWS API call: ``name`` is ``service:Action``; ``body`` is what goes on to the cloud behind (a hook may
-    rewrite it with :meth:`rewrite`)."""
+    """One AWS API call: ``name`` is ``service:Action``, ``body`` the body as received, ``sent`` the body that goes
+    on to the cloud behind (the same, unless a hook rewrote it with :meth:`rewrite`)."""
 
-    __slots__ = ("_params", "action", "body", "headers", "method", "name", "path", "region", "service")
+    __slots__ = ("_params", "action", "body", "headers", "method", "name", "path", "region", "sent", "service")
 
     def __init__(self, method: str, path: str, headers, body: bytes, name: str, region: str = ""):
-        self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.method, self.path, self.headers, self.body, self.sent = method, path, headers, body, body
         self.name, self.region = name, region
         self.service, _, self.action = name.partition(":")
         self._params: dict | None = None
@@ -105,8 +106,8 @@ class Call:
         return self._params
 
     def rewrite(self, body: bytes) -> None:
-        """Send ``body`` on instead of the call's own."""
-        self.body, self._params = body, None
+        """Send ``body`` on instead of the call's own (``body`` and ``params`` stay those received)."""
+        self.sent = body
 
 
 class Answer:
@@ -224,3 +225,27 @@ def json_error(status: int, error_type: str, message: str) -> Answer:
     body = json.dumps({"__type": error_type, "message": message}).encode()
     return Answer(status, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
                            ("x-amzn-ErrorType", error_type)], body)
+
+
+RESOURCE_ID = re.compile(rb"<(instanceId|imageId)>((?:i|ami)-[0-9a-zA-Z]+)</\1>")
+
+
+def made_id(answer: Answer) -> str | None:
+    """The instance or image id an EC2 answer (RunInstances', CreateImage's, CopyImage's) names first."""
+    found = RESOURCE_ID.search(answer.body)
+    return found.group(2).decode() if found else None
+
+
+def parse_xml(body: bytes) -> tuple[ET.Element, str] | None:
+    """An EC2 answer's XML root and namespace (``{http://ec2...}``), or None when it is not XML."""
+    try:
+        root = ET.fromstring(body)  # noqa: S314 moto's own answer, on loopback
+    except ET.ParseError:
+        return None
+    return root, root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def xml_bytes(root: ET.Element, namespace: str) -> bytes:
+    if namespace:
+        ET.register_namespace("", namespace[1:-1])
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)

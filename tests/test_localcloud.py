@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from localcloud.authorized_keys import BUILD_TAG
 from localcloud.cloud import LocalCloud, LocalCloudError
-from localcloud.proxy import call_name
+from localcloud.chain import call_name
 
 REGION = "eu-west-1"
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -239,7 +239,7 @@ def test_moto_answers_one_request_at_a_time(monkeypatch):
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-    from localcloud import moto_server
+    from localcloud import moto_fixes
 
     inside, most, lock = [0], [0], threading.Lock()
 
@@ -253,7 +253,7 @@ def test_moto_answers_one_request_at_a_time(monkeypatch):
         return [b"answered"]
 
     monkeypatch.setattr(DomainDispatcherApplication, "__call__", a_while)
-    moto_server.install_request_lock()
+    moto_fixes.install_request_lock()
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: DomainDispatcherApplication.__call__(None, {}, None), range(4)))
     assert answers == [[b"answered"]] * 4 and most[0] == 1
