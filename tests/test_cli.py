@@ -252,7 +252,7 @@ def test_list_shows_the_images_of_a_spec_from_their_lineage_tags(local_cloud, ec
         lines = shown.stdout.splitlines()
         assert lines[0] == f"image {newer} {name}-20260101-000000-b000000000002"
         assert {"  spec: " + name, "  build: b000000000002", "  role: appserver", "  channels: -"} <= set(lines)
-        assert lines[-2].startswith(f"  built from {origin}") and lines[-1].startswith("    root origin: owner ")
+        assert lines[-3].startswith(f"  built from {origin}") and lines[-1].startswith("    root origin: owner ")
         gone = run_cli("show", "ami-0000000000000dead", env=cli_env(**local_cloud.env()))
         assert gone.returncode == 1 and "missing: no such image" in gone.stdout
     finally:
