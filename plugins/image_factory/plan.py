@@ -308,13 +308,17 @@ def _ansible_source(configure, settings, warnings: list[str]) -> str:
     return _shown_path(ansible.role_folder(source, configure.server_role))
 
 
-def _register_task(build) -> dict:
+def _create_image_request(build) -> dict:
     from image_factory.steps.image import create_image_request, image_name, lineage_tags
 
     origin = RunTime("the origin's AMI id")
     name = image_name(build, RunTime("the run's logical date, YYYYmmdd-HHMMSS"))
-    request = create_image_request(build, RunTime("the builder instance's id"), origin, name,
-                                   lineage_tags(build, origin))
+    return create_image_request(build, RunTime("the builder instance's id"), origin, name,
+                                lineage_tags(build, origin))
+
+
+def _register_task(build) -> dict:
+    request = _create_image_request(build)
     return {"requests": [_call("ec2:CreateImage", request, "once the instance is stopped")],
             "then": "tags the image and its snapshots image-factory:complete=true once it is available"
                     + ("" if build.spec.test else ", and image-factory:tests=untested"),
@@ -341,9 +345,15 @@ def _distribute_task(spec, build) -> dict:
 
     distribute = spec.distribute
     shared = distribute.share_with
-    source = {"ImageId": RunTime("the new image's id"), "Name": RunTime("the new image's name"),
-              "Description": RunTime("the new image's description"),
-              "Tags": [{"Key": "...", "Value": RunTime("the new image's tags, as register_image made them")}]}
+    from image_factory.build import TAG_TESTED_AT, TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED
+
+    # The new image as register_image made it and test_image tagged it.
+    made = _create_image_request(build)
+    tests = ({TAG_TESTS: "passed", TAG_TESTS_PASSED: RunTime("how many tests passed"),
+              TAG_TESTS_FAILED: RunTime("how many failed"), TAG_TESTED_AT: RunTime("when they ran, UTC")}
+             if spec.test else {TAG_TESTS: "untested"})
+    source = {"ImageId": RunTime("the new image's id"), "Name": made["Name"], "Description": made["Description"],
+              "Tags": made["TagSpecifications"][0]["Tags"] + [{"Key": k, "Value": v} for k, v in tests.items()]}
     return {
         "requests": [{**_call("ec2:CopyImage", copy_image_request(build, source, region)), "region": region}
                      for region in distribute.regions],
