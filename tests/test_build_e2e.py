@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from image_factory.build import (
     TAG_BUILD,
@@ -140,7 +141,8 @@ def _flat(operation: str, request: dict) -> dict:
     import botocore.session
 
     model = botocore.session.get_session().get_service_model("ec2").operation_model(operation)
-    body = botocore.serialize.create_serializer("ec2", include_validation=False).serialize_to_request(request, model)["body"]
+    serializer = botocore.serialize.create_serializer("ec2", include_validation=False)
+    body = serializer.serialize_to_request(request, model)["body"]
     return {k: str(v) for k, v in body.items() if k not in ("Action", "Version")}
 
 
@@ -168,8 +170,6 @@ def test_the_plan_render_shows_is_what_the_build_sent(shopspinner_run, local_clo
 
     result = shopspinner_run
     assert result.succeeded, result.output[-5000:]
-    import yaml
-
     rendered = run_cli("render", "shopspinner-linux-image", "--run-id", result.run_id,
                        env=cli_env(**airflow_env(local_cloud, airflow_home)))
     assert rendered.returncode == 0, rendered.stderr
@@ -187,28 +187,40 @@ def test_the_plan_render_shows_is_what_the_build_sent(shopspinner_run, local_clo
         else:  # (SSM's PutParameter: the journal hides every "Value" of it, the tags' too)
             expected = {**request, "Tags": [{**tag, "Value": "<redacted>"} for tag in request["Tags"]]}
         sent = [c["params"] for c in received if c["call"] == call["call"]]
-        if call["call"] == "ec2:RunInstances":  # the builder's, then the test instance's: told by their token
-            sent = [p for p in sent if p["ClientToken"] == request["ClientToken"]]
+        # The builder's RunInstances and the test instance's are told by their token; the key's PutParameter from
+        # promote's by its name.
+        if (key := {"ec2:RunInstances": "ClientToken", "ssm:PutParameter": "Name"}.get(call["call"])) is not None:
+            sent = [p for p in sent if p[key] == request[key]]
         elif call["call"] == "ec2:ImportKeyPair":
             sent = [{k: v for k, v in p.items() if k != "PublicKeyMaterial"} for p in sent]
         assert sent, f"{task_id}: the build sent no {call['call']}"
-        # The first one: the subnet's first candidate (no block of the build's own VPC is taken before it).
+        assert len(sent) == 1, f"{task_id}: {call['call']} sent {len(sent)} times"
         assert _differences(expected, sent[0], call["call"]) == [], f"{task_id}: {call['call']}"
         compared.append(call["call"])
-    assert compared == ["ec2:CreateVpc", "ec2:CreateSubnet", "ec2:CreateSecurityGroup",
-                        "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupEgress",
-                        "ec2:AuthorizeSecurityGroupEgress", "ssm:PutParameter", "ec2:ImportKeyPair",
-                        "ec2:RunInstances", "ec2:StopInstances", "ec2:CreateImage", "ec2:RunInstances"]
+    # (The local cloud gives builds a builder VPC, as a deployment's builder_vpc_id does: no CreateVpc.)
+    assert compared == ["ec2:CreateSubnet", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
+                        "ec2:RevokeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupEgress", "ssm:PutParameter",
+                        "ec2:ImportKeyPair", "ec2:RunInstances", "ec2:StopInstances", "ec2:CreateImage",
+                        "ec2:RunInstances"]
     # What the issue names, spelled out (each is part of the comparison above).
     sent = {c["call"]: c["params"] for c in received}
     network = {c["call"]: c["request"] for c in plan["tasks"][0]["requests"]}
-    assert sent["ec2:CreateSubnet"]["CidrBlock"] == network["ec2:CreateSubnet"]["CidrBlock"]
     assert sent["ec2:ImportKeyPair"]["KeyName"] == network["ec2:ImportKeyPair"]["KeyName"]
     builder = next(c["params"] for c in received
                    if c["call"] == "ec2:RunInstances" and c["params"]["ClientToken"].endswith("-launch"))
     assert (builder["InstanceType"], builder["MetadataOptions.HttpTokens"],
             builder["BlockDeviceMapping.1.Ebs.Encrypted"], builder["InstanceInitiatedShutdownBehavior"]) == (
         "t3.small", "required", "true", "terminate")
+    # The subnet: in a configured VPC, which blocks are free only the build sees, so the plan leaves the CIDR to run
+    # time. Rendered as if the VPC were the build's own (builder_vpc_cidr: its CIDR, no other subnet in it, as
+    # here: the build sent one CreateSubnet, not refused), the plan shows the block the build tried first.
+    vpc_id = sent["ec2:CreateSubnet"]["VpcId"]
+    assert network["ec2:CreateSubnet"]["CidrBlock"].startswith(f"<at run time: the free /28 blocks of VPC {vpc_id}")
+    [vpc] = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"]
+    own = yaml.safe_load(run_cli("render", "shopspinner-linux-image", "--run-id", result.run_id, env=cli_env(
+        **airflow_env(local_cloud, airflow_home, builder_vpc_id="", builder_vpc_cidr=vpc["CidrBlock"]))).stdout)
+    subnet = next(c for c in own["tasks"][0]["requests"] if c["call"] == "ec2:CreateSubnet")
+    assert sent["ec2:CreateSubnet"]["CidrBlock"] == subnet["request"]["CidrBlock"]
     [image] = find_images(ec2, plan["build_id"])
     assert image["Name"] == sent["ec2:CreateImage"]["Name"]
 
