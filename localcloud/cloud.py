@@ -154,8 +154,17 @@ class LocalCloud:
         """
         return self._control("GET", "stats")
 
+    def calls(self) -> list[dict]:
+        """Every AWS API call the front received since the last reset, in order: ``[{"call": "ec2:CreateSubnet",
+        "region": "eu-west-1", "params": {"VpcId": "vpc-...", "TagSpecification.1.Tag.1.Key": "Name", ...}}]``.
+
+        ``params`` are a query-protocol call's (EC2's) flat parameters, or a JSON-protocol call's (SSM's) body;
+        secrets (EC2's ``UserData``, SSM PutParameter's ``Value``) show ``<redacted>``.
+        """
+        return self._control("GET", "calls")
+
     def reset_stats(self) -> dict:
-        """Zero the counters (the throttling settings stay)."""
+        """Zero the counters and clear the journal of calls (the throttling settings stay)."""
         return self._control("POST", "reset")
 
     def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None,
@@ -181,7 +190,7 @@ class LocalCloud:
                       {image_id: when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
                        for image_id, when in dates.items()})
 
-    def _control(self, method: str, name: str, document: dict | None = None) -> dict:
+    def _control(self, method: str, name: str, document: dict | None = None):
         data = None if document is None else json.dumps(document).encode()
         request = urllib.request.Request(f"{self.endpoint}/_localcloud/{name}", data=data, method=method,  # noqa: S310
                                          headers={"Content-Type": "application/json"})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from image_factory.build import (
     TAG_BUILD,
@@ -86,6 +87,7 @@ def shopspinner_run(local_cloud, airflow_home):
         catcher.join()
     result.private_keys = catcher.keys
     result.api_calls = local_cloud.stats()["calls"]
+    result.calls = local_cloud.calls()  # the journal: every call the emulator received, with its parameters
     result.airflow_home = airflow_home
     return result
 
@@ -120,6 +122,110 @@ def test_shopspinner_image_is_built_tagged_and_nothing_is_left(shopspinner_run, 
     assert (tags["image-factory:tests"], tags["image-factory:tests-failed"]) == ("passed", "0")
     assert builder_resources(ec2, ssm, build_id) == []
     assert "kept until" not in result.task_logs["tear_down"]  # (its trigger asked to keep a failed build's)
+
+
+#: A value of the plan that only the build knows (plan.RunTime), or a parameter the setup provides.
+PLACEHOLDER = re.compile(r"<at run time: [^>]*>|<made by [a-z_]+>")
+
+
+def _as_sent(request: dict) -> dict:
+    """A request of the plan back as the step passes it to boto3: tags as lists of Key and Value."""
+    def tags(value):
+        if isinstance(value, dict):
+            return [{"Key": k, "Value": v} for k, v in value.items()]
+        return [{**spec, "Tags": tags(spec["Tags"])} for spec in value]
+
+    return {k: tags(v) if k in ("TagSpecifications", "Tags") else v for k, v in request.items()}
+
+
+def _flat(operation: str, request: dict) -> dict:
+    """An EC2 request as query parameters, serialized by botocore as the build's own client does."""
+    import botocore.serialize
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ec2").operation_model(operation)
+    serializer = botocore.serialize.create_serializer("ec2", include_validation=False)
+    body = serializer.serialize_to_request(request, model)["body"]
+    return {k: str(v) for k, v in body.items() if k not in ("Action", "Version")}
+
+
+def _differences(planned, sent, where: str = "") -> list[str]:
+    """Where ``sent`` (the emulator's record) differs from ``planned``; a placeholder matches any value."""
+    if isinstance(planned, dict) and isinstance(sent, dict):
+        found = [f"{where}.{k}: planned, not sent" for k in planned.keys() - sent.keys()]
+        found += [f"{where}.{k}: sent, not planned" for k in sent.keys() - planned.keys()]
+        for key in planned.keys() & sent.keys():
+            found += _differences(planned[key], sent[key], f"{where}.{key}")
+        return found
+    if isinstance(planned, list) and isinstance(sent, list) and len(planned) == len(sent):
+        return [found for i, (p, s) in enumerate(zip(planned, sent, strict=True))
+                for found in _differences(p, s, f"{where}[{i}]")]
+    if isinstance(planned, str) and isinstance(sent, str):
+        pattern = ".+".join(re.escape(part) for part in PLACEHOLDER.split(planned))
+        return [] if re.fullmatch(pattern, sent, re.S) else [f"{where}: planned {planned!r}, sent {sent!r}"]
+    return [] if planned == sent else [f"{where}: planned {planned!r}, sent {sent!r}"]
+
+
+def test_the_plan_render_shows_is_what_the_build_sent(shopspinner_run, local_cloud, airflow_home, ec2):
+    """``render`` with the run's id, compared with every call of the plan the emulator received from that build:
+    subnet CIDR, security group rules, instance types and options, tags, key pair, image name."""
+    from tests.test_cli import cli_env, run_cli
+
+    result = shopspinner_run
+    assert result.succeeded, result.output[-5000:]
+    rendered = run_cli("render", "shopspinner-linux-image", "--run-id", result.run_id,
+                       env=cli_env(**airflow_env(local_cloud, airflow_home)))
+    assert rendered.returncode == 0, rendered.stderr
+    plan = yaml.safe_load(rendered.stdout)
+    assert plan["build_id"] == build_id_for("shopspinner-linux-image", result.run_id)
+    assert "warnings" not in plan
+    planned = [(task["task_id"], call) for task in plan["tasks"] for call in task.get("requests", [])]
+    received = [c for c in result.calls if c["region"] == plan["region"]]
+    compared = []
+    for task_id, call in planned:
+        request = _as_sent(call["request"])
+        if call["call"].startswith("ec2:"):
+            request.pop("PublicKeyMaterial", None)  # (a placeholder, base64-encoded once sent)
+            expected = _flat(call["call"].split(":")[1], request)
+        else:  # (SSM's PutParameter: the journal hides every "Value" of it, the tags' too)
+            expected = {**request, "Tags": [{**tag, "Value": "<redacted>"} for tag in request["Tags"]]}
+        sent = [c["params"] for c in received if c["call"] == call["call"]]
+        # The builder's RunInstances and the test instance's are told by their token; the key's PutParameter from
+        # promote's by its name.
+        if (key := {"ec2:RunInstances": "ClientToken", "ssm:PutParameter": "Name"}.get(call["call"])) is not None:
+            sent = [p for p in sent if p[key] == request[key]]
+        elif call["call"] == "ec2:ImportKeyPair":
+            sent = [{k: v for k, v in p.items() if k != "PublicKeyMaterial"} for p in sent]
+        assert sent, f"{task_id}: the build sent no {call['call']}"
+        assert len(sent) == 1, f"{task_id}: {call['call']} sent {len(sent)} times"
+        assert _differences(expected, sent[0], call["call"]) == [], f"{task_id}: {call['call']}"
+        compared.append(call["call"])
+    # (The local cloud gives builds a builder VPC, as a deployment's builder_vpc_id does: no CreateVpc.)
+    assert compared == ["ec2:CreateSubnet", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
+                        "ec2:RevokeSecurityGroupEgress", "ec2:AuthorizeSecurityGroupEgress", "ssm:PutParameter",
+                        "ec2:ImportKeyPair", "ec2:RunInstances", "ec2:StopInstances", "ec2:CreateImage",
+                        "ec2:RunInstances"]
+    # What the issue names, spelled out (each is part of the comparison above).
+    sent = {c["call"]: c["params"] for c in received}
+    network = {c["call"]: c["request"] for c in plan["tasks"][0]["requests"]}
+    assert sent["ec2:ImportKeyPair"]["KeyName"] == network["ec2:ImportKeyPair"]["KeyName"]
+    builder = next(c["params"] for c in received
+                   if c["call"] == "ec2:RunInstances" and c["params"]["ClientToken"].endswith("-launch"))
+    assert (builder["InstanceType"], builder["MetadataOptions.HttpTokens"],
+            builder["BlockDeviceMapping.1.Ebs.Encrypted"], builder["InstanceInitiatedShutdownBehavior"]) == (
+        "t3.small", "required", "true", "terminate")
+    # The subnet: in a configured VPC, which blocks are free only the build sees, so the plan leaves the CIDR to run
+    # time. Rendered as if the VPC were the build's own (builder_vpc_cidr: its CIDR, no other subnet in it, as
+    # here: the build sent one CreateSubnet, not refused), the plan shows the block the build tried first.
+    vpc_id = sent["ec2:CreateSubnet"]["VpcId"]
+    assert network["ec2:CreateSubnet"]["CidrBlock"].startswith(f"<at run time: the free /28 blocks of VPC {vpc_id}")
+    [vpc] = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"]
+    own = yaml.safe_load(run_cli("render", "shopspinner-linux-image", "--run-id", result.run_id, env=cli_env(
+        **airflow_env(local_cloud, airflow_home, builder_vpc_id="", builder_vpc_cidr=vpc["CidrBlock"]))).stdout)
+    subnet = next(c for c in own["tasks"][0]["requests"] if c["call"] == "ec2:CreateSubnet")
+    assert sent["ec2:CreateSubnet"]["CidrBlock"] == subnet["request"]["CidrBlock"]
+    [image] = find_images(ec2, plan["build_id"])
+    assert image["Name"] == sent["ec2:CreateImage"]["Name"]
 
 
 def test_builder_network_was_made_then_deleted(shopspinner_run, ec2):

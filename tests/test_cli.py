@@ -133,15 +133,26 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
     assert tasks["tear_down"]["teardown_of"] == "create_builder_network"
     assert plan["parameters"] == {"IMAGE_BUILDER_SUBNET_ID": "<made by create_builder_network>",
                                   "IMAGE_BUILDER_SSH_KEY": "<made by create_builder_network>"}
-    created = {kind: value for item in tasks["create_builder_network"]["creates"]
-               for kind, value in item.items()}
-    assert set(created) == {"vpc", "subnet", "security_group", "key_pair"}
-    assert created["security_group"]["ingress"] == ["tcp 22 from 10.20.0.0/16"]
-    assert created["security_group"]["egress"] == ["tcp 53 to 0.0.0.0/0", "tcp 80 to 0.0.0.0/0",
-                                                   "tcp 443 to 0.0.0.0/0", "udp 53 to 0.0.0.0/0"]
-    instance = tasks["launch_builder_instance"]["instance"]
-    assert instance["instance_type"] == "t3.small (small)"
-    assert instance["subnet"] == "<made by create_builder_network>"
+    # The plan shows the requests the steps send, made by the steps' own request functions.
+    calls = {call["call"]: call["request"] for call in tasks["create_builder_network"]["requests"]}
+    assert list(calls) == ["ec2:CreateVpc", "ec2:CreateSubnet", "ec2:CreateSecurityGroup",
+                           "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupEgress",
+                           "ec2:AuthorizeSecurityGroupEgress", "ssm:PutParameter", "ec2:ImportKeyPair"]
+    assert calls["ec2:AuthorizeSecurityGroupIngress"]["IpPermissions"][0]["IpRanges"][0]["CidrIp"] == "10.20.0.0/16"
+    assert [(rule["IpProtocol"], rule["FromPort"]) for rule in calls["ec2:AuthorizeSecurityGroupEgress"][
+        "IpPermissions"]] == [("tcp", 53), ("tcp", 80), ("tcp", 443), ("udp", 53)]
+    assert calls["ec2:CreateSubnet"]["VpcId"] == "<at run time: the new VPC's id>"
+    # Without a run id, the build id is not known, nor the /28 it tries first.
+    assert calls["ec2:CreateSubnet"]["CidrBlock"].startswith("<at run time: a /28 of 10.213.0.0/24 chosen by")
+    assert calls["ssm:PutParameter"]["Value"].startswith("<at run time: ")  # never a key
+    [launch] = tasks["launch_builder_instance"]["requests"]
+    instance = launch["request"]
+    assert (launch["call"], instance["InstanceType"], launch["note"]) == ("ec2:RunInstances", "t3.small",
+                                                                          "instance_size small")
+    assert instance["NetworkInterfaces"][0]["SubnetId"] == "<made by create_builder_network>"
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    assert instance["InstanceInitiatedShutdownBehavior"] == "terminate"
     # At the defaults the waits poll on the priors of a spec's first build.
     assert "from 10.0 s" in tasks["launch_builder_instance"]["waits"]
     configure = tasks["configure"]
@@ -155,14 +166,17 @@ def test_render_shows_the_tasks_resources_tags_and_role_scripts_of_the_shipped_s
     unknown = yaml.safe_load(run_cli("render", str(LIVE_SPEC), env=cli_env(
         AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR="10.20.0.0/16", AIRFLOW__IMAGE_FACTORY__HOST_KEY_CHECK="yes")).stdout)
     assert any("host_key_check 'yes': expected one of console, off" in w for w in unknown["warnings"])
-    assert tasks["register_image"]["image_name"].startswith("shopspinner-linux-image-")
-    image_tags = plan["tags"]["image"]
+    [create_image] = tasks["register_image"]["requests"]
+    assert create_image["call"] == "ec2:CreateImage"
+    assert create_image["request"]["Name"].startswith("shopspinner-linux-image-<at run time: ")
+    image_tags = create_image["request"]["TagSpecifications"][0]["Tags"]
     assert {TAG_SPEC, TAG_SPEC_HASH, TAG_ORIGIN, TAG_ROLE, TAG_RUN, TAG_BUILD} <= set(image_tags)
     assert image_tags[TAG_SPEC] == "shopspinner-linux-image"
     assert image_tags[TAG_SPEC_HASH] == plan["spec_hash"]
     assert image_tags[TAG_ROLE] == "appserver"
     assert image_tags["team"] == "shopspinner"
-    assert TAG_BUILD in plan["tags"]["builder"]
+    assert image_tags[TAG_ORIGIN] == "<at run time: the origin's AMI id>"
+    assert TAG_BUILD in calls["ec2:CreateVpc"]["TagSpecifications"][0]["Tags"]
     assert "warnings" not in plan
 
 
@@ -233,6 +247,14 @@ def test_list_shows_the_images_of_a_spec_from_their_lineage_tags(local_cloud, ec
                                            rows[0].split()[3], origin, "appserver", "0123456789abcdef",
                                            "b000000000002", "yes", "-", "-", "-", "-"]
             assert rows[1].split()[-6:] == ["b000000000001", "no", "-", "-", "-", "-"]
+        shown = run_cli("show", newer, env=cli_env(**local_cloud.env()))
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0] == f"image {newer} {name}-20260101-000000-b000000000002"
+        assert {"  spec: " + name, "  build: b000000000002", "  role: appserver", "  channels: -"} <= set(lines)
+        assert lines[-3].startswith(f"  built from {origin}") and lines[-1].startswith("    root origin: owner ")
+        gone = run_cli("show", "ami-0000000000000dead", env=cli_env(**local_cloud.env()))
+        assert gone.returncode == 1 and "missing: no such image" in gone.stdout
     finally:
         for image_id in images:
             snapshots = [m["Ebs"]["SnapshotId"] for i in ec2.describe_images(ImageIds=[image_id])["Images"]

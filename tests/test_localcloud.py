@@ -3,6 +3,7 @@ addresses of both models (the machines of tests/test_machines.py, and the single
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import socket
@@ -16,8 +17,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from localcloud.authorized_keys import BUILD_TAG
+from localcloud.chain import call_name
 from localcloud.cloud import LocalCloud, LocalCloudError
-from localcloud.proxy import call_name
 
 REGION = "eu-west-1"
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -137,6 +138,43 @@ def test_call_name_of_a_presigned_request():
     assert call_name("GET", target, http.client.HTTPMessage(), b"") == "ec2:DescribeRegions"
 
 
+# --- the journal of calls ----------------------------------------------------------------------------
+
+
+def test_the_journal_records_every_call_with_its_params_and_never_a_secret(local_cloud):
+    ec2, ssm = client(local_cloud, "ec2"), client(local_cloud, "ssm")
+    vpc_id = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    group_name, secret, name = f"journal-{uuid.uuid4().hex[:8]}", f"s3cret-{uuid.uuid4().hex}", uuid.uuid4().hex[:8]
+    group = ec2.create_security_group(GroupName=group_name, Description="journal", VpcId=vpc_id, TagSpecifications=[
+        {"ResourceType": "security-group", "Tags": [{"Key": "made-by", "Value": "journal-test"}]}])["GroupId"]
+    user_data = base64.b64encode(secret.encode()).decode()
+    template = None
+    try:
+        template = ec2.create_launch_template(LaunchTemplateName=f"journal-{name}",
+                                              LaunchTemplateData={"UserData": user_data})["LaunchTemplate"]
+        ssm.put_parameter(Name=f"/journal/{name}", Value=secret, Type="SecureString")
+        calls = local_cloud.calls()
+        assert [c["call"] for c in calls] == ["ec2:DescribeVpcs", "ec2:CreateSecurityGroup",
+                                              "ec2:CreateLaunchTemplate", "ssm:PutParameter"]
+        assert {c["region"] for c in calls} == {REGION}
+        assert calls[1]["params"] == {
+            "GroupName": group_name, "GroupDescription": "journal", "VpcId": vpc_id,
+            "TagSpecification.1.ResourceType": "security-group", "TagSpecification.1.Tag.1.Key": "made-by",
+            "TagSpecification.1.Tag.1.Value": "journal-test"}
+        assert calls[2]["params"]["LaunchTemplateData.UserData"] == "<redacted>"
+        assert calls[3]["params"] == {"Name": f"/journal/{name}", "Value": "<redacted>", "Type": "SecureString"}
+        journal = raw(local_cloud, "GET", "/_localcloud/calls")[2].decode()
+        assert secret not in journal and user_data not in journal
+    finally:
+        ssm.delete_parameter(Name=f"/journal/{name}")
+        if template:
+            ec2.delete_launch_template(LaunchTemplateId=template["LaunchTemplateId"])
+        ec2.delete_security_group(GroupId=group)
+    assert local_cloud.calls()[-1]["call"] == "ec2:DeleteSecurityGroup"
+    local_cloud.reset_stats()
+    assert local_cloud.calls() == []
+
+
 # --- throttling -------------------------------------------------------------------------------------
 
 
@@ -201,7 +239,7 @@ def test_moto_answers_one_request_at_a_time(monkeypatch):
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
-    from localcloud import moto_server
+    from localcloud import moto_fixes
 
     inside, most, lock = [0], [0], threading.Lock()
 
@@ -215,7 +253,7 @@ def test_moto_answers_one_request_at_a_time(monkeypatch):
         return [b"answered"]
 
     monkeypatch.setattr(DomainDispatcherApplication, "__call__", a_while)
-    moto_server.install_request_lock()
+    moto_fixes.install_request_lock()
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: DomainDispatcherApplication.__call__(None, {}, None), range(4)))
     assert answers == [[b"answered"]] * 4 and most[0] == 1

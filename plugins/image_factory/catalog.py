@@ -1,4 +1,5 @@
-"""What the Images page shows: every image of the specs, per spec and region, read from the cloud when asked.
+"""What the Images page and the command line's ``list`` and ``show`` show: the images of the specs, per spec and
+region, read from the cloud when asked.
 
 A region is read with retention's own :func:`~image_factory.retention.survey` (its images of every spec, the
 instances and launch templates using them, the channels naming them: four listings, whatever the number of
@@ -6,8 +7,9 @@ images), and each image's retention status is :func:`~image_factory.retention.ju
 ``image_factory_retention`` DAG would give it now. The only call per image is DescribeImageAttribute
 (``launchPermission``: who the image is shared with), and only for the images shown (``limit`` at most).
 The regions of a spec are :func:`~image_factory.retention.regions_of`: where it is built and distributed, so
-copies appear once they exist. Nothing here imports Airflow's web stack; clients come from the Airflow AWS
-connection (image_factory.aws).
+copies appear once they exist. ``image-factory list`` reads a spec's images in one region, ``image-factory show``
+an image's lineage, with the same survey. Nothing here imports Airflow's web stack; clients come from the Airflow
+AWS connection (image_factory.aws).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from image_factory import retention
+from image_factory.aws import error_code
 from image_factory.build import (
     TAG_BUILD,
     TAG_COMPLETE,
@@ -29,7 +32,10 @@ from image_factory.build import (
     TAG_REVOKED,
     TAG_ROLE,
     TAG_RUN,
+    TAG_SOURCE_IMAGE,
+    TAG_SOURCE_REGION,
     TAG_SPEC,
+    TAG_SPEC_HASH,
     TAG_TESTS,
     tag_dict,
 )
@@ -267,3 +273,85 @@ def _read_sharing(catalog: Catalog, client_of_region: dict) -> None:
         list(pool.map(read, catalog.rows))
     if catalog.rows:
         catalog.calls["ec2:DescribeImageAttribute"] += len(catalog.rows)
+
+
+# --- the command line's list and show ----------------------------------------------------------------
+
+#: The columns of ``image-factory list``, one row per image (:func:`list_row`).
+LIST_COLUMNS = ("IMAGE ID", "NAME", "STATE", "CREATED", "ORIGIN AMI", "SERVER ROLE", "SPEC HASH", "BUILD ID",
+                "COMPLETE", "TESTS", "OVERRIDDEN", "COPY OF", "CHANNELS")
+
+
+def copy_of(tags: dict[str, str]) -> str:
+    """``ami-...@region`` for a copy made by distribute_image (its source image and region), else ``-``."""
+    source = tags.get(TAG_SOURCE_IMAGE)
+    return f"{source}@{tags.get(TAG_SOURCE_REGION, '?')}" if source else "-"
+
+
+def list_row(image: dict, channels: list[str]) -> tuple[str, ...]:
+    tags = tag_dict(image.get("Tags"))
+    return (image["ImageId"], image.get("Name", ""), image.get("State", ""), image.get("CreationDate", ""),
+            tags.get(TAG_ORIGIN, "-"), tags.get(TAG_ROLE, "-"), tags.get(TAG_SPEC_HASH, "-"),
+            tags.get(TAG_BUILD, "-"), "yes" if tags.get(TAG_COMPLETE) == "true" else "no", tests_summary(tags),
+            tags.get(TAG_OVERRIDDEN) or "-", copy_of(tags), ",".join(channels) or "-")
+
+
+def spec_images(ec2, ssm, region: str, spec_name: str, channel_prefix: str) -> list[tuple[dict, list[str]]]:
+    """The images of spec ``spec_name`` in ``region``, newest first, each with the spec's channels naming it
+    (read with retention's survey of the region)."""
+    found = retention.survey(ec2, ssm, region, channel_prefix)
+    images = sorted((i for i in found.images if tag_dict(i.get("Tags")).get(TAG_SPEC) == spec_name),
+                    key=lambda i: i.get("CreationDate", ""), reverse=True)
+    return [(i, channel_names(found.channels.get(i["ImageId"], []), spec_name, channel_prefix)) for i in images]
+
+
+def lineage(clients_in: Callable[[str], tuple], region: str, image_id: str, channel_prefix: str,
+            limit: int = 20) -> list[dict]:
+    """The image and its origins back to the root origin (the first image Image Factory did not build). A copy
+    (distribute_image) leads to the image it is a copy of, in that image's region; each image's origin is in its
+    own region. ``clients_in(region)``: that region's (ec2, ssm) clients; each region is surveyed once."""
+    surveys: dict[str, tuple] = {}
+
+    def surveyed(name: str) -> tuple:
+        if name not in surveys:
+            ec2, ssm = clients_in(name)
+            surveys[name] = (ec2, retention.survey(ec2, ssm, name, channel_prefix))
+        return surveys[name]
+
+    levels: list[dict] = []
+    while image_id and len(levels) < limit:
+        ec2, found = surveyed(region)
+        image = next((i for i in found.images if i["ImageId"] == image_id), None)
+        if image is None:  # not an image of a spec: the root origin, or gone
+            image = _described(ec2, image_id)
+        if image is None:
+            levels.append({"image": image_id, "missing": "no such image (deregistered?)"})
+            break
+        tags = tag_dict(image.get("Tags"))
+        level = {"image": image_id, "name": image.get("Name", ""), "created": image.get("CreationDate", "")}
+        if TAG_SPEC not in tags:
+            levels.append({**level, "root origin": f"owner {image.get('OwnerId', '?')}"})
+            break
+        channels = channel_names(found.channels.get(image_id, []), tags[TAG_SPEC], channel_prefix)
+        level.update(spec=tags[TAG_SPEC], build=tags.get(TAG_BUILD, "-"), role=tags.get(TAG_ROLE, "-"),
+                     **({"overridden": f"{tags[TAG_OVERRIDDEN]} (by the trigger of its build)"}
+                        if tags.get(TAG_OVERRIDDEN) else {}),
+                     **({"copy of": copy} if (copy := copy_of(tags)) != "-" else {}),
+                     **({"revoked": revoked} if (revoked := revocation(tags)) else {}),
+                     origin=tags.get(TAG_ORIGIN, "-"), tests=tests_summary(tags), channels=",".join(channels) or "-")
+        levels.append(level)
+        if tags.get(TAG_SOURCE_IMAGE) and tags.get(TAG_SOURCE_REGION):
+            region, image_id = tags[TAG_SOURCE_REGION], tags[TAG_SOURCE_IMAGE]
+        else:
+            image_id = tags.get(TAG_ORIGIN)
+    return levels
+
+
+def _described(ec2, image_id: str) -> dict | None:
+    try:
+        found = ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"]  # (revoked: disabled)
+    except Exception as exc:
+        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+            return None
+        raise
+    return found[0] if found else None

@@ -58,6 +58,14 @@ def client_token(build: Build, region: str, replacing: str | None = None) -> str
     return f"{build.build_id}-{region}" + (f"-after-{replacing}" if replacing else "")
 
 
+def copy_image_request(build: Build, source: dict, region: str, replacing: str | None = None) -> dict:
+    """CopyImage of ``source`` (the build's image, as described) into ``region``, sent to that region."""
+    return {"SourceImageId": source["ImageId"], "SourceRegion": build.region, "Name": source["Name"],
+            "Description": f"{source.get('Description') or source['Name']} (copy from {build.region})"[:255],
+            "ClientToken": client_token(build, region, replacing),
+            "TagSpecifications": build.tag_specifications("image", "snapshot", tags=copy_tags(source, build.region))}
+
+
 def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: Waiter = blocking,
                outcome: WaitOutcome | None = None) -> dict:
     """Copy ``source`` (the build's image, as described) into the spec's distribute regions, wait until every
@@ -72,7 +80,6 @@ def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: Waiter = bloc
     copies: dict[str, dict] = ({region: answer["Images"][0] for region, answer in outcome.answers.items()}
                                if outcome and outcome.state == "image_available" and outcome.answers else {})
     waiting: dict[str, str] = {}
-    tags = copy_tags(source, build.region)
     for region in regions:
         if region in copies:
             continue
@@ -85,11 +92,7 @@ def distribute(ec2_in: ClientIn, build: Build, source: dict, wait: Waiter = bloc
             waiting[region] = found["ImageId"]
             continue
         checkpoint(f"before:copy-to-{region}")
-        copy_id = ec2.copy_image(
-            SourceImageId=source["ImageId"], SourceRegion=build.region, Name=source["Name"],
-            Description=f"{source.get('Description') or source['Name']} (copy from {build.region})"[:255],
-            ClientToken=client_token(build, region, replacing),
-            TagSpecifications=build.tag_specifications("image", "snapshot", tags=tags))["ImageId"]
+        copy_id = ec2.copy_image(**copy_image_request(build, source, region, replacing))["ImageId"]
         created("image copy", copy_id, region=region, source=source["ImageId"])
         waiting[region] = copy_id
     if waiting:

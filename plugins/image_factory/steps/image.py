@@ -122,10 +122,13 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
 def create_image(build: Build, instance_id: str, origin_ami: str, name: str, tags: dict[str, str]) -> FollowUp:
     """CreateImage, once the instance is stopped: the follow-up call of the stop's wait (made by the trigger
     that waited, when deferred). Its snapshots carry the build's tags from the start."""
-    return FollowUp("ec2", "create_image", {
-        "InstanceId": instance_id, "Name": name,
-        "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
-        "TagSpecifications": build.tag_specifications("image", "snapshot", tags=tags)})
+    return FollowUp("ec2", "create_image", create_image_request(build, instance_id, origin_ami, name, tags))
+
+
+def create_image_request(build: Build, instance_id: str, origin_ami: str, name: str, tags: dict[str, str]) -> dict:
+    return {"InstanceId": instance_id, "Name": name,
+            "Description": f"{build.spec.name} from {origin_ami}, built by Image Factory run {build.run_id}",
+            "TagSpecifications": build.tag_specifications("image", "snapshot", tags=tags)}
 
 
 def snapshot_ids(image: dict) -> list[str]:

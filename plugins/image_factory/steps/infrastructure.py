@@ -80,8 +80,6 @@ def create(ec2, ssm, build: Build) -> BuilderInfrastructure:
     return BuilderInfrastructure(vpc_id, subnet_id, security_group_id, key_name, parameter, own_vpc)
 
 
-# --- VPC and subnet -----------------------------------------------------------------------------------
-
 def _find(items: list[dict], key: str) -> str | None:
     return items[0][key] if items else None
 
@@ -91,13 +89,76 @@ def _existing(build: Build, describe, key: str, id_key: str) -> str | None:
     return None if build.fresh else _find(describe(Filters=build.build_filter())[key], id_key)
 
 
+# The requests this step sends, as pure functions of the build (and of what is known only at run time): the
+# step sends them unchanged, and ``render`` (plan.py) shows them.
+
+def vpc_request(build: Build) -> dict:
+    return {"CidrBlock": build.settings.builder_vpc_cidr, "TagSpecifications": build.tag_specifications("vpc")}
+
+
+def subnet_candidates(build: Build, network, taken=()) -> list:
+    """The /28 blocks of ``network`` not overlapping ``taken``, in the order the build tries them.
+
+    Builds share a configured VPC. Each starts at a free /28 of its own (by its build id), then takes the next
+    ones on a race: builds started together rarely try the same block (from the first free one, the n-th of
+    them would try n blocks)."""
+    free = [candidate for candidate in network.subnets(new_prefix=max(28, network.prefixlen))
+            if not any(candidate.overlaps(t) for t in taken)]
+    first = int(hashlib.sha256(build.build_id.encode()).hexdigest(), 16) % max(1, len(free))
+    return free[first:] + free[:first]
+
+
+def subnet_request(build: Build, vpc_id: str, cidr: str) -> dict:
+    return {"VpcId": vpc_id, "CidrBlock": str(cidr), "TagSpecifications": build.tag_specifications("subnet")}
+
+
+def security_group_request(build: Build, vpc_id: str) -> dict:
+    return {"GroupName": build.resource_name, "VpcId": vpc_id,
+            "Description": f"Image Factory builder for {build.spec.name}, build {build.build_id}: SSH in from the "
+                           "provisioner only",
+            "TagSpecifications": build.tag_specifications("security-group")}
+
+
+def ingress_request(group_id: str, cidr: str) -> dict:
+    return {"GroupId": group_id, "IpPermissions": [
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}]}
+
+
+def revoke_default_egress_request(group_id: str) -> dict:
+    """The default allow-all egress rule, replaced by the ports the role needs."""
+    return {"GroupId": group_id, "IpPermissions": [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]}
+
+
+def egress_request(build: Build, group_id: str) -> dict | None:
+    """The spec's egress ports out to anywhere (DNS over UDP too when it asks for 53); None: no port."""
+    ports = sorted(set(build.spec.egress_ports))
+    rules = [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+             for port in ports]
+    if 53 in ports:
+        rules.append({"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
+    return {"GroupId": group_id, "IpPermissions": rules} if rules else None
+
+
+def key_parameter_request(build: Build, private_key: str) -> dict:
+    return {"Name": private_key_parameter(build), "Type": "SecureString", "Value": private_key,
+            "Description": f"Ephemeral SSH key of Image Factory build {build.build_id}",
+            "Tags": [{"Key": k, "Value": v} for k, v in build.tags().items()]}
+
+
+def key_pair_request(build: Build, public_key: str) -> dict:
+    return {"KeyName": build.resource_name, "PublicKeyMaterial": public_key.encode(),
+            "TagSpecifications": build.tag_specifications("key-pair")}
+
+
+# --- VPC and subnet -----------------------------------------------------------------------------------
+
 def _ensure_vpc(ec2, build: Build) -> str:
     existing = _existing(build, ec2.describe_vpcs, "Vpcs", "VpcId")
     if existing:
         log.info("VPC %s of this build exists already", existing)
         return existing
-    vpc_id = ec2.create_vpc(CidrBlock=build.settings.builder_vpc_cidr,
-                            TagSpecifications=build.tag_specifications("vpc"))["Vpc"]["VpcId"]
+    vpc_id = ec2.create_vpc(**vpc_request(build))["Vpc"]["VpcId"]
     created("vpc", vpc_id, cidr=build.settings.builder_vpc_cidr)
     checkpoint("after:vpc")
     return vpc_id
@@ -112,16 +173,9 @@ def _ensure_subnet(ec2, build: Build, vpc_id: str) -> str:
     taken = [ipaddress.ip_network(s["CidrBlock"])
              for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]]
     network = ipaddress.ip_network(vpc["CidrBlock"])
-    free = [candidate for candidate in network.subnets(new_prefix=max(28, network.prefixlen))
-            if not any(candidate.overlaps(t) for t in taken)]
-    # Builds share a configured VPC. Each starts at a free /28 of its own (by its build id), then takes the
-    # next ones on a race: builds started together rarely try the same block (from the first free one, the
-    # n-th of them would try n blocks).
-    first = int(hashlib.sha256(build.build_id.encode()).hexdigest(), 16) % max(1, len(free))
-    for candidate in free[first:] + free[:first]:
+    for candidate in subnet_candidates(build, network, taken):
         try:
-            subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=str(candidate),
-                                          TagSpecifications=build.tag_specifications("subnet"))["Subnet"]["SubnetId"]
+            subnet_id = ec2.create_subnet(**subnet_request(build, vpc_id, candidate))["Subnet"]["SubnetId"]
         except Exception as exc:
             if error_code(exc) == "InvalidSubnet.Conflict":
                 continue
@@ -156,29 +210,17 @@ def _ensure_security_group(ec2, build: Build, vpc_id: str, cidr: str) -> str:
     if existing:
         log.info("security group %s of this build exists already", existing)
         return existing
-    group_id = ec2.create_security_group(
-        GroupName=build.resource_name, VpcId=vpc_id,
-        Description=f"Image Factory builder for {build.spec.name}, build {build.build_id}: SSH in from the "
-                    "provisioner only",
-        TagSpecifications=build.tag_specifications("security-group"),
-    )["GroupId"]
+    group_id = ec2.create_security_group(**security_group_request(build, vpc_id))["GroupId"]
     created("security-group", group_id, vpc=vpc_id, ssh_from=cidr)
     checkpoint("after:security-group")
     with rules_as_asked():
-        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-             "IpRanges": [{"CidrIp": cidr, "Description": "SSH from the provisioner"}]}])
-    # Replace the default allow-all egress rule with the ports the role needs.
+        ec2.authorize_security_group_ingress(**ingress_request(group_id, cidr))
     with rules_as_asked():
-        ec2.revoke_security_group_egress(GroupId=group_id, IpPermissions=[
-            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-    egress = [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
-              for port in sorted(set(build.spec.egress_ports))]
-    if 53 in build.spec.egress_ports:
-        egress.append({"IpProtocol": "udp", "FromPort": 53, "ToPort": 53, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]})
+        ec2.revoke_security_group_egress(**revoke_default_egress_request(group_id))
+    egress = egress_request(build, group_id)
     if egress:
         with rules_as_asked():
-            ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=egress)
+            ec2.authorize_security_group_egress(**egress)
     return group_id
 
 
@@ -231,9 +273,7 @@ def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
     private = None if build.fresh else _stored_private_key(ssm, parameter)
     if private is None:
         private, _ = _new_key()
-        ssm.put_parameter(Name=parameter, Type="SecureString", Value=private,
-                          Description=f"Ephemeral SSH key of Image Factory build {build.build_id}",
-                          Tags=[{"Key": k, "Value": v} for k, v in build.tags().items()])
+        ssm.put_parameter(**key_parameter_request(build, private))
         created("ssm-parameter", parameter)
         checkpoint("after:key-parameter")
     else:
@@ -242,9 +282,9 @@ def _ensure_key_pair(ec2, ssm, build: Build) -> tuple[str, str]:
     if existing:
         log.info("key pair %s of this build exists already", existing)
         return existing, parameter
-    key_name = build.resource_name
-    ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=_public_of(private).encode(),
-                        TagSpecifications=build.tag_specifications("key-pair"))
+    request = key_pair_request(build, _public_of(private))
+    key_name = request["KeyName"]
+    ec2.import_key_pair(**request)
     created("key-pair", key_name)
     checkpoint("after:key-pair")
     return key_name, parameter

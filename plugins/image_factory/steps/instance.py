@@ -75,6 +75,36 @@ def launch_view(image: dict) -> dict:
     return {k: image[k] for k in ("ImageId", "RootDeviceName", "BlockDeviceMappings") if k in image}
 
 
+def run_instances_request(build: Build, origin_image: dict, security_group_id: str, key_name: str,
+                          instance_type: str, purpose: str = "builder", number: int = 0) -> dict:
+    """RunInstances of the build's ``purpose`` instance from ``origin_image`` (:func:`launch_view`), as the
+    ``number``-th instance type of the spec's list (each type is tried with a client token of its own)."""
+    spec = build.spec
+    # Its interface goes with it, said outright: an interface made at launch without it may outlive the
+    # instance (moto keeps it), and nothing of a build may outlive its teardown.
+    interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip,
+                 "DeleteOnTermination": True}
+    if spec.subnet:
+        interface["SubnetId"] = spec.subnet
+    # A token of its own for each type: a call with the same token and other values is refused by AWS.
+    token = f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}" + (f"-{number}" if number else "")
+    return {
+        "ImageId": origin_image["ImageId"],
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": key_name,
+        "NetworkInterfaces": [interface],
+        # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "BlockDeviceMappings": [_encrypted_root(origin_image)],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "TagSpecifications": build.tag_specifications("instance", "volume", "network-interface",
+                                                      tags=build.tags(**{TAG_INSTANCE: purpose})),
+        "ClientToken": token,
+    }
+
+
 def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_name: str,
            wait: Waiter | None = blocking, purpose: str = "builder", size: str | None = None,
            outcome: WaitOutcome | None = None) -> dict:
@@ -94,32 +124,13 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
     else:
         checkpoint("before:launch" if purpose == "builder" else f"before:{purpose}-launch")
         origin_ami = origin_image["ImageId"]
-        # Its interface goes with it, said outright: an interface made at launch without it may outlive the
-        # instance (moto keeps it), and nothing of a build may outlive its teardown.
-        interface = {"DeviceIndex": 0, "Groups": [security_group_id], "AssociatePublicIpAddress": spec.public_ip,
-                     "DeleteOnTermination": True}
-        if spec.subnet:
-            interface["SubnetId"] = spec.subnet
 
-        def run(kind: str, token: str) -> dict:
-            return ec2.run_instances(
-                ImageId=origin_ami,
-                InstanceType=kind,
-                MinCount=1,
-                MaxCount=1,
-                KeyName=key_name,
-                NetworkInterfaces=[interface],
-                # IMDSv2 only: a role's commands cannot be tricked into leaking credentials over plain HTTP.
-                MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-                BlockDeviceMappings=[_encrypted_root(origin_image)],
-                InstanceInitiatedShutdownBehavior="terminate",
-                TagSpecifications=build.tag_specifications("instance", "volume", "network-interface",
-                                                           tags=build.tags(**{TAG_INSTANCE: purpose})),
-                ClientToken=token,
-            )
+        def run(kind: str, number: int) -> dict:
+            return ec2.run_instances(**run_instances_request(build, origin_image, security_group_id, key_name,
+                                                             kind, purpose, number))
 
         _no_capacity_retries(ec2)
-        found, refused = _first_offered(build, size, purpose, run)
+        found, refused = _first_offered(size, purpose, run)
         created("instance", found["InstanceId"], type=found.get("InstanceType"), image=origin_ami,
                 address=found.get("PrivateIpAddress"), purpose=purpose)
         checkpoint("after:launch" if purpose == "builder" else f"after:{purpose}-launch")
@@ -132,17 +143,15 @@ def launch(ec2, build: Build, origin_image: dict, security_group_id: str, key_na
     return launched
 
 
-def _first_offered(build: Build, size, purpose: str, run) -> tuple[dict, list[dict]]:
-    """``run`` (RunInstances of a type, with a client token) with each instance type of ``size`` in turn until one
-    is not refused for capacity (or as not offered in the zone); returns the instance and the refusals. All
-    refused: :class:`CapacityError`."""
+def _first_offered(size, purpose: str, run) -> tuple[dict, list[dict]]:
+    """``run`` (RunInstances of a type, the ``number``-th of the list) with each instance type of ``size`` in turn
+    until one is not refused for capacity (or as not offered in the zone); returns the instance and the refusals.
+    All refused: :class:`CapacityError`."""
     types = instance_types(size)
     refused: list[dict] = []
     for number, kind in enumerate(types):
-        # A token of its own for each type: a call with the same token and other values is refused by AWS.
-        token = f"{build.build_id}-{'launch' if purpose == 'builder' else purpose}" + (f"-{number}" if number else "")
         try:
-            response = run(kind, token)
+            response = run(kind, number)
         except Exception as exc:
             code = _capacity_refusal(exc)
             if code is None:

@@ -1,0 +1,251 @@
+"""The front's chain of hooks (localcloud/proxy.py): what an AWS API call is, what answers it, and the order.
+
+A :class:`Call` is one AWS API call the front received; an :class:`Answer` what the client hears. A :class:`Hook`
+sees each call twice: ``before`` it goes on (returning an Answer answers the call there: the later hooks and the
+cloud behind never see it) and ``after`` the answer came back (returning it, rewritten or not). :class:`Chain`
+runs the ``before`` of each hook in order until one answers, then the ``after`` of the hooks it passed, in
+reverse order, so the first hook sees the call first and the answer last. Each hook owns its state and lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from xml.sax.saxutils import escape
+
+CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
+QUERY_ACTION = re.compile(rb"(?:^|&)Action=([^&]*)")
+
+
+def call_name(method: str, target: str, headers, body: bytes) -> str | None:
+    """``service:Action`` of an AWS API call, or None for a request without an AWS signature.
+
+    The service is the signing name in the SigV4 credential scope (``Credential=AKID/20240101/eu-west-1/ec2/
+    aws4_request``); the action is the query protocol's ``Action`` parameter (EC2) or the JSON protocol's
+    ``X-Amz-Target`` (``AmazonSSM.GetParameter``).
+    """
+    scope = _scope(target, headers)
+    if scope is None:
+        return None
+    service = scope.group(2)
+    amz_target = headers.get("X-Amz-Target", "")
+    if amz_target:
+        action = amz_target.rpartition(".")[2]
+    else:
+        action = param(urlsplit(target).query.encode(), "Action")
+        if not action and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
+            action = param(body, "Action")
+    return f"{service}:{action or method.upper()}"
+
+
+def _scope(target: str, headers) -> re.Match | None:
+    scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
+    if scope is None:  # a presigned request carries its credential in the query string
+        query = urlsplit(target).query.encode()
+        scope = CREDENTIAL_SCOPE.search("Credential=" + param(query, "X-Amz-Credential"))
+    return scope
+
+
+def param(data: bytes, name: str) -> str:
+    """One parameter of a query string or form body, without parsing the rest."""
+    pattern = QUERY_ACTION if name == "Action" else re.compile(rb"(?:^|&)" + re.escape(name.encode()) + rb"=([^&]*)")
+    match = pattern.search(data)
+    return unquote_plus(match.group(1).decode("utf-8", errors="replace")) if match else ""
+
+
+class Call:
+    """One AWS API call: ``name`` is ``service:Action``, ``body`` the body as received, ``sent`` the body that goes
+    on to the cloud behind (the same, unless a hook rewrote it with :meth:`rewrite`)."""
+
+    __slots__ = ("_params", "action", "body", "headers", "method", "name", "path", "region", "sent", "service")
+
+    def __init__(self, method: str, path: str, headers, body: bytes, name: str, region: str = ""):
+        self.method, self.path, self.headers, self.body, self.sent = method, path, headers, body, body
+        self.name, self.region = name, region
+        self.service, _, self.action = name.partition(":")
+        self._params: dict | None = None
+
+    @classmethod
+    def of(cls, method: str, path: str, headers, body: bytes) -> Call | None:
+        """The call a request makes, or None for a request without an AWS signature (moto's own /moto-api/)."""
+        name = call_name(method, path, headers, body)
+        if name is None:
+            return None
+        scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
+        return cls(method, path, headers, body, name, scope.group(1) if scope else "")
+
+    @property
+    def json_protocol(self) -> bool:
+        return bool(self.headers.get("X-Amz-Target"))
+
+    def param(self, name: str) -> str:
+        """One parameter of a query-protocol call (EC2's): ``call.param("InstanceType")``."""
+        return param(self.body, name)
+
+    @property
+    def params(self) -> dict:
+        """The call's parameters, parsed once: a query-protocol call's flat query and form parameters
+        (``{"TagSpecification.1.Tag.1.Key": "Name", ...}``, without ``Action`` and ``Version``, which its name and
+        the API tell), or a JSON-protocol call's JSON body."""
+        if self._params is None:
+            if self.json_protocol:
+                try:
+                    self._params = json.loads(self.body or b"{}")
+                except ValueError:
+                    self._params = {}
+            else:
+                pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
+                if "x-www-form-urlencoded" in self.headers.get("Content-Type", ""):
+                    pairs += parse_qsl(self.body.decode("utf-8", errors="replace"), keep_blank_values=True)
+                self._params = {key: value for key, value in pairs
+                                if key not in ("Action", "Version") and not key.startswith("X-Amz-")}
+        return self._params
+
+    def rewrite(self, body: bytes) -> None:
+        """Send ``body`` on instead of the call's own (``body`` and ``params`` stay those received)."""
+        self.sent = body
+
+
+class Answer:
+    """What the client hears: an answer of the cloud behind (``from_cloud``) or of a hook."""
+
+    __slots__ = ("body", "from_cloud", "headers", "reason", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, reason: str | None = None,
+                 from_cloud: bool = False):
+        self.status, self.headers, self.body, self.reason, self.from_cloud = status, headers, body, reason, from_cloud
+
+    def header(self, name: str) -> str:
+        lower = name.lower()
+        return next((value for key, value in self.headers if key.lower() == lower), "")
+
+
+class Hook:
+    """One concern of the front. ``settings``: the config keys it owns (``POST /_localcloud/config``)."""
+
+    settings: frozenset[str] = frozenset()
+
+    def before(self, call: Call) -> Answer | None:
+        """Answer the call here, or None to let it go on (possibly rewritten)."""
+        return None
+
+    def after(self, call: Call, answer: Answer) -> Answer:
+        """The answer as the client is to hear it."""
+        return answer
+
+    def configure(self, settings: dict) -> Callable[[], None]:
+        """Check ``settings`` (only this hook's keys, maybe none) and return what applies them; raises
+        ValueError for a bad value, before anything is applied."""
+        return lambda: None
+
+    def config(self) -> dict:
+        """The hook's current settings, as ``GET /_localcloud/config`` shows them."""
+        return {}
+
+    def stats(self) -> dict:
+        """The hook's part of ``GET /_localcloud/stats``."""
+        return {}
+
+    def reset(self) -> None:
+        """``POST /_localcloud/reset``: forget what was counted."""
+
+    def control(self, method: str, name: str, body: bytes) -> tuple[int, object] | None:
+        """An endpoint ``/_localcloud/<name>`` of the hook's own: (HTTP status, JSON document), or None."""
+        return None
+
+
+class Chain:
+    def __init__(self, hooks: list[Hook], log: Callable[..., None] = lambda *args: None):
+        self.hooks = hooks
+        self.log = log
+        self.settings = frozenset().union(*(hook.settings for hook in hooks))
+
+    def answer(self, call: Call, forward: Callable[[Call], Answer]) -> Answer:
+        """Run the call through the hooks; ``forward`` sends it to the cloud behind when no hook answered."""
+        passed = 0
+        answer = None
+        for hook in self.hooks:
+            answer = hook.before(call)
+            if answer is not None:
+                break
+            passed += 1
+        if answer is None:
+            answer = forward(call)
+        for hook in reversed(self.hooks[:passed]):
+            try:
+                answer = hook.after(call, answer)
+            except Exception as exc:  # a fix that failed leaves the answer as it was, and says so
+                self.log("%s: %s failed: %r", call.name, type(hook).__name__, exc)
+        return answer
+
+    def configure(self, settings: dict) -> None:
+        """All or nothing: every key checked by its hook before any is applied; ValueError for an unknown key."""
+        unknown = set(settings) - self.settings
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}")
+        applies = [hook.configure({key: value for key, value in settings.items() if key in hook.settings})
+                   for hook in self.hooks]
+        for apply in applies:
+            apply()
+
+    def config(self) -> dict:
+        return {key: value for hook in self.hooks for key, value in hook.config().items()}
+
+    def stats(self) -> dict:
+        return {key: value for hook in self.hooks for key, value in hook.stats().items()}
+
+    def reset(self) -> None:
+        for hook in self.hooks:
+            hook.reset()
+
+    def control(self, method: str, name: str, body: bytes) -> tuple[int, object] | None:
+        for hook in self.hooks:
+            answered = hook.control(method, name, body)
+            if answered is not None:
+                return answered
+        return None
+
+
+def ec2_error(status: int, code: str, message: str) -> Answer:
+    """An error as EC2's query protocol answers it."""
+    request_id = str(uuid.uuid4())
+    body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>"
+            f"<Code>{escape(code)}</Code><Message>{escape(message)}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>").encode()
+    return Answer(status, [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)], body)
+
+
+def json_error(status: int, error_type: str, message: str) -> Answer:
+    """An error as a JSON-protocol service (SSM) answers it."""
+    request_id = str(uuid.uuid4())
+    body = json.dumps({"__type": error_type, "message": message}).encode()
+    return Answer(status, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
+                           ("x-amzn-ErrorType", error_type)], body)
+
+
+RESOURCE_ID = re.compile(rb"<(instanceId|imageId)>((?:i|ami)-[0-9a-zA-Z]+)</\1>")
+
+
+def made_id(answer: Answer) -> str | None:
+    """The instance or image id an EC2 answer (RunInstances', CreateImage's, CopyImage's) names first."""
+    found = RESOURCE_ID.search(answer.body)
+    return found.group(2).decode() if found else None
+
+
+def parse_xml(body: bytes) -> tuple[ET.Element, str] | None:
+    """An EC2 answer's XML root and namespace (``{http://ec2...}``), or None when it is not XML."""
+    try:
+        root = ET.fromstring(body)  # noqa: S314 moto's own answer, on loopback
+    except ET.ParseError:
+        return None
+    return root, root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def xml_bytes(root: ET.Element, namespace: str) -> bytes:
+    if namespace:
+        ET.register_namespace("", namespace[1:-1])
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
