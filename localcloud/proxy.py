@@ -35,6 +35,10 @@ request (any method, path, query, headers and body) to moto on 127.0.0.1:M, rela
   instance types with the error EC2 gives when a zone has no capacity for them (``InsufficientInstanceCapacity``,
   HTTP 500): fault injection, ``[]`` turns it off. Refused calls are counted, not forwarded.
 
+* ``POST /_localcloud/config`` with ``{"fail_instance_refreshes": ["web-asg"], "instance_refresh_seconds": 3}``:
+  Auto Scaling instance refreshes, which moto lacks, are answered here (localcloud/instance_refresh.py): a
+  refresh takes that long, and those groups' refreshes end ``Failed`` (fault injection; ``[]`` turns it off).
+
 * ``POST /_localcloud/config`` with ``{"deny": ["ssm:PutParameter@us-west-2"]}``: answer those calls (a
   ``service:Action``, in one region) with the access-denied error AWS gives when a policy forbids the call (an
   SCP that closes a region, say): fault injection, ``[]`` turns it off. Denied calls are counted, not forwarded.
@@ -75,9 +79,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlencode, urlsplit
 from xml.sax.saxutils import escape
 
+from localcloud import instance_refresh
+
 LOOPBACK = "127.0.0.1"
 CONTROL_PREFIX = "/_localcloud/"
 THROTTLED_SERVICES = frozenset({"ec2", "ssm"})
+#: Services of the query protocol (XML answers) besides EC2, whose errors have a document of their own.
+QUERY_SERVICES = frozenset({"autoscaling", "sns"})
 #: Connection-level headers (RFC 9110 7.6.1) are the proxy's own business on each side, never relayed.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
                         "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
@@ -184,6 +192,10 @@ def access_denied(service: str, name: str) -> tuple[int, list[tuple[str, str]], 
     message = f"You are not authorized to perform this operation ({name}: denied by the local cloud's config)."
     if service == "ec2":
         return ec2_error(403, "UnauthorizedOperation", message)
+    if service in QUERY_SERVICES:  # (the query protocol's error document, as for EC2 but for its root)
+        body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>{escape(message)}"
+                f"</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>").encode()
+        return 403, [("Content-Type", "text/xml")], body
     request_id = str(uuid.uuid4())
     body = json.dumps({"__type": "AccessDeniedException", "message": message}).encode()
     return 400, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
@@ -484,6 +496,10 @@ class FrontHandler(BaseHTTPRequestHandler):
         if name is not None and f"{name}@{_region(self.headers)}" in self.server.stats.deny:
             self.reply(*access_denied(name.partition(":")[0], name))
             return
+        if name is not None and name.startswith("autoscaling:") and (answered := self.server.refreshes.answer(
+                name, _region(self.headers), dict(parse_qsl(body.decode("utf-8", "replace"))))) is not None:
+            self.reply(*answered)  # (what moto lacks: instance refreshes, localcloud/instance_refresh.py)
+            return
         if name == "ec2:RunInstances" and _param(body, b"InstanceType") in self.server.stats.insufficient_capacity:
             kind = _param(body, b"InstanceType")
             self.reply(*ec2_error(500, "InsufficientInstanceCapacity",
@@ -757,6 +773,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.reply_json(200, machines.snapshot() if machines is not None else {"images": {}, "machines": {}})
         elif name == "reset" and self.command == "POST":
             stats.reset()
+            self.server.refreshes.reset()
             self.reply_json(200, stats.snapshot())
         elif name == "creation-dates" and self.command == "POST":
             try:
@@ -769,17 +786,19 @@ class FrontHandler(BaseHTTPRequestHandler):
                 return
             self.reply_json(200, {"creation_dates": len(stats.creation_dates)})
         elif name == "config" and self.command == "GET":
-            self.reply_json(200, stats.config())
+            self.reply_json(200, {**stats.config(), **self.server.refreshes.config()})
         elif name == "config" and self.command == "POST":
             try:
                 settings = json.loads(body or b"{}")
                 if not isinstance(settings, dict):
                     raise ValueError("a JSON object is expected")
+                refreshing = {key: settings.pop(key) for key in instance_refresh.CONFIG_KEYS if key in settings}
+                self.server.refreshes.configure(refreshing)
                 stats.configure(settings)
             except (ValueError, TypeError) as exc:
                 self.reply_json(400, {"error": str(exc)})
                 return
-            self.reply_json(200, stats.config())
+            self.reply_json(200, {**stats.config(), **self.server.refreshes.config()})
         else:
             self.reply_json(404, {"error": f"no {self.command} {CONTROL_PREFIX}{name}; there are GET stats, "
                                            "POST reset, GET/POST config, GET machines, POST creation-dates"})
@@ -844,6 +863,7 @@ class FrontServer(ThreadingHTTPServer):
         super().__init__((host, port), FrontHandler)
         self.upstream_port = upstream_port
         self.stats = stats or Stats()
+        self.refreshes = instance_refresh.InstanceRefreshes(LOOPBACK, upstream_port)
         self.verbose = verbose
         self.machines = machines  # localcloud.machines.Machines, or None: instances are records only
         #: Without machines: the host key of the one sshd that stands in for every instance, shown on consoles.
@@ -885,6 +905,7 @@ def main() -> int:
 
         second = FrontServer(args.listen_port, args.upstream_port, args.verbose, machines, args.also_listen,
                              server.stats)
+        second.refreshes = server.refreshes  # (one cloud: the same refreshes on either address)
         threading.Thread(target=second.serve_forever, name="front-bridge", daemon=True).start()
     print(f"local cloud front on {LOOPBACK}:{server.server_address[1]}"
           f"{f' and {args.also_listen}' if args.also_listen else ''} -> moto on {LOOPBACK}:{args.upstream_port}",
