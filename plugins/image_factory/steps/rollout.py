@@ -45,8 +45,8 @@ def _tags(items: list[dict] | None) -> dict[str, str]:
 
 def _grant(action: str, what: str) -> str:
     return (f"{action} on {what} is denied: grant it to Image Factory's role "
-            "(include/iam/image-factory-policy.json, statement ReadAndRollOutTaggedTemplatesAndGroups and "
-            "RollOutOnlyTaggedTemplatesAndGroups)")
+            "(include/iam/image-factory-policy.json: statements DescribeTheFleetToRollOutTo and "
+            "RollOutOnlyToTaggedTemplatesAndGroups, docs/security.md)")
 
 
 def check(ec2, autoscaling, spec_name: str, entries: list[Rollout], region: str) -> None:
