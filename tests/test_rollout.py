@@ -234,3 +234,34 @@ def test_the_triggerer_follows_a_refresh_and_hands_its_end_back(autoscaling, fle
     event = asyncio.run(asyncio.wait_for(first_event(), 60))
     assert event.payload["status"] == "success" and event.payload["polls"] >= 2  # it polled until the end
     assert event.payload["answer"]["InstanceRefreshes"][0]["Status"] == "Successful"
+
+
+# --- the DAG, the plan -----------------------------------------------------------------------------------------
+
+def test_roll_out_follows_either_promotion_and_render_shows_it(tmp_path):
+    from airflow.task.trigger_rule import TriggerRule
+
+    from image_factory.cli import plan
+    from image_factory.dag import build_dag
+    from image_factory.settings import Settings
+    from image_factory.spec import load_spec
+
+    path = tmp_path / f"{SPEC}.yaml"
+    path.write_text(spec_text([{"channel": "production", "launch_templates": ["web-lt"],
+                                "auto_scaling_groups": ["web-asg"]}]))
+    loaded = load_spec(path)
+    dag = build_dag(loaded, Settings())
+    dag.validate()  # (a task after the setup must have ALL_SUCCESS: roll_out is not one)
+    task = dag.get_task("roll_out")
+    # After whichever promotion moved the channel: promote may be skipped (an overridden image) while a person
+    # approves, or the approval rejected while promote moved its channels.
+    assert task.upstream_task_ids == {"promote", "promote_approved"}
+    assert task.trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    shown = next(t for t in plan(loaded, {}, {}, Settings(), None)["tasks"] if t["task_id"] == "roll_out")
+    assert shown["after"] == ["promote", "promote_approved"]
+    assert shown["channels"]["production"]["auto_scaling_groups"] == ["web-asg"]
+    assert "rolls the channels that moved out to the fleet" in shown["does"]
+    without = tmp_path / "plain" / f"{SPEC}.yaml"
+    without.parent.mkdir()
+    without.write_text(spec_text([]).replace("  rollout:\n", ""))
+    assert "roll_out" not in build_dag(load_spec(without), Settings()).task_ids

@@ -100,9 +100,8 @@ STEPS: tuple[Step, ...] = (
          does="once approved: moves the approval channels to the image (in every region it is in) and emits its "
               "promotion event"),
     # After whichever promotion moved its channels: also when promote is skipped and the approval path promotes.
-    Step(tasks.ROLL_OUT, tasks.roll_out, inputs=(tasks.NETWORK, tasks.REGISTER),
-         after=(tasks.PROMOTE, tasks.PROMOTE_APPROVED), when=lambda spec: bool(spec.rollout),
-         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    Step(tasks.ROLL_OUT, tasks.roll_out, after=(tasks.PROMOTE, tasks.PROMOTE_APPROVED),
+         when=lambda spec: bool(spec.rollout), trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
          does="rolls the channels that moved out to the fleet, in every region they moved in: a new launch "
               "template version naming the image (made the default), then an instance refresh of each Auto "
               "Scaling group, followed to its end in the triggerer (no slot held); a refresh that fails fails "

@@ -357,11 +357,12 @@ def promote_approved(task: BuildTask, network: dict, registered: dict, tested: d
     return _move(task, network, registered, tested, spec.promote.approval)
 
 
-def roll_out(task: BuildTask, network: dict, registered: dict) -> dict:
+def roll_out(task: BuildTask) -> dict:
     """The channels that moved in this run (promote's, promote_approved's) rolled out as ``rollout`` says, in each
     region they moved in: template versions naming the image, then instance refreshes, followed to their end in
-    the triggerer. A refresh that does not succeed fails the task; the channel stays."""
-    build = task.build(network)
+    the triggerer. A refresh that does not succeed fails the task; the channel stays. (Not a task after the setup
+    itself: Airflow lets only ALL_SUCCESS tasks follow a setup, and this one runs after either promotion.)"""
+    build = task.build()
     moved: dict[str, dict[str, str]] = {}  # {channel: {region: image}}
     for promotion in filter(None, (task.pull(PROMOTE), task.pull(PROMOTE_APPROVED))):
         regions = promotion.get("regions") or {build.region: {"image_id": promotion["image_id"],
