@@ -265,3 +265,31 @@ def test_roll_out_follows_either_promotion_and_render_shows_it(tmp_path):
     without.parent.mkdir()
     without.write_text(spec_text([]).replace("  rollout:\n", ""))
     assert "roll_out" not in build_dag(load_spec(without), Settings()).task_ids
+
+
+def test_a_build_whose_template_is_not_tagged_for_it_fails_in_its_first_step_before_anything_is_made(
+        local_cloud, airflow_home, ec2, ssm, autoscaling, tmp_path):
+    from image_factory.build import build_id_for
+    from image_factory.inventory import builder_resources
+    from localcloud.runner import airflow_env, run_dag
+
+    name = "rollout-untagged-image"
+    template, group, _ = make_fleet(ec2, autoscaling, spec="another-spec")
+    try:
+        (tmp_path / "specs").mkdir()
+        (tmp_path / "specs" / f"{name}.yaml").write_text(
+            spec_text([{"channel": "latest", "launch_templates": [template], "auto_scaling_groups": [group]}])
+            .replace(SPEC, name).replace("ami-0123456789abcdef0", ec2.describe_images(
+                Owners=["amazon"])["Images"][0]["ImageId"]))
+        local_cloud.reset_stats()
+        result = run_dag(name, airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs")))
+        calls = local_cloud.stats()["calls"]
+    finally:
+        remove_fleet(ec2, autoscaling, template, group)
+    assert result.state == "failed" and result.task_states["create_builder_network"] == "failed"
+    assert "launch_builder_instance" not in result.task_states and "roll_out" not in result.task_states
+    assert (f"rollout: launch template {template} in {REGION} is not tagged {TAG_ROLLOUT}={name}: tag it so"
+            in result.task_logs["create_builder_network"])
+    assert not {"ec2:CreateSubnet", "ec2:CreateSecurityGroup", "ec2:ImportKeyPair", "ec2:RunInstances",
+                "ec2:CreateLaunchTemplateVersion", "autoscaling:StartInstanceRefresh"} & set(calls)
+    assert builder_resources(ec2, ssm, build_id_for(name, result.run_id)) == []
