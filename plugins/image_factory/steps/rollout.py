@@ -18,6 +18,7 @@ import logging
 from image_factory.aws import error_code
 from image_factory.errors import PermanentError
 from image_factory.spec import Rollout
+from image_factory.waits.polls import REFRESH_ENDS
 from image_factory.waits.protocol import Waiter, WaitOutcome
 
 log = logging.getLogger("image_factory")
@@ -28,8 +29,6 @@ TAG_ROLLOUT = "image-factory:rollout"
 REFRESH_FINISHED = "instance_refresh_finished"
 #: How an instance refresh ends well; every other end (Failed, Cancelled, rolled back) fails the rollout.
 SUCCESSFUL = "Successful"
-#: An instance refresh is over (the waiter's success states: the step judges how it ended).
-FINISHED = ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
 #: How long a refresh is followed at most (AWS's own limit for one is far longer; a fleet's is hours at most).
 REFRESH_TIMEOUT = 6 * 3600.0
 DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
@@ -191,7 +190,7 @@ def follow(autoscaling, group: str, refresh_id: str, wait: Waiter, wait_for) -> 
     ``wait_for(state, resources)`` makes the build's wait). Raises :class:`RolloutError` unless it succeeded."""
     resources = {"AutoScalingGroupName": group, "InstanceRefreshIds": [refresh_id]}
     [refresh] = autoscaling.describe_instance_refreshes(**resources)["InstanceRefreshes"]
-    if refresh["Status"] not in FINISHED:
+    if refresh["Status"] not in REFRESH_ENDS:  # (the waiter's success states: this step judges how it ended)
         outcome: WaitOutcome = wait(autoscaling, wait_for(REFRESH_FINISHED, resources))
         [refresh] = outcome.answer["InstanceRefreshes"]
     shown = (f"Auto Scaling group {group}: instance refresh {refresh_id} {refresh['Status']}"

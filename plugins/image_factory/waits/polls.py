@@ -24,6 +24,8 @@ def call(client, operation: str, arguments: dict) -> dict:
         return exc.response
 
 
+#: How an Auto Scaling instance refresh can end.
+REFRESH_ENDS = ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
 #: Waiters boto3 does not define, in its own waiter format: {name: (the service polled, the definition)}.
 #: An instance refresh is over: the waiter ends on every end (the step judges it: a failed refresh names
 #: its reason); a refresh that does not exist (any more) is a failure.
@@ -32,7 +34,7 @@ WAITERS = {
         "operation": "DescribeInstanceRefreshes", "delay": 15, "maxAttempts": 1440,
         "acceptors": [*({"matcher": "path", "argument": "InstanceRefreshes[0].Status", "expected": status,
                          "state": "success"}
-                        for status in ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")),
+                        for status in REFRESH_ENDS),
                       {"matcher": "path", "argument": "length(InstanceRefreshes) == `0`", "expected": True,
                        "state": "failure"}]}),
 }
