@@ -219,6 +219,14 @@ def ec2_error(status: int, code: str, message: str) -> Answer:
     return Answer(status, [("Content-Type", "text/xml;charset=UTF-8"), ("x-amzn-RequestId", request_id)], body)
 
 
+def query_error(status: int, code: str, message: str) -> Answer:
+    """An error as the query protocol's other services (Auto Scaling, SNS) answer it."""
+    request_id = str(uuid.uuid4())
+    body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{escape(code)}</Code><Message>{escape(message)}"
+            f"</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>").encode()
+    return Answer(status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body)
+
+
 def json_error(status: int, error_type: str, message: str) -> Answer:
     """An error as a JSON-protocol service (SSM) answers it."""
     request_id = str(uuid.uuid4())

@@ -169,7 +169,8 @@ class LocalCloud:
 
     def configure(self, throttle_rate: float | None = None, throttle_seed: int | None = None,
                   latency: dict[str, float] | None = None, fail_copies_to: list[str] | None = None,
-                  deny: list[str] | None = None, insufficient_capacity: list[str] | None = None) -> dict:
+                  deny: list[str] | None = None, insufficient_capacity: list[str] | None = None,
+                  fail_instance_refreshes: list[str] | None = None) -> dict:
         """Answer a share of EC2 and SSM calls with AWS's throttling error (0 turns it off); returns the settings.
 
         The choice is made by ``random.Random(throttle_seed)``, seeded afresh by every call of this method.
@@ -178,10 +179,12 @@ class LocalCloud:
         see localcloud/proxy.py. ``fail_copies_to``: copies of images into these regions fail (``[]``: none do).
         ``deny``: calls ("ssm:PutParameter@us-west-2") answered access denied (``[]``: none are).
         ``insufficient_capacity``: instance types RunInstances is refused for, as EC2 refuses them when a zone has
-        no capacity (``[]``: none are).
+        no capacity (``[]``: none are). ``fail_instance_refreshes``: these Auto Scaling groups' instance refreshes
+        end Failed (``[]``: none do; localcloud/instance_refresh.py).
         """
         settings = {"throttle_rate": throttle_rate, "throttle_seed": throttle_seed, "latency": latency,
-                    "fail_copies_to": fail_copies_to, "deny": deny, "insufficient_capacity": insufficient_capacity}
+                    "fail_copies_to": fail_copies_to, "deny": deny, "insufficient_capacity": insufficient_capacity,
+                    "fail_instance_refreshes": fail_instance_refreshes}
         return self._control("POST", "config", {k: v for k, v in settings.items() if v is not None})
 
     def backdate_images(self, dates: dict[str, datetime]) -> None:

@@ -12,7 +12,18 @@ import time
 from collections import Counter, deque
 from urllib.parse import parse_qs
 
-from localcloud.chain import RESOURCE_ID, Answer, Call, Hook, ec2_error, json_error, made_id, parse_xml, xml_bytes
+from localcloud.chain import (
+    RESOURCE_ID,
+    Answer,
+    Call,
+    Hook,
+    ec2_error,
+    json_error,
+    made_id,
+    parse_xml,
+    query_error,
+    xml_bytes,
+)
 
 MAX_JOURNAL = 100_000  # calls the journal keeps at most; the oldest are forgotten first
 REDACTED = "<redacted>"
@@ -130,6 +141,8 @@ class Deny(Hook):
         message = f"You are not authorized to perform this operation ({call.name}: denied by the local cloud's config)."
         if call.service == "ec2":
             return ec2_error(403, "UnauthorizedOperation", message)
+        if not call.json_protocol:  # Auto Scaling, SNS: the query protocol's error document
+            return query_error(403, "AccessDenied", message)
         return json_error(400, "AccessDeniedException", message)
 
     def configure(self, settings: dict):

@@ -151,6 +151,7 @@ def install(plan: Plan, regions: list[str]) -> None:
     InstanceBackend.run_instances = run_instances
     Instance.terminate = terminate
     install_image_lifecycle()  # (after: it wraps run_instances as patched above)
+    install_launch_template_source_version()
 
 
 def install_lookup_caches() -> None:
@@ -256,6 +257,32 @@ def install_image_lifecycle() -> None:
     AmisResponse.enable_image_deprecation = enable_image_deprecation
     AmisResponse.disable_image_deprecation = disable_image_deprecation
     AmisResponse.deregister_image = deregister_image
+
+
+def install_launch_template_source_version() -> None:
+    """CreateLaunchTemplateVersion's SourceVersion, which moto ignores: as on AWS, the new version has the
+    source version's settings, but for those its LaunchTemplateData gives (a rollout names only the image)."""
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+
+    original = LaunchTemplates.create_launch_template_version
+
+    def create_launch_template_version(self):
+        source = self._get_param("SourceVersion")
+        if source:
+            name, template_id = self._get_param("LaunchTemplateName"), self._get_param("LaunchTemplateId")
+            template = (self.ec2_backend.get_launch_template_by_name(name) if name
+                        else self.ec2_backend.get_launch_template(template_id))
+            inherited = copy.deepcopy(template.get_version(source).data)
+            given = self._get_param
+
+            def with_source(param, default=None):
+                value = given(param, default)
+                return {**inherited, **(value or {})} if param == "LaunchTemplateData" else value
+
+            self._get_param = with_source
+        return original(self)
+
+    LaunchTemplates.create_launch_template_version = create_launch_template_version
 
 
 # --- hooks of the front --------------------------------------------------------------------------------------

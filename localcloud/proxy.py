@@ -36,7 +36,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from localcloud import hooks, moto_fixes
+from localcloud import hooks, instance_refresh, moto_fixes
 from localcloud.chain import Answer, Call, Chain
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +54,7 @@ def front_chain(upstream_port: int, machines=None, console_host_key: str = "") -
     """The hooks of the front, in order."""
     return Chain([
         hooks.Journal(), hooks.Count(), hooks.Throttle(), hooks.Deny(), hooks.InsufficientCapacity(),
+        instance_refresh.InstanceRefreshes(LOOPBACK, upstream_port),
         moto_fixes.CopyTokens(), moto_fixes.ImageNames(), moto_fixes.TagSpecifications(upstream_port),
         moto_fixes.FailedCopies(), moto_fixes.CreationDates(), moto_fixes.ConsoleOutput(machines, console_host_key),
         hooks.Latency(machines), hooks.Machines(machines),

@@ -292,17 +292,21 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
 
 
 def actions_in_code(folder: Path) -> set[str]:
-    """Every EC2, SSM and SNS action the code can call: client methods, the calls a wait makes after its state
-    (``FollowUp("ec2", "create_image", {...})``, and ``("delete_subnet", {...})`` as the deletions of
-    resources.py are written), the waiters' operations, and the provider's SNS notifier (sns:Publish)."""
+    """Every EC2, SSM, SNS and Auto Scaling action the code can call: client methods, the calls a wait makes after
+    its state (``FollowUp("ec2", "create_image", {...})``, and ``("delete_subnet", {...})`` as the deletions of
+    resources.py are written), the waiters' operations (boto3's and the project's own), and the provider's SNS
+    notifier (sns:Publish)."""
+    from image_factory.waits.polls import WAITERS
+
     clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
-                                     aws_secret_access_key="x") for service in ("ec2", "ssm", "sns")}  # noqa: S106
+                                     aws_secret_access_key="x")  # noqa: S106
+               for service in ("ec2", "ssm", "sns", "autoscaling")}
     actions = set()
     for path in folder.rglob("*.py"):
         text = path.read_text()
         if re.search(r"\bSnsNotifier\(", text):  # (its hook's publish_to_target calls Publish)
             actions.add("sns:Publish")
-        for service, method in re.findall(r"\b(ec2|ssm|sns)\.([a-z_]+)\(", text):
+        for service, method in re.findall(r"\b(ec2|ssm|sns|autoscaling)\.([a-z_]+)\(", text):
             if method not in ("get_waiter", "get_paginator"):
                 actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\b(ec2|ssm)\.get_paginator\("(\w+)"\)', text):
@@ -318,6 +322,8 @@ def actions_in_code(folder: Path) -> set[str]:
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for waiter in re.findall(r'get_waiter\("(\w+)"\)', text):
             actions.add(f"ec2:{clients['ec2'].get_waiter(waiter).config.operation}")
+    # The project's own waiters (an instance refresh's: waits/polls.py).
+    actions |= {f"{service}:{definition['operation']}" for service, definition in WAITERS.values()}
     return actions
 
 

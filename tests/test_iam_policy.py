@@ -143,7 +143,8 @@ def test_the_statements_of_each_action_together_grant_every_resource_it_requires
                      for r in _list(s["Resource"])]
         for kind in required:
             # (An SNS topic's ARN has no resource type in it: arn:aws:sns:REGION:ACCOUNT:NAME.)
-            if not any(r == "*" or r.split(":", 5)[-1].startswith(f"{kind}/")
+            # (An Auto Scaling group's ARN: ...:autoScalingGroup:UUID:autoScalingGroupName/NAME.)
+            if not any(r == "*" or r.split(":", 5)[-1].startswith((f"{kind}/", f"{kind}:"))
                        or ((service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:")) for r in resources):
                 missing.append((action, kind))
     assert missing == []
@@ -305,6 +306,22 @@ def test_notifications_only_read_and_publish_to_topics(policy):
     assert all(r.startswith("arn:aws:sns:") for s in sns for r in _list(s["Resource"]))  # topics only
     for action in ("sns:Subscribe", "sns:SetTopicAttributes", "sns:DeleteTopic", "sns:CreateTopic"):
         assert not allowed(policy, action, topic), action
+
+
+def test_rollout_changes_only_templates_and_groups_tagged_for_it(policy):
+    template = "arn:aws:ec2:eu-west-1:111122223333:launch-template/lt-0123456789abcdef0"
+    group = ("arn:aws:autoscaling:eu-west-1:111122223333:autoScalingGroup:6d3e1e3b-0000-0000-0000-000000000000:"
+             "autoScalingGroupName/web-asg")
+    tagged = {"aws:ResourceTag/image-factory:rollout": "web"}
+    for action, arn in (("ec2:CreateLaunchTemplateVersion", template), ("ec2:ModifyLaunchTemplate", template),
+                        ("autoscaling:StartInstanceRefresh", group)):
+        assert allowed(policy, action, arn, tagged), action
+        assert not allowed(policy, action, arn), f"{action} of an untagged resource"
+        assert not allowed(policy, action, arn, TAGGED), f"{action} of a builder resource"
+    # Only these: no other change to a template or group (deleting, updating a group, cancelling a refresh).
+    for action, arn in (("ec2:DeleteLaunchTemplate", template), ("autoscaling:UpdateAutoScalingGroup", group),
+                        ("autoscaling:CancelInstanceRefresh", group), ("autoscaling:SetDesiredCapacity", group)):
+        assert not allowed(policy, action, arn, tagged), action
 
 
 def test_console_output_only_of_the_builds_instances(policy):

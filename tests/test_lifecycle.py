@@ -6,6 +6,7 @@ leak nothing, and a retry makes no second test instance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from image_factory.inventory import builder_resources
 from image_factory.keep import release
 from image_factory.steps.image import find as find_images
 from localcloud.runner import airflow_env, migrate, run_dag
+from tests.test_rollout import client, make_fleet, refreshes, remove_fleet
 
 PROJECT = Path(__file__).resolve().parents[1]
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
@@ -29,9 +31,13 @@ def instances_of(ec2, build_id: str) -> list[dict]:
     return [i for r in found["Reservations"] for i in r["Instances"]]
 
 
-def spec_folder(tmp_path: Path, tests: str, name: str = "lifecycle-image") -> Path:
+def spec_folder(tmp_path: Path, tests: str, name: str = "lifecycle-image",
+                fleet: tuple[str, str] | None = None) -> Path:
+    """``fleet``: (launch template, Auto Scaling group) that a promotion rolls out to."""
     specs = tmp_path / "specs"
     specs.mkdir(parents=True, exist_ok=True)
+    rollout = (f"  rollout: [{{channel: latest, launch_templates: [{fleet[0]}], auto_scaling_groups: [{fleet[1]}], "
+               "min_healthy_percentage: 50}]\n" if fleet else "")
     (specs / f"{name}.yaml").write_text(textwrap.dedent(f"""\
         image:
           name: {name}
@@ -41,7 +47,7 @@ def spec_folder(tmp_path: Path, tests: str, name: str = "lifecycle-image") -> Pa
           configure: {{tool: shell, server_role: appserver}}
           test: {{tool: testinfra, tests: {tests}}}
           promote: {{channels: [latest]}}
-        """))
+        """) + rollout)
     return specs
 
 
@@ -75,20 +81,38 @@ def channel(ssm) -> tuple[str, int] | None:
     return parameter["Value"], parameter["Version"]
 
 
+def template_versions(ec2, template: str) -> list[dict]:
+    return sorted(ec2.describe_launch_template_versions(LaunchTemplateName=template)["LaunchTemplateVersions"],
+                  key=lambda version: version["VersionNumber"])
+
+
 @pytest.fixture(scope="module")
-def lifecycle(local_cloud, airflow_home, tmp_path_factory, ssm):
-    """Two runs of one spec: the first passes its tests and moves `latest`, the second fails them (its trigger
-    asks to keep the failed instance an hour)."""
+def lifecycle(local_cloud, airflow_home, tmp_path_factory, ec2, ssm):
+    """Two runs of one spec that rolls `latest` out to a launch template and an Auto Scaling group: the first
+    passes its tests and moves `latest`, the second fails them (its trigger asks to keep the failed instance an
+    hour). (Also: the template's versions after each.)"""
     tmp_path = tmp_path_factory.mktemp("lifecycle")
     tests = write_tests_folder(tmp_path)
-    passing = run_dag("lifecycle-image", airflow_env(local_cloud, airflow_home, tests_folder=str(tests),
-                                                     specs_folder=str(spec_folder(tmp_path, "appserver"))))
-    after_passing = channel(ssm)
-    failing = run_dag("lifecycle-image", airflow_env(local_cloud, airflow_home, tests_folder=str(tests),
-                                                     specs_folder=str(spec_folder(tmp_path, "missing-file"))),
-                      conf=json.dumps({"keep_on_failure_hours": 1}))
-    yield passing, after_passing, failing, channel(ssm)
-    ssm.delete_parameter(Name=LATEST)
+    autoscaling = client(local_cloud, "autoscaling")
+    fleet = make_fleet(ec2, autoscaling, spec="lifecycle-image")
+    try:
+        passing = run_dag("lifecycle-image", airflow_env(
+            local_cloud, airflow_home, tests_folder=str(tests),
+            specs_folder=str(spec_folder(tmp_path, "appserver", fleet=fleet[:2]))))
+        after_passing = channel(ssm)
+        passing.template_versions = template_versions(ec2, fleet[0])
+        passing.refreshes = refreshes(autoscaling, fleet[1])
+        failing = run_dag("lifecycle-image", airflow_env(
+            local_cloud, airflow_home, tests_folder=str(tests),
+            specs_folder=str(spec_folder(tmp_path, "missing-file", fleet=fleet[:2]))),
+            conf=json.dumps({"keep_on_failure_hours": 1}))
+        failing.template_versions = template_versions(ec2, fleet[0])
+        failing.refreshes = refreshes(autoscaling, fleet[1])
+        yield passing, after_passing, failing, channel(ssm)
+    finally:
+        remove_fleet(ec2, autoscaling, *fleet[:2])
+        with contextlib.suppress(ssm.exceptions.ParameterNotFound):
+            ssm.delete_parameter(Name=LATEST)
 
 
 def test_a_passing_build_tests_its_image_tags_the_result_and_moves_latest(lifecycle, ec2, ssm):
@@ -102,6 +126,17 @@ def test_a_passing_build_tests_its_image_tags_the_result_and_moves_latest(lifecy
     log = passing.task_logs["test_image"]
     assert "test passed: " in log and "test_the_service_is_installed_and_enabled" in log
     assert f"channel {LATEST}: (new) -> {image['ImageId']}" in passing.task_logs["promote"]
+    # Rolled out: the template's new version names the image (its other settings kept) and is its default; the
+    # group's instance refresh was started after that and followed to its end, in the triggerer.
+    first, made = passing.template_versions
+    assert made["LaunchTemplateData"] == {**first["LaunchTemplateData"], "ImageId": image["ImageId"]}
+    assert made["DefaultVersion"] and not first["DefaultVersion"]
+    [refresh] = passing.refreshes
+    assert refresh["Status"] == "Successful" and refresh["StartTime"] >= made["CreateTime"].replace(microsecond=0)
+    assert refresh["Preferences"]["MinHealthyPercentage"] == 50
+    log = passing.task_logs["roll_out"]
+    assert "without holding a worker slot (deferred to the triggerer" in log
+    assert f"instance refresh {refresh['InstanceRefreshId']} Successful" in log
     # The test instance was a fresh boot of the new image, in the build's own subnet, and is gone.
     made = instances_of(ec2, build_id)
     test_instance = next(i for i in made if tag_dict(i["Tags"])[TAG_INSTANCE] == "test")
@@ -112,13 +147,15 @@ def test_a_passing_build_tests_its_image_tags_the_result_and_moves_latest(lifecy
 
 
 def test_a_failing_test_fails_the_run_moves_no_channel_and_keeps_only_the_test_instance(lifecycle, ec2, ssm):
-    _, moved, failing, after = lifecycle
+    passing, moved, failing, after = lifecycle
     assert failing.state == "failed"
     assert failing.task_states["test_image"] == "failed"
     assert "promote" not in failing.task_states and failing.task_states["tear_down"] == "success"
     assert "test FAILED: " in failing.task_logs["test_image"] and "RELEASE-NOTES" in failing.task_logs["test_image"]
     assert "1 of 2 tests failed" in failing.task_logs["test_image"]
     assert after == moved  # the previous latest, as it was (same image, same version)
+    assert "roll_out" not in failing.task_states  # and the template and group as they were:
+    assert failing.template_versions == passing.template_versions and len(failing.refreshes) == 1
     build_id = build_id_for("lifecycle-image", failing.run_id)
     [image] = find_images(ec2, build_id)  # it stays, for a look, tagged failed
     assert tag_dict(image["Tags"])[TAG_TESTS] == "failed"
@@ -133,6 +170,31 @@ def test_a_failing_test_fails_the_run_moves_no_channel_and_keeps_only_the_test_i
     release(ec2, ssm, build_id, schedule=1)
     assert {i["State"]["Name"] for i in instances_of(ec2, build_id)} == {"terminated"}
     assert builder_resources(ec2, ssm, build_id) == []
+    ec2.deregister_image(ImageId=image["ImageId"])
+
+
+def test_a_refresh_that_fails_fails_the_rollout_and_the_channel_stays(local_cloud, airflow_home, ec2, ssm, tmp_path):
+    name = "refresh-failing-image"
+    autoscaling = client(local_cloud, "autoscaling")
+    template, group, _ = make_fleet(ec2, autoscaling, spec=name)
+    local_cloud.configure(fail_instance_refreshes=[group])
+    try:
+        specs = spec_folder(tmp_path, "appserver", name, fleet=(template, group))
+        result = run_dag(name, airflow_env(local_cloud, airflow_home, tests_folder=str(write_tests_folder(tmp_path)),
+                                           specs_folder=str(specs)))
+        [refresh] = refreshes(autoscaling, group)
+    finally:
+        local_cloud.configure(fail_instance_refreshes=[])
+        remove_fleet(ec2, autoscaling, template, group)
+    assert result.state == "failed" and result.task_states["roll_out"] == "failed"
+    assert result.task_states["promote"] == "success" and result.task_states["tear_down"] == "success"
+    [image] = find_images(ec2, build_id_for(name, result.run_id))
+    latest = f"/image-factory/{name}/latest"
+    assert ssm.get_parameter(Name=latest)["Parameter"]["Value"] == image["ImageId"]  # it passed its tests: it stays
+    assert refresh["Status"] == "Failed"
+    assert (f"rollout failed: Auto Scaling group {group}: instance refresh {refresh['InstanceRefreshId']} Failed"
+            in result.task_logs["roll_out"])
+    ssm.delete_parameter(Name=latest)
     ec2.deregister_image(ImageId=image["ImageId"])
 
 

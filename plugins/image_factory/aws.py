@@ -103,6 +103,13 @@ class Clients:
         hook.__dict__["conn_config"] = self._ec2_hook.conn_config
         return hook.conn
 
+    @functools.cached_property
+    def autoscaling(self) -> Any:
+        """Auto Scaling's client (a rollout's instance refreshes)."""
+        hook = self._hook(client_type="autoscaling")
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
+
     def sns_in(self, region: str) -> Any:
         """An SNS client of the connection in ``region`` (a topic's own: notify.py checks the spec's topic)."""
         hook = self._hook(client_type="sns", region_name=region)
@@ -132,14 +139,15 @@ _shared: dict[tuple[str, str], tuple[float, Any]] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_ec2(aws_conn_id: str, region: str) -> Any:
-    """An EC2 client shared by the callers of one process for a while (the triggerer's waits: a client per
-    trigger cost more CPU than its polls); boto3 clients are thread-safe."""
+def shared_ec2(aws_conn_id: str, region: str, service: str = "ec2") -> Any:
+    """An EC2 client (or ``service``'s: Auto Scaling's for a refresh's wait) shared by the callers of one process
+    for a while (the triggerer's waits: a client per trigger cost more CPU than its polls); boto3 clients are
+    thread-safe."""
     with _shared_lock:
-        made, client = _shared.get((aws_conn_id, region), (0.0, None))
+        made, client = _shared.get((aws_conn_id, region, service), (0.0, None))
         if client is None or time.monotonic() - made > SHARED_FOR:
-            client = clients(aws_conn_id, region).ec2
-            _shared[(aws_conn_id, region)] = (time.monotonic(), client)
+            client = getattr(clients(aws_conn_id, region), service)
+            _shared[(aws_conn_id, region, service)] = (time.monotonic(), client)
         return client
 
 

@@ -3,8 +3,9 @@
 from the same table, so the DAG and the plan cannot drift apart.
 
 create_builder_network (setup) -> launch_builder_instance -> configure -> register_image -> test_image
--> distribute_image -> promote -> approve_promotion -> promote_approved (test_image as the spec's ``test`` asks,
-distribute_image as its ``distribute`` does, the last three as its ``promote`` does), and tear_down after them
+-> distribute_image -> promote -> approve_promotion -> promote_approved -> roll_out (test_image as the spec's
+``test`` asks, distribute_image as its ``distribute`` does, the promotions as its ``promote`` does, roll_out as
+its ``rollout`` does), and tear_down after them
 (the teardown of the setup: runs whatever failed; an approval never holds it up)
 
 Every task retries transient errors with backoff and fails at once on permanent ones (operators.py); a retry
@@ -98,6 +99,13 @@ STEPS: tuple[Step, ...] = (
          outlets=lambda spec: promotion_assets(spec.name, spec.promote.approval),
          does="once approved: moves the approval channels to the image (in every region it is in) and emits its "
               "promotion event"),
+    # After whichever promotion moved its channels: also when promote is skipped and the approval path promotes.
+    Step(tasks.ROLL_OUT, tasks.roll_out, after=(tasks.PROMOTE, tasks.PROMOTE_APPROVED),
+         when=lambda spec: bool(spec.rollout), trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+         does="rolls the channels that moved out to the fleet, in every region they moved in: a new launch "
+              "template version naming the image (made the default), then an instance refresh of each Auto "
+              "Scaling group, followed to its end in the triggerer (no slot held); a refresh that fails fails "
+              "the task, and the channel stays"),
     Step(tasks.TEARDOWN, tasks.tear_down, after=(tasks.REGISTER, tasks.TEST, tasks.DISTRIBUTE),
          does="the teardown of the setup, whatever failed: terminates the builder and test instances, deletes a "
               "half-made image and half-made copies, the key pair, the security group and the subnet (a failed "

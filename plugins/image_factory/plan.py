@@ -388,6 +388,18 @@ class _StartTime:
         return RunTime("when the build starts, UTC")
 
 
+def _rollout_task(spec) -> dict:
+    from image_factory.steps.rollout import TAG_ROLLOUT
+
+    return {"regions": [spec.region, *(spec.distribute.regions if spec.distribute else [])],
+            "channels": {entry.channel: {
+                "launch_templates": entry.launch_templates, "set_default": entry.set_default,
+                "auto_scaling_groups": entry.auto_scaling_groups,
+                "min_healthy_percentage": entry.min_healthy_percentage} for entry in spec.rollout},
+            "requires": f"each template and group tagged {TAG_ROLLOUT}={spec.name} (checked by "
+                        "create_builder_network before anything is built)"}
+
+
 def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str], settings,
          run_id: str | None = None) -> dict:
     """What a build of ``loaded`` will do: its tasks and the requests they send, the role's commands."""
@@ -419,6 +431,7 @@ def plan(loaded: LoadedSpec, given: dict[str, str], environment: dict[str, str],
             "approvers": "a person, in the Airflow UI (Required Actions) or PATCH .../hitlDetails",
             "timeout": f"{spec.promote.approval_timeout_hours:g} h: no answer by then is a rejection"},
         "promote_approved": lambda: _promote_task(spec, settings, spec.promote.approval),
+        "roll_out": lambda: _rollout_task(spec),
         "tear_down": lambda: {
             "teardown_of": dag.SETUP, "runs": "whether the build succeeded or failed, the setup included",
             "finds": "what the setup and the launch recorded, or on a retry or when they failed, what is tagged "

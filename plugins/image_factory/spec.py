@@ -108,6 +108,9 @@ NOTIFY_EVENTS = ("failure", "promotion", "approval", "deadline")
 MAX_INSTANCE_TYPES = 10
 #: Where public AMI parameters are (the only SSM parameters an origin names, besides the factory's channels).
 PUBLIC_PARAMETERS = "/aws/service/"
+#: A launch template's name (AWS: 3-128 of these), an Auto Scaling group's (AWS allows more; these suffice).
+LAUNCH_TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9().\-/_]{3,128}\Z")
+AUTO_SCALING_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/@=+-]{0,254}\Z")
 
 
 def tests_folder() -> Path:
@@ -577,6 +580,41 @@ class Notify(_Strict):
         return _no_duplicates(value, "event")
 
 
+class Rollout(_Strict):
+    """After a promotion: the channel's new image in launch templates, and instance refreshes of the Auto
+    Scaling groups that use them, in every region the channel moves in."""
+
+    channel: str = Field(description="A channel of `promote` (`channels` or `approval`): once it moves, this "
+                                     "entry rolls its new image out.", examples=["latest"])
+    launch_templates: list[str] = Field(min_length=1, description="Launch templates (by name) that get a new "
+                                        "version naming the image, their other settings as in their default "
+                                        "version.", examples=[["web-lt"]])
+    set_default: bool = Field(default=True, description="Make the new version each template's default version.")
+    auto_scaling_groups: list[str] = Field(default_factory=list, description="Auto Scaling groups (by name) "
+                                           "whose instances are replaced by an instance refresh once the templates "
+                                           "name the image; the build follows each refresh to its end.",
+                                           examples=[["web-asg"]])
+    min_healthy_percentage: int = Field(default=90, ge=0, le=100, description="The share of each group's "
+                                        "capacity kept in service during its refresh.")
+
+    @field_validator("launch_templates")
+    @classmethod
+    def _templates(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not LAUNCH_TEMPLATE_NAME.match(name):
+                raise ValueError(f"launch template {_shown(name)}: expected 3-128 letters, digits or ().-/_")
+        return _no_duplicates(value, "launch template")
+
+    @field_validator("auto_scaling_groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not AUTO_SCALING_GROUP_NAME.match(name):
+                raise ValueError(f"Auto Scaling group {_shown(name)}: expected a group's name (1-255 letters, "
+                                 "digits, spaces or ._:/@=+-)")
+        return _no_duplicates(value, "Auto Scaling group")
+
+
 class ImageSpec(_Strict):
     """One server image: what it starts from, where it is built and how it is configured."""
 
@@ -649,6 +687,10 @@ class ImageSpec(_Strict):
                                                    "`image-factory ssh BUILD_ID`, `image-factory release "
                                                    "BUILD_ID`; the sweeper tears it down after. 0: nothing "
                                                    "stays.")
+    rollout: list[Rollout] | None = Field(
+        default=None, description="After a promotion, per channel: a new version of launch templates naming the "
+                                  "image, and instance refreshes of Auto Scaling groups, followed to their end "
+                                  "(task roll_out); absent: nothing is rolled out.")
     deadline_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60,
                                          description="A build still running this many minutes after it was "
                                                      "queued is reported (notify event `deadline`; Airflow's "
@@ -1044,6 +1086,14 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     problems = check_parameters(spec.model_dump(exclude_none=True))
     if spec.promote is not None and spec.test is None:
         problems.append(("image.promote", "needs a test section: channels only ever point at tested images"))
+    moved = _channels(spec)
+    for index, entry in enumerate(spec.rollout or []):
+        if entry.channel not in moved:
+            problems.append((f"image.rollout[{index}].channel",
+                             f"{_shown(entry.channel)} is not a channel of promote (it promotes "
+                             f"{', '.join(moved) or 'no channel'}): only a channel that moves is rolled out"))
+    if len({entry.channel for entry in spec.rollout or []}) < len(spec.rollout or []):
+        problems.append(("image.rollout", "a channel has two entries: give each channel one"))
     if spec.distribute is not None and spec.region in spec.distribute.regions:
         problems.append(("image.distribute.regions", f"{spec.region} is the build's own region: the image is "
                                                      "there already; name only the regions it is copied into"))

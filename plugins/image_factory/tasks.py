@@ -24,7 +24,7 @@ from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_di
 from image_factory.errors import PermanentError
 from image_factory.faults import checkpoint
 from image_factory.spec import LoadedSpec, tests_folder
-from image_factory.steps import channels, distribution, image, infrastructure, instance, origin, testing
+from image_factory.steps import channels, distribution, image, infrastructure, instance, origin, rollout, testing
 from image_factory.steps import teardown as teardown_step
 from image_factory.tools import tests as test_tools
 from image_factory.waits.deferring import Deferring
@@ -34,9 +34,9 @@ from image_factory.waits.triggers import SSH_READY, SshReadyTrigger
 
 log = logging.getLogger("image_factory")
 
-NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOTE_APPROVED, TEARDOWN = (
+NETWORK, LAUNCH, CONFIGURE, REGISTER, TEST, DISTRIBUTE, PROMOTE, APPROVE, PROMOTE_APPROVED, ROLL_OUT, TEARDOWN = (
     "create_builder_network", "launch_builder_instance", "configure", "register_image", "test_image",
-    "distribute_image", "promote", "approve_promotion", "promote_approved", "tear_down")
+    "distribute_image", "promote", "approve_promotion", "promote_approved", "roll_out", "tear_down")
 #: The tasks whose failure keeps the instance they ran on (keep_on_failure_hours), and which instance.
 KEPT_ON_FAILURE = MappingProxyType({CONFIGURE: "builder", TEST: testing.PURPOSE})
 #: The tasks whose durations the build summary reports.
@@ -143,6 +143,12 @@ def create_builder_network(task: BuildTask) -> dict:
     for topic in sorted(notify.topics_of(task.loaded.image, build.settings.default_topic())):
         notify.check_topic(c.sns_in(notify.region_of(topic)), topic)
         log.info("notify: SNS topic %s is there", topic)
+    if build.spec.rollout:  # the templates and groups a promotion rolls out to, in each region it moves in
+        clients_in = task.clients_in(build)
+        for region in [build.region, *(build.spec.distribute.regions if build.spec.distribute else [])]:
+            rollout.check(clients_in(region).ec2, clients_in(region).autoscaling, build.spec.name,
+                          build.spec.rollout, region)
+            log.info("rollout: launch templates and Auto Scaling groups ready in %s", region)
     origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
     network = infrastructure.create(c.ec2, c.ssm, build)
     log.info("builder network ready: %s", network.outputs())
@@ -352,6 +358,47 @@ def promote_approved(task: BuildTask, network: dict, registered: dict, tested: d
     """Move ``promote.approval``'s channels to the image a person approved."""
     spec = task.loaded.image
     return _move(task, network, registered, tested, spec.promote.approval)
+
+
+def roll_out(task: BuildTask) -> dict:
+    """The channels that moved in this run (promote's, promote_approved's) rolled out as ``rollout`` says, in each
+    region they moved in: template versions naming the image, then instance refreshes, followed to their end in
+    the triggerer. A refresh that does not succeed fails the task; the channel stays. (Not a task after the setup
+    itself: Airflow lets only ALL_SUCCESS tasks follow a setup, and this one runs after either promotion.)"""
+    build = task.build()
+    moved: dict[str, dict[str, str]] = {}  # {channel: {region: image}}
+    for promotion in filter(None, (task.pull(PROMOTE), task.pull(PROMOTE_APPROVED))):
+        regions = promotion.get("regions") or {build.region: {"image_id": promotion["image_id"],
+                                                              "channels": promotion["channels"]}}
+        for region, there in regions.items():
+            for channel in there["channels"]:
+                moved.setdefault(channel, {})[region] = there["image_id"]
+    entries = [entry for entry in build.spec.rollout if entry.channel in moved]
+    if not entries:
+        raise AirflowSkipException(f"nothing to roll out: {', '.join(e.channel for e in build.spec.rollout)} did "
+                                   "not move in this run")
+    clients_in, wait = task.clients_in(build), task.wait(build)
+    regions = sorted({region for entry in entries for region in moved[entry.channel]},
+                     key=lambda region: (region != build.region, region))
+    refreshes = []
+    for region in regions:  # every template first, in every region: then the refreshes, which take long
+        c = clients_in(region)
+        for entry in entries:
+            if region not in moved[entry.channel]:
+                continue
+            image_id = moved[entry.channel][region]
+            versions = rollout.point_templates(c.ec2, entry, image_id, f"Image Factory: {build.spec.name} "
+                                               f"{entry.channel} {image_id} (build {build.build_id})")
+            since = max(version["CreateTime"] for version in versions.values())
+            refreshes += [(region, group, refresh_id) for group, refresh_id
+                          in rollout.start_refreshes(c.autoscaling, entry, since).items()]
+    done = {}
+    for region, group, refresh_id in refreshes:  # one after the other: they all run meanwhile
+        ended = rollout.follow(clients_in(region).autoscaling, group, refresh_id, wait,
+                               lambda state, resources, region=region: build.wait_for(
+                                   state, resources, timeout=rollout.REFRESH_TIMEOUT, region=region))
+        done.setdefault(region, {})[group] = {"refresh_id": refresh_id, "status": ended["Status"]}
+    return {"channels": {entry.channel: moved[entry.channel] for entry in entries}, "refreshes": done}
 
 
 def tear_down(task: BuildTask) -> list[str]:

@@ -24,15 +24,42 @@ def call(client, operation: str, arguments: dict) -> dict:
         return exc.response
 
 
+#: How an Auto Scaling instance refresh can end.
+REFRESH_ENDS = ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
+#: Waiters boto3 does not define, in its own waiter format: {name: (the service polled, the definition)}.
+#: An instance refresh is over: the waiter ends on every end (the step judges it: a failed refresh names
+#: its reason); a refresh that does not exist (any more) is a failure.
+WAITERS = {
+    "instance_refresh_finished": ("autoscaling", {
+        "operation": "DescribeInstanceRefreshes", "delay": 15, "maxAttempts": 1440,
+        "acceptors": [*({"matcher": "path", "argument": "InstanceRefreshes[0].Status", "expected": status,
+                         "state": "success"}
+                        for status in REFRESH_ENDS),
+                      {"matcher": "path", "argument": "length(InstanceRefreshes) == `0`", "expected": True,
+                       "state": "failure"}]}),
+}
+
+
+def service_of(state: str) -> str:
+    """The service whose client polls ``state`` (EC2's, but for :data:`WAITERS`)."""
+    return WAITERS[state][0] if state in WAITERS else "ec2"
+
+
 _waiter_configs: dict[tuple[str, str], object] = {}
 
 
-def waiter_config(ec2, state: str):
-    """boto3's definition of the waiter (its describe operation, its acceptors); read once per process, as
-    ``get_waiter`` makes a waiter model and class each time."""
-    key = (ec2.meta.service_model.service_name, state)
+def waiter_config(client, state: str):
+    """boto3's definition of the waiter (its describe operation, its acceptors), or :data:`WAITERS`'s; read once
+    per process, as ``get_waiter`` makes a waiter model and class each time."""
+    key = (client.meta.service_model.service_name, state)
     if key not in _waiter_configs:
-        _waiter_configs[key] = ec2.get_waiter(state).config
+        if state in WAITERS:
+            from botocore.waiter import WaiterModel
+
+            _waiter_configs[key] = WaiterModel({"version": 2, "waiters": {state: WAITERS[state][1]}}
+                                               ).get_waiter(state)
+        else:
+            _waiter_configs[key] = client.get_waiter(state).config
     return _waiter_configs[key]
 
 

@@ -26,6 +26,7 @@ PRIORS: dict[str, tuple[float, float]] = {
     "instance_stopped": (5.0, 60.0),
     "image_available": (30.0, 600.0),
     "instance_terminated": (5.0, 90.0),
+    "instance_refresh_finished": (60.0, 3600.0),
 }
 #: Windows of a wait kept per spec: the schedule spans the recent ones, so one slow build does not hide.
 HISTORY = 5

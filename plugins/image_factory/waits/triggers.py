@@ -3,7 +3,8 @@ watches; what it does once the state is reached is the request's follow-up calls
 step declared.
 
 :class:`Ec2StateTrigger` carries out one :class:`~image_factory.waits.protocol.Wait`: it polls an EC2 state
-with the same boto3 waiter definitions as the tasks (a describe call per poll, in a thread: the Amazon
+with the same boto3 waiter definitions as the tasks (or the project's own, polls.WAITERS: an Auto Scaling
+instance refresh's, with that service's client; a describe call per poll, in a thread: the Amazon
 provider's async waiters need aiobotocore, which this project does not install; the polls of other waits that
 come due meanwhile share the next call, see coalescing.py), on the wait's schedule (schedule.py: from when the
 change was started; never at once). Then it makes the wait's follow-up calls, and waits for its ``next``. With
@@ -34,7 +35,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from image_factory.waits.coalescing import coalescer
-from image_factory.waits.polls import judged, waiter_config
+from image_factory.waits.polls import judged, service_of, waiter_config
 from image_factory.waits.protocol import Wait, WaitFailed, WaitOutcome
 from image_factory.waits.schedule import recorded, window
 
@@ -66,7 +67,8 @@ class Ec2StateTrigger(BaseTrigger):
         from image_factory.waits import follow_ups
 
         wait = self.wait
-        ec2 = await asyncio.to_thread(aws.shared_ec2, wait.connection, wait.region)
+        # (A wait of another service's waiter, an instance refresh's, polls with that service's client.)
+        ec2 = await asyncio.to_thread(aws.shared_ec2, wait.connection, wait.region, service_of(wait.state))
         answer, polls, ended, seen = await self._poll(ec2, wait, wait.resources, wait.since)
         if ended:
             yield ended
