@@ -196,18 +196,23 @@ def test_tags_in_a_create_call_only_in_the_calls_the_code_makes_and_with_the_bui
 
 
 def test_the_create_calls_allowed_to_tag_are_those_the_code_makes_with_tag_specifications():
+    """Each request the steps make with TagSpecifications is a function ``..._request`` (plan.py only shows
+    them); the call it is sent with is the client method (or the wait's follow-up) given that function's result."""
     ec2 = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")  # noqa: S106
+    sources = {path: path.read_text() for path in (PROJECT / "plugins").rglob("*.py") if path.name != "plan.py"}
+    code = "\n".join(sources.values())
     calls = set()
-    for path in (PROJECT / "plugins").rglob("*.py"):
-        text = path.read_text()
+    for path, text in sources.items():
         for found in re.finditer(r"TagSpecifications", text):
-            before = text[:found.start()]
-            # A client's method, a ("method", {...}) call, or a wait's FollowUp("ec2", "method", {...}).
-            made = list(re.finditer(
-                r'\bec2(?:_in\([^)]*\))?\.([a-z_]+)\(|\("([a-z_]+)", \{|FollowUp\("ec2", "([a-z_]+)"', before))
-            assert made, f"{path}: TagSpecifications outside a call"
-            method = made[-1].group(1) or made[-1].group(2) or made[-1].group(3)
-            calls.add(ec2.meta.method_to_api_mapping[method])
+            functions = list(re.finditer(r"^def ([a-z_]+_request)\(", text[:found.start()], re.MULTILINE))
+            assert functions, f"{path}: TagSpecifications outside a request function"
+            function = functions[-1].group(1)
+            sent = re.findall(rf"\bec2(?:_in\([^)]*\))?\.([a-z_]+)\(\*\*{function}\("
+                              rf"|FollowUp\(\"ec2\", \"([a-z_]+)\", {function}\("
+                              rf"|request = {function}\([^\n]*\n(?:[^\n]*\n){{0,3}}?\s*ec2\.([a-z_]+)\(\*\*request\)",
+                              code)
+            assert sent, f"{function} ({path.name}) is sent by no call found"
+            calls.update(ec2.meta.method_to_api_mapping[next(m for m in match if m)] for match in sent)
     assert calls == CREATE_CALLS
 
 

@@ -241,8 +241,8 @@ def test_the_triggerer_follows_a_refresh_and_hands_its_end_back(autoscaling, fle
 def test_roll_out_follows_either_promotion_and_render_shows_it(tmp_path):
     from airflow.task.trigger_rule import TriggerRule
 
-    from image_factory.cli import plan
     from image_factory.dag import build_dag
+    from image_factory.plan import plan
     from image_factory.settings import Settings
     from image_factory.spec import load_spec
 
