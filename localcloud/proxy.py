@@ -53,7 +53,8 @@ learns that its image was made.
 
 Calls are named ``service:Action``: the service is the signing name in the SigV4 credential scope
 (``Credential=AKID/20240101/eu-west-1/ec2/aws4_request``); the action is the query protocol's ``Action``
-parameter (EC2) or the JSON protocol's ``X-Amz-Target`` (``AmazonSSM.GetParameter``). Requests that carry
+parameter (EC2) or the JSON protocol's ``X-Amz-Target`` (``AmazonSSM.GetParameter``); S3's REST calls by
+method and path (:func:`s3_operation`: ``s3:PutObject``, ``s3:HeadBucket``). Requests that carry
 no AWS signature (moto's own ``/moto-api/``) are forwarded but neither counted nor throttled.
 """
 
@@ -112,6 +113,8 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
         return None
     service = scope.group(2)
     amz_target = headers.get("X-Amz-Target", "")
+    if service == "s3":
+        return f"s3:{s3_operation(method, target, headers)}"
     if amz_target:
         action = amz_target.rpartition(".")[2]
     else:
@@ -119,6 +122,21 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
         if not action and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
             action = _param(body, b"Action")
     return f"{service}:{action or method.upper()}"
+
+
+def s3_operation(method: str, target: str, headers) -> str:
+    """S3's REST protocol has no Action: the operation of a path-style request, by its method and whether it
+    names a bucket or an object (the method itself for what Image Factory does not call)."""
+    parts = urlsplit(target)
+    is_object = "/" in parts.path.strip("/")
+    method = method.upper()
+    if is_object:
+        if method == "PUT":
+            return "CopyObject" if headers.get("x-amz-copy-source") else "PutObject"
+        return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, method)
+    if method == "GET":
+        return "ListObjectsV2" if "list-type=2" in parts.query else "ListObjects"
+    return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method, method)
 
 
 def _region(headers) -> str:

@@ -639,6 +639,9 @@ class ImageSpec(_Strict):
     notify: Notify | None = Field(default=None, description="Messages about the builds to an SNS topic; absent: "
                                                             "to the deployment's [image_factory] sns_topic_arn, if "
                                                             "set, about all four events.")
+    sbom: bool = Field(default=True, description="Write the image's CycloneDX SBOM (its operating system and "
+                                                 "every package) to the deployment's [image_factory] sbom_bucket, "
+                                                 "tagged on the image (image-factory:sbom); false: none.")
     deadline_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60,
                                          description="A build still running this many minutes after it was "
                                                      "queued is reported (notify event `deadline`; Airflow's "
