@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,11 +190,14 @@ def document(os_release: dict[str, str], packages: Iterable[Package], metadata: 
     for name, value in metadata.items():
         bom.metadata.properties.add(Property(name=f"{PROPERTY}{name}", value=value))
     distro = f"{distro_id}-{version_id}" if version_id else distro_id
+    components = []
     for package in packages:
         purl = PackageURL(type=package.kind, namespace=distro_id, name=package.name, version=package.version,
                           qualifiers={"arch": package.arch, "distro": distro})
-        bom.components.add(Component(type=ComponentType.LIBRARY, name=package.name, version=package.version,
-                                     purl=purl, bom_ref=str(purl)))
+        components.append(Component(type=ComponentType.LIBRARY, name=package.name, version=package.version,
+                                    purl=purl, bom_ref=str(purl)))
+    bom.components.update(components)
+    bom.register_dependency(bom.metadata.component, components)  # the system holds each package
     text = JsonV1Dot6(bom).output_as_string(indent=None)
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     if error is not None:
@@ -223,6 +227,25 @@ def publish(s3, bucket: str, spec: str, build_id: str, image_id: str) -> str:
 
 
 # --- the questions ------------------------------------------------------------------------------------------
+
+SBOM_KEY = re.compile(rf"{PREFIX}/(?P<spec>[^/]+)/ami-[0-9a-f]+\.cdx\.json")
+
+
+def uri_of(tags: dict[str, str]) -> str | None:
+    """The SBOM address an image's tags give (None: none), checked: an SBOM of the image's own spec, never any
+    other object (tags are anyone's to write who may tag images)."""
+    from image_factory.build import TAG_SPEC
+
+    uri = tags.get(TAG_SBOM)
+    if uri is None:
+        return None
+    _, key = split_uri(uri)
+    match = SBOM_KEY.fullmatch(key)
+    if not match or match["spec"] != tags.get(TAG_SPEC):
+        raise SbomError(f"the {TAG_SBOM} tag {printable(uri, limit=200)!r} is not an SBOM of the image's spec "
+                        f"({PREFIX}/<spec>/<image id>.cdx.json)")
+    return uri
+
 
 def read(s3, uri: str) -> bytes:
     bucket, key = split_uri(uri)
@@ -279,11 +302,16 @@ def find_package(ec2, s3, ssm, name: str, *, below: str | None = None, spec: str
         filters.append({"Name": f"tag:{TAG_SPEC}", "Values": [spec]})
     images = list(all_items(ec2, "describe_images", "Images", Owners=["self"], IncludeDeprecated=True,
                             Filters=filters))
-    # A quick look before the parse: only a document that names the package in a package URL is parsed.
-    needle = f"/{name}@".encode()
+    # A quick look before the parse: only a document with the name as a JSON string is parsed.
+    needle = json.dumps(name).encode()
 
     def versions(image: dict) -> list[str]:
-        text = read(s3, tag_dict(image.get("Tags"))[TAG_SBOM])
+        try:
+            uri = uri_of(tag_dict(image.get("Tags")))
+        except SbomError as exc:
+            log.warning("find-package: %s: %s; skipped", image["ImageId"], exc)
+            return []
+        text = read(s3, uri)
         if needle not in text:
             return []
         return [p.version for p in packages_in(json.loads(text))
@@ -309,9 +337,53 @@ def sbom_of(ec2, s3, image_id: str) -> bytes:
     found = ec2.describe_images(ImageIds=[image_id])["Images"]
     if not found:
         raise SbomError(f"no image {image_id}")
-    uri = tag_dict(found[0].get("Tags")).get(TAG_SBOM)
+    uri = uri_of(tag_dict(found[0].get("Tags")))
     if not uri:
         raise SbomError(f"image {image_id} has no SBOM (no {TAG_SBOM} tag: built with sbom: false, before SBOMs, "
                         "or without [image_factory] sbom_bucket)")
     return read(s3, uri)
 
+
+
+# --- the command line (bin/image-factory sbom, find-package) ---------------------------------------------------
+
+def _clients(region: str | None, aws_conn_id: str | None):
+    from image_factory.aws import clients
+
+    return clients(aws_conn_id or "aws_default", region)
+
+
+def print_sbom(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
+    """``image-factory sbom AMI``: the image's SBOM, as stored."""
+    try:
+        c = _clients(region, aws_conn_id)
+        text = sbom_of(c.ec2, c.s3, image_id)
+    except Exception as exc:  # the connection, the call, no SBOM
+        print(f"image-factory sbom: {image_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text.decode("utf-8", "replace").rstrip("\n") + "\n")
+    return 0
+
+
+def print_find_package(name: str, below: str | None, spec: str | None, region: str | None,
+                       aws_conn_id: str | None) -> int:
+    """``image-factory find-package NAME``: the images with the package, newest first (exit 1: none)."""
+    from image_factory.spec import channel_prefix
+
+    try:
+        c = _clients(region, aws_conn_id)
+        hits = find_package(c.ec2, c.s3, c.ssm, name, below=below, spec=spec, channel_prefix=channel_prefix())
+    except Exception as exc:
+        print(f"image-factory find-package: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    wanted = f"{name}" + (f" below {below}" if below else "")
+    if not hits:
+        print(f"no image has {wanted} in {c.ec2.meta.region_name}")
+        return 1
+    rows = [("IMAGE", "SPEC", "CREATED", "VERSION", "CHANNELS"),
+            *((h.image_id, h.spec, h.created, h.version, ",".join(h.channels) or "-") for h in hits)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(printable(cell, limit=200).ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
