@@ -58,6 +58,12 @@ def _overheads(args: argparse.Namespace) -> Result:
     return overheads.run(args)
 
 
+def _sbom(args: argparse.Namespace) -> Result:
+    from bench import sbom
+
+    return sbom.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -77,6 +83,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("retention", "a retention run's API calls over 1,000 images of 100 specs in two regions vs "
                   "over 100 images", _retention),
         Benchmark("overheads", "a test run's CPU and the local cloud's CPU per API call, vs before", _overheads),
+        Benchmark("sbom", "find-package over 1,000 images' SBOMs (goal: within 5 s) vs reading and parsing every "
+                  "one in turn", _sbom),
     )
 }
 
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrency: on the Celery deployment with this many worker hosts (0: LocalExecutor)")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
+    parser.add_argument("--sbom-images", type=int, default=1000, help="sbom: images with an SBOM to search")
     add_airflow_setting(parser, "concurrency: ")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/results-<date>.md)")
     args = parser.parse_args(argv)
