@@ -21,13 +21,17 @@ shown escaped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import sys
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from image_factory.errors import PermanentError
 from image_factory.remote import printable
@@ -252,14 +256,14 @@ def read(s3, uri: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def packages_in(sbom: dict) -> list[Package]:
-    """The packages of a CycloneDX document, from their package URLs."""
+def packages_in(sbom: dict, name: str | None = None) -> list[Package]:
+    """The packages of a CycloneDX document (only those named ``name``, if given), from their package URLs."""
     from packageurl import PackageURL
 
     found = []
     for component in sbom.get("components", []):
         purl = component.get("purl")
-        if not purl:
+        if not purl or (name is not None and component.get("name") != name):
             continue
         parsed = PackageURL.from_string(purl)
         found.append(Package(parsed.type, parsed.name, parsed.version or "", (parsed.qualifiers or {}).get(
@@ -276,6 +280,33 @@ def older(kind: str, version: str, than: str) -> bool:
     return version_compare(version, than) < 0
 
 
+class Cache:
+    """SBOMs read before, in a folder of the user's: a document never changes once it is at its image's key (the
+    key names the image; register_image writes it once), so a repeated incident query reads only the new
+    images' documents. Files by a hash of the endpoint and the address; written whole, then renamed."""
+
+    def __init__(self, folder: Path, endpoint: str | None):
+        self.folder, self.endpoint = folder, endpoint or ""
+
+    @classmethod
+    def default(cls, endpoint: str | None) -> Cache:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return cls(Path(base) / "image-factory" / "sboms", endpoint)
+
+    def read(self, s3, uri: str) -> bytes:
+        path = self.folder / (hashlib.sha256(f"{self.endpoint}\n{uri}".encode()).hexdigest() + ".cdx.json")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        text = read(s3, uri)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+        partial.write_bytes(text)
+        partial.replace(path)
+        return text
+
+
 @dataclass
 class Hit:
     image_id: str
@@ -290,10 +321,10 @@ READERS = 16
 
 
 def find_package(ec2, s3, ssm, name: str, *, below: str | None = None, spec: str | None = None,
-                 channel_prefix: str = "/image-factory") -> list[Hit]:
+                 channel_prefix: str = "/image-factory", cache: Cache | None = None) -> list[Hit]:
     """The images (tagged with an SBOM; of ``spec`` only, if given) whose SBOM lists package ``name`` (at a
     version before ``below``, if given), newest first, with the channels naming each. One DescribeImages
-    listing, one listing of the channels, one GetObject per image (a few at a time)."""
+    listing, one listing of the channels, one GetObject per image (a few at a time) not in ``cache``."""
     from image_factory.aws import all_items
     from image_factory.build import TAG_SPEC, tag_dict
 
@@ -311,10 +342,10 @@ def find_package(ec2, s3, ssm, name: str, *, below: str | None = None, spec: str
         except SbomError as exc:
             log.warning("find-package: %s: %s; skipped", image["ImageId"], exc)
             return []
-        text = read(s3, uri)
+        text = read(s3, uri) if cache is None else cache.read(s3, uri)
         if needle not in text:
             return []
-        return [p.version for p in packages_in(json.loads(text))
+        return [p.version for p in packages_in(json.loads(text), name)
                 if p.name == name and (below is None or older(p.kind, p.version, below))]
 
     with ThreadPoolExecutor(max_workers=READERS) as pool:
@@ -372,7 +403,8 @@ def print_find_package(name: str, below: str | None, spec: str | None, region: s
 
     try:
         c = _clients(region, aws_conn_id)
-        hits = find_package(c.ec2, c.s3, c.ssm, name, below=below, spec=spec, channel_prefix=channel_prefix())
+        hits = find_package(c.ec2, c.s3, c.ssm, name, below=below, spec=spec, channel_prefix=channel_prefix(),
+                            cache=Cache.default(c.endpoint_url))
     except Exception as exc:
         print(f"image-factory find-package: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
