@@ -107,11 +107,13 @@ def check_bucket(s3, bucket: str, spec: str) -> None:
         code = _code(exc)
         if code in ("NoSuchBucket", "404"):
             raise SbomError(f"[image_factory] sbom_bucket {bucket!r} does not exist: create it (aws s3api "
-                            f"create-bucket --bucket {bucket}), or set sbom: false in the spec") from None
+                            f"create-bucket --bucket {bucket}), or set sbom: false in the spec. Nothing was "
+                            "built") from None
         if code in ("AccessDenied", "403", "AllAccessDisabled"):
             raise SbomError(f"[image_factory] sbom_bucket {bucket!r} may not be written: grant the builds' role "
                             f"s3:PutObject, s3:GetObject and s3:DeleteObject on arn:aws:s3:::{bucket}/{PREFIX}/* "
-                            "(include/iam/image-factory-policy.json), or set sbom: false in the spec") from None
+                            "(include/iam/image-factory-policy.json), or set sbom: false in the spec. Nothing was "
+                            "built") from None
         raise
 
 
