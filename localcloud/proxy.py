@@ -202,6 +202,10 @@ def access_denied(service: str, name: str) -> tuple[int, list[tuple[str, str]], 
     message = f"You are not authorized to perform this operation ({name}: denied by the local cloud's config)."
     if service == "ec2":
         return ec2_error(403, "UnauthorizedOperation", message)
+    if service == "s3":  # S3's REST protocol: XML, 403
+        body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code><Message>{escape(message)}" \
+               f"</Message><RequestId>{uuid.uuid4()}</RequestId></Error>"
+        return 403, [("Content-Type", "application/xml")], body.encode()
     request_id = str(uuid.uuid4())
     body = json.dumps({"__type": "AccessDeniedException", "message": message}).encode()
     return 400, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),

@@ -27,8 +27,9 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.inventory import builder_resources
-from image_factory.sbom import IAM_ACTIONS
+from image_factory.sbom import IAM_ACTIONS, TAG_SBOM
 from image_factory.steps.image import find as find_images
+from localcloud.cloud import SBOM_BUCKET
 from localcloud.runner import airflow_env, migrate, run_dag
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -200,6 +201,9 @@ def test_the_command_line_shows_a_copy_its_source_and_its_channel(runs, local_cl
     build_id = build_id_for(NAME, distributed.run_id)
     [original] = find_images(client(local_cloud, "ec2", OWN), build_id)
     [copy] = find_images(client(local_cloud, "ec2", "eu-central-1"), build_id)
+    # The copy points to its original's SBOM (distribution copies tags): one document for both.
+    assert tag_dict(copy["Tags"])[TAG_SBOM] == tag_dict(original["Tags"])[TAG_SBOM] == (
+        f"s3://{SBOM_BUCKET}/sboms/{NAME}/{original['ImageId']}.cdx.json")
     env = cli_env(AIRFLOW_CONN_AWS_DEFAULT=local_cloud.env()["AIRFLOW_CONN_AWS_DEFAULT"])
     listed = run_cli("list", NAME, "--region", "eu-central-1", env=env)
     assert listed.returncode == 0, listed.stderr

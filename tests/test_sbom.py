@@ -147,3 +147,32 @@ def test_a_bucket_that_is_missing_or_may_not_be_written_fails_the_first_step_and
     assert "s3:PutObject" in calls
     assert not {"ec2:CreateSubnet", "ec2:CreateSecurityGroup", "ec2:ImportKeyPair", "ec2:RunInstances"} & set(calls)
     assert builder_resources(ec2, ssm, build_id_for(name, result.run_id)) == []
+
+
+def test_a_build_that_registers_no_image_leaves_no_sbom(local_cloud, airflow_home, ec2, ssm, tmp_path):
+    """configure wrote the document under the build id; register_image failed for good: the teardown deletes it."""
+    from localcloud.cloud import SBOM_BUCKET
+    from tests.test_build_e2e import s3_client
+
+    name = "sbom-unregistered-image"
+    write_spec(tmp_path / "specs", name, f"""\
+        image:
+          name: {name}
+          origin: resolve:ssm:{AL2023}
+          region: eu-west-1
+          subnet: ${{IMAGE_BUILDER_SUBNET_ID}}
+          ssh_key: ${{IMAGE_BUILDER_SSH_KEY}}
+        """)
+    env = airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs"))
+    env["IMAGE_FACTORY_FAULTS"] = "after:register"
+    local_cloud.reset_stats()
+    result = run_dag(name, env)
+
+    assert result.task_states["configure"] == "success" and result.task_states["register_image"] == "failed"
+    build_id = build_id_for(name, result.run_id)
+    key = sbom.build_key(name, build_id)
+    assert f"sbom: written to s3://{SBOM_BUCKET}/{key}" in result.task_logs["configure"]
+    assert f"sbom: s3://{SBOM_BUCKET}/{key} deleted" in result.task_logs["tear_down"]
+    left = s3_client(local_cloud).list_objects_v2(Bucket=SBOM_BUCKET, Prefix=f"sboms/{name}/").get("Contents", [])
+    assert [o["Key"] for o in left] == [f"sboms/{name}/.write-check"]  # (the first step's, the same each build)
+    assert builder_resources(ec2, ssm, build_id) == []

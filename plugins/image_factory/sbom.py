@@ -232,6 +232,12 @@ def publish(s3, bucket: str, spec: str, build_id: str, image_id: str) -> str:
     return target
 
 
+def discard(s3, bucket: str, key: str) -> None:
+    """The build's document, when the build made no image (teardown); gone already is fine."""
+    s3.delete_object(Bucket=bucket, Key=key)
+    log.info("sbom: %s deleted (the build registered no image)", s3_uri(bucket, key))
+
+
 # --- the questions ------------------------------------------------------------------------------------------
 
 SBOM_KEY = re.compile(rf"{PREFIX}/(?P<spec>[^/]+)/ami-[0-9a-f]+\.cdx\.json")

@@ -420,5 +420,8 @@ def tear_down(task: BuildTask) -> list[str]:
                                       removed_before=removed,
                                       record=record, image_complete=task.pull(REGISTER) is not None,
                                       history=history)
+    written = (task.pull(CONFIGURE) or {}).get("sbom")
+    if written and task.pull(REGISTER) is None:  # no image to be the SBOM of: the build's document goes too
+        sbom.discard(c.s3, written["bucket"], written["key"])
     log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)
     return removed
