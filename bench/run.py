@@ -52,6 +52,12 @@ def _retention(args: argparse.Namespace) -> Result:
     return retention.run(args)
 
 
+def _revocation(args: argparse.Namespace) -> Result:
+    from bench import revocation
+
+    return revocation.run(args)
+
+
 def _overheads(args: argparse.Namespace) -> Result:
     from bench import overheads
 
@@ -82,6 +88,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                   "local cloud with AWS-like state-change times", _concurrency),
         Benchmark("retention", "a retention run's API calls over 1,000 images of 100 specs in two regions vs "
                   "over 100 images", _retention),
+        Benchmark("revocation", "a revocation with descendants: its API calls and time, alone and among 300 "
+                  "other images per region", _revocation),
         Benchmark("overheads", "a test run's CPU and the local cloud's CPU per API call, vs before", _overheads),
         Benchmark("sbom", "find-package over 1,000 images' SBOMs (goal: within 5 s) vs reading and parsing every "
                   "one in turn", _sbom),

@@ -108,7 +108,6 @@ def install() -> None:
             return copy.copy(self._state)
         return original_terminate(self)
 
-    install_image_lifecycle()
     install_lookup_caches()
     install_request_lock()
 
@@ -120,6 +119,7 @@ def install() -> None:
     SubnetBackend.create_default_subnet = create_default_subnet
     InstanceBackend.run_instances = run_instances
     Instance.terminate = terminate
+    install_image_lifecycle()  # (after: it wraps run_instances as patched above)
 
 
 def install_lookup_caches() -> None:
@@ -154,10 +154,12 @@ def install_request_lock() -> None:
 
 def install_image_lifecycle() -> None:
     """What AWS does with old images and moto does not: EnableImageDeprecation / DisableImageDeprecation (the
-    time shows as the image's DeprecationTime) and DeregisterImage's DeleteAssociatedSnapshots (without it,
-    the snapshots stay, as on AWS)."""
+    time shows as the image's DeprecationTime), DeregisterImage's DeleteAssociatedSnapshots (without it,
+    the snapshots stay, as on AWS), and a disabled image (DisableImage, which moto has) is not launched and is
+    listed by DescribeImages only with IncludeDisabled."""
     from moto.core.responses import ActionResult
-    from moto.ec2.exceptions import InvalidParameterValue
+    from moto.ec2.exceptions import InvalidParameterValue, UnvailableAMIIdError
+    from moto.ec2.models.instances import InstanceBackend
     from moto.ec2.responses.amis import AmisResponse
 
     def image(response):
@@ -202,6 +204,24 @@ def install_image_lifecycle() -> None:
             return ActionResult({"Return": True, "DeleteSnapshotResults": results})
         return answer
 
+    original_describe = AmisResponse.describe_images
+
+    def describe_images(self):
+        answer = original_describe(self)
+        if not self._get_bool_param("IncludeDisabled", False):
+            answer.result["Images"] = [ami for ami in answer.result["Images"] if ami.state != "disabled"]
+        return answer
+
+    original_run = InstanceBackend.run_instances
+
+    def run_instances(self, image_id, *args, **kwargs):
+        ami = self.amis.get(image_id)
+        if ami is not None and ami.state == "disabled":  # as AWS: no new instance of a disabled image
+            raise UnvailableAMIIdError(image_id)
+        return original_run(self, image_id, *args, **kwargs)
+
+    AmisResponse.describe_images = describe_images
+    InstanceBackend.run_instances = run_instances
     AmisResponse.enable_image_deprecation = enable_image_deprecation
     AmisResponse.disable_image_deprecation = disable_image_deprecation
     AmisResponse.deregister_image = deregister_image

@@ -54,6 +54,8 @@ def _condition_holds(operator: str, key: str, wanted, context: dict) -> bool:
     wanted, present = [str(w) for w in _list(wanted)], key in context
     if operator == "Null":
         return (not present) == (wanted[0] == "true")
+    if operator == "ForAllValues:StringEquals":  # (true for an absent key, as IAM: pair it with Null)
+        return all(str(v) in wanted for v in _list(context.get(key, [])))
     if not present:
         return False
     values = [str(v) for v in _list(context[key])]
@@ -295,6 +297,23 @@ def test_notifications_only_read_and_publish_to_topics(policy):
 def test_console_output_only_of_the_builds_instances(policy):
     assert allowed(policy, "ec2:GetConsoleOutput", ARN["instance"], TAGGED)
     assert not allowed(policy, "ec2:GetConsoleOutput", ARN["instance"])
+
+
+def test_revocation_only_disables_enables_and_untags_image_factory_images(policy):
+    image, spec = ARN["image"], {"aws:ResourceTag/image-factory:spec": "webapp"}
+    for action in ("ec2:DisableImage", "ec2:EnableImage", "ec2:DisableImageDeprecation"):
+        assert allowed(policy, action, image, spec), action
+        assert not allowed(policy, action, image), action  # an image that is not the factory's
+        assert not allowed(policy, action, ARN["snapshot"], spec), action
+    revocation_tags = ["image-factory:revoked", "image-factory:revoked-reason", "image-factory:revoked-by"]
+    assert allowed(policy, "ec2:DeleteTags", image, spec, **{"aws:TagKeys": revocation_tags})
+    assert not allowed(policy, "ec2:DeleteTags", image, spec, **{"aws:TagKeys": ["image-factory:tests"]})
+    assert not allowed(policy, "ec2:DeleteTags", image, spec)  # no keys given: every tag would go
+    assert not allowed(policy, "ec2:DeleteTags", image, **{"aws:TagKeys": revocation_tags})
+    channel = "arn:aws:ssm:eu-west-1:111122223333:parameter/image-factory/webapp/latest"
+    for action in ("ssm:GetParameterHistory", "ssm:DeleteParameter"):
+        assert allowed(policy, action, channel), action
+        assert not allowed(policy, action, "arn:aws:ssm:eu-west-1:111122223333:parameter/other/x"), action
 
 
 def test_deleting_and_changing_only_what_the_builds_tagged(policy):

@@ -381,3 +381,21 @@ def test_the_plugin_puts_the_page_in_the_navigation_without_importing_the_web_st
     assert result.returncode == 0, result.stderr[-2000:]
     answer = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("PAGE ")]
     assert answer == [["/image-factory/images", "/image-factory"]], result.stdout[-2000:]
+
+
+def test_a_revoked_image_shows_its_revocation_escaped(client, images, ec2, ssm):
+    from image_factory import revocation
+
+    old = images["old"]
+    revocation.revoke(lambda _: ec2, lambda _: ssm, ["eu-west-1"], old, "CVE-2026-0001 <b>openssl</b>",
+                      "<script>alice</script>", False, "/image-factory")
+    try:
+        answer = client.get("/image-factory/images", params={"spec": KEPT, "status": "revoked"},
+                            headers={"Authorization": f"Bearer {token('viewer')}"})
+        assert set(Rows(answer.text).rows) == {old}
+        shown = Rows(answer.text).rows[old]["image"]
+        assert "revoked at " in shown and "by <script>alice</script>: CVE-2026-0001 <b>openssl</b>" in shown
+        assert "<script>alice" not in answer.text and "&lt;script&gt;alice&lt;/script&gt;" in answer.text
+        assert Rows(answer.text).rows[old]["retention"].startswith("keep")  # (kept keep_revoked_days)
+    finally:
+        revocation.restore(lambda _: ec2, ["eu-west-1"], old)

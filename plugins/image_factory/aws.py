@@ -110,6 +110,13 @@ class Clients:
         return hook.conn
 
     @functools.cached_property
+    def sts(self) -> Any:
+        """Who the connection is (GetCallerIdentity: a revocation's ``revoked-by``)."""
+        hook = self._hook(client_type="sts")
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
+
+    @functools.cached_property
     def s3(self) -> Any:
         """An S3 client of the connection (the SBOMs, sbom.py); path-style addressing on an emulator, whose
         endpoint has no bucket subdomains."""

@@ -47,6 +47,11 @@ TAG_OVERRIDDEN = "image-factory:overridden"
 #: On a copy of an image in another region (distribute): the image it is a copy of, and that image's region.
 TAG_SOURCE_IMAGE = "image-factory:source-image"
 TAG_SOURCE_REGION = "image-factory:source-region"
+#: On a revoked image and its copies (revocation.py): when (its value), why and by whom; the image is deprecated
+#: and disabled as well. ``restore`` removes the three.
+TAG_REVOKED = "image-factory:revoked"
+TAG_REVOKED_REASON = "image-factory:revoked-reason"
+TAG_REVOKED_BY = "image-factory:revoked-by"
 
 
 def build_id_for(dag_id: str, run_id: str) -> str:

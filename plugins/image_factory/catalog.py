@@ -26,6 +26,7 @@ from image_factory.build import (
     TAG_ORIGIN,
     TAG_ORIGIN_SPEC,
     TAG_OVERRIDDEN,
+    TAG_REVOKED,
     TAG_ROLE,
     TAG_RUN,
     TAG_SPEC,
@@ -33,6 +34,7 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.inventory import channel_names, tests_summary
+from image_factory.revocation import revocation
 from image_factory.spec import ImageSpec
 
 log = logging.getLogger("image_factory")
@@ -44,6 +46,7 @@ STATUSES = {
     "failed": "its tests failed",
     "untested": "not tested",
     "overridden": "its build's trigger overrode its origin or server role",
+    "revoked": "revoked (image-factory revoke): disabled, its channels moved back",
     "incomplete": "being built, or left by a failed build",
     "deprecated": "its deprecation time has passed",
     "retiring": "retention will deprecate or delete it",
@@ -88,6 +91,11 @@ class ImageRow:
     def overridden(self) -> str:
         """What its build's trigger overrode (``origin,server_role``), or ``""``."""
         return self.tags.get(TAG_OVERRIDDEN, "")
+
+    @property
+    def revoked(self) -> str:
+        """Its revocation, when, by whom and why, or ``""``."""
+        return revocation(self.tags)
 
     @property
     def build_id(self) -> str:
@@ -151,6 +159,8 @@ def _statuses(tags: dict[str, str], channels: list[str], deprecated: bool, actio
     found.append(tests if tests in ("passed", "failed") else "untested")
     if tags.get(TAG_OVERRIDDEN):
         found.append("overridden")
+    if TAG_REVOKED in tags:
+        found.append("revoked")
     if tags.get(TAG_COMPLETE) != "true":
         found.append("incomplete")
     if deprecated:

@@ -4,6 +4,9 @@
     python -m image_factory render SPEC [--param NAME=VALUE]  the build's plan as YAML, no network call
     python -m image_factory list SPEC [--region R]            the spec's images, their tests and channels
     python -m image_factory show IMAGE [--region R]           an image's lineage back to its root origin
+    python -m image_factory revoke IMAGE --reason TEXT [--descendants]  take an image out of use (revocation.py)
+    python -m image_factory restore IMAGE                     take a revocation back
+    python -m image_factory rollback SPEC CHANNEL [--to AMI]  move a channel back, in every region at once
     python -m image_factory schema                            the JSON Schema of spec files
 
 ``SPEC`` is a spec file or, for ``render`` and ``list``, the name of a spec in the specs folder. Exit codes:
@@ -627,10 +630,11 @@ def lineage(ec2, ssm, image_id: str, limit: int = 20, in_region=None) -> list[di
         TAG_SPEC,
         tag_dict,
     )
+    from image_factory.revocation import revocation
 
     levels: list[dict] = []
     while image_id and len(levels) < limit:
-        found = ec2.describe_images(ImageIds=[image_id])["Images"]
+        found = ec2.describe_images(ImageIds=[image_id], IncludeDisabled=True)["Images"]  # (revoked: disabled)
         if not found:
             levels.append({"image": image_id, "missing": "no such image (deregistered?)"})
             break
@@ -644,6 +648,7 @@ def lineage(ec2, ssm, image_id: str, limit: int = 20, in_region=None) -> list[di
                      **({"overridden": f"{tags[TAG_OVERRIDDEN]} (by the trigger of its build)"}
                         if tags.get(TAG_OVERRIDDEN) else {}),
                      **({"copy of": copy} if (copy := _copy_of(tags)) != "-" else {}),
+                     **({"revoked": revocation(tags)} if revocation(tags) else {}),
                      origin=tags.get(TAG_ORIGIN, "-"), tests=_tests(tags),
                      channels=",".join(_channels_by_image(ssm, tags[TAG_SPEC]).get(image_id, [])) or "-")
         levels.append(level)
@@ -673,8 +678,8 @@ def show(image_id: str, region: str | None, aws_conn_id: str | None) -> int:
         indent = "  " * depth
         heading = "image" if depth == 0 else "copy of" if "copy of" in levels[depth - 1] else "built from"
         print(f"{indent}{heading} {level['image']} {level.get('name', '')}".rstrip())
-        for key in ("spec", "build", "role", "overridden", "copy of", "origin", "tests", "channels", "created",
-                    "root origin", "missing"):
+        for key in ("spec", "build", "role", "overridden", "revoked", "copy of", "origin", "tests", "channels",
+                    "created", "root origin", "missing"):
             if key in level:
                 print(f"{indent}  {key}: {level[key]}")
     return OK if "missing" not in levels[-1] else PROBLEMS
@@ -755,6 +760,10 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--aws-conn-id", help="default: aws_default")
     command.set_defaults(run=lambda a: _sbom().print_find_package(a.name, a.below, a.spec, a.region,
                                                                    a.aws_conn_id))
+
+    from image_factory import revocation_cli
+
+    revocation_cli.add_commands(commands)  # revoke, restore, rollback
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())

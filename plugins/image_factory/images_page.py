@@ -135,6 +135,7 @@ td { overflow-wrap: anywhere; }
 .badge.incomplete, .badge.retiring { background: #ffedd5; color: #9a3412; }
 .badge.deprecated { background: #e5e7eb; color: #4b5563; }
 .badge.overridden { background: #fef3c7; color: #92400e; font-weight: 600; }
+.badge.revoked { background: #991b1b; color: #fff; font-weight: 600; }
 .action { font-weight: 600; } .action.will { color: #9a3412; } .action.keep { color: #166534; }
 .reason { color: #52606d; font-size: 12.5px; }
 .error { background: #fee2e2; color: #991b1b; padding: 8px 12px; border-radius: 6px; }
@@ -177,9 +178,11 @@ def _options(values: list[tuple[str, str]], chosen: str) -> str:
 def _row(row: ImageRow, airflow_root: str) -> str:
     state = "" if row.state == "available" else f" {_badge(row.state or '?', 'incomplete')}"
     image = (f'<code>{e(row.image_id)}</code>{state}<div class="name">{e(row.name)}</div>'
-             + "".join(_badge(s) for s in row.statuses if s != "overridden")
+             + "".join(_badge(s) for s in row.statuses if s not in ("overridden", "revoked"))
              + (f'<span class="badge overridden" title="its build\'s trigger overrode: {e(row.overridden)}">'
-                f'overridden: {e(row.overridden)}</span>' if row.overridden else ""))
+                f'overridden: {e(row.overridden)}</span>' if row.overridden else "")
+             + (f'<span class="badge revoked" title="{e(row.revoked)}">{e(row.revoked)}</span>'
+                if row.revoked else ""))
     tests = row.tests
     tests_cell = (_badge(tests, tests.split()[0]) if tests.split()[0] in ("passed", "failed")
                   else f'<span class="muted">{e(tests)}</span>')

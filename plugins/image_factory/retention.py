@@ -10,8 +10,9 @@ parameter add one GetParameters per ten such names. :func:`judge` gives every im
 Never touched, whatever the rules say: an image a channel names, in any region (with the other images of its
 build: the original and its copies); an image an instance uses (pending, running, stopping or stopped); an
 image that the default or the latest version of a launch template names; the newest ``keep`` complete images
-of the region besides those; an image not yet complete (its build's teardown or the sweeper decides); and
-anything without Image Factory's spec tag, which is never even listed. Nothing here imports Airflow.
+of the region besides those; an image not yet complete (its build's teardown or the sweeper decides); a
+revoked image before ``keep_revoked_days`` after its revocation (the evidence); and anything without Image
+Factory's spec tag, which is never even listed. Nothing here imports Airflow.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from image_factory.aws import all_items, error_code
-from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_SPEC, TAG_TESTS, tag_dict
+from image_factory.build import TAG_BUILD, TAG_COMPLETE, TAG_REVOKED, TAG_SPEC, TAG_TESTS, tag_dict
 from image_factory.spec import REGION, SSM_PREFIX, ImageSpec, Retention
 
 log = logging.getLogger("image_factory")
@@ -84,7 +85,8 @@ def survey(ec2, ssm, region: str, channel_prefix: str) -> RegionSurvey:
     found = RegionSurvey(region)
     with _counting(found.calls, ec2, ssm):
         found.images = list(all_items(ec2, "describe_images", "Images", Owners=["self"],
-                                      IncludeDeprecated=True, Filters=[{"Name": "tag-key", "Values": [TAG_SPEC]}]))
+                                      IncludeDeprecated=True, IncludeDisabled=True,  # (revoked images are disabled)
+                                      Filters=[{"Name": "tag-key", "Values": [TAG_SPEC]}]))
         for reservation in all_items(ec2, "describe_instances", "Reservations",
                                      Filters=[{"Name": "instance-state-name", "Values": list(USING_STATES)}]):
             for item in reservation.get("Instances", []):
@@ -179,6 +181,10 @@ def _judge_spec(spec: str, found: RegionSurvey, images: list[dict], rule: Retent
             verdicts.append(verdict(KEEP, f"launch templates name it: {', '.join(found.templates[image_id])}"))
         elif tags.get(TAG_COMPLETE) != "true":
             verdicts.append(verdict(KEEP, "not complete: its build's teardown or the sweeper decides"))
+        elif TAG_REVOKED in tags and (since := _revoked_for(tags[TAG_REVOKED], now)) < timedelta(
+                days=rule.keep_revoked_days):
+            verdicts.append(verdict(KEEP, f"revoked {_age(since)} ago: kept {rule.keep_revoked_days} days after its "
+                                          f"revocation (the evidence)"))
         elif tags.get(TAG_TESTS) == "failed":
             if age > timedelta(hours=rule.keep_failed_hours):
                 verdicts.append(verdict(DELETE, f"failed its tests {_age(age)} ago (failed images are kept "
@@ -192,6 +198,14 @@ def _judge_spec(spec: str, found: RegionSurvey, images: list[dict], rule: Retent
         else:
             verdicts.append(verdict(*_by_age(image, age, rule, now)))
     return verdicts
+
+
+def _revoked_for(revoked_at: str, now: datetime) -> timedelta:
+    """How long ago the image was revoked (an unreadable time: just now, so that it is kept)."""
+    try:
+        return now - datetime.fromisoformat(revoked_at.replace("Z", "+00:00"))
+    except ValueError:
+        return timedelta(0)
 
 
 def _by_age(image: dict, age: timedelta, rule: Retention, now: datetime) -> tuple[str, str, bool]:

@@ -454,6 +454,9 @@ class Retention(_Strict):
     keep_failed_hours: float = Field(default=24, ge=0, le=24 * 3650,
                                      description="Images that failed their tests are deleted this many hours "
                                                  "after they were made (they never count towards `keep`).")
+    keep_revoked_days: int = Field(default=30, ge=0, le=3650,
+                                   description="A revoked image (`image-factory revoke`) is never deleted before "
+                                               "this many days after its revocation: the evidence stays.")
 
     @model_validator(mode="after")
     def _order(self) -> Retention:
