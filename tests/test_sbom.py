@@ -172,7 +172,7 @@ def test_a_build_that_registers_no_image_leaves_no_sbom(local_cloud, airflow_hom
     build_id = build_id_for(name, result.run_id)
     key = sbom.build_key(name, build_id)
     assert f"sbom: written to s3://{SBOM_BUCKET}/{key}" in result.task_logs["configure"]
-    assert f"sbom: s3://{SBOM_BUCKET}/{key} deleted" in result.task_logs["tear_down"]
+    assert f"sbom: s3://{SBOM_BUCKET}/{key} deleted" in result.task_logs["tear_down"], result.output[-6000:]
     left = s3_client(local_cloud).list_objects_v2(Bucket=SBOM_BUCKET, Prefix=f"sboms/{name}/").get("Contents", [])
     assert [o["Key"] for o in left] == [f"sboms/{name}/.write-check"]  # (the first step's, the same each build)
     assert builder_resources(ec2, ssm, build_id) == []

@@ -416,12 +416,14 @@ def tear_down(task: BuildTask) -> list[str]:
         clients_in = task.clients_in(build)
         removed += distribution.remove_incomplete(lambda region: clients_in(region).ec2,
                                                   build.spec.distribute.regions, build.build_id)
+    # No image to be the SBOM of: the build's document goes too (before the wait for the instances: the task may
+    # end in the triggerer).
+    written = (task.pull(CONFIGURE) or {}).get("sbom")
+    if written and task.pull(REGISTER) is None:
+        sbom.discard(c.s3, written["bucket"], written["key"])
     removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
                                       removed_before=removed,
                                       record=record, image_complete=task.pull(REGISTER) is not None,
                                       history=history)
-    written = (task.pull(CONFIGURE) or {}).get("sbom")
-    if written and task.pull(REGISTER) is None:  # no image to be the SBOM of: the build's document goes too
-        sbom.discard(c.s3, written["bucket"], written["key"])
     log.info("tear_down: deleted %d builder resources of build %s", len(removed), build.build_id)
     return removed
