@@ -207,7 +207,7 @@ def _write_sbom(task: BuildTask, build: Build, c: aws.Clients, bucket: str, hook
                                                 "origin-ami": origin_ami})
     key = sbom.build_key(build.spec.name, build.build_id)
     sbom.store(c.s3, bucket, key, text)
-    log.info("sbom: %d packages of %s", len(packages), os_release.get("PRETTY_NAME", "?"))
+    log.info("sbom: %d packages of %s", len(packages), remote.printable(os_release.get("PRETTY_NAME", "?"), limit=200))
     return {"bucket": bucket, "key": key, "packages": len(packages)}
 
 
