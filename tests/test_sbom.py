@@ -176,3 +176,23 @@ def test_a_build_that_registers_no_image_leaves_no_sbom(local_cloud, airflow_hom
     left = s3_client(local_cloud).list_objects_v2(Bucket=SBOM_BUCKET, Prefix=f"sboms/{name}/").get("Contents", [])
     assert [o["Key"] for o in left] == [f"sboms/{name}/.write-check"]  # (the first step's, the same each build)
     assert builder_resources(ec2, ssm, build_id) == []
+
+
+def test_a_spec_that_turns_sboms_off_neither_checks_the_bucket_nor_writes_one(local_cloud, airflow_home, tmp_path):
+    name = "sbom-off-image"
+    write_spec(tmp_path / "specs", name, f"""\
+        image:
+          name: {name}
+          origin: resolve:ssm:{AL2023}
+          region: eu-west-1
+          subnet: ${{IMAGE_BUILDER_SUBNET_ID}}
+          sbom: false
+        """)
+    # A bucket that does not exist: with sbom: false, nothing asks for it. (The run stops at the launch.)
+    env = airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs"), sbom_bucket="no-such-bucket")
+    env["IMAGE_FACTORY_FAULTS"] = "before:launch"
+    local_cloud.reset_stats()
+    result = run_dag(name, env)
+    assert result.task_states["create_builder_network"] == "success", result.output[-5000:]
+    assert "fault injected at before:launch" in result.output
+    assert not [call for call in local_cloud.stats()["calls"] if call.startswith("s3:")]
