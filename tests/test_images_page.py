@@ -34,6 +34,7 @@ from image_factory.build import (
 )
 from image_factory.spec import Retention, channel_parameter
 from localcloud.cloud import SBOM_BUCKET
+from tests.test_build_e2e import s3_client
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 SUFFIX = uuid.uuid4().hex[:6]
@@ -138,7 +139,7 @@ def images(local_cloud, ec2, ssm):
         # The promoted image's SBOM, as a build stores and tags it; a tag pointing elsewhere on another.
         os_release, packages = sbom.parse("ID=debian\nVERSION_ID=12\n#dpkg\nii \tnginx-light\t1.22.1-9\tamd64\n"
                                           "ii \tlibc6\t2.36-9\tamd64\n#rpm\n")
-        s3 = _s3(local_cloud)
+        s3 = s3_client(local_cloud)
         key = sbom.key_of(KEPT, promoted)
         sbom.store(s3, SBOM_BUCKET, key, sbom.document(os_release, packages, {"spec": KEPT}))
         ec2.create_tags(Resources=[promoted], Tags=[{"Key": sbom.TAG_SBOM, "Value": sbom.s3_uri(SBOM_BUCKET, key)},
@@ -147,21 +148,12 @@ def images(local_cloud, ec2, ssm):
                                                            "Value": f"s3://{SBOM_BUCKET}/elsewhere/secret"}])
         yield made
     finally:
-        _s3(local_cloud).delete_object(Bucket=SBOM_BUCKET, Key=sbom.key_of(KEPT, made.get("promoted", "-")))
+        s3_client(local_cloud).delete_object(Bucket=SBOM_BUCKET, Key=sbom.key_of(KEPT, made.get("promoted", "-")))
         for parameter in parameters:
             ssm.delete_parameter(Name=parameter)
         for image_id in made.values():
             ec2.deregister_image(ImageId=image_id, DeleteAssociatedSnapshots=True)
         ec2.terminate_instances(InstanceIds=[instance_id])
-
-
-def _s3(local_cloud):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=local_cloud.endpoint, region_name="eu-west-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106 emulator
-                        config=Config(s3={"addressing_style": "path"}))
 
 
 @pytest.fixture(scope="module")
