@@ -38,6 +38,10 @@ def test_the_listing_is_parsed_into_the_installed_packages_and_os_release():
     assert [(p.kind, p.name, p.version, p.arch) for p in packages] == [
         ("deb", "nginx-light", "1.22.1-9+deb12u1", "all"), ("deb", "libc6", "2.36-9+deb12u9", "amd64"),
         ("deb", "libstdc++6", "12.2.0-14", "amd64")]  # (only configuration files left: not installed)
+    # (An upstream version may hold colons when there is an epoch: Debian policy 5.6.12.)
+    assert sbom.parse("#dpkg\nii \tfoo\t1:2.3:4-1\tamd64\n")[1] == [sbom.Package("deb", "foo", "1:2.3:4-1", "amd64")]
+    with pytest.raises(sbom.SbomError):
+        sbom.parse("#dpkg\nii \tfoo\t2.3:4-1\tamd64\n")
     _, rpms = sbom.parse("ID=amzn\n#dpkg\n#rpm\nbash\t0:5.2.15-1.amzn2023\tx86_64\nopenssl\t1:3.0.8-1\tx86_64\n")
     assert [(p.kind, p.name, p.version) for p in rpms] == [("rpm", "bash", "5.2.15-1.amzn2023"),
                                                           ("rpm", "openssl", "1:3.0.8-1")]

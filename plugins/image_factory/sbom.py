@@ -57,7 +57,7 @@ READ_COMMAND = (
 OS_RELEASE_LINE = re.compile(r"([A-Z][A-Z0-9_]*)=(.*)")
 # Debian policy 5.6.1 (names), 5.6.12 (versions); rpm's names and versions are of the same characters, or fewer.
 NAME = r"[A-Za-z0-9][A-Za-z0-9+._-]*"
-VERSION = r"[0-9]+:[A-Za-z0-9.+~_-]+|[A-Za-z0-9][A-Za-z0-9.+~_-]*"
+VERSION = r"[0-9]+:[A-Za-z0-9.+~:_-]+|[A-Za-z0-9][A-Za-z0-9.+~_-]*"
 ARCH = r"[A-Za-z0-9_-]+"
 DPKG_LINE = re.compile(rf"(?P<status>[a-zA-Z ]{{2,3}})\t(?P<name>{NAME})\t(?P<version>{VERSION})\t(?P<arch>{ARCH})")
 RPM_LINE = re.compile(rf"(?P<name>{NAME})\t(?P<version>{VERSION})\t(?P<arch>{ARCH})")
