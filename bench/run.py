@@ -64,6 +64,12 @@ def _overheads(args: argparse.Namespace) -> Result:
     return overheads.run(args)
 
 
+def _sbom(args: argparse.Namespace) -> Result:
+    from bench import sbom
+
+    return sbom.run(args)
+
+
 def _parse(args: argparse.Namespace) -> Result:
     from bench import parse
 
@@ -85,6 +91,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("revocation", "a revocation with descendants: its API calls and time, alone and among 300 "
                   "other images per region", _revocation),
         Benchmark("overheads", "a test run's CPU and the local cloud's CPU per API call, vs before", _overheads),
+        Benchmark("sbom", "find-package over 1,000 images' SBOMs (goal: within 5 s) vs reading and parsing every "
+                  "one in turn", _sbom),
     )
 }
 
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrency: on the Celery deployment with this many worker hosts (0: LocalExecutor)")
     parser.add_argument("--code", default=None, metavar="GIT_REF",
                         help="concurrency: run dags/, plugins/ and include/ as of this git ref (default: working tree)")
+    parser.add_argument("--sbom-images", type=int, default=1000, help="sbom: images with an SBOM to search")
     add_airflow_setting(parser, "concurrency: ")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results/results-<date>.md)")
     args = parser.parse_args(argv)

@@ -26,12 +26,15 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
 
     The service is the signing name in the SigV4 credential scope (``Credential=AKID/20240101/eu-west-1/ec2/
     aws4_request``); the action is the query protocol's ``Action`` parameter (EC2) or the JSON protocol's
-    ``X-Amz-Target`` (``AmazonSSM.GetParameter``).
+    ``X-Amz-Target`` (``AmazonSSM.GetParameter``); S3's REST calls by method and path (:func:`s3_operation`:
+    ``s3:PutObject``, ``s3:HeadBucket``).
     """
     scope = _scope(target, headers)
     if scope is None:
         return None
     service = scope.group(2)
+    if service == "s3":
+        return f"s3:{s3_operation(method, target, headers)}"
     amz_target = headers.get("X-Amz-Target", "")
     if amz_target:
         action = amz_target.rpartition(".")[2]
@@ -40,6 +43,21 @@ def call_name(method: str, target: str, headers, body: bytes) -> str | None:
         if not action and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
             action = param(body, "Action")
     return f"{service}:{action or method.upper()}"
+
+
+def s3_operation(method: str, target: str, headers) -> str:
+    """S3's REST protocol has no Action: the operation of a path-style request, by its method and whether it
+    names a bucket or an object (the method itself for what Image Factory does not call)."""
+    parts = urlsplit(target)
+    is_object = "/" in parts.path.strip("/")
+    method = method.upper()
+    if is_object:
+        if method == "PUT":
+            return "CopyObject" if headers.get("x-amz-copy-source") else "PutObject"
+        return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, method)
+    if method == "GET":
+        return "ListObjectsV2" if "list-type=2" in parts.query else "ListObjects"
+    return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method, method)
 
 
 def _scope(target: str, headers) -> re.Match | None:
@@ -225,6 +243,14 @@ def query_error(status: int, code: str, message: str) -> Answer:
     body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{escape(code)}</Code><Message>{escape(message)}"
             f"</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>").encode()
     return Answer(status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body)
+
+
+def s3_error(status: int, code: str, message: str) -> Answer:
+    """An error as S3's REST protocol answers it."""
+    request_id = str(uuid.uuid4())
+    body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{escape(code)}</Code><Message>{escape(message)}"
+            f"</Message><RequestId>{request_id}</RequestId></Error>").encode()
+    return Answer(status, [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)], body)
 
 
 def json_error(status: int, error_type: str, message: str) -> Answer:

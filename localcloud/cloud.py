@@ -43,6 +43,8 @@ DEFAULT_STATE = PROJECT / ".local-cloud"
 DEFAULT_REGIONS = "eu-west-1,us-east-1,us-west-2,eu-central-1"
 SSHD = "/usr/sbin/sshd"
 LOOPBACK = "127.0.0.1"
+#: The S3 bucket of the images' SBOMs, made at `up` (its builds' [image_factory] sbom_bucket).
+SBOM_BUCKET = "image-factory-sboms"
 
 
 class LocalCloudError(Exception):
@@ -259,6 +261,7 @@ class LocalCloud:
                 "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_ID": (state.builder_vpcs or {}).get(region, ""),
                 "AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR": str(plan.own_vpc),
                 "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
+                "AIRFLOW__IMAGE_FACTORY__SBOM_BUCKET": SBOM_BUCKET,
             }
         return {
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
@@ -267,6 +270,7 @@ class LocalCloud:
             "AIRFLOW__IMAGE_FACTORY__SSH_USERNAME": state.user,
             "AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR": f"{LOOPBACK}/32",
             "AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": "1",
+            "AIRFLOW__IMAGE_FACTORY__SBOM_BUCKET": SBOM_BUCKET,
         }
 
     def shell(self, image: str | None = None, region: str | None = None, command: list[str] | None = None,
@@ -381,6 +385,7 @@ class LocalCloud:
             for region in regions.split(","):
                 public_keys(f"http://{LOOPBACK}:{moto_port}", region)
             builder_vpcs = self._make_builder_vpcs(moto_port, regions) if self.machines else None
+            self._make_sbom_bucket(moto_port, regions.split(",")[0])
         except BaseException:
             for pid, marker in reversed(started):
                 _terminate(pid, marker)
@@ -466,6 +471,14 @@ class LocalCloud:
                 "TagSpecification.1.Tag.1.Key": "Name", "TagSpecification.1.Tag.1.Value": "image-factory-builders"})
             made[region] = vpc.find("vpc/vpcId").text
         return made
+
+    def _make_sbom_bucket(self, moto_port: int, region: str) -> None:
+        """The SBOMs' bucket, in the first region (made in moto directly: not a call of the builds)."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=f"http://{LOOPBACK}:{moto_port}", region_name=region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # noqa: S106 emulator
+        s3.create_bucket(Bucket=SBOM_BUCKET, CreateBucketConfiguration={"LocationConstraint": region})
 
     def _machines_down(self, slot: int) -> None:
         from localcloud import machines

@@ -48,7 +48,7 @@ EXECUTOR = "CeleryExecutor"
 POOL_SLOTS = 8
 #: The [image_factory] settings every host gets (the local cloud's, with the workers' provisioner CIDR);
 #: docker-compose.yaml passes each on from .env (tests/test_docker_compose.py).
-IMAGE_FACTORY_SETTINGS = ("PROVISIONER_CIDR", "BUILDER_VPC_ID", "BUILDER_VPC_CIDR", "POLL_INTERVAL")
+IMAGE_FACTORY_SETTINGS = ("PROVISIONER_CIDR", "BUILDER_VPC_ID", "BUILDER_VPC_CIDR", "POLL_INTERVAL", "SBOM_BUCKET")
 WORKER_READY = "ready."
 
 

@@ -22,6 +22,7 @@ from localcloud.chain import (
     made_id,
     parse_xml,
     query_error,
+    s3_error,
     xml_bytes,
 )
 
@@ -141,6 +142,8 @@ class Deny(Hook):
         message = f"You are not authorized to perform this operation ({call.name}: denied by the local cloud's config)."
         if call.service == "ec2":
             return ec2_error(403, "UnauthorizedOperation", message)
+        if call.service == "s3":  # S3's REST protocol
+            return s3_error(403, "AccessDenied", message)
         if not call.json_protocol:  # Auto Scaling, SNS: the query protocol's error document
             return query_error(403, "AccessDenied", message)
         return json_error(400, "AccessDeniedException", message)

@@ -29,6 +29,7 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.inventory import builder_resources
+from image_factory.sbom import IAM_ACTIONS
 from image_factory.spec import load_spec
 from image_factory.steps.image import find as find_images
 from localcloud.runner import airflow_env, run_dag
@@ -282,8 +283,10 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
     policy = json.loads((PROJECT / "include" / "iam" / "image-factory-policy.json").read_text())
     granted = {action for statement in policy["Statement"] for action in
                ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
-    called = set(shopspinner_run.api_calls)
+    # (S3's calls by their IAM actions: CopyObject needs GetObject and PutObject.)
+    called = {action for call in shopspinner_run.api_calls for action in IAM_ACTIONS.get(call, (call,))}
     assert {"ec2:RunInstances", "ec2:CreateImage", "ec2:TerminateInstances", "ssm:PutParameter"} <= called
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= called  # (the SBOM)
     assert called - granted == set(), "the build calls actions the policy does not grant"
     in_code = actions_in_code(PROJECT / "plugins")
     # Implied: tagging in a create call needs ec2:CreateTags; PutParameter with Tags needs ssm:AddTagsToResource.
@@ -292,23 +295,24 @@ def test_the_iam_policy_grants_what_the_build_calls_and_nothing_the_project_neve
 
 
 def actions_in_code(folder: Path) -> set[str]:
-    """Every EC2, SSM, SNS and Auto Scaling action the code can call: client methods, the calls a wait makes after
-    its state (``FollowUp("ec2", "create_image", {...})``, and ``("delete_subnet", {...})`` as the deletions of
-    resources.py are written), the waiters' operations (boto3's and the project's own), and the provider's SNS
-    notifier (sns:Publish)."""
+    """Every EC2, SSM, SNS, Auto Scaling and S3 action (S3's by its IAM actions) the code can call: client
+    methods, the calls a wait makes after its state (``FollowUp("ec2", "create_image", {...})``, and
+    ``("delete_subnet", {...})`` as the deletions of resources.py are written), the waiters' operations (boto3's
+    and the project's own), and the provider's SNS notifier (sns:Publish)."""
     from image_factory.waits.polls import WAITERS
 
     clients = {service: boto3.client(service, region_name="eu-west-1", aws_access_key_id="x",
                                      aws_secret_access_key="x")  # noqa: S106
-               for service in ("ec2", "ssm", "sns", "autoscaling")}
+               for service in ("ec2", "ssm", "sns", "autoscaling", "s3")}
     actions = set()
     for path in folder.rglob("*.py"):
         text = path.read_text()
         if re.search(r"\bSnsNotifier\(", text):  # (its hook's publish_to_target calls Publish)
             actions.add("sns:Publish")
-        for service, method in re.findall(r"\b(ec2|ssm|sns|autoscaling)\.([a-z_]+)\(", text):
+        for service, method in re.findall(r"\b(ec2|ssm|sns|autoscaling|s3)\.([a-z_]+)\(", text):
             if method not in ("get_waiter", "get_paginator"):
-                actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
+                call = f"{service}:{clients[service].meta.method_to_api_mapping[method]}"
+                actions.update(IAM_ACTIONS.get(call, (call,)))
         for service, method in re.findall(r'\b(ec2|ssm)\.get_paginator\("(\w+)"\)', text):
             actions.add(f"{service}:{clients[service].meta.method_to_api_mapping[method]}")
         for service, method in re.findall(r'\ball_items\((ec2|ssm), "(\w+)"', text):  # (aws.all_items: pages)
@@ -436,6 +440,98 @@ def test_a_successful_build_emits_an_image_asset_event(shopspinner_run, ec2):
     build_id = build_id_for("shopspinner-linux-image", shopspinner_run.run_id)
     assert extra["image_id"] == find_images(ec2, build_id)[0]["ImageId"]
     assert extra["region"] == "eu-west-1"
+
+
+def test_the_image_has_an_sbom_of_its_packages_that_find_package_searches(shopspinner_run, local_cloud,
+                                                                          airflow_home, ec2, ssm, tmp_path, capfd):
+    """The SBOM lists the package the role installed at the version dpkg-query shows on an instance of the image,
+    and validates against CycloneDX 1.6 (the library's own validator); find-package finds the image by it, and
+    not an image without it (a build of the bare origin), with Debian's ordering for --below."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+
+    from image_factory import sbom
+    from localcloud.cloud import SBOM_BUCKET
+    from tests.test_cli import cli_env, run_cli
+
+    name = "shopspinner-linux-image"
+    build_id = build_id_for(name, shopspinner_run.run_id)
+    [image] = find_images(ec2, build_id)
+    image_id, tags = image["ImageId"], tag_dict(image["Tags"])
+    uri = tags[sbom.TAG_SBOM]
+    assert uri == f"s3://{SBOM_BUCKET}/sboms/{name}/{image_id}.cdx.json"
+    s3 = s3_client(local_cloud)
+    text = sbom.read(s3, uri)
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    document = json.loads(text)
+    assert document["specVersion"] == "1.6" and document["metadata"]["component"]["type"] == "operating-system"
+    assert document["metadata"]["component"]["name"] == "debian"
+    assert {p["name"]: p["value"] for p in document["metadata"]["properties"]} == {
+        "image-factory:spec": name, "image-factory:spec-hash": tags[TAG_SPEC_HASH],
+        "image-factory:build-id": build_id, "image-factory:server-role": "appserver",
+        "image-factory:origin-ami": tags[TAG_ORIGIN]}
+    packages = {p.name: p for p in sbom.packages_in(document)}
+    assert int(tags[sbom.TAG_SBOM_PACKAGES]) == len(document["components"]) == len(packages) > 100
+    # (Moved to the image's key: nothing is left under the build's.)
+    assert s3.list_objects_v2(Bucket=SBOM_BUCKET, Prefix=sbom.build_key(name, build_id))["KeyCount"] == 0
+
+    # What dpkg-query shows on a fresh instance of the image.
+    capfd.readouterr()
+    assert local_cloud.shell(image_id, command=["dpkg-query -W -f '=${Version}=${Architecture}=' nginx-light"]) == 0
+    version, arch = re.search(r"=(\S+)=(\S+)=", capfd.readouterr().out).groups()
+    assert (packages["nginx-light"].version, packages["nginx-light"].arch) == (version, arch)
+    [component] = [c for c in document["components"] if c["name"] == "nginx-light"]
+    assert PackageURL.from_string(component["purl"]).to_dict() == {
+        "type": "deb", "namespace": "debian", "name": "nginx-light", "version": version,
+        "qualifiers": {"arch": arch, "distro": "debian-12"}, "subpath": None}
+
+    # An image without it: a build of the origin as it is (no role); its SBOM has the base, not nginx.
+    plain = "sbom-plain-image"
+    write_spec(tmp_path / "specs", plain, f"""\
+        image:
+          name: {plain}
+          origin: resolve:ssm:{AL2023}
+          region: eu-west-1
+          subnet: ${{IMAGE_BUILDER_SUBNET_ID}}
+          ssh_key: ${{IMAGE_BUILDER_SSH_KEY}}
+        """)
+    result = run_dag(plain, airflow_env(local_cloud, airflow_home, specs_folder=str(tmp_path / "specs")))
+    [other] = find_images(ec2, build_id_for(plain, result.run_id)) if result.succeeded else [None]
+    try:
+        assert result.succeeded, result.output[-5000:]
+        env = cli_env(AIRFLOW_CONN_AWS_DEFAULT=local_cloud.env()["AIRFLOW_CONN_AWS_DEFAULT"])
+
+        def found(*arguments: str) -> dict[str, list[str]]:
+            answer = run_cli("find-package", *arguments, "--region", "eu-west-1", env=env)
+            assert answer.returncode in (0, 1), answer.stderr
+            return {row.split()[0]: row.split()[1:] for row in answer.stdout.splitlines()[1:]
+                    if row.startswith("ami-")}
+
+        hits = found("nginx-light")
+        assert hits[image_id] == [name, image["CreationDate"], version, "latest"]
+        assert other["ImageId"] not in hits
+        assert found("nginx-light", "--spec", plain) == {}
+        assert other["ImageId"] in found("libc6", "--spec", plain)  # (the base's packages: it is there)
+        # Debian's ordering: an epoch outweighs any version without one; a tilde sorts before the release.
+        assert image_id in found("nginx-light", "--below", "1:0")
+        assert image_id not in found("nginx-light", "--below", version)
+        assert image_id not in found("nginx-light", "--below", f"{version}~rc1")
+        assert image_id in found("nginx-light", "--below", f"{version}+b1")
+        shown = run_cli("sbom", image_id, "--region", "eu-west-1", env=env)
+        assert shown.returncode == 0 and json.loads(shown.stdout) == document
+    finally:
+        if other is not None:
+            s3.delete_object(Bucket=SBOM_BUCKET, Key=sbom.key_of(plain, other["ImageId"]))
+            ec2.deregister_image(ImageId=other["ImageId"], DeleteAssociatedSnapshots=True)
+
+
+def s3_client(local_cloud):
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=local_cloud.endpoint, region_name="eu-west-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing",  # noqa: S106 emulator
+                        config=Config(s3={"addressing_style": "path"}))
 
 
 def test_a_failing_launch_fails_the_run_still_tears_down_and_leaves_nothing(local_cloud, airflow_home, ec2, ssm):

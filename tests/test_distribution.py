@@ -27,7 +27,9 @@ from image_factory.build import (
     tag_dict,
 )
 from image_factory.inventory import builder_resources
+from image_factory.sbom import IAM_ACTIONS, TAG_SBOM
 from image_factory.steps.image import find as find_images
+from localcloud.cloud import SBOM_BUCKET
 from localcloud.runner import airflow_env, migrate, run_dag
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -187,7 +189,8 @@ def test_the_iam_policy_grants_what_distribution_calls(runs):
                ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])}
     assert {"ec2:CopyImage", "ec2:ModifyImageAttribute", "ec2:ModifySnapshotAttribute"} <= set(calls)
     assert calls["ec2:CopyImage"] == 3  # two copies of one build (its retry made none), one of the other
-    assert set(calls) - granted == set()
+    # (S3's calls by their IAM actions: CopyObject needs GetObject and PutObject.)
+    assert {action for call in calls for action in IAM_ACTIONS.get(call, (call,))} - granted == set()
 
 
 def test_the_command_line_shows_a_copy_its_source_and_its_channel(runs, local_cloud):
@@ -198,6 +201,9 @@ def test_the_command_line_shows_a_copy_its_source_and_its_channel(runs, local_cl
     build_id = build_id_for(NAME, distributed.run_id)
     [original] = find_images(client(local_cloud, "ec2", OWN), build_id)
     [copy] = find_images(client(local_cloud, "ec2", "eu-central-1"), build_id)
+    # The copy points to its original's SBOM (distribution copies tags): one document for both.
+    assert tag_dict(copy["Tags"])[TAG_SBOM] == tag_dict(original["Tags"])[TAG_SBOM] == (
+        f"s3://{SBOM_BUCKET}/sboms/{NAME}/{original['ImageId']}.cdx.json")
     env = cli_env(AIRFLOW_CONN_AWS_DEFAULT=local_cloud.env()["AIRFLOW_CONN_AWS_DEFAULT"])
     listed = run_cli("list", NAME, "--region", "eu-central-1", env=env)
     assert listed.returncode == 0, listed.stderr

@@ -142,10 +142,13 @@ def test_the_statements_of_each_action_together_grant_every_resource_it_requires
         resources = [r for s in policy["Statement"] if s["Effect"] == "Allow" and action in _list(s["Action"])
                      for r in _list(s["Resource"])]
         for kind in required:
-            # (An SNS topic's ARN has no resource type in it: arn:aws:sns:REGION:ACCOUNT:NAME.)
+            # (An SNS topic's ARN has no resource type in it: arn:aws:sns:REGION:ACCOUNT:NAME; nor has an S3
+            # object's: arn:aws:s3:::BUCKET/KEY.)
             # (An Auto Scaling group's ARN: ...:autoScalingGroup:UUID:autoScalingGroupName/NAME.)
             if not any(r == "*" or r.split(":", 5)[-1].startswith((f"{kind}/", f"{kind}:"))
-                       or ((service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:")) for r in resources):
+                       or ((service, kind) == ("sns", "topic") and r.startswith("arn:aws:sns:"))
+                       or ((service, kind) == ("s3", "object") and r.startswith("arn:aws:s3:::") and "/" in r)
+                       for r in resources):
                 missing.append((action, kind))
     assert missing == []
 
@@ -356,3 +359,15 @@ def test_deleting_and_changing_only_what_the_builds_tagged(policy):
                    "ec2:DeleteKeyPair", "ec2:DeleteSubnet", "ec2:DeleteVpc", "ec2:StopInstances"):
         assert not allowed(policy, action, "arn:aws:ec2:eu-west-1:111122223333:anything/x-1"), action
         assert allowed(policy, action, "arn:aws:ec2:eu-west-1:111122223333:anything/x-1", TAGGED), action
+
+
+def test_sboms_only_written_read_and_deleted_under_sboms(policy):
+    """The SBOMs (sbom.py): objects under sboms/ of a bucket, nothing else of S3: no listing, no bucket
+    settings, no other key."""
+    s3 = [s for s in policy["Statement"] if any(a.startswith("s3:") for a in _list(s["Action"]))]
+    assert [sorted(_list(s["Action"])) for s in s3] == [["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]]
+    for action in ("s3:PutObject", "s3:GetObject", "s3:DeleteObject"):
+        assert allowed(policy, action, "arn:aws:s3:::image-factory-sboms/sboms/web/ami-0123.cdx.json")
+        assert not allowed(policy, action, "arn:aws:s3:::image-factory-sboms/other/key")
+    for action in ("s3:ListBucket", "s3:PutBucketPolicy", "s3:PutObjectAcl", "s3:CreateBucket"):
+        assert not allowed(policy, action, "arn:aws:s3:::image-factory-sboms")

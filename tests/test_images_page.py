@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
+from image_factory import sbom
 from image_factory.build import (
     TAG_BUILD,
     TAG_COMPLETE,
@@ -32,6 +33,8 @@ from image_factory.build import (
     TAG_TESTS_PASSED,
 )
 from image_factory.spec import Retention, channel_parameter
+from localcloud.cloud import SBOM_BUCKET
+from tests.test_build_e2e import s3_client
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 SUFFIX = uuid.uuid4().hex[:6]
@@ -133,8 +136,19 @@ def images(local_cloud, ec2, ssm):
         parameters.append(parameter)
         ec2.modify_image_attribute(ImageId=promoted, LaunchPermission={"Add": [{"UserId": SHARED_WITH}]})
         ec2.enable_image_deprecation(ImageId=made["untested"], DeprecateAt=now + timedelta(days=3))
+        # The promoted image's SBOM, as a build stores and tags it; a tag pointing elsewhere on another.
+        os_release, packages = sbom.parse("ID=debian\nVERSION_ID=12\n#dpkg\nii \tnginx-light\t1.22.1-9\tamd64\n"
+                                          "ii \tlibc6\t2.36-9\tamd64\n#rpm\n")
+        s3 = s3_client(local_cloud)
+        key = sbom.key_of(KEPT, promoted)
+        sbom.store(s3, SBOM_BUCKET, key, sbom.document(os_release, packages, {"spec": KEPT}))
+        ec2.create_tags(Resources=[promoted], Tags=[{"Key": sbom.TAG_SBOM, "Value": sbom.s3_uri(SBOM_BUCKET, key)},
+                                                    {"Key": sbom.TAG_SBOM_PACKAGES, "Value": "2"}])
+        ec2.create_tags(Resources=[made["recent"]], Tags=[{"Key": sbom.TAG_SBOM,
+                                                           "Value": f"s3://{SBOM_BUCKET}/elsewhere/secret"}])
         yield made
     finally:
+        s3_client(local_cloud).delete_object(Bucket=SBOM_BUCKET, Key=sbom.key_of(KEPT, made.get("promoted", "-")))
         for parameter in parameters:
             ssm.delete_parameter(Name=parameter)
         for image_id in made.values():
@@ -242,6 +256,34 @@ def test_every_image_per_spec_and_region_with_what_a_person_needs(client, images
     assert shown.links[images["promoted"]]["DAG run"] == f"/dags/{KEPT}/runs/{quote(run_id, safe='')}"
     # On the local cloud the console link opens the emulator's dashboard (as the tasks' Image links do).
     assert shown.links[images["promoted"]]["console"] == f"{local_cloud.endpoint}/moto-api/"
+
+
+def test_each_image_links_its_sbom_with_its_package_count_served_to_those_who_may_see_the_page(client, images):
+    shown = page(client)
+    assert re.search(r"SBOM\s+\(2 packages\)", shown.rows[images["promoted"]]["links"])
+    assert "SBOM" not in shown.rows[images["failed"]]["links"]
+    link = shown.links[images["promoted"]]["SBOM"]
+    assert link == f"sbom?region=eu-west-1&image={images['promoted']}"
+    url = f"/image-factory/{link}"
+    viewer = {"Authorization": f"Bearer {token('viewer')}"}
+    answer = client.get(url, headers=viewer)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/vnd.cyclonedx+json"
+    document = answer.json()
+    assert document["specVersion"] == "1.6"
+    assert sorted(c["purl"] for c in document["components"]) == [
+        "pkg:deb/debian/libc6@2.36-9?arch=amd64&distro=debian-12",
+        "pkg:deb/debian/nginx-light@1.22.1-9?arch=amd64&distro=debian-12"]
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers={"Authorization": f"Bearer {token(None)}"}).status_code == 403
+    # No SBOM; a tag pointing at another object is not followed; no such image; not an image id at all.
+    assert client.get(f"/image-factory/sbom?region=eu-west-1&image={images['failed']}", headers=viewer
+                      ).status_code == 404
+    refused = client.get(f"/image-factory/sbom?region=eu-west-1&image={images['recent']}", headers=viewer)
+    assert refused.status_code == 409 and "elsewhere/secret" in refused.json()["detail"]
+    assert client.get("/image-factory/sbom?region=eu-west-1&image=ami-0000000000", headers=viewer
+                      ).status_code == 404
+    assert client.get("/image-factory/sbom?region=eu-west-1&image=../etc", headers=viewer).status_code == 422
 
 
 def test_filters_by_spec_and_status(client, images):

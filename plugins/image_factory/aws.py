@@ -123,6 +123,17 @@ class Clients:
         hook.__dict__["conn_config"] = self._ec2_hook.conn_config
         return hook.conn
 
+    @functools.cached_property
+    def s3(self) -> Any:
+        """An S3 client of the connection (the SBOMs, sbom.py); path-style addressing on an emulator, whose
+        endpoint has no bucket subdomains."""
+        from botocore.config import Config
+
+        config = retry_config().merge(Config(s3={"addressing_style": "path"})) if self.emulated else None
+        hook = self._hook(client_type="s3", **({"config": config} if config else {}))
+        hook.__dict__["conn_config"] = self._ec2_hook.conn_config
+        return hook.conn
+
     @property
     def emulated(self) -> bool:
         """True when the connection points at an endpoint of its own (an emulator), not at AWS."""

@@ -111,6 +111,13 @@ class ImageRow:
     def run_id(self) -> str:
         return self.tags.get(TAG_RUN, "")
 
+    @property
+    def sbom_packages(self) -> str:
+        """How many packages its SBOM lists (``""``: it has no SBOM)."""
+        from image_factory.sbom import TAG_SBOM, TAG_SBOM_PACKAGES
+
+        return self.tags.get(TAG_SBOM_PACKAGES, "?") if TAG_SBOM in self.tags else ""
+
 
 @dataclass
 class Catalog:

@@ -237,6 +237,13 @@ def schema() -> int:
     return OK
 
 
+def _sbom():
+    _quiet_airflow()
+    from image_factory import sbom
+
+    return sbom
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
         prog="image-factory", description="Check spec files, show what a build will do, list a spec's images.")
@@ -276,6 +283,27 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--region", help="default: the connection's")
     command.add_argument("--aws-conn-id", help="default: aws_default")
     command.set_defaults(run=lambda a: show(a.image, a.region, a.aws_conn_id))
+
+    command = commands.add_parser("sbom", help="print an image's SBOM (CycloneDX JSON)",
+                                  description="Print the CycloneDX SBOM that IMAGE's image-factory:sbom tag "
+                                              "points to: its operating system and every package.")
+    command.add_argument("image", metavar="AMI", help="an AMI id")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: _sbom().print_sbom(a.image, a.region, a.aws_conn_id))
+
+    command = commands.add_parser("find-package", help="list the images whose SBOM has a package",
+                                  description="List every image with an SBOM that has package NAME (below "
+                                              "VERSION in the package format's own ordering, with --below), "
+                                              "newest first, with the version found and the channels naming "
+                                              "each image. Exit 1 when no image has it.")
+    command.add_argument("name", metavar="NAME", help="a package name, as the package database writes it")
+    command.add_argument("--below", metavar="VERSION", help="only versions before this one (Debian's ordering)")
+    command.add_argument("--spec", help="only the images of this spec")
+    command.add_argument("--region", help="default: the connection's")
+    command.add_argument("--aws-conn-id", help="default: aws_default")
+    command.set_defaults(run=lambda a: _sbom().print_find_package(a.name, a.below, a.spec, a.region,
+                                                                   a.aws_conn_id))
 
     from image_factory import revocation_cli
 

@@ -6,6 +6,9 @@
 own authentication, as the REST API does: the UI's session cookie or a bearer token from ``POST /auth/token``;
 without one the answer is 401. A user sees the images of the specs whose DAG they may read. Every value shown
 is escaped: tags are anyone's to write.
+
+``GET /image-factory/sbom?region=&image=`` answers an image's SBOM (sbom.py), to the same users: those who may
+read the DAG of the image's spec.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from image_factory import catalog as catalog_module
 from image_factory.catalog import STATUSES, Catalog, ImageRow
 
 URL_PREFIX = "/image-factory"
 PATH = "/images"
+SBOM_PATH = "/sbom"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 
@@ -69,6 +73,39 @@ def images(request: Request, user: GetUserDep, spec: str = "", status: str = "",
         "Cache-Control": "no-store"})
 
 
+@app.get(SBOM_PATH, dependencies=[Depends(requires_access_dag("GET"))])
+def image_sbom(user: GetUserDep, region: str = Query(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$"),
+               image: str = Query(pattern=r"^ami-[0-9a-f]+$")) -> Response:
+    """An image's SBOM (the document its image-factory:sbom tag points to), for a user who may read the DAG of
+    the image's spec."""
+    from image_factory import aws, sbom
+    from image_factory.build import TAG_SPEC, tag_dict
+
+    loaded, _ = _read_specs()
+    conn_ids = {s.image.aws_conn_id for s in loaded} or {"aws_default"}
+    for conn_id in sorted(conn_ids):
+        clients = aws.clients(conn_id, region)
+        found = clients.ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [image]}])[
+            "Images"]
+        if not found:
+            continue
+        tags = tag_dict(found[0].get("Tags"))
+        if not get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=tags.get(TAG_SPEC, "")),
+                                                    user=user):
+            raise HTTPException(403, "you may not read the DAG of this image's spec")
+        try:
+            uri = sbom.uri_of(tags)
+        except sbom.SbomError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if uri is None:
+            raise HTTPException(404, f"image {image} has no SBOM")
+        return Response(sbom.read(clients.s3, uri), media_type="application/vnd.cyclonedx+json",
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                                 "Content-Security-Policy": "default-src 'none'; sandbox",
+                                 "Content-Disposition": f'inline; filename="{image}.cdx.json"'})
+    raise HTTPException(404, f"no image {image} in {region}")
+
+
 # --- the HTML ---------------------------------------------------------------------------------------------
 
 e = functools.partial(html.escape, quote=True)
@@ -88,8 +125,8 @@ table { border-collapse: collapse; width: 100%; margin-bottom: 8px; table-layout
 th, td { text-align: left; vertical-align: top; padding: 6px 8px; border-bottom: 1px solid #e4e7eb; }
 th { font-size: 12px; color: #52606d; background: #f5f7fa; white-space: nowrap; }
 tbody tr:hover { background: #fafbfc; }
-code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, monospace; white-space: nowrap; }
-td { overflow-wrap: break-word; }
+code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, monospace; }
+td { overflow-wrap: anywhere; }
 .name { color: #7b8794; font-size: 12px; word-break: break-all; }
 .badge { display: inline-block; font-size: 11.5px; padding: 0 7px; border-radius: 9px; margin: 2px 3px 0 0;
          background: #e4e7eb; color: #323f4b; white-space: nowrap; }
@@ -161,6 +198,10 @@ def _row(row: ImageRow, airflow_root: str) -> str:
     if row.run_id:
         run_url = f"{airflow_root}/dags/{quote(row.spec, safe='')}/runs/{quote(row.run_id, safe='')}"
         links.append(f'<a href="{e(run_url)}" data-airflow title="{e(row.run_id)}">DAG run</a>')
+    if row.sbom_packages:
+        sbom_url = f"sbom?{urlencode({'region': row.region, 'image': row.image_id})}"
+        links.append(f'<a href="{e(sbom_url)}" target="_blank" rel="noopener noreferrer">SBOM</a> '
+                     f'<span class="muted">({e(row.sbom_packages)} packages)</span>')
     if row.console_url:
         links.append(f'<a href="{e(row.console_url)}" target="_blank" rel="noopener noreferrer">console</a>')
     cells = [image, e(row.created), f"<code>{e(row.origin)}</code>", e(row.role), tests_cell, channels, shared,

@@ -63,6 +63,8 @@ class Settings:
     channel_prefix: str = "/image-factory"
     #: The SNS topic of the specs without a topic of their own (notify.py); empty: those send nothing.
     sns_topic_arn: str = ""
+    #: The S3 bucket of the images' SBOMs (sbom.py: ``sboms/<spec>/<image id>.cdx.json``); empty: no SBOMs.
+    sbom_bucket: str = ""
 
     def default_topic(self) -> str:
         """``sns_topic_arn``, checked: an SNS topic's ARN, or empty."""

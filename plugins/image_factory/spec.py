@@ -691,6 +691,9 @@ class ImageSpec(_Strict):
         default=None, description="After a promotion, per channel: a new version of launch templates naming the "
                                   "image, and instance refreshes of Auto Scaling groups, followed to their end "
                                   "(task roll_out); absent: nothing is rolled out.")
+    sbom: bool = Field(default=True, description="Write the image's CycloneDX SBOM (its operating system and "
+                                                 "every package) to the deployment's [image_factory] sbom_bucket, "
+                                                 "tagged on the image (image-factory:sbom); false: none.")
     deadline_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60,
                                          description="A build still running this many minutes after it was "
                                                      "queued is reported (notify event `deadline`; Airflow's "

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from airflow.sdk import Variable, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException
 
-from image_factory import aws, host_keys, keep, links, notify, parameters, remote, settings, tools
+from image_factory import aws, host_keys, keep, links, notify, parameters, remote, sbom, settings, tools
 from image_factory.assets import channel_asset, image_asset
 from image_factory.build import TAG_BUILD, TAG_SPEC, Build, build_id_for, tag_dict
 from image_factory.errors import PermanentError
@@ -149,6 +149,9 @@ def create_builder_network(task: BuildTask) -> dict:
             rollout.check(clients_in(region).ec2, clients_in(region).autoscaling, build.spec.name,
                           build.spec.rollout, region)
             log.info("rollout: launch templates and Auto Scaling groups ready in %s", region)
+    if bucket := _sbom_bucket(task, build):
+        sbom.check_bucket(c.s3, bucket, build.spec.name)
+        log.info("sbom: bucket %s is there and may be written", bucket)
     origin_image = origin.describe_origin(c.ec2, c.ssm, build.spec.origin, build.region)
     network = infrastructure.create(c.ec2, c.ssm, build)
     log.info("builder network ready: %s", network.outputs())
@@ -181,11 +184,39 @@ def configure(task: BuildTask, network: dict, launched: dict) -> dict:
     build = task.build(network)
     c = task.clients(build)
     instance_id = launched["instance_id"]
+    hook = None
     if build.spec.configure is None:
         log.info("the spec has no configure section: the image is a copy of its origin")
     else:
-        _apply_role(task, build, c, launched)
-    return {"stop_requested_at": instance.request_stop(c.ec2, instance_id)}
+        hook = _apply_role(task, build, c, launched)
+    written = None
+    if bucket := _sbom_bucket(task, build):
+        # The last look at the instance: the SBOM is read now and stored under the build id (sbom.py).
+        hook = hook or _ssh(task, build, c, launched)[0]
+        written = _write_sbom(task, build, c, bucket, hook, network["origin_ami"])
+    return {"stop_requested_at": instance.request_stop(c.ec2, instance_id), "sbom": written}
+
+
+def _sbom_bucket(task: BuildTask, build: Build) -> str:
+    """The bucket of this build's SBOM; empty: the spec turned SBOMs off, or the deployment set no bucket."""
+    if not task.loaded.image.sbom:
+        return ""
+    if not build.settings.sbom_bucket:
+        log.info("sbom: none ([image_factory] sbom_bucket is not set)")
+    return build.settings.sbom_bucket
+
+
+def _write_sbom(task: BuildTask, build: Build, c: aws.Clients, bucket: str, hook, origin_ami: str) -> dict:
+    """XCom gets the key and the count, never the document."""
+    os_release, packages = sbom.read_instance(hook)
+    role = build.spec.configure.server_role if build.spec.configure else ""
+    text = sbom.document(os_release, packages, {"spec": build.spec.name, "spec-hash": build.spec_hash,
+                                                "build-id": build.build_id, "server-role": role or "-",
+                                                "origin-ami": origin_ami})
+    key = sbom.build_key(build.spec.name, build.build_id)
+    sbom.store(c.s3, bucket, key, text)
+    log.info("sbom: %d packages of %s", len(packages), remote.printable(os_release.get("PRETTY_NAME", "?"), limit=200))
+    return {"bucket": bucket, "key": key, "packages": len(packages)}
 
 
 def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: str = "ssh"):
@@ -217,10 +248,11 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
     return hook, remote.SSHTarget(host, port, user, key, tuple(keys))
 
 
-def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict) -> None:
+def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict):
     hook, target = _ssh(task, build, c, launched)
     lines = tools.apply(hook, build.spec.configure, build, target)
     log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role, len(lines))
+    return hook
 
 
 def register_image(task: BuildTask, network: dict, launched: dict, configured: dict) -> dict:
@@ -232,7 +264,8 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
     described = image.register(c.ec2, build, launched["instance_id"], network["origin_ami"],
                                image.image_name(build, logical), wait=task.wait(build),
                                stop_requested_at=configured["stop_requested_at"], outcome=task.outcome,
-                               origin_lineage=network.get("origin_lineage"))
+                               origin_lineage=network.get("origin_lineage"),
+                               more_tags=_sbom_tags(build, c, configured.get("sbom")))
     # The windows the stop and the image were seen in (the task resumed after their wait).
     windows = dict(task.outcome.windows) if task.outcome else {}
     links.persist(links.ImageLink, task.context, build.region, c.endpoint_url, image_id=described["ImageId"])
@@ -258,6 +291,18 @@ def register_image(task: BuildTask, network: dict, launched: dict, configured: d
     }
     log.info("build summary: %s", summary)
     return summary
+
+
+def _sbom_tags(build: Build, c: aws.Clients, written: dict | None):
+    """Once the image has its id: its SBOM moved to the image's key, and the tags that point to it."""
+    if not written:
+        return None
+
+    def tags(image_id: str) -> dict[str, str]:
+        key = sbom.publish(c.s3, written["bucket"], build.spec.name, build.build_id, image_id)
+        return {sbom.TAG_SBOM: sbom.s3_uri(written["bucket"], key), sbom.TAG_SBOM_PACKAGES: str(written["packages"])}
+
+    return tags
 
 
 class TestsFailed(PermanentError):
@@ -421,6 +466,11 @@ def tear_down(task: BuildTask) -> list[str]:
         clients_in = task.clients_in(build)
         removed += distribution.remove_incomplete(lambda region: clients_in(region).ec2,
                                                   build.spec.distribute.regions, build.build_id)
+    # No image to be the SBOM of: the build's document goes too (before the wait for the instances: the task may
+    # end in the triggerer).
+    written = (task.pull(CONFIGURE) or {}).get("sbom")
+    if written and task.pull(REGISTER) is None:
+        sbom.discard(c.s3, written["bucket"], written["key"])
     removed = teardown_step.tear_down(c.ec2, c.ssm, build.build_id, schedule, wait=task.wait(build),
                                       removed_before=removed, keeping=_keeping(task, build),
                                       record=record, image_complete=task.pull(REGISTER) is not None,

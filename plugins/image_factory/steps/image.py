@@ -7,6 +7,7 @@ that lacks the mark is half-made: registration failures and teardown deregister 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from image_factory.build import (
     TAG_BUILD,
@@ -62,10 +63,11 @@ def named(name: str) -> dict:
 
 def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wait: Waiter = blocking,
              stop_requested_at: float | None = None, outcome: WaitOutcome | None = None,
-             origin_lineage: dict | None = None) -> dict:
+             origin_lineage: dict | None = None, more_tags: Callable[[str], dict[str, str]] | None = None) -> dict:
     """Stop the instance (``stop_requested_at``: configure asked for the stop then already), create the image
     once it is stopped, wait until it is available, tag its snapshots and mark it complete; returns the image
-    as described.
+    as described. ``more_tags``: called with the image's id once it is available; its tags go on with the
+    complete mark.
 
     Stopped, image created, available: one ``wait``, whose follow-up call is CreateImage (:func:`create_image`),
     so that a deferred registration leaves the whole of it to the triggerer (no worker slot while the image is
@@ -109,6 +111,8 @@ def register(ec2, build: Build, instance_id: str, origin_ami: str, name: str, wa
     # The snapshots carry the build's tags from CreateImage on (the IAM policy lets the role tag only what
     # carries them already). The complete mark comes last, on the image and its snapshots in one call: only an
     # image whose registration went through to here is an output of the build.
+    if more_tags is not None:  # (what needs the image's id: its SBOM's address)
+        tags.update(more_tags(image_id))
     tags[TAG_COMPLETE] = "true"
     if build.spec.test is None:
         tags[TAG_TESTS] = "untested"
