@@ -189,12 +189,14 @@ def configure(task: BuildTask, network: dict, launched: dict) -> dict:
         log.info("the spec has no configure section: the image is a copy of its origin")
     else:
         hook = _apply_role(task, build, c, launched)
-    written = None
-    if bucket := _sbom_bucket(task, build):
-        # The last look at the instance: the SBOM is read now and stored under the build id (sbom.py).
+    bucket = _sbom_bucket(task, build)
+    if bucket:  # the last look at the instance: its packages are read now (sbom.py)
         hook = hook or _ssh(task, build, c, launched)[0]
-        written = _write_sbom(task, build, c, bucket, hook, network["origin_ami"])
-    return {"stop_requested_at": instance.request_stop(c.ec2, instance_id), "sbom": written}
+        os_release, packages = sbom.read_instance(hook)
+    stop_requested_at = instance.request_stop(c.ec2, instance_id)
+    # The document is made and stored (under the build id) while the instance stops: off the critical path.
+    written = _write_sbom(build, c, bucket, os_release, packages, network["origin_ami"]) if bucket else None
+    return {"stop_requested_at": stop_requested_at, "sbom": written}
 
 
 def _sbom_bucket(task: BuildTask, build: Build) -> str:
@@ -206,9 +208,9 @@ def _sbom_bucket(task: BuildTask, build: Build) -> str:
     return build.settings.sbom_bucket
 
 
-def _write_sbom(task: BuildTask, build: Build, c: aws.Clients, bucket: str, hook, origin_ami: str) -> dict:
+def _write_sbom(build: Build, c: aws.Clients, bucket: str, os_release: dict[str, str], packages: list,
+                origin_ami: str) -> dict:
     """XCom gets the key and the count, never the document."""
-    os_release, packages = sbom.read_instance(hook)
     role = build.spec.configure.server_role if build.spec.configure else ""
     text = sbom.document(os_release, packages, {"spec": build.spec.name, "spec-hash": build.spec_hash,
                                                 "build-id": build.build_id, "server-role": role or "-",
