@@ -36,7 +36,8 @@ the specs build or distribute in (connection `aws_default`):
 - every channel naming a revoked image moves back to the newest earlier image of its spec that passed its
   tests and is not revoked, in every region at once; with none, the channel is deleted.
 
-The log lists each image revoked and each channel moved or deleted. Builds then refuse a revoked origin;
+The log lists each image revoked and each channel moved or deleted; the specs' SNS topics get one message
+(their `revocation` event). Builds then refuse a revoked origin;
 retention keeps a revoked image `keep_revoked_days`. `bin/image-factory restore AMI` takes a revocation back.
 """
 
@@ -81,6 +82,17 @@ with DAG(
                                    params["descendants"], channel_prefix())
         for line in report.lines():
             log.info("%s", line)
+        notify_revocation(image, reason, by, report)
         return {"revoked": report.revoked, "channels": report.channels}
+
+    def notify_revocation(image: str, reason: str, by: str, report) -> None:
+        """One message to each topic of the revoked images' specs (their notify section's, else the
+        deployment's): the spec's ``revocation`` event."""
+        from image_factory import notify
+        from image_factory.spec import load_specs
+
+        specs, _ = load_specs(settings.specs_folder(DEFAULT_SPECS))
+        notify.notify_revocation([loaded.image for loaded in specs], image, reason, by, report, DEFAULT_CONN_ID,
+                                 settings.load().default_topic())
 
     revoke()

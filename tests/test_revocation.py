@@ -266,10 +266,22 @@ def test_the_revoke_dag_and_a_build_that_refuses_the_revoked_base(lineage, local
     specs = tmp_path / "specs"
     specs.mkdir()
     base = ids["base_new"][HOME]
-    (specs / "rv-webapp.yaml").write_text(_spec_text("rv-webapp", base))
+    # webapp's spec sends its events to a topic (an SQS queue subscribed to it reads them).
+    sns, sqs = _client(local_cloud, "sns", HOME), _client(local_cloud, "sqs", HOME)
+    name = f"revocations-{uuid.uuid4().hex[:8]}"
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    (specs / "rv-webapp.yaml").write_text(_spec_text("rv-webapp", base) + f"  notify: {{sns_topic_arn: {topic}}}\n")
     env = airflow_env(local_cloud, airflow_home, specs_folder=str(specs))
-    run = run_dag("image_factory_revoke", env, conf=json.dumps(
-        {"image": base, "reason": "CVE-2026-0001 in openssl", "descendants": True}))
+    try:
+        run = run_dag("image_factory_revoke", env, conf=json.dumps(
+            {"image": base, "reason": "CVE-2026-0001 in openssl", "descendants": True}))
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    finally:
+        sqs.delete_queue(QueueUrl=queue)
+        sns.delete_topic(TopicArn=topic)
     assert run.succeeded, run.output[-3000:]
     log = run.task_logs["revoke"]
     _assert_revoked(made, ids, "airflow:dag_test")  # (airflow dags test's triggering user)
@@ -277,6 +289,11 @@ def test_the_revoke_dag_and_a_build_that_refuses_the_revoked_base(lineage, local
         for region, image_id in ids[key].items():
             assert f"revoked {image_id} " in log and region in log
     assert "channel rv-api/latest deleted" in log and f"channel rv-base/latest: {HOME} {base}" in log
+    # One message (the only spec of the folder with a topic is webapp, one of the revoked): who, why, what.
+    [message] = messages.get("Messages", [])
+    assert message["Body"].startswith(f"{base} is revoked by airflow:dag_test: CVE-2026-0001 in openssl")
+    assert f"revoked {ids['web_new'][HOME]} (rv-webapp) in {HOME}" in message["Body"]
+    assert "channel rv-api/latest deleted" in message["Body"]
 
     build = run_dag("rv-webapp", env)
     assert build.state == "failed"

@@ -23,12 +23,13 @@ requests, the images are read by :mod:`image_factory.catalog`.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from image_factory import keep, parameters
+from image_factory import keep, parameters, revocation
 from image_factory.errors import PermanentError
 from image_factory.spec import (
     IMAGE_NAME,
@@ -244,6 +245,118 @@ def _sbom():
     return sbom
 
 
+def _regions(given: str | None) -> list[str]:
+    regions = [r.strip() for r in given.split(",") if r.strip()] if given else revocation.spec_regions(_specs_folder())
+    if not regions:
+        raise UsageError("no region: give --regions (no spec in the specs folder names one)")
+    return regions
+
+
+def _clients(conn_id: str):
+    from image_factory import aws
+
+    made = functools.cache(lambda region: aws.clients(conn_id, region))
+    return (lambda region: made(region).ec2), (lambda region: made(region).ssm), made
+
+
+def _run(what: str, action) -> int:
+    try:
+        report = action()
+    except revocation.RevocationError as exc:
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # the connection, the credentials or a refused call
+        raise Failure(f"{what}: {type(exc).__name__}: {exc}") from None
+    for line in report.lines():
+        print(line)
+    return OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    _quiet_airflow()
+    from image_factory.spec import channel_prefix
+
+    regions = _regions(args.regions)
+    ec2_in, ssm_in, made = _clients(args.aws_conn_id)
+
+    def action():
+        revocation.check_image_id(args.image)
+        revocation.check_reason(args.reason)
+        # Who: the caller's identity (STS GetCallerIdentity needs no permission).
+        by = made(regions[0]).sts.get_caller_identity()["Arn"]
+        report = revocation.revoke(ec2_in, ssm_in, regions, args.image, args.reason, by,
+                                            args.descendants, channel_prefix())
+        _notify_revocation(args.image, args.reason, by, report, args.aws_conn_id)
+        return report
+
+    return _run(f"cannot revoke {args.image}", action)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    _quiet_airflow()
+    ec2_in, _, _ = _clients(args.aws_conn_id)
+    regions = _regions(args.regions)
+    return _run(f"cannot restore {args.image}", lambda: revocation.restore(ec2_in, regions, args.image))
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    _quiet_airflow()
+    from image_factory.spec import channel_prefix
+
+    ec2_in, ssm_in, _ = _clients(args.aws_conn_id)
+    regions = _regions(args.regions)
+    return _run(f"cannot roll back {args.spec}/{args.channel}", lambda: revocation.rollback(
+        ec2_in, ssm_in, regions, args.spec, args.channel, args.to, channel_prefix()))
+
+
+def _revocation_commands(commands) -> None:
+    """revoke, restore and rollback (revocation.py)."""
+    where = {"--regions": "comma-separated; default: every region the specs of the specs folder build or "
+                          "distribute in",
+             "--aws-conn-id": "default: aws_default"}
+
+    def common(command):
+        command.add_argument("--regions", help=where["--regions"])
+        command.add_argument("--aws-conn-id", default="aws_default", help=where["--aws-conn-id"])
+
+    command = commands.add_parser(
+        "revoke", help="take an image out of use: tagged revoked, deprecated, disabled; its channels moved back",
+        description="Tag IMAGE and its copies in every region image-factory:revoked (time, reason, who), "
+                    "deprecate and disable them (no new instance; running ones keep running), and move every "
+                    "channel naming them back to the newest earlier tested image of the spec (deleted if none).")
+    command.add_argument("image", metavar="IMAGE", help="an AMI id of an Image Factory image")
+    command.add_argument("--reason", required=True, help=f"why (kept in a tag; at most {revocation.MAX_REASON} "
+                                                         "characters)")
+    command.add_argument("--descendants", action="store_true",
+                         help="revoke every image built on it too (its origin-ami, recursively)")
+    common(command)
+    command.set_defaults(run=_revoke)
+
+    command = commands.add_parser("restore", help="take a revocation back (moves no channel)",
+                                  description="Enable IMAGE and its copies again, end their deprecation and "
+                                              "remove the revocation tags. No channel moves: see rollback.")
+    command.add_argument("image", metavar="IMAGE", help="a revoked AMI id")
+    common(command)
+    command.set_defaults(run=_restore)
+
+    command = commands.add_parser("rollback", help="move a channel back, in every region at once",
+                                  description="Move SPEC's CHANNEL, in every region where it exists, to its "
+                                              "previous value (the parameter's history) or to --to's build.")
+    command.add_argument("spec", metavar="SPEC", help="a spec name")
+    command.add_argument("channel", metavar="CHANNEL", help="a channel name (latest, stable, ...)")
+    command.add_argument("--to", metavar="AMI", help="a tested, not revoked image of the spec")
+    common(command)
+    command.set_defaults(run=_rollback)
+
+
+def _notify_revocation(image_id: str, reason: str, by: str, report, aws_conn_id: str) -> None:
+    from image_factory import notify, settings
+    from image_factory.spec import load_specs
+
+    specs, _ = load_specs(_specs_folder())
+    notify.notify_revocation([loaded.image for loaded in specs], image_id, reason, by, report, aws_conn_id,
+                             settings.load().default_topic())
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
         prog="image-factory", description="Check spec files, show what a build will do, list a spec's images.")
@@ -305,9 +418,7 @@ def parser() -> argparse.ArgumentParser:
     command.set_defaults(run=lambda a: _sbom().print_find_package(a.name, a.below, a.spec, a.region,
                                                                    a.aws_conn_id))
 
-    from image_factory import revocation_cli
-
-    revocation_cli.add_commands(commands)  # revoke, restore, rollback
+    _revocation_commands(commands)
     # A failed build's kept instance (keep_on_failure_hours): keep.py.
     command = commands.add_parser("ssh", help="log in to a failed build's kept instance (or run a command on it)",
                                   description="Log in with OpenSSH to the instance a failed build kept "

@@ -1,14 +1,16 @@
 """Notifications: one message to an SNS topic for each event of a spec's builds, sent with the Amazon provider's
 own notifier (``SnsNotifier``) through the spec's AWS connection.
 
-The events (a spec's ``notify.events``, default all four):
+The events (a spec's ``notify.events``, default all five):
 
 * ``failure``: a task of a build failed for good (after its retries): the spec, the run, the task, the last
   lines of its log where the worker's log file can be read (else the error), a link to it in the UI;
 * ``promotion``: channels moved to a tested image: the image, the channels, the regions;
 * ``approval``: a promotion waits for a person: who is asked, a link;
 * ``deadline``: a build still runs ``deadline_minutes`` after it was queued (Airflow's deadline alerts, run by
-  the scheduler; the message is sent from the triggerer).
+  the scheduler; the message is sent from the triggerer);
+* ``revocation``: an image of the spec was revoked (``image-factory revoke`` or the revoke DAG): by whom, why,
+  what was revoked and the channels moved back or deleted.
 
 The topic is the spec's ``notify.sns_topic_arn``, else the deployment's ``[image_factory] sns_topic_arn``; with
 neither, nothing is sent. A message that cannot be sent is logged and never fails the build. The first step of
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,7 +49,7 @@ class NotifyError(PermanentError):
 
 def topic_for(spec: ImageSpec, event: str, deployment_topic: str = "") -> str | None:
     """The topic ``event`` of ``spec``'s builds goes to, or None: the spec's topic, else the deployment's (a spec
-    without a notify section gets all four events there)."""
+    without a notify section gets all five events there)."""
     notify = spec.notify
     if notify is not None and event not in notify.events:
         return None
@@ -190,6 +193,27 @@ def promotion_message(spec_name: str, run_id: str, extra: dict, approved: bool =
     lines += [f"  copy in {region}: {copy}" for region, copy in sorted((extra.get("copies") or {}).items())]
     lines += [f"run: {run_id}", f"link: {run_url(spec_name, run_id)}"]
     return f"Image promoted: {spec_name} to {channels}", "\n".join(lines) + "\n"
+
+
+def revocation_message(image_id: str, reason: str, by: str, report) -> tuple[str, str]:
+    """``report``: revocation.Report (what was revoked, the channels moved back or deleted)."""
+    lines = [f"{image_id} is revoked by {by}: {reason}",
+             "No new instance can be launched from the revoked images; running ones keep running.", "",
+             *report.lines()]
+    return f"Image revoked: {image_id}", "\n".join(lines) + "\n"
+
+
+def notify_revocation(specs: Iterable[ImageSpec], image_id: str, reason: str, by: str, report, aws_conn_id: str,
+                      deployment_topic: str = "") -> int:
+    """One message to each topic the specs of the revoked images send their ``revocation`` event to (a spec no
+    longer in the folder: the deployment's topic); never raises. The number of messages sent."""
+    revoked = {entry["spec"] for entry in report.revoked}
+    known = {spec.name: spec for spec in specs}
+    topics = {topic for name in revoked
+              if (topic := topic_for(known[name], "revocation", deployment_topic) if name in known
+                  else deployment_topic or None)}
+    subject, message = revocation_message(image_id, reason, by, report)
+    return sum(publish(topic, aws_conn_id, subject, message) for topic in sorted(topics))
 
 
 def approval_message(spec_name: str, context) -> tuple[str, str]:

@@ -103,7 +103,7 @@ QUOTE_LENGTH = 80
 SNS_TOPIC_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:sns:[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]:[0-9]{12}:"
                            r"[A-Za-z0-9_-]{1,256}(\.fifo)?\Z")
 #: What a spec's notify section may be told about.
-NOTIFY_EVENTS = ("failure", "promotion", "approval", "deadline")
+NOTIFY_EVENTS = ("failure", "promotion", "approval", "deadline", "revocation")
 #: Instance types a spec may name in its list of fallbacks.
 MAX_INSTANCE_TYPES = 10
 #: Where public AMI parameters are (the only SSM parameters an origin names, besides the factory's channels).
@@ -560,12 +560,13 @@ class Notify(_Strict):
         default=None, description="The topic (arn:aws:sns:<region>:<account>:<name>); absent: the deployment's "
                                   "[image_factory] sns_topic_arn.",
         examples=["arn:aws:sns:eu-west-1:123456789012:image-builds"])
-    events: list[Literal["failure", "promotion", "approval", "deadline"]] = Field(
+    events: list[Literal["failure", "promotion", "approval", "deadline", "revocation"]] = Field(
         default_factory=lambda: list(NOTIFY_EVENTS),
         description="What is sent: `failure` (a failed task of a build: the task, its error, a link), `promotion` "
                     "(channels moved: the image, channels, regions), `approval` (a promotion waiting for a "
-                    "person: who is asked, a link), `deadline` (a build running past `deadline_minutes`). "
-                    "Default: all four.")
+                    "person: who is asked, a link), `deadline` (a build running past `deadline_minutes`), "
+                    "`revocation` (an image of the spec revoked: by whom, why, the channels moved back). "
+                    "Default: all five.")
 
     @field_validator("sns_topic_arn")
     @classmethod
@@ -679,7 +680,7 @@ class ImageSpec(_Strict):
                                                                     "shared with nobody.")
     notify: Notify | None = Field(default=None, description="Messages about the builds to an SNS topic; absent: "
                                                             "to the deployment's [image_factory] sns_topic_arn, if "
-                                                            "set, about all four events.")
+                                                            "set, about all five events.")
     keep_on_failure_hours: int = Field(default=0, ge=0, le=24,
                                        description="When `configure` or `test_image` fails, the instance it ran "
                                                    "on stays this many hours (with its security group, subnet, "
