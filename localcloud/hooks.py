@@ -12,7 +12,18 @@ import time
 from collections import Counter, deque
 from urllib.parse import parse_qs
 
-from localcloud.chain import RESOURCE_ID, Answer, Call, Hook, ec2_error, json_error, made_id, parse_xml, xml_bytes
+from localcloud.chain import (
+    RESOURCE_ID,
+    Answer,
+    Call,
+    Hook,
+    ec2_error,
+    json_error,
+    made_id,
+    parse_params,
+    parse_xml,
+    xml_bytes,
+)
 
 MAX_JOURNAL = 100_000  # calls the journal keeps at most; the oldest are forgotten first
 REDACTED = "<redacted>"
@@ -375,17 +386,17 @@ class Machines(Hook):
 class Journal(Hook):
     """Every AWS API call the front received, in order (throttled and refused ones too): ``GET
     /_localcloud/calls`` is ``[{"call": "ec2:CreateSubnet", "region": "eu-west-1", "params": {...}}, ...]``, the
-    params those of :attr:`Call.params`, with the values of secrets (EC2's ``UserData``, SSM PutParameter's
-    ``Value``, ...) shown ``<redacted>``. ``POST /_localcloud/reset`` clears it."""
+    params those of :func:`localcloud.chain.parse_params`, with the values of secrets (EC2's ``UserData``, SSM
+    PutParameter's ``Value``, ...) shown ``<redacted>``. ``POST /_localcloud/reset`` clears it. A call is kept
+    as it came and parsed when the journal is read: nothing but an append on the way of each call."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.calls: deque[dict] = deque(maxlen=MAX_JOURNAL)
+        self.calls: deque[tuple[str, str, str, str, bytes]] = deque(maxlen=MAX_JOURNAL)
 
     def before(self, call: Call) -> None:
-        entry = {"call": call.name, "region": call.region, "params": redacted(call)}
         with self.lock:
-            self.calls.append(entry)
+            self.calls.append((call.name, call.region, call.path, call.protocol, call.body))
 
     def reset(self) -> None:
         with self.lock:
@@ -395,18 +406,18 @@ class Journal(Hook):
         if (method, name) != ("GET", "calls"):
             return None
         with self.lock:
-            return 200, list(self.calls)
+            calls = list(self.calls)
+        return 200, [{"call": call, "region": region, "params": redacted(call, parse_params(path, protocol, body))}
+                     for call, region, path, protocol, body in calls]
 
 
-def redacted(call: Call) -> dict:
-    """The call's params with the values of secrets replaced."""
-    params = call.params
-    if call.json_protocol:
-        secret = SECRET_PARAMS | {"Value"} if call.name == "ssm:PutParameter" else SECRET_PARAMS
-        return _redacted_json(params, secret) if isinstance(params, dict) else params
-    if not any(part in key for key in params for part in SECRET_PARAMS):  # the common case: nothing to hide
+def redacted(name: str, params: dict) -> dict:
+    """A call's params with the values of secrets replaced."""
+    if not isinstance(params, dict):
         return params
-    return {key: REDACTED if SECRET_PARAMS.intersection(key.split(".")) else value for key, value in params.items()}
+    secret = SECRET_PARAMS | {"Value"} if name == "ssm:PutParameter" else SECRET_PARAMS
+    return {key: REDACTED if secret.intersection(key.split(".")) else _redacted_json(value, secret)
+            for key, value in params.items()}
 
 
 def _redacted_json(document, secret: frozenset[str]):
@@ -415,4 +426,3 @@ def _redacted_json(document, secret: frozenset[str]):
     if isinstance(document, list):
         return [_redacted_json(item, secret) for item in document]
     return document
-

@@ -17,8 +17,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from localcloud.authorized_keys import BUILD_TAG
-from localcloud.cloud import LocalCloud, LocalCloudError
 from localcloud.chain import call_name
+from localcloud.cloud import LocalCloud, LocalCloudError
 
 REGION = "eu-west-1"
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
