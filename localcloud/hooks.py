@@ -27,7 +27,7 @@ from localcloud.chain import (
 
 MAX_JOURNAL = 100_000  # calls the journal keeps at most; the oldest are forgotten first
 REDACTED = "<redacted>"
-#: Parameters whose values the journal never keeps: the secrets a call can carry (a query-protocol parameter's
+#: Parameters whose values the journal never shows: the secrets a call can carry (a query-protocol parameter's
 #: name is matched by each of its dotted parts: ``LaunchSpecification.UserData``).
 SECRET_PARAMS = frozenset({"UserData", "PublicKeyMaterial", "KeyMaterial", "PrivateKey", "Password",
                            "SecretString", "SecretBinary"})
