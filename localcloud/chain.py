@@ -9,6 +9,7 @@ reverse order, so the first hook sees the call first and the answer last. Each h
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -18,31 +19,12 @@ from urllib.parse import parse_qsl, unquote_plus, urlsplit
 from xml.sax.saxutils import escape
 
 CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]*/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
-QUERY_ACTION = re.compile(rb"(?:^|&)Action=([^&]*)")
 
 
 def call_name(method: str, target: str, headers, body: bytes) -> str | None:
-    """``service:Action`` of an AWS API call, or None for a request without an AWS signature.
-
-    The service is the signing name in the SigV4 credential scope (``Credential=AKID/20240101/eu-west-1/ec2/
-    aws4_request``); the action is the query protocol's ``Action`` parameter (EC2) or the JSON protocol's
-    ``X-Amz-Target`` (``AmazonSSM.GetParameter``); S3's REST calls by method and path (:func:`s3_operation`:
-    ``s3:PutObject``, ``s3:HeadBucket``).
-    """
-    scope = _scope(target, headers)
-    if scope is None:
-        return None
-    service = scope.group(2)
-    if service == "s3":
-        return f"s3:{s3_operation(method, target, headers)}"
-    amz_target = headers.get("X-Amz-Target", "")
-    if amz_target:
-        action = amz_target.rpartition(".")[2]
-    else:
-        action = param(urlsplit(target).query.encode(), "Action")
-        if not action and "x-www-form-urlencoded" in headers.get("Content-Type", ""):
-            action = param(body, "Action")
-    return f"{service}:{action or method.upper()}"
+    """``service:Action`` of an AWS API call, or None for a request without an AWS signature (see :meth:`Call.of`)."""
+    call = Call.of(method, target, headers, body)
+    return call.name if call is not None else None
 
 
 def s3_operation(method: str, target: str, headers) -> str:
@@ -60,45 +42,75 @@ def s3_operation(method: str, target: str, headers) -> str:
     return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method, method)
 
 
-def _scope(target: str, headers) -> re.Match | None:
-    scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
-    if scope is None:  # a presigned request carries its credential in the query string
-        query = urlsplit(target).query.encode()
-        scope = CREDENTIAL_SCOPE.search("Credential=" + param(query, "X-Amz-Credential"))
-    return scope
+@functools.cache
+def _param_pattern(name: str) -> re.Pattern:
+    return re.compile(rb"(?:^|&)" + re.escape(name.encode()) + rb"=([^&]*)")
 
 
 def param(data: bytes, name: str) -> str:
     """One parameter of a query string or form body, without parsing the rest."""
-    pattern = QUERY_ACTION if name == "Action" else re.compile(rb"(?:^|&)" + re.escape(name.encode()) + rb"=([^&]*)")
-    match = pattern.search(data)
+    match = _param_pattern(name).search(data)
     return unquote_plus(match.group(1).decode("utf-8", errors="replace")) if match else ""
+
+
+def parse_params(path: str, protocol: str, body: bytes) -> dict:
+    """A call's parameters: a query-protocol call's (``protocol`` "form", or "" for one with its parameters in the
+    query string only) flat query and form parameters (``{"TagSpecification.1.Tag.1.Key": "Name", ...}``, without
+    ``Action`` and ``Version``, which its name and the API tell, nor a presigned request's ``X-Amz-*``), or a
+    JSON-protocol call's (``protocol`` "json") JSON body."""
+    if protocol == "json":
+        try:
+            return json.loads(body or b"{}")
+        except ValueError:
+            return {}
+    pairs = parse_qsl(urlsplit(path).query, keep_blank_values=True)
+    if protocol == "form":
+        pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {key: value for key, value in pairs if key not in ("Action", "Version") and not key.startswith("X-Amz-")}
 
 
 class Call:
     """One AWS API call: ``name`` is ``service:Action``, ``body`` the body as received, ``sent`` the body that goes
-    on to the cloud behind (the same, unless a hook rewrote it with :meth:`rewrite`)."""
+    on to the cloud behind (the same, unless a hook rewrote it with :meth:`rewrite`); ``protocol`` "json" (a JSON
+    protocol's, SSM's), "form" (the query protocol's, EC2's, in a form body), or "" (any other)."""
 
-    __slots__ = ("_params", "action", "body", "headers", "method", "name", "path", "region", "sent", "service")
+    __slots__ = ("_params", "action", "body", "headers", "method", "name", "path", "protocol", "region", "sent",
+                 "service")
 
-    def __init__(self, method: str, path: str, headers, body: bytes, name: str, region: str = ""):
+    def __init__(self, method: str, path: str, headers, body: bytes, name: str, region: str = "",
+                 protocol: str = "form"):
         self.method, self.path, self.headers, self.body, self.sent = method, path, headers, body, body
-        self.name, self.region = name, region
+        self.name, self.region, self.protocol = name, region, protocol
         self.service, _, self.action = name.partition(":")
         self._params: dict | None = None
 
     @classmethod
     def of(cls, method: str, path: str, headers, body: bytes) -> Call | None:
-        """The call a request makes, or None for a request without an AWS signature (moto's own /moto-api/)."""
-        name = call_name(method, path, headers, body)
-        if name is None:
-            return None
-        scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
-        return cls(method, path, headers, body, name, scope.group(1) if scope else "")
+        """The call a request makes, or None for a request without an AWS signature (moto's own /moto-api/).
 
-    @property
-    def json_protocol(self) -> bool:
-        return bool(self.headers.get("X-Amz-Target"))
+        The service is the signing name in the SigV4 credential scope (``Credential=AKID/20240101/eu-west-1/ec2/
+        aws4_request``), the region the scope's; the action is the query protocol's ``Action`` parameter (EC2),
+        the JSON protocol's ``X-Amz-Target`` (``AmazonSSM.GetParameter``), or S3's REST call by method and path
+        (:func:`s3_operation`: ``s3:PutObject``, ``s3:HeadBucket``).
+        """
+        scope = CREDENTIAL_SCOPE.search(headers.get("Authorization", ""))
+        region = scope.group(1) if scope else ""
+        if scope is None:  # a presigned request carries its credential in the query string
+            query = urlsplit(path).query.encode()
+            scope = CREDENTIAL_SCOPE.search("Credential=" + param(query, "X-Amz-Credential"))
+            if scope is None:
+                return None
+        amz_target = headers.get("X-Amz-Target", "")
+        if scope.group(2) == "s3":  # S3's REST protocol: no Action
+            action, protocol = s3_operation(method, path, headers), ""
+        elif amz_target:
+            action, protocol = amz_target.rpartition(".")[2], "json"
+        else:
+            form = "x-www-form-urlencoded" in headers.get("Content-Type", "")
+            action, protocol = param(urlsplit(path).query.encode(), "Action"), "form" if form else ""
+            if not action and form:
+                action = param(body, "Action")
+        return cls(method, path, headers, body, f"{scope.group(2)}:{action or method.upper()}", region, protocol)
 
     def param(self, name: str) -> str:
         """One parameter of a query-protocol call (EC2's): ``call.param("InstanceType")``."""
@@ -106,21 +118,9 @@ class Call:
 
     @property
     def params(self) -> dict:
-        """The call's parameters, parsed once: a query-protocol call's flat query and form parameters
-        (``{"TagSpecification.1.Tag.1.Key": "Name", ...}``, without ``Action`` and ``Version``, which its name and
-        the API tell), or a JSON-protocol call's JSON body."""
+        """The call's parameters (:func:`parse_params`), parsed once."""
         if self._params is None:
-            if self.json_protocol:
-                try:
-                    self._params = json.loads(self.body or b"{}")
-                except ValueError:
-                    self._params = {}
-            else:
-                pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
-                if "x-www-form-urlencoded" in self.headers.get("Content-Type", ""):
-                    pairs += parse_qsl(self.body.decode("utf-8", errors="replace"), keep_blank_values=True)
-                self._params = {key: value for key, value in pairs
-                                if key not in ("Action", "Version") and not key.startswith("X-Amz-")}
+            self._params = parse_params(self.path, self.protocol, self.body)
         return self._params
 
     def rewrite(self, body: bytes) -> None:

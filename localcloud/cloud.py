@@ -1,8 +1,9 @@
 """Start, stop and describe the local cloud. ``python -m localcloud up|down|status|env|stats|shell``.
 
 Processes each in a session of its own and on 127.0.0.1: moto (the AWS emulator, through
-localcloud/moto_server.py so that every VPC is in 198.18.0.0/15) and the front before it (localcloud/proxy.py:
-every AWS client goes through it; it counts API calls and can throttle a share of them).
+localcloud/moto_server.py with the fixes of localcloud/moto_fixes.py, so that every VPC is in 198.18.0.0/15) and
+the front before it (localcloud/proxy.py: every AWS client goes through it; its chain of hooks counts API calls,
+keeps a journal of them and can throttle a share of them).
 
 Two models of the instances:
 

@@ -20,6 +20,7 @@ from localcloud.chain import (
     ec2_error,
     json_error,
     made_id,
+    parse_params,
     parse_xml,
     query_error,
     s3_error,
@@ -28,7 +29,7 @@ from localcloud.chain import (
 
 MAX_JOURNAL = 100_000  # calls the journal keeps at most; the oldest are forgotten first
 REDACTED = "<redacted>"
-#: Parameters whose values the journal never keeps: the secrets a call can carry (a query-protocol parameter's
+#: Parameters whose values the journal never shows: the secrets a call can carry (a query-protocol parameter's
 #: name is matched by each of its dotted parts: ``LaunchSpecification.UserData``).
 SECRET_PARAMS = frozenset({"UserData", "PublicKeyMaterial", "KeyMaterial", "PrivateKey", "Password",
                            "SecretString", "SecretBinary"})
@@ -144,7 +145,7 @@ class Deny(Hook):
             return ec2_error(403, "UnauthorizedOperation", message)
         if call.service == "s3":  # S3's REST protocol
             return s3_error(403, "AccessDenied", message)
-        if not call.json_protocol:  # Auto Scaling, SNS: the query protocol's error document
+        if call.protocol != "json":  # Auto Scaling, SNS: the query protocol's error document
             return query_error(403, "AccessDenied", message)
         return json_error(400, "AccessDeniedException", message)
 
@@ -391,17 +392,19 @@ class Machines(Hook):
 class Journal(Hook):
     """Every AWS API call the front received, in order (throttled and refused ones too): ``GET
     /_localcloud/calls`` is ``[{"call": "ec2:CreateSubnet", "region": "eu-west-1", "params": {...}}, ...]``, the
-    params those of :attr:`Call.params`, with the values of secrets (EC2's ``UserData``, SSM PutParameter's
-    ``Value``, ...) shown ``<redacted>``. ``POST /_localcloud/reset`` clears it."""
+    params those of :func:`localcloud.chain.parse_params`, with the values of secrets (EC2's ``UserData``, SSM
+    PutParameter's ``Value``, ...) shown ``<redacted>``. ``POST /_localcloud/reset`` clears it. A call is kept
+    as it came and parsed when the journal is read: nothing but an append on the way of each call."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.calls: deque[dict] = deque(maxlen=MAX_JOURNAL)
+        self.calls: deque[tuple[str, str, str, str, bytes]] = deque(maxlen=MAX_JOURNAL)
 
     def before(self, call: Call) -> None:
-        entry = {"call": call.name, "region": call.region, "params": redacted(call)}
+        # Only a body its params are read from is kept (not an S3 object's, say: an SBOM is a few hundred KB).
+        body = call.body if call.protocol else b""
         with self.lock:
-            self.calls.append(entry)
+            self.calls.append((call.name, call.region, call.path, call.protocol, body))
 
     def reset(self) -> None:
         with self.lock:
@@ -411,18 +414,18 @@ class Journal(Hook):
         if (method, name) != ("GET", "calls"):
             return None
         with self.lock:
-            return 200, list(self.calls)
+            calls = list(self.calls)
+        return 200, [{"call": call, "region": region, "params": redacted(call, parse_params(path, protocol, body))}
+                     for call, region, path, protocol, body in calls]
 
 
-def redacted(call: Call) -> dict:
-    """The call's params with the values of secrets replaced."""
-    params = call.params
-    if call.json_protocol:
-        secret = SECRET_PARAMS | {"Value"} if call.name == "ssm:PutParameter" else SECRET_PARAMS
-        return _redacted_json(params, secret) if isinstance(params, dict) else params
-    if not any(part in key for key in params for part in SECRET_PARAMS):  # the common case: nothing to hide
+def redacted(name: str, params: dict) -> dict:
+    """A call's params with the values of secrets replaced."""
+    if not isinstance(params, dict):
         return params
-    return {key: REDACTED if SECRET_PARAMS.intersection(key.split(".")) else value for key, value in params.items()}
+    secret = SECRET_PARAMS | {"Value"} if name == "ssm:PutParameter" else SECRET_PARAMS
+    return {key: REDACTED if secret.intersection(key.split(".")) else _redacted_json(value, secret)
+            for key, value in params.items()}
 
 
 def _redacted_json(document, secret: frozenset[str]):
@@ -431,4 +434,3 @@ def _redacted_json(document, secret: frozenset[str]):
     if isinstance(document, list):
         return [_redacted_json(item, secret) for item in document]
     return document
-

@@ -1,7 +1,7 @@
 """The local cloud's instances as real Linux machines, its images as real disks.
 
-The front (localcloud/proxy.py) calls :class:`Machines` for the EC2 calls that change a machine, once moto
-has answered them:
+The front's ``Machines`` hook (localcloud/hooks.py) calls :class:`Machines` for the EC2 calls that change a
+machine, once moto has answered them:
 
 * RunInstances, StartInstances: a machine boots, asynchronously. It is a network namespace
   ``lc<slot>-<instance>`` holding exactly the private address moto gave the instance (a veth pair onto the host
