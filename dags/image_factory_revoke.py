@@ -63,8 +63,8 @@ with DAG(
 
     @task(task_id="revoke")
     def revoke() -> dict:
-        from image_factory import aws, revocation
-        from image_factory.spec import channel_prefix
+        from image_factory import aws, notify, revocation
+        from image_factory.spec import channel_prefix, load_specs
 
         context = get_current_context()
         params = context["params"]
@@ -74,25 +74,20 @@ with DAG(
             raise revocation.RevocationError(f"param descendants: expected true or false, got "
                                              f"{str(params['descendants'])[:20]!r}")
         by = f"airflow:{context['dag_run'].triggering_user_name or 'unknown'}"
-        regions = revocation.spec_regions(settings.specs_folder(DEFAULT_SPECS))
+        folder = settings.specs_folder(DEFAULT_SPECS)
+        regions = revocation.spec_regions(folder)
         made = {region: aws.clients(DEFAULT_CONN_ID, region) for region in regions}
         log.info("revoke %s (descendants: %s) in %s, by %s: %s", image, params["descendants"], ", ".join(regions),
                  by, reason)
+        specs, _ = load_specs(folder)
+        by_name = {loaded.image.name: loaded.image for loaded in specs}
         report = revocation.revoke(lambda r: made[r].ec2, lambda r: made[r].ssm, regions, image, reason, by,
-                                   params["descendants"], channel_prefix())
+                                   params["descendants"], channel_prefix(), specs=by_name)
         for line in report.lines():
             log.info("%s", line)
-        notify_revocation(image, reason, by, report)
-        return {"revoked": report.revoked, "channels": report.channels}
-
-    def notify_revocation(image: str, reason: str, by: str, report) -> None:
-        """One message to each topic of the revoked images' specs (their notify section's, else the
-        deployment's): the spec's ``revocation`` event."""
-        from image_factory import notify
-        from image_factory.spec import load_specs
-
-        specs, _ = load_specs(settings.specs_folder(DEFAULT_SPECS))
-        notify.notify_revocation([loaded.image for loaded in specs], image, reason, by, report, DEFAULT_CONN_ID,
+        # One message to each topic of the revoked images' specs: their `revocation` event.
+        notify.notify_revocation(by_name.values(), image, reason, by, report, DEFAULT_CONN_ID,
                                  settings.load().default_topic())
+        return {"revoked": report.revoked, "channels": report.channels}
 
     revoke()

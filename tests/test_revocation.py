@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from image_factory import cli, retention
+from image_factory import cli, retention, revocation
 from image_factory.build import (
     TAG_COMPLETE,
     TAG_REVOKED,
@@ -32,6 +32,7 @@ from image_factory.steps import channels, testing
 from image_factory.steps.distribution import copy_tags
 from image_factory.steps.image import lineage_tags
 from image_factory.steps.origin import OriginError, resolve_origin
+from image_factory.steps.rollout import TAG_ROLLOUT
 from localcloud.runner import airflow_env, run_dag
 
 HOME, COPIES = "eu-west-1", "us-east-1"
@@ -333,3 +334,39 @@ def test_the_revoke_dags_trigger_form_takes_values_as_data(revoke_form, conf, re
     with pytest.raises(ParamValidationError, match=f"param {refused}"):
         params.update(conf)
         params.validate()
+
+
+def test_a_rollback_rolls_the_launch_templates_of_the_channel_back_too(lineage):
+    """A spec that rolls `latest` out to a launch template: moving the channel back (as a revocation does too)
+    gives the template, in each region, a default version naming the channel's image again."""
+    made, _ = lineage
+    day = datetime.now(UTC) - timedelta(days=1)
+    first = made.build("rv-fleet", made.root, None, day)
+    second = made.build("rv-fleet", made.root, None, day + timedelta(hours=1))
+    made.promote("rv-fleet", first)
+    made.promote("rv-fleet", second)
+    template = f"rv-fleet-lt-{uuid.uuid4().hex[:8]}"
+    spec = parse_spec(_spec_text("rv-fleet", made.root) + textwrap.indent(textwrap.dedent(f"""\
+        promote: {{channels: [latest]}}
+        rollout:
+          - {{channel: latest, launch_templates: [{template}]}}
+        """), "  "))
+    for region in REGIONS:  # (as the rollout of `second` left it: its default names `second`)
+        made.ec2[region].create_launch_template(
+            LaunchTemplateName=template, LaunchTemplateData={"ImageId": second[region], "InstanceType": "t3.micro"},
+            TagSpecifications=[{"ResourceType": "launch-template",
+                                "Tags": [{"Key": TAG_ROLLOUT, "Value": "rv-fleet"}]}])
+    try:
+        report = revocation.rollback(made.ec2.__getitem__, made.ssm.__getitem__, REGIONS, "rv-fleet", "latest",
+                                     None, PREFIX, specs={"rv-fleet": spec})
+        assert made.channel("rv-fleet") == first
+        for region in REGIONS:
+            [default] = made.ec2[region].describe_launch_template_versions(
+                LaunchTemplateName=template, Versions=["$Default"])["LaunchTemplateVersions"]
+            assert default["LaunchTemplateData"]["ImageId"] == first[region]
+            assert default["LaunchTemplateData"]["InstanceType"] == "t3.micro"  # its other settings kept
+            assert f"launch template {template} in {region}: version 2 names {first[region]} (its default)" \
+                in report.lines()
+    finally:
+        for region in REGIONS:
+            made.ec2[region].delete_launch_template(LaunchTemplateName=template)

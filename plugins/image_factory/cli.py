@@ -283,9 +283,10 @@ def _revoke(args: argparse.Namespace) -> int:
         revocation.check_reason(args.reason)
         # Who: the caller's identity (STS GetCallerIdentity needs no permission).
         by = made(regions[0]).sts.get_caller_identity()["Arn"]
-        report = revocation.revoke(ec2_in, ssm_in, regions, args.image, args.reason, by,
-                                            args.descendants, channel_prefix())
-        _notify_revocation(args.image, args.reason, by, report, args.aws_conn_id)
+        specs = _specs_by_name()
+        report = revocation.revoke(ec2_in, ssm_in, regions, args.image, args.reason, by, args.descendants,
+                                   channel_prefix(), specs=specs)
+        _notify_revocation(specs.values(), args.image, args.reason, by, report, args.aws_conn_id)
         return report
 
     return _run(f"cannot revoke {args.image}", action)
@@ -305,7 +306,7 @@ def _rollback(args: argparse.Namespace) -> int:
     ec2_in, ssm_in, _ = _clients(args.aws_conn_id)
     regions = _regions(args.regions)
     return _run(f"cannot roll back {args.spec}/{args.channel}", lambda: revocation.rollback(
-        ec2_in, ssm_in, regions, args.spec, args.channel, args.to, channel_prefix()))
+        ec2_in, ssm_in, regions, args.spec, args.channel, args.to, channel_prefix(), specs=_specs_by_name()))
 
 
 def _revocation_commands(commands) -> None:
@@ -348,13 +349,17 @@ def _revocation_commands(commands) -> None:
     command.set_defaults(run=_rollback)
 
 
-def _notify_revocation(image_id: str, reason: str, by: str, report, aws_conn_id: str) -> None:
-    from image_factory import notify, settings
+def _specs_by_name() -> dict:
     from image_factory.spec import load_specs
 
     specs, _ = load_specs(_specs_folder())
-    notify.notify_revocation([loaded.image for loaded in specs], image_id, reason, by, report, aws_conn_id,
-                             settings.load().default_topic())
+    return {loaded.image.name: loaded.image for loaded in specs}
+
+
+def _notify_revocation(specs, image_id: str, reason: str, by: str, report, aws_conn_id: str) -> None:
+    from image_factory import notify, settings
+
+    notify.notify_revocation(specs, image_id, reason, by, report, aws_conn_id, settings.load().default_topic())
 
 
 def parser() -> argparse.ArgumentParser:

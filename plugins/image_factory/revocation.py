@@ -38,6 +38,7 @@ from image_factory.errors import PermanentError
 from image_factory.retention import deprecated_at, deprecation_time
 from image_factory.spec import CHANNEL_NAME, IMAGE_NAME, channel_parameter
 from image_factory.steps import channels as channel_steps
+from image_factory.steps.rollout import roll_back_templates
 
 log = logging.getLogger("image_factory")
 
@@ -151,6 +152,8 @@ class Report:
     #: [{"spec", "channel", "from": {region: image}, "to": {region: image} or None (deleted)}]
     channels: list[dict] = field(default_factory=list)
     restored: list[dict] = field(default_factory=list)
+    #: What became of the launch templates of the channels moved back (steps/rollout.roll_back_templates).
+    templates: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         shown = [f"revoked {r['image']} ({r['spec']}) in {r['region']}: {r['reason']}" for r in self.revoked]
@@ -163,13 +166,14 @@ class Report:
             else:
                 after = ", ".join(f"{region} {image}" for region, image in moved["to"].items())
                 shown.append(f"channel {moved['spec']}/{moved['channel']}: {before} -> {after}")
-        return shown
+        return shown + self.templates
 
 
 def revoke(ec2_in: Callable, ssm_in: Callable, regions: list[str], image_id: str, reason: str, by: str,
-           descendants: bool, prefix: str, now: datetime | None = None) -> Report:
+           descendants: bool, prefix: str, now: datetime | None = None, specs: dict | None = None) -> Report:
     """Revoke ``image_id`` and its copies (and, with ``descendants``, every image built on them), then move
-    back every channel naming one of them. ``ec2_in``/``ssm_in``: a region's clients."""
+    back every channel naming one of them, and the launch templates those channels roll out to (``specs``: the
+    specs by name). ``ec2_in``/``ssm_in``: a region's clients."""
     check_image_id(image_id)
     reason, by = check_reason(reason), check_by(by)
     now = now or datetime.now(UTC)
@@ -208,6 +212,7 @@ def revoke(ec2_in: Callable, ssm_in: Callable, regions: list[str], image_id: str
                  entry["reason"])
         report.revoked.append(entry)
     report.channels = _roll_back_channels(ssm_in, account, set(doomed), prefix)
+    report.templates = roll_back_templates(ec2_in, specs or {}, report.channels)
     return report
 
 
@@ -288,9 +293,10 @@ def restore(ec2_in: Callable, regions: list[str], image_id: str) -> Report:
 
 
 def rollback(ec2_in: Callable, ssm_in: Callable, regions: list[str], spec: str, channel: str, to: str | None,
-             prefix: str) -> Report:
+             prefix: str, specs: dict | None = None) -> Report:
     """Move ``spec``'s ``channel`` in every region where it exists, at once: to its previous value in each (its
-    parameter's history), or to the images of the build of ``to`` (a tested, not revoked image of the spec)."""
+    parameter's history), or to the images of the build of ``to`` (a tested, not revoked image of the spec); then
+    the launch templates the channel rolls out to (the spec's ``rollout``, ``specs``: by name)."""
     if not IMAGE_NAME.match(spec) or not CHANNEL_NAME.match(channel):
         raise RevocationError(f"{spec[:70]!r}/{channel[:70]!r} is not a spec name and a channel name")
     name = channel_parameter(spec, channel, prefix)
@@ -321,7 +327,8 @@ def rollback(ec2_in: Callable, ssm_in: Callable, regions: list[str], spec: str, 
         if tags.get(TAG_TESTS) != "passed":
             raise RevocationError(f"{image_id} in {region} did not pass its tests: no channel moves to it")
     channel_steps.move_everywhere(ssm_in, spec, [channel], target, {"status": "passed"}, prefix)
-    return Report(channels=[{"spec": spec, "channel": channel, "from": current, "to": target}])
+    moved = [{"spec": spec, "channel": channel, "from": current, "to": target}]
+    return Report(channels=moved, templates=roll_back_templates(ec2_in, specs or {}, moved))
 
 
 def _previous(ssm, name: str, current: str, region: str) -> str:

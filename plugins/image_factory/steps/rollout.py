@@ -164,6 +164,36 @@ def point_templates(ec2, entry: Rollout, image_id: str, description: str) -> dic
     return versions
 
 
+def roll_back_templates(ec2_in, specs, moves: list[dict]) -> list[str]:
+    """After channels moved back (``rollback``, a revocation): each launch template a spec's ``rollout`` entry
+    of that channel names gets a version naming the channel's image again, in each region it moved in (the
+    default one when ``set_default``), as a rollout gives it; no instance refresh is started (the team replaces
+    running instances when it chooses). ``specs``: the specs by name; ``moves``: revocation.Report.channels.
+    What was done, in words."""
+    done = []
+    for moved in moves:
+        spec = specs.get(moved["spec"])
+        for entry in (spec.rollout or []) if spec is not None else []:
+            if entry.channel != moved["channel"]:
+                continue
+            if moved["to"] is None:
+                done.append(f"launch templates {', '.join(entry.launch_templates)} of {spec.name}/{entry.channel} "
+                            "left as they are: the channel was deleted, no image to roll back to")
+                continue
+            for region, image_id in sorted(moved["to"].items()):
+                ec2 = ec2_in(region)
+                for name in entry.launch_templates:  # (only templates tagged for the spec, as a rollout)
+                    if _tags(_template(ec2, name, region).get("Tags")).get(TAG_ROLLOUT) != spec.name:
+                        raise RolloutError(f"launch template {name} in {region} is not tagged {TAG_ROLLOUT}="
+                                           f"{spec.name}: not rolled back")
+                versions = point_templates(ec2, entry, image_id, f"{spec.name} {entry.channel} rolled back to "
+                                                                 f"{image_id}")
+                done += [f"launch template {name} in {region}: version {version['VersionNumber']} names "
+                         f"{image_id}" + (" (its default)" if entry.set_default else "")
+                         for name, version in versions.items()]
+    return done
+
+
 def start_refreshes(autoscaling, entry: Rollout, since) -> dict[str, str]:
     """An instance refresh of each group of ``entry`` (the one started at or after ``since``, when the templates
     named the image, if there is one: an earlier try started it): {group: refresh id}."""
