@@ -16,8 +16,8 @@ import pytest
 
 from image_factory.build import TAG_INSTANCE, TAG_TESTS, TAG_TESTS_FAILED, TAG_TESTS_PASSED, build_id_for, tag_dict
 from image_factory.inventory import builder_resources
-from image_factory.keep import release
 from image_factory.steps.image import find as find_images
+from image_factory.steps.teardown import release
 from localcloud.runner import airflow_env, migrate, run_dag
 from tests.test_rollout import client, make_fleet, refreshes, remove_fleet
 

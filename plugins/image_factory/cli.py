@@ -362,6 +362,29 @@ def _notify_revocation(specs, image_id: str, reason: str, by: str, report, aws_c
     notify.notify_revocation(specs, image_id, reason, by, report, aws_conn_id, settings.load().default_topic())
 
 
+def _kept(action: str, build_id: str, region: str | None, aws_conn_id: str | None, command: Sequence[str] = (),
+          login: str | None = None) -> int:
+    """``ssh|release BUILD_ID`` (keep.py, steps/teardown.release): the connection's clients (``aws_conn_id``,
+    default aws_default; ``region``, default the connection's) and the ``[image_factory]`` settings."""
+    _quiet_airflow()
+    from image_factory import aws, settings
+    from image_factory.steps.teardown import release
+
+    conn_id = aws_conn_id or "aws_default"
+    try:
+        clients = aws.clients(conn_id, region)
+        deployment = settings.load()
+        if action == "ssh":
+            return keep.ssh(clients.ec2, clients.ssm, build_id, command, deployment, clients.emulated, login)
+        removed = release(clients.ec2, clients.ssm, build_id, deployment.poll_interval or 2.0)
+    except Exception as exc:  # the connection, the call, or nothing kept; never the key (it is not in one)
+        print(f"image-factory {action}: build {build_id} (connection {conn_id!r}): {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(f"build {build_id}: released, deleted {len(removed)}: {', '.join(removed) or '-'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
         prog="image-factory", description="Check spec files, show what a build will do, list a spec's images.")
@@ -433,15 +456,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--user", help="default: the login the build used")
     command.add_argument("--region", help="default: the connection's")
     command.add_argument("--aws-conn-id", help="default: aws_default")
-    command.set_defaults(run=lambda a: keep.main("ssh", a.build_id, a.region, a.aws_conn_id, a.remote_command,
-                                                 a.user))
+    command.set_defaults(run=lambda a: _kept("ssh", a.build_id, a.region, a.aws_conn_id, a.remote_command,
+                                             a.user))
     command = commands.add_parser("release", help="tear down a failed build's kept instance now",
                                   description="Tear down the instance a failed build kept, and what it kept "
                                               "with it.")
     command.add_argument("build_id", metavar="BUILD_ID")
     command.add_argument("--region", help="default: the connection's")
     command.add_argument("--aws-conn-id", help="default: aws_default")
-    command.set_defaults(run=lambda a: keep.main("release", a.build_id, a.region, a.aws_conn_id))
+    command.set_defaults(run=lambda a: _kept("release", a.build_id, a.region, a.aws_conn_id))
 
     command = commands.add_parser("schema", help="print the JSON Schema of spec files")
     command.set_defaults(run=lambda a: schema())

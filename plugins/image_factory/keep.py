@@ -189,33 +189,3 @@ def ssh(ec2, ssm, build_id: str, command: Sequence[str], settings, emulated: boo
 
 def _interrupted(signum, _frame):
     raise SystemExit(128 + signum)  # unwinds: the temporary folder is removed
-
-
-def release(ec2, ssm, build_id: str, schedule) -> list[str]:
-    """Tear the build's kept instance and what stays with it down now (the build's own teardown)."""
-    from image_factory.steps.teardown import tear_down
-
-    kept(ec2, ssm, build_id)
-    return tear_down(ec2, ssm, build_id, schedule)
-
-
-def main(action: str, build_id: str, region: str | None, aws_conn_id: str | None, command: Sequence[str] = (),
-         login: str | None = None) -> int:
-    """``image-factory ssh|release BUILD_ID``: the connection's clients (``aws_conn_id``, default aws_default;
-    ``region``, default the connection's) and the ``[image_factory]`` settings (Airflow's config)."""
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # (Airflow's lines out of the output)
-    from image_factory import aws, settings
-
-    conn_id = aws_conn_id or "aws_default"
-    try:
-        clients = aws.clients(conn_id, region)
-        deployment = settings.load()
-        if action == "ssh":
-            return ssh(clients.ec2, clients.ssm, build_id, command, deployment, clients.emulated, login)
-        removed = release(clients.ec2, clients.ssm, build_id, deployment.poll_interval or 2.0)
-    except Exception as exc:  # the connection, the call, or nothing kept; never the key (it is not in one)
-        print(f"image-factory {action}: build {build_id} (connection {conn_id!r}): {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
-    print(f"build {build_id}: released, deleted {len(removed)}: {', '.join(removed) or '-'}")
-    return 0

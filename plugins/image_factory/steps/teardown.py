@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from image_factory import resources
 from image_factory.faults import checkpoint
-from image_factory.keep import Keeping
+from image_factory.keep import Keeping, kept
 from image_factory.steps import instance
 from image_factory.waits.blocking import blocking
 from image_factory.waits.protocol import FollowUp, Wait, Waiter
@@ -57,3 +57,10 @@ def after_termination(later: list[resources.Resource]) -> tuple[FollowUp, ...]:
     """The deletions that wait until the build's instances are gone (the security group, the subnet, the build's
     own VPC: resources.py's order), as the wait's follow-up calls."""
     return tuple(FollowUp("ec2", operation, params) for operation, params in resources.calls(later))
+
+
+def release(ec2, ssm, build_id: str, schedule) -> list[str]:
+    """Tear a failed build's kept instance and what stays with it down now (``image-factory release``): the
+    build's own teardown, refused (keep.NothingKept) for a build that kept nothing (a running build, say)."""
+    kept(ec2, ssm, build_id)
+    return tear_down(ec2, ssm, build_id, schedule)
