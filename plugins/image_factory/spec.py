@@ -80,9 +80,10 @@ ACCOUNT_ID = re.compile(r"^[0-9]{12}\Z")
 ORGANIZATION_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}\Z")
 ORGANIZATIONAL_UNIT_ARN = re.compile(
     r"^arn:aws(-cn|-us-gov)?:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}\Z")
-#: The tags the factory puts on an image (Name and build.py's TAG_* but TAG_INSTANCE, which is on instances):
-#: AWS allows 50 on a resource; the rest are the spec's (with a trigger's extra_tags).
-FACTORY_IMAGE_TAGS = 18
+#: The tags the factory puts on an image (Name and build.py's TAG_* but TAG_INSTANCE, TAG_KEEP_UNTIL and TAG_LOGIN,
+#: which are on a build's instances and what a failed one keeps; the SBOM's and a revocation's included): AWS
+#: allows 50 on a resource; the rest are the spec's (with a trigger's extra_tags).
+FACTORY_IMAGE_TAGS = 21
 MAX_SPEC_TAGS = 50 - FACTORY_IMAGE_TAGS
 MAX_TAG_VALUE = 256
 #: Tag key prefixes AWS or the factory reserve (compared with a key's look-alike skeleton, see _tag_skeleton).
