@@ -280,23 +280,23 @@ def test_the_revoke_dag_and_a_build_that_refuses_the_revoked_base(lineage, local
         run = run_dag("image_factory_revoke", env, conf=json.dumps(
             {"image": base, "reason": "CVE-2026-0001 in openssl", "descendants": True}))
         messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+        assert run.succeeded, run.output[-3000:]
+        log = run.task_logs["revoke"]
+        _assert_revoked(made, ids, "airflow:dag_test")  # (airflow dags test's triggering user)
+        for key in ("base_new", "web_new", "api"):
+            for region, image_id in ids[key].items():
+                assert f"revoked {image_id} " in log and region in log
+        assert "channel rv-api/latest deleted" in log and f"channel rv-base/latest: {HOME} {base}" in log
+        # One message (the only spec of the folder with a topic is webapp, one of the revoked): who, why, what.
+        [message] = messages.get("Messages", [])
+        assert message["Body"].startswith(f"{base} is revoked by airflow:dag_test: CVE-2026-0001 in openssl")
+        assert f"revoked {ids['web_new'][HOME]} (rv-webapp) in {HOME}" in message["Body"]
+        assert "channel rv-api/latest deleted" in message["Body"]
+
+        build = run_dag("rv-webapp", env)  # (its first step checks the topic, then refuses the origin)
     finally:
         sqs.delete_queue(QueueUrl=queue)
         sns.delete_topic(TopicArn=topic)
-    assert run.succeeded, run.output[-3000:]
-    log = run.task_logs["revoke"]
-    _assert_revoked(made, ids, "airflow:dag_test")  # (airflow dags test's triggering user)
-    for key in ("base_new", "web_new", "api"):
-        for region, image_id in ids[key].items():
-            assert f"revoked {image_id} " in log and region in log
-    assert "channel rv-api/latest deleted" in log and f"channel rv-base/latest: {HOME} {base}" in log
-    # One message (the only spec of the folder with a topic is webapp, one of the revoked): who, why, what.
-    [message] = messages.get("Messages", [])
-    assert message["Body"].startswith(f"{base} is revoked by airflow:dag_test: CVE-2026-0001 in openssl")
-    assert f"revoked {ids['web_new'][HOME]} (rv-webapp) in {HOME}" in message["Body"]
-    assert "channel rv-api/latest deleted" in message["Body"]
-
-    build = run_dag("rv-webapp", env)
     assert build.state == "failed"
     first = build.task_logs["create_builder_network"]
     assert f"origin image {base} in {HOME} is revoked at" in first and "CVE-2026-0001 in openssl" in first
