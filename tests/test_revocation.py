@@ -347,6 +347,7 @@ def test_a_rollback_rolls_the_launch_templates_of_the_channel_back_too(lineage):
     made.promote("rv-fleet", second)
     template = f"rv-fleet-lt-{uuid.uuid4().hex[:8]}"
     spec = parse_spec(_spec_text("rv-fleet", made.root) + textwrap.indent(textwrap.dedent(f"""\
+        test: {{tool: testinfra, tests: appserver}}
         promote: {{channels: [latest]}}
         rollout:
           - {{channel: latest, launch_templates: [{template}]}}
