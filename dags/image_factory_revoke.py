@@ -1,6 +1,7 @@
-"""The Image Factory revoke DAG: ``bin/image-factory revoke`` from the UI, with its history and log in Airflow.
+"""The Image Factory revoke and restore DAGs: ``bin/image-factory revoke`` and ``restore`` from the UI, with their
+history and log in Airflow.
 
-The logic is in plugins/image_factory/revocation.py (no Airflow there); this file wires it to one task. The
+The logic is in plugins/image_factory/revocation.py (no Airflow there); this file wires it to a task each. The
 trigger form's values are data: checked against the params' schema by Airflow, and again by the task.
 Parsing makes no network call and reads no Variable.
 """
@@ -18,6 +19,7 @@ from image_factory import settings
 log = logging.getLogger("image_factory")
 
 DAG_ID = "image_factory_revoke"
+RESTORE_DAG_ID = "image_factory_restore"
 DEFAULT_SPECS = Path(__file__).resolve().parents[1] / "include" / "specs"
 DEFAULT_CONN_ID = "aws_default"
 
@@ -91,3 +93,41 @@ with DAG(
         return {"revoked": report.revoked, "channels": report.channels}
 
     revoke()
+
+
+RESTORE_DOC = """\
+# Image Factory restore
+
+Takes a revocation back (`bin/image-factory restore AMI` from the UI): the image and its copies, in every region
+the specs build or distribute in, are enabled again, no longer deprecated, and their revocation tags removed.
+No channel moves (`bin/image-factory rollback SPEC CHANNEL` moves one); images revoked as its descendants stay
+revoked until each is restored. The log lists each image restored.
+"""
+
+with DAG(
+    dag_id=RESTORE_DAG_ID,
+    description="Take a revocation back: the image and its copies enabled, not deprecated, the tags gone",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["image-factory", "maintenance"],
+    doc_md=RESTORE_DOC,
+    params={"image": Param(type="string", pattern=r"^ami-[0-9a-f]{8,17}$", title="Image",
+                           description="The AMI id of the revoked Image Factory image to restore.")},
+    default_args={"owner": "image-factory", "retries": 0},
+) as restore_dag:
+
+    @task(task_id="restore")
+    def restore() -> dict:
+        from image_factory import aws, revocation
+
+        image = revocation.check_image_id(get_current_context()["params"]["image"])
+        regions = revocation.spec_regions(settings.specs_folder(DEFAULT_SPECS))
+        made = {region: aws.clients(DEFAULT_CONN_ID, region) for region in regions}
+        report = revocation.restore(lambda r: made[r].ec2, regions, image)
+        for line in report.lines():
+            log.info("%s", line)
+        return {"restored": report.restored}
+
+    restore()

@@ -303,6 +303,15 @@ def test_the_revoke_dag_and_a_build_that_refuses_the_revoked_base(lineage, local
     assert "launch_builder_instance" not in build.task_states or build.task_states[
         "launch_builder_instance"] != "success"
 
+    # The restore DAG takes the revocation back: base and its copy enabled, not deprecated, the tags gone.
+    restored = run_dag("image_factory_restore", env, conf=json.dumps({"image": base}))
+    assert restored.succeeded, restored.output[-3000:]
+    for region, image_id in ids["base_new"].items():
+        image = made.described(image_id, region)
+        assert image["State"] == "available" and not image.get("DeprecationTime"), image
+        assert not set(REVOKED_TAGS) & set(tag_dict(image["Tags"]))
+        assert f"restored {image_id} (rv-base) in {region}" in restored.task_logs["restore"]
+
 
 @pytest.fixture(scope="module")
 def revoke_form():
