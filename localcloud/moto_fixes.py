@@ -429,6 +429,23 @@ def without_tag_specifications(body: bytes, resource_type: str) -> bytes:
     return urlencode(kept).encode()
 
 
+def images_rewritten(body: bytes, field: str, values: dict[str, str]) -> bytes:
+    """A DescribeImages answer with ``field`` of each image in ``values`` (image id -> text) set to its value;
+    the body as it was when it names none of them."""
+    if not values or not any(image_id.encode() in body for image_id in values):
+        return body
+    parsed = parse_xml(body)
+    if parsed is None:
+        return body
+    root, namespace = parsed
+    for item in root.iter():
+        element = item.find(namespace + field)
+        value = values.get(item.findtext(namespace + "imageId") or "")
+        if element is not None and value:
+            element.text = value
+    return xml_bytes(root, namespace)
+
+
 class FailedCopies(Hook):
     """Config ``fail_copies_to``: copies into those regions show ``failed`` in DescribeImages."""
 
@@ -451,18 +468,8 @@ class FailedCopies(Hook):
 
     def shown_failed(self, body: bytes) -> bytes:
         with self.lock:
-            failed = set(self.failed)
-        if not failed or not any(image_id.encode() in body for image_id in failed):
-            return body
-        parsed = parse_xml(body)
-        if parsed is None:
-            return body
-        root, namespace = parsed
-        for item in root.iter():
-            state = item.find(namespace + "imageState")
-            if state is not None and item.findtext(namespace + "imageId") in failed:
-                state.text = "failed"
-        return xml_bytes(root, namespace)
+            failed = {image_id: "failed" for image_id in self.failed}
+        return images_rewritten(body, "imageState", failed)
 
     def configure(self, settings: dict):
         regions = settings.get("fail_copies_to", self.regions)
@@ -493,18 +500,7 @@ class CreationDates(Hook):
     def backdated(self, body: bytes) -> bytes:
         with self.lock:
             dates = dict(self.dates)
-        if not dates or not any(image_id.encode() in body for image_id in dates):
-            return body
-        parsed = parse_xml(body)
-        if parsed is None:
-            return body
-        root, namespace = parsed
-        for item in root.iter():
-            created = item.find(namespace + "creationDate")
-            when = dates.get(item.findtext(namespace + "imageId") or "")
-            if created is not None and when:
-                created.text = when
-        return xml_bytes(root, namespace)
+        return images_rewritten(body, "creationDate", dates)
 
     def control(self, method: str, name: str, body: bytes) -> tuple[int, object] | None:
         if (method, name) != ("POST", "creation-dates"):
