@@ -43,24 +43,27 @@ The log lists each image revoked and each channel moved or deleted; the specs' S
 retention keeps a revoked image `keep_revoked_days`. `bin/image-factory restore AMI` takes a revocation back.
 """
 
-with DAG(
-    dag_id=DAG_ID,
-    description="Revoke an image (and what is built on it): tagged, deprecated, disabled; channels moved back",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["image-factory", "maintenance"],
-    doc_md=DOC,
+def maintenance_dag(dag_id: str, description: str, doc: str, params: dict) -> DAG:
+    """A DAG run by hand from its trigger form, one run at a time."""
+    return DAG(dag_id=dag_id, description=description, schedule=None,
+               start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False, max_active_runs=1,
+               tags=["image-factory", "maintenance"], doc_md=doc, params=params,
+               default_args={"owner": "image-factory", "retries": 0})
+
+
+def image_param(what: str) -> Param:
+    return Param(type="string", pattern=r"^ami-[0-9a-f]{8,17}$", title="Image", description=f"The AMI id of {what}.")
+
+
+with maintenance_dag(
+    DAG_ID, "Revoke an image (and what is built on it): tagged, deprecated, disabled; channels moved back", DOC,
     params={
-        "image": Param(type="string", pattern=r"^ami-[0-9a-f]{8,17}$", title="Image",
-                       description="The AMI id of the Image Factory image to revoke."),
+        "image": image_param("the Image Factory image to revoke"),
         "reason": Param(type="string", minLength=1, maxLength=200, pattern=r"^(?!.*\$\{)[^\x00-\x1f\x7f]+$",
                         title="Reason", description="Why (kept in its tags): one line, at most 200 characters."),
         "descendants": Param(False, type="boolean", title="Descendants",
                              description="Revoke every image built on it too (its lineage, recursively)."),
     },
-    default_args={"owner": "image-factory", "retries": 0},
 ) as dag:
 
     @task(task_id="revoke")
@@ -104,18 +107,9 @@ No channel moves (`bin/image-factory rollback SPEC CHANNEL` moves one); images r
 revoked until each is restored. The log lists each image restored.
 """
 
-with DAG(
-    dag_id=RESTORE_DAG_ID,
-    description="Take a revocation back: the image and its copies enabled, not deprecated, the tags gone",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    tags=["image-factory", "maintenance"],
-    doc_md=RESTORE_DOC,
-    params={"image": Param(type="string", pattern=r"^ami-[0-9a-f]{8,17}$", title="Image",
-                           description="The AMI id of the revoked Image Factory image to restore.")},
-    default_args={"owner": "image-factory", "retries": 0},
+with maintenance_dag(
+    RESTORE_DAG_ID, "Take a revocation back: the image and its copies enabled, not deprecated, the tags gone",
+    RESTORE_DOC, params={"image": image_param("the revoked Image Factory image to restore")},
 ) as restore_dag:
 
     @task(task_id="restore")
