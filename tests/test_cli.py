@@ -200,6 +200,20 @@ def test_render_quotes_hostile_values_and_marks_what_is_resolved_at_run_time(tmp
     assert re.fullmatch(r"b[0-9a-f]{12}", plan["build_id"])
 
 
+def test_airflows_log_lines_stay_out_of_the_output(tmp_path):
+    """Airflow logs to stdout, and loads every plugin at its start when lazy loading is off (as the project runs
+    it): a plugin's warning there (dag-factory's deprecation warnings, once it was installed) broke the YAML."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "noisy_plugin.py").write_text("import warnings\nwarnings.warn('noisy plugin: loaded')\n")
+    result = run_cli("render", str(LIVE_SPEC), env=cli_env(
+        AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__PLUGINS_FOLDER=str(plugins),
+        AIRFLOW__CORE__LAZY_LOAD_PLUGINS="False", AIRFLOW__IMAGE_FACTORY__PROVISIONER_CIDR="10.20.0.0/16"))
+    assert result.returncode == 0, result.stderr
+    assert "noisy plugin: loaded" in result.stderr
+    assert yaml.safe_load(result.stdout)["dag_id"] == "shopspinner-linux-image"
+
+
 def test_render_refuses_bad_input():
     bad = run_cli("render", str(FIXTURES / "bad_specs" / "region-europe.yaml"))
     assert bad.returncode == 1 and "image.region: expected an AWS region" in bad.stderr

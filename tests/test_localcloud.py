@@ -352,6 +352,29 @@ def test_create_image_and_copy_image_tag_the_snapshots_as_aws_does(local_cloud, 
         ec2.terminate_instances(InstanceIds=[instance_id])
 
 
+def test_each_resource_shows_and_is_filtered_by_its_own_tags(local_cloud, ec2):
+    """moto_fixes.install_tag_lookup reads a resource's tags by its id: each its own, by every filter, and a
+    deleted tag gone (ids of one kind share a prefix: none may show another's tags)."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    groups = [ec2.create_security_group(GroupName=f"tag-lookup-{n}-{uuid.uuid4().hex[:6]}", Description="t",
+                                        VpcId=vpc, TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                                            {"Key": "tag-lookup", "Value": str(n)}]}])["GroupId"] for n in range(3)]
+    try:
+        ec2.create_tags(Resources=groups[:1], Tags=[{"Key": "only-first", "Value": "yes"}])
+        ec2.delete_tags(Resources=groups[2:], Tags=[{"Key": "tag-lookup"}])
+        shown = {g["GroupId"]: {t["Key"]: t["Value"] for t in g.get("Tags", [])}
+                 for g in ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]}
+        assert shown == {groups[0]: {"tag-lookup": "0", "only-first": "yes"}, groups[1]: {"tag-lookup": "1"},
+                         groups[2]: {}}
+        by_key = ec2.describe_security_groups(Filters=[{"Name": "tag-key", "Values": ["tag-lookup"]}])
+        assert sorted(g["GroupId"] for g in by_key["SecurityGroups"]) == sorted(groups[:2])
+        by_value = ec2.describe_security_groups(Filters=[{"Name": "tag:tag-lookup", "Values": ["1"]}])
+        assert [g["GroupId"] for g in by_value["SecurityGroups"]] == [groups[1]]
+    finally:
+        for group in groups:
+            ec2.delete_security_group(GroupId=group)
+
+
 @pytest.fixture(scope="module")
 def single_sshd_cloud(tmp_path_factory):
     """The model without machines (``machines=False``): one sshd on 127.0.0.1 for every instance."""

@@ -23,6 +23,7 @@ requests, the images are read by :mod:`image_factory.catalog`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -55,8 +56,13 @@ class Failure(Exception):
 
 
 def _quiet_airflow() -> None:
-    # Airflow logs to stdout; keep its informational lines out of this command's output.
+    """Airflow logs to stdout, which is this command's output: its informational lines off, and the rest (the
+    deprecation warnings of a plugin it loads at its start, say) sent to stderr: Airflow binds its log output
+    when it is first imported."""
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    if "airflow" not in sys.modules:
+        with contextlib.redirect_stdout(sys.stderr):
+            import airflow  # noqa: F401
 
 
 # --- validate -----------------------------------------------------------------------------------------
