@@ -92,6 +92,13 @@ class FrontHandler(BaseHTTPRequestHandler):
             if self.upstream is not None:
                 self.upstream.close()
 
+    def handle_expect_100(self) -> bool:
+        # The interim answer leaves now, not in the write buffer with the final one: botocore holds an S3
+        # PutObject's body back until it comes (a second at most: every SBOM write and bucket check waited 1 s).
+        answered = super().handle_expect_100()
+        self.wfile.flush()
+        return answered
+
     def __getattr__(self, name: str):
         # Every method (GET, POST, PUT, DELETE, HEAD, PATCH, OPTIONS, ...) is handled, and handled alike.
         if name.startswith("do_"):

@@ -96,6 +96,22 @@ def test_a_chunked_query_protocol_request_is_forwarded_and_counted(local_cloud):
     assert local_cloud.stats()["calls"] == {"ec2:DescribeVpcs": 1}
 
 
+def test_a_request_that_expects_100_continue_is_told_to_go_on_before_it_sends_its_body(local_cloud):
+    """botocore sends S3's PutObject with ``Expect: 100-continue`` and holds the body back until the interim answer
+    comes (a second at most): the front must send it at once, not keep it in its write buffer with the answer."""
+    body = b"the SBOMs of this spec go here\n"
+    with socket.create_connection(("127.0.0.1", local_cloud.state().ec2_port), timeout=5) as sock:
+        sock.sendall(f"PUT /image-factory-sboms/sboms/expect-test/.write-check HTTP/1.1\r\nHost: s3\r\n"
+                     f"Authorization: {SIGNED['Authorization'].replace('/ec2/', '/s3/')}\r\n"
+                     f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+        interim = sock.recv(4096)  # (the body is not sent yet: without the interim answer, this waits 5 s and fails)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim
+        sock.sendall(body)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert local_cloud.stats()["calls"].get("s3:PutObject") == 1
+
+
 def test_moto_api_passes_through_uncounted(local_cloud):
     front = raw(local_cloud, "GET", "/moto-api/")
     direct = raw(local_cloud, "GET", "/moto-api/", port=local_cloud.state().moto_port)
