@@ -134,6 +134,9 @@ def _one_build(stack, cloud: LocalCloud) -> dict:
     to_image = available_after(cloud, image_id, started_wall) if to_complete is not None else None
     tasks = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
     steps = {t["task_id"]: (t["state"], t.get("duration")) for t in tasks}
+    configured = stack.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/configure/"
+                                  "xcomEntries/return_value")["value"]
+    configured = json.loads(configured) if isinstance(configured, str) else configured
     # Seconds the run spent between its tasks up to the image (scheduling, task process start-up).
     spans = sorted((datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"]))
                    for t in tasks if t.get("start_date") and t.get("end_date") and t["task_id"] != "tear_down")
@@ -142,7 +145,7 @@ def _one_build(stack, cloud: LocalCloud) -> dict:
         raise RuntimeError(f"the Image Factory build did not succeed: run {state}, tasks {steps}; "
                            f"logs in {stack.home}")
     return {"to_image": to_image, "to_complete": to_complete, "to_end": to_end, "calls": calls, "steps": steps,
-            "in_tasks": in_tasks}
+            "in_tasks": in_tasks, "role": configured.get("role_seconds")}
 
 
 # --- Packer -----------------------------------------------------------------------------------------------
@@ -304,10 +307,16 @@ def result(ours: list[dict], version: str, peer: list[dict], poll: float | None 
                    f"{note}; ours {_spread(ours, key)}, Packer {_spread(done, key)}")
 
     image, peer_image = _median(ours, "to_image"), _median(done, "to_image")
+    # No tool makes the image before the emulated AWS times and the role's own work on the instance have passed
+    # (the same role on both sides, on the same machines): the role's time as our configure task measured it.
+    role = _median(ours, "role") or 0.0
+    least = MINIMUM + role
     rows = [
         timed("time to image available", "to_image",
-              f"emulated minimum {MINIMUM} s; ours/minimum {image / MINIMUM:.2f}"
-              + (f", Packer/minimum {peer_image / MINIMUM:.2f}" if peer_image else "")),
+              f"minimum {least:.1f} s (emulated {MINIMUM} s + the role's own {role:.1f} s on the instance); "
+              f"ours/minimum {image / least:.2f}" + (f", Packer/minimum {peer_image / least:.2f}" if peer_image else "")
+              + f" (against the emulated {MINIMUM} s alone: ours {image / MINIMUM:.2f}"
+              + (f", Packer {peer_image / MINIMUM:.2f}" if peer_image else "") + ")"),
         timed("time until the build knows", "to_complete",
               "image tagged complete / Packer's next line after its AMI wait (whole seconds)"),
         timed("time to teardown done", "to_end", "trigger to run success / packer build exit"),
@@ -331,7 +340,9 @@ def result(ours: list[dict], version: str, peer: list[dict], poll: float | None 
         f"**{name}.** {n} `{DAG_ID}` builds on each side, one after the other, on a fresh local cloud "
         f"emulating AWS state-change times (boot {LATENCY['instance_running']} s, stop "
         f"{LATENCY['instance_stopped']} s, image {LATENCY['image_available']} s, terminate "
-        f"{LATENCY['instance_terminated']} s: {MINIMUM} s to an image at the least); medians, and each side's "
+        f"{LATENCY['instance_terminated']} s: {MINIMUM} s to an image at the least, and the role's own work on the "
+        "instance, the same on both sides: apt-get installing nginx-light from the cloud's mirror); medians, and "
+        "each side's "
         f"range. {_polling(poll)} Image Factory: "
         "AirflowStack (scheduler, dag-processor, triggerer, api-server, LocalExecutor) on a PostgreSQL server "
         "the benchmark starts (bench/postgres.py), each run created by the REST API once the one before "

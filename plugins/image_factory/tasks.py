@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from types import MappingProxyType
 
@@ -184,11 +185,11 @@ def configure(task: BuildTask, network: dict, launched: dict) -> dict:
     build = task.build(network)
     c = task.clients(build)
     instance_id = launched["instance_id"]
-    hook = None
+    hook, role_seconds = None, None
     if build.spec.configure is None:
         log.info("the spec has no configure section: the image is a copy of its origin")
     else:
-        hook = _apply_role(task, build, c, launched)
+        hook, role_seconds = _apply_role(task, build, c, launched)
     bucket = _sbom_bucket(task, build)
     if bucket:  # the last look at the instance: its packages are read now (sbom.py)
         hook = hook or _ssh(task, build, c, launched)[0]
@@ -196,7 +197,7 @@ def configure(task: BuildTask, network: dict, launched: dict) -> dict:
     stop_requested_at = instance.request_stop(c.ec2, instance_id)
     # The document is made and stored (under the build id) while the instance stops: off the critical path.
     written = _write_sbom(build, c, bucket, os_release, packages, network["origin_ami"]) if bucket else None
-    return {"stop_requested_at": stop_requested_at, "sbom": written}
+    return {"stop_requested_at": stop_requested_at, "sbom": written, "role_seconds": role_seconds}
 
 
 def _sbom_bucket(task: BuildTask, build: Build) -> str:
@@ -251,10 +252,14 @@ def _ssh(task: BuildTask, build: Build, c: aws.Clients, launched: dict, stage: s
 
 
 def _apply_role(task: BuildTask, build: Build, c: aws.Clients, launched: dict):
+    """The hook, and the seconds the role took (its own work on the instance, which no tool can save)."""
     hook, target = _ssh(task, build, c, launched)
+    started = time.monotonic()
     lines = tools.apply(hook, build.spec.configure, build, target)
-    log.info("configure: role %r applied (%d lines of output)", build.spec.configure.server_role, len(lines))
-    return hook
+    seconds = round(time.monotonic() - started, 1)
+    log.info("configure: role %r applied in %.1f s (%d lines of output)", build.spec.configure.server_role, seconds,
+             len(lines))
+    return hook, seconds
 
 
 def register_image(task: BuildTask, network: dict, launched: dict, configured: dict) -> dict:
