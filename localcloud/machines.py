@@ -47,6 +47,13 @@ from localcloud.addresses import RESERVED, SLOTS, Plan
 RUN_DIR = Path("/run/image-factory-local-cloud")
 #: made when a local cloud added the blackhole route: the last one down removes it
 BLACKHOLE_MARK = RUN_DIR / "blackhole.made"
+#: The host's limit of inotify instances per user. A machine's systemd, logind, dbus and getty take about eight of
+#: root's (the machines do not map users), and Debian's default is 128: at 16 machines the next ones' systemd
+#: stopped with every boot job waiting. Raised while a local cloud runs; the value it had is kept in
+#: INOTIFY_MARK and put back by the last local cloud down.
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_NEEDED = 8192
+INOTIFY_MARK = RUN_DIR / "inotify-instances.before"
 HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
 #: What a machine's PID 1 is: ``systemd`` (the default: the image's own systemd, booted by systemd-nspawn, with
 #: cloud-init) or ``sshd`` (the light model: sshd alone, for runs that need many machines at once).
@@ -137,10 +144,29 @@ def ensure_blackhole() -> bool:
     return True
 
 
+def ensure_inotify_instances() -> None:
+    """Root's inotify instances enough for many machines (INOTIFY_INSTANCES); the value before kept once."""
+    current = int(INOTIFY_INSTANCES.read_text())
+    if current < INOTIFY_NEEDED:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        if not INOTIFY_MARK.exists():
+            INOTIFY_MARK.write_text(f"{current}\n")
+        INOTIFY_INSTANCES.write_text(f"{INOTIFY_NEEDED}\n")
+
+
+def restore_inotify_instances() -> None:
+    """The limit as it was before the first local cloud raised it (unless someone changed it since)."""
+    if INOTIFY_MARK.exists():
+        if int(INOTIFY_INSTANCES.read_text()) == INOTIFY_NEEDED:
+            INOTIFY_INSTANCES.write_text(INOTIFY_MARK.read_text())
+        INOTIFY_MARK.unlink(missing_ok=True)
+
+
 def host_network_up(plan: Plan) -> bool:
-    """The blackhole route for 198.18.0.0/15 (first), the slot's bridge with the host's address; True when the
-    blackhole route was made here."""
+    """The blackhole route for 198.18.0.0/15 (first), the slot's bridge with the host's address, the inotify
+    limit the machines need; True when the blackhole route was made here."""
     made = ensure_blackhole()
+    ensure_inotify_instances()
     if run("ip", "link", "show", plan.bridge, check=False).returncode != 0:
         run("ip", "link", "add", plan.bridge, "type", "bridge")
     run("ip", "link", "set", plan.bridge, "address", plan.bridge_mac)  # (see Plan.bridge_mac)
@@ -163,8 +189,8 @@ def route_vpc(plan: Plan, cidr: str) -> None:
 
 
 def host_network_down(plan: Plan, pid_namespaces: tuple[int, ...] = ()) -> None:
-    """The slot's machines, namespaces, veths and bridge; the blackhole route too when no other local cloud
-    with machines is left and a local cloud made it."""
+    """The slot's machines, namespaces, veths and bridge; the blackhole route and the inotify limit too when no
+    other local cloud with machines is left (each as it was before a local cloud changed it)."""
     for pid_inode in pid_namespaces:
         kill_namespace_processes("", pid_inode)
     for name in run("ip", "netns", "list", check=False).stdout.split("\n"):
@@ -180,6 +206,8 @@ def host_network_down(plan: Plan, pid_namespaces: tuple[int, ...] = ()) -> None:
     if not others and BLACKHOLE_MARK.exists():
         run("ip", "route", "del", "blackhole", str(RESERVED), check=False)
         BLACKHOLE_MARK.unlink(missing_ok=True)
+    if not others:
+        restore_inotify_instances()
 
 
 # --- processes of a machine --------------------------------------------------------------------------
@@ -732,6 +760,7 @@ class Machines:
         if ip in others:
             raise MachinesError(f"address {ip} is another live machine's (two VPCs of the same range)")
         ensure_blackhole()  # still there (another local cloud's down may have taken it) before any route
+        ensure_inotify_instances()
         vpcs = self.moto.query(machine["region"], "DescribeVpcs", {"VpcId.1": machine["vpc"]})
         for cidr in vpcs.iter("cidrBlock"):
             route_vpc(self.plan, cidr.text)

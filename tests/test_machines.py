@@ -547,8 +547,9 @@ def test_a_second_local_cloud_runs_beside_in_a_slot_of_its_own(local_cloud, ec2m
         assert ok(other.ssh(other_ip, "hostname")).strip() == f"ip-{other_ip.replace('.', '-')}"
     finally:
         second.down()
-    # The first cloud's machine and the blackhole route are untouched.
+    # The first cloud's machine, the blackhole route and the inotify limit its machines need are untouched.
     assert ok(fleet.ssh(ip, "true")) == ""
+    assert int(machines.INOTIFY_INSTANCES.read_text()) >= machines.INOTIFY_NEEDED
     assert str(RESERVED) in subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True,
                                            text=True).stdout
     assert second_bridge and f" {second_bridge}:" not in subprocess.run(["ip", "-o", "link"], capture_output=True,
@@ -568,6 +569,8 @@ def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key
     instance_id, _, _ = fleet.launch(base_ami, ssh_group)
     pid_namespace = registry(local_cloud)["machines"][instance_id]["pid_namespace"]
     state = local_cloud.state()
+    assert int(machines.INOTIFY_INSTANCES.read_text()) >= machines.INOTIFY_NEEDED
+    limit_before = machines.INOTIFY_MARK.read_text() if machines.INOTIFY_MARK.exists() else None
     try:
         local_cloud.down()
         assert host_traces(instance_id, local_cloud.state_dir, pid_namespace) == []
@@ -579,6 +582,9 @@ def test_down_removes_every_machine_and_the_hosts_network(local_cloud, ec2m, key
         if not others and state.blackhole_made:  # the last local cloud with machines takes the route along
             assert str(RESERVED) not in subprocess.run(["ip", "route", "show", "type", "blackhole"],
                                                        capture_output=True, text=True).stdout
+        if not others and limit_before:  # and puts the host's inotify limit back as it found it
+            assert machines.INOTIFY_INSTANCES.read_text() == limit_before
+            assert not machines.INOTIFY_MARK.exists()
         assert str(local_cloud.state_dir) not in Path("/proc/mounts").read_text()
         assert not (local_cloud.state_dir / "machines").exists()
     finally:

@@ -139,6 +139,24 @@ def test_user_data_runs_on_the_first_boot_only_and_a_stop_runs_the_units_stop_ac
     assert ok(fleet.ssh(ip, "systemctl is-active marker.service")).strip() == "active"  # enabled: every boot
 
 
+MANY = 20
+
+
+def test_twenty_machines_booting_at_once_all_finish_their_boot(local_cloud, ec2m, fleet, base_ami, ssh_group):
+    """Every machine's systemd takes inotify instances from the host's one per-user count (root's, 128 by
+    Debian's default, about eight a machine): at 16 machines the next ones' systemd stopped with every job
+    waiting (sshd never started, or logins refused as "System is booting up" for good)."""
+    instances = ec2m.run_instances(ImageId=base_ami, MinCount=MANY, MaxCount=MANY, KeyName=fleet.key_name,
+                                   SecurityGroupIds=[ssh_group])["Instances"]
+    fleet.ids.extend(instance["InstanceId"] for instance in instances)
+    for instance in instances:
+        fleet.wait_running(instance["InstanceId"], timeout=120)
+    states = {instance["InstanceId"]: fleet.ssh(
+        instance["PrivateIpAddress"], "timeout 90 systemctl is-system-running --wait").stdout.strip()
+        for instance in instances}
+    assert set(states.values()) <= {"running", "degraded"}, states
+
+
 def shlex_quote(text: str) -> str:
     import shlex
 
