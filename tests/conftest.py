@@ -28,6 +28,21 @@ from localcloud.runner import airflow_env, migrate  # noqa: E402
 REGION = "eu-west-1"
 
 
+#: Files of minutes each (many builds), about longest first, those running several builds at once (lifecycle,
+#: faults, deployment) between the others: `make test` gives them to its two workers first, so that the workers
+#: end together instead of one running a long file alone at the end (pytest-xdist hands out files in collection
+#: order with --no-loadscope-reorder).
+LONG_FILES = ("test_lifecycle.py", "test_browser.py", "test_faults.py", "test_promotion.py", "test_deployment.py",
+              "test_distribution.py", "test_sweeper.py", "test_trust.py", "test_build_e2e.py", "test_real_roles.py",
+              "test_keep_on_failure.py", "test_operator_experience.py", "test_latency.py", "test_revocation.py",
+              "test_rollout.py", "test_sbom.py", "test_ansible.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: number for number, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests stay together
+
+
 @pytest.fixture(scope="session")
 def local_cloud():
     cloud = LocalCloud(_HOME / "local-cloud")

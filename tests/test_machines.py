@@ -29,7 +29,10 @@ AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 #: the session's local cloud's address plan (its slot: localcloud/addresses.py)
 PLAN = Plan(0)
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the local cloud's machines need root")
+# whole_host: a second local cloud runs beside the session's here, and PLAN is slot 0's: `make test` runs this
+# file alone, after the rest (which runs in two workers, each with a cloud in one of the host's two slots).
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the local cloud's machines need root"),
+              pytest.mark.whole_host]
 
 
 def client(cloud: LocalCloud, service: str):
