@@ -137,11 +137,19 @@ def owner_file(slot: int) -> Path:
 def ensure_blackhole() -> bool:
     """The blackhole route for 198.18.0.0/15 (nothing for it leaves this host); True when made now."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    if run("ip", "route", "show", "exact", str(RESERVED), "type", "blackhole").stdout.strip():
+    if _blackhole_present():
         return False
     BLACKHOLE_MARK.write_text("made by a local cloud\n")
-    run("ip", "route", "add", "blackhole", str(RESERVED))
+    added = run("ip", "route", "add", "blackhole", str(RESERVED), check=False)
+    if added.returncode != 0:
+        if _blackhole_present():  # another local cloud starting at the same moment made it
+            return False
+        raise MachinesError(f"ip route add blackhole {RESERVED} failed ({added.returncode}): {added.stderr.strip()}")
     return True
+
+
+def _blackhole_present() -> bool:
+    return bool(run("ip", "route", "show", "exact", str(RESERVED), "type", "blackhole").stdout.strip())
 
 
 def ensure_inotify_instances() -> None:

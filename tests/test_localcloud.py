@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
+import os
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -515,3 +517,33 @@ def test_a_slot_claimed_by_a_cloud_still_starting_is_not_taken_over(tmp_path, mo
     finally:
         starting.kill()
         starting.wait()
+
+
+RACE = """
+import sys
+from pathlib import Path
+from localcloud import machines
+machines.RUN_DIR = Path(sys.argv[1])  # the host's marks untouched
+machines.BLACKHOLE_MARK = machines.RUN_DIR / "blackhole.made"
+print(machines.ensure_blackhole())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_local_clouds_starting_at_once_share_the_blackhole_route_one_of_them_made(tmp_path):
+    """Two test workers start their clouds at the same moment: each saw no route, both added it, and the second
+    failed with "File exists" (every test of that worker then errored)."""
+    namespace = f"lctest-race-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        starts = [subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", RACE, str(tmp_path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                  for _ in range(6)]
+        results = [(start.wait(timeout=60), *start.communicate()) for start in starts]
+        assert all(code == 0 for code, _, _ in results), results
+        assert sorted(out.strip() for _, out, _ in results) == ["False"] * 5 + ["True"], results
+        assert "blackhole 198.18.0.0/15" in subprocess.run(
+            ["ip", "-n", namespace, "route", "show", "type", "blackhole"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
