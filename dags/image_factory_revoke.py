@@ -79,12 +79,11 @@ with maintenance_dag(
             raise revocation.RevocationError(f"param descendants: expected true or false, got "
                                              f"{str(params['descendants'])[:20]!r}")
         by = f"airflow:{context['dag_run'].triggering_user_name or 'unknown'}"
-        folder = settings.specs_folder(DEFAULT_SPECS)
-        regions = revocation.spec_regions(folder)
+        specs, _ = load_specs(settings.specs_folder(DEFAULT_SPECS))
+        regions = revocation.spec_regions(specs)
         made = {region: aws.clients(DEFAULT_CONN_ID, region) for region in regions}
         log.info("revoke %s (descendants: %s) in %s, by %s: %s", image, params["descendants"], ", ".join(regions),
                  by, reason)
-        specs, _ = load_specs(folder)
         by_name = {loaded.image.name: loaded.image for loaded in specs}
         report = revocation.revoke(lambda r: made[r].ec2, lambda r: made[r].ssm, regions, image, reason, by,
                                    params["descendants"], channel_prefix(), specs=by_name)
@@ -117,7 +116,7 @@ with maintenance_dag(
         from image_factory import aws, revocation
 
         image = revocation.check_image_id(get_current_context()["params"]["image"])
-        regions = revocation.spec_regions(settings.specs_folder(DEFAULT_SPECS))
+        regions = revocation.folder_regions(settings.specs_folder(DEFAULT_SPECS))
         made = {region: aws.clients(DEFAULT_CONN_ID, region) for region in regions}
         report = revocation.restore(lambda r: made[r].ec2, regions, image)
         for line in report.lines():

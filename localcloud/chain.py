@@ -279,6 +279,13 @@ def parse_xml(body: bytes) -> tuple[ET.Element, str] | None:
     return root, root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
 
 
+def parse_xml_naming(body: bytes, resource_ids) -> tuple[ET.Element, str] | None:
+    """``parse_xml`` of an answer that names one of ``resource_ids``; None (unparsed: parsing costs) otherwise."""
+    if not resource_ids or not any(resource_id.encode() in body for resource_id in resource_ids):
+        return None
+    return parse_xml(body)
+
+
 def xml_bytes(root: ET.Element, namespace: str) -> bytes:
     if namespace:
         ET.register_namespace("", namespace[1:-1])

@@ -22,6 +22,7 @@ from localcloud.chain import (
     made_id,
     parse_params,
     parse_xml,
+    parse_xml_naming,
     query_error,
     s3_error,
     xml_bytes,
@@ -292,9 +293,7 @@ class Latency(Hook):
                        if now - at < self.latency[kind]}
         pending.update(dict.fromkeys(booting, "instance_running"))
         pending.update(dict.fromkeys(stopping, "instance_stopped"))
-        if not pending or not any(resource_id.encode() in body for resource_id in pending):
-            return body
-        parsed = parse_xml(body)
+        parsed = parse_xml_naming(body, pending)
         if parsed is None:
             return body
         root, namespace = parsed

@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, parse_qsl, urlencode
 
 from localcloud.addresses import BLOCK_PREFIX, RESERVED, Plan
-from localcloud.chain import Answer, Call, Hook, ec2_error, made_id, parse_xml, xml_bytes
+from localcloud.chain import Answer, Call, Hook, ec2_error, made_id, parse_xml_naming, xml_bytes
 
 # --- patches into moto's server ------------------------------------------------------------------------------
 
@@ -453,9 +453,7 @@ def without_tag_specifications(body: bytes, resource_type: str) -> bytes:
 def images_rewritten(body: bytes, field: str, values: dict[str, str]) -> bytes:
     """A DescribeImages answer with ``field`` of each image in ``values`` (image id -> text) set to its value;
     the body as it was when it names none of them."""
-    if not values or not any(image_id.encode() in body for image_id in values):
-        return body
-    parsed = parse_xml(body)
+    parsed = parse_xml_naming(body, values)
     if parsed is None:
         return body
     root, namespace = parsed

@@ -23,13 +23,13 @@ from image_factory.parameters import ParameterError, chain, resolve, resolve_tex
 from image_factory.spec import (
     FACTORY_IMAGE_TAGS,
     MAX_NAME_LENGTH,
-    MAX_SPEC_BYTES,
     MAX_SPEC_TAGS,
     SpecError,
     load_spec,
     load_specs,
     parse_spec,
 )
+from image_factory.spec_file import MAX_SPEC_BYTES
 
 PROJECT = Path(__file__).resolve().parents[1]
 LIVE_SPEC = PROJECT / "include" / "specs" / "shopspinner-linux-image.yaml"

@@ -252,7 +252,10 @@ def _sbom():
 
 
 def _regions(given: str | None) -> list[str]:
-    regions = [r.strip() for r in given.split(",") if r.strip()] if given else revocation.spec_regions(_specs_folder())
+    if given:
+        regions = [region.strip() for region in given.split(",") if region.strip()]
+    else:
+        regions = revocation.folder_regions(_specs_folder())
     if not regions:
         raise UsageError("no region: give --regions (no spec in the specs folder names one)")
     return regions

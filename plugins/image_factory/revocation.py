@@ -76,13 +76,18 @@ def check_by(by: str) -> str:
     return by if by and REASON.match(by) else "unknown"
 
 
-def spec_regions(folder) -> list[str]:
-    """Every region the specs of ``folder`` build or distribute in: where their images are."""
+def spec_regions(specs) -> list[str]:
+    """Every region the loaded ``specs`` build or distribute in: where their images are."""
     from image_factory.retention import regions_of
+
+    return sorted({region for loaded in specs for region in regions_of(loaded.image)})
+
+
+def folder_regions(folder) -> list[str]:
+    """``spec_regions`` of the valid specs in ``folder``."""
     from image_factory.spec import load_specs
 
-    specs, _ = load_specs(folder)
-    return sorted({region for loaded in specs for region in regions_of(loaded.image)})
+    return spec_regions(load_specs(folder)[0])
 
 
 def revocation(tags: dict[str, str]) -> str:

@@ -3,7 +3,7 @@
 A spec is one YAML file with a top-level ``image:`` key, in the shape of the seed's Examples 13-1 to 13-3.
 Validation is strict (unknown keys, wrong types and bad values are errors) and every error names the file
 and the field. ``${NAME}`` parameters are only recorded here; they are resolved at run time
-(see :mod:`image_factory.parameters`).
+(see :mod:`image_factory.parameters`). A file's bytes and YAML are read by :mod:`image_factory.spec_file`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import fnmatch
 import hashlib
 import os
 import re
-import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,9 +32,7 @@ from pydantic import (
 
 from image_factory.errors import InvalidValues, PermanentError
 from image_factory.parameters import PARAMETER_PATTERN, check_parameters, parameter_names
-
-#: libyaml's safe loader when PyYAML was built with it: ten times faster than the pure-Python one.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from image_factory.spec_file import QUOTE_LENGTH, FileProblem, cut, read_bytes, read_yaml, shown
 
 #: The seed's sizes, mapped to instance types. A literal instance type (``m6i.large``) is accepted as well.
 INSTANCE_SIZES = {"small": "t3.small", "medium": "t3.medium", "large": "t3.large"}
@@ -91,15 +87,8 @@ RESERVED_TAG_PREFIXES = ("aws:", "image-factory:")
 MAX_DESCRIPTION = 1000
 #: Free-text values (a command template, a code_repo for the command tools, an origin owner).
 MAX_TEXT = 4096
-#: A spec file is a page of YAML (the shipped ones are 1-2 KiB); a larger one is refused unread. (Reading YAML
-#: costs some 15 us a node: a file this size takes half a second at worst, one of 1 MiB ten seconds.)
-MAX_SPEC_BYTES = 64 * 1024
-#: Nodes that YAML aliases may repeat in all (a few shared mappings are fine; a "billion laughs" is not).
-MAX_ALIAS_NODES = 10_000
 #: Problems listed for one file; the rest are counted.
 MAX_PROBLEMS = 20
-#: A value from the spec file is quoted in an error, cut to this many characters.
-QUOTE_LENGTH = 80
 #: An SNS topic's ARN (topic names: 1-256 letters, digits, '_' or '-'; a FIFO topic's ends in .fifo).
 SNS_TOPIC_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:sns:[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]:[0-9]{12}:"
                            r"[A-Za-z0-9_-]{1,256}(\.fifo)?\Z")
@@ -153,18 +142,6 @@ def _is_parameterised(value: str) -> bool:
     return bool(PARAMETER_PATTERN.search(value))
 
 
-def _cut(text: str, length: int = QUOTE_LENGTH) -> str:
-    return text if len(text) <= length else text[:length - 3] + "..."
-
-
-def _shown(value: Any) -> str:
-    """A value from the spec file, as an error quotes it: its repr, cut to QUOTE_LENGTH characters."""
-    text = repr(value)
-    if len(text) > QUOTE_LENGTH and text[-1] in "'\"":
-        return text[:QUOTE_LENGTH - 4] + "..." + text[-1]
-    return _cut(text)
-
-
 #: Letters of other scripts that look like the Latin ones of the reserved prefixes, and dashes and colons that
 #: look like '-' and ':' (NFKD already maps the fullwidth and compatibility forms).
 _LOOK_ALIKES = str.maketrans({
@@ -192,11 +169,11 @@ _RESERVED_SKELETONS = tuple(_tag_skeleton(prefix) for prefix in RESERVED_TAG_PRE
 
 def _tag_key_problem(key: str) -> str | None:
     if _tag_skeleton(key).startswith(_RESERVED_SKELETONS):
-        return (f"tag key {_shown(key)}: expected a key not starting with "
+        return (f"tag key {shown(key)}: expected a key not starting with "
                 f"{' or '.join(map(repr, RESERVED_TAG_PREFIXES))}, in any case or in characters that look like "
                 "them (those are reserved)")
     if not TAG_KEY.match(key):
-        return (f"tag key {_shown(key)}: expected 1-128 characters, each a letter, a digit, a space or one of "
+        return (f"tag key {shown(key)}: expected 1-128 characters, each a letter, a digit, a space or one of "
                 "_ . : / = + - @")
     return None
 
@@ -256,7 +233,7 @@ def _check_sizes(value: str | list[str]) -> str | list[str]:
     for index, size in enumerate(value):
         problem = _size_problem(size)
         if problem:
-            raise ValueError(f"[{index}] {_shown(size)}: {problem}")
+            raise ValueError(f"[{index}] {shown(size)}: {problem}")
     types = [instance_type(size) for size in value]
     _no_duplicates(types, "instance type")
     return value
@@ -424,7 +401,7 @@ class Promote(_Strict):
     def _channel_names(cls, value: list[str]) -> list[str]:
         for channel in value:
             if not CHANNEL_NAME.match(channel):
-                raise ValueError(f"channel {_shown(channel)}: expected a parameter path segment of 1-64 letters, "
+                raise ValueError(f"channel {shown(channel)}: expected a parameter path segment of 1-64 letters, "
                                  "digits, '.', '_' or '-'")
         if len(set(value)) != len(value):
             raise ValueError("a channel is named twice")
@@ -474,7 +451,7 @@ class Retention(_Strict):
 def _no_duplicates(values: list[str], what: str) -> list[str]:
     twice = sorted({value for value in values if values.count(value) > 1})
     if twice:
-        raise ValueError(f"{what} {', '.join(map(_shown, twice[:5]))} named twice")
+        raise ValueError(f"{what} {', '.join(map(shown, twice[:5]))} named twice")
     return values
 
 
@@ -497,7 +474,7 @@ class ShareWith(_Strict):
     def _accounts(cls, value: list[str]) -> list[str]:
         for account in value:
             if not ACCOUNT_ID.match(account):
-                raise ValueError(f"account {_shown(account)}: expected an AWS account id of 12 digits "
+                raise ValueError(f"account {shown(account)}: expected an AWS account id of 12 digits "
                                  "(quote it in YAML)")
         return _no_duplicates(value, "account")
 
@@ -506,7 +483,7 @@ class ShareWith(_Strict):
     def _organizations(cls, value: list[str]) -> list[str]:
         for arn in value:
             if not ORGANIZATION_ARN.match(arn):
-                raise ValueError(f"{_shown(arn)}: expected an organization ARN such as "
+                raise ValueError(f"{shown(arn)}: expected an organization ARN such as "
                                  "arn:aws:organizations::111122223333:organization/o-exampleorgid")
         return _no_duplicates(value, "organization")
 
@@ -515,7 +492,7 @@ class ShareWith(_Strict):
     def _units(cls, value: list[str]) -> list[str]:
         for arn in value:
             if not ORGANIZATIONAL_UNIT_ARN.match(arn):
-                raise ValueError(f"{_shown(arn)}: expected an organizational unit ARN such as "
+                raise ValueError(f"{shown(arn)}: expected an organizational unit ARN such as "
                                  "arn:aws:organizations::111122223333:ou/o-exampleorgid/ou-abcd-12345678")
         return _no_duplicates(value, "organizational unit")
 
@@ -543,7 +520,7 @@ class Distribute(_Strict):
         for region in value:
             if region not in KNOWN_REGIONS:
                 close = difflib.get_close_matches(region, sorted(KNOWN_REGIONS), n=1)
-                raise ValueError(f"unknown region {_shown(region)}" + (f" (did you mean {close[0]!r}?)" if close else
+                raise ValueError(f"unknown region {shown(region)}" + (f" (did you mean {close[0]!r}?)" if close else
                                                                  " (expected an AWS region such as us-east-1)"))
         return _no_duplicates(value, "region")
 
@@ -604,7 +581,7 @@ class Rollout(_Strict):
     def _templates(cls, value: list[str]) -> list[str]:
         for name in value:
             if not LAUNCH_TEMPLATE_NAME.match(name):
-                raise ValueError(f"launch template {_shown(name)}: expected 3-128 letters, digits or ().-/_")
+                raise ValueError(f"launch template {shown(name)}: expected 3-128 letters, digits or ().-/_")
         return _no_duplicates(value, "launch template")
 
     @field_validator("auto_scaling_groups")
@@ -612,7 +589,7 @@ class Rollout(_Strict):
     def _groups(cls, value: list[str]) -> list[str]:
         for name in value:
             if not AUTO_SCALING_GROUP_NAME.match(name):
-                raise ValueError(f"Auto Scaling group {_shown(name)}: expected a group's name (1-255 letters, "
+                raise ValueError(f"Auto Scaling group {shown(name)}: expected a group's name (1-255 letters, "
                                  "digits, spaces or ._:/@=+-)")
         return _no_duplicates(value, "Auto Scaling group")
 
@@ -792,7 +769,7 @@ class ImageSpec(_Strict):
             if problem:
                 raise ValueError(problem)
             if len(tag_value) > MAX_TAG_VALUE:
-                raise ValueError(f"tag {_shown(key)}: values are at most {MAX_TAG_VALUE} characters")
+                raise ValueError(f"tag {shown(key)}: values are at most {MAX_TAG_VALUE} characters")
         return value
 
     @field_validator("egress_ports")
@@ -870,7 +847,7 @@ def _field_path(loc: tuple) -> str:
             continue
         if index == 2 and loc[:2] == ("test", "instance_size") and part in SIZE_TAGS:
             continue
-        path += f"[{part}]" if isinstance(part, int) else f".{_cut(str(part))}"
+        path += f"[{part}]" if isinstance(part, int) else f".{cut(str(part))}"
     return path
 
 
@@ -916,10 +893,10 @@ def validation_problems(error: ValidationError, quote: bool = True) -> list[tupl
             if not quote:
                 pass
             elif item["type"].endswith("_type") or item["type"] in {"literal_error", "model_type"}:
-                message += f" (got {type(item['input']).__name__} {_shown(item['input'])})"
+                message += f" (got {type(item['input']).__name__} {shown(item['input'])})"
             elif not isinstance(item["input"], dict):
                 # A field's own value (a model-level check gets the whole mapping, which says nothing).
-                message += f" (got {_shown(item['input'])})"
+                message += f" (got {shown(item['input'])})"
         problems.setdefault(field, message)
     listed = list(problems.items())
     if len(listed) > MAX_PROBLEMS:  # (a list of ten thousand bad items is not ten thousand lines)
@@ -927,146 +904,12 @@ def validation_problems(error: ValidationError, quote: bool = True) -> list[tupl
     return listed
 
 
-class _TooManyAliases(yaml.YAMLError):
-    """Aliases that repeat too much of the document (a "billion laughs"), or one inside what it names."""
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, mapping: yaml.MappingNode, key: Any, first: int, second: int):
-        super().__init__(f"key {_shown(key)} given twice: lines {first} and {second}")
-        self.mapping, self.key = mapping, key
-
-
-class _SpecLoader(SAFE_LOADER):
-    """libyaml's safe loader (when PyYAML has it), refusing a key given twice in a mapping. A merge key's
-    (``<<: *base``) keys may be given again: that is what merging is for."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._checked: set[int] = set()
-
-    def flatten_mapping(self, node):
-        # Before the merge keys are replaced by what they merge (in place, once per node): the node's own keys.
-        if id(node) not in self._checked:
-            self._checked.add(id(node))
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:str":
-                    key = key_node.value  # (nearly every key: no need to construct it)
-                elif key_node.tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"):
-                    continue
-                else:
-                    key = self.construct_object(key_node, deep=True)  # (kept: the mapping's construction reuses it)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:
-                    continue  # an unhashable key: the constructor says so
-                if first is not key_node:
-                    raise _DuplicateKey(node, key, first.start_mark.line + 1, key_node.start_mark.line + 1)
-        super().flatten_mapping(node)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    if isinstance(node, yaml.MappingNode):
-        return [item for pair in node.value for item in pair]
-    return []
-
-
-def _check_aliases(root: yaml.Node) -> None:
-    """Refuse a document whose aliases repeat more than MAX_ALIAS_NODES nodes in all, or name a collection
-    they are inside of. An alias is the node it names, so the composed graph is small however much it would
-    expand to: this counts each node's expanded size once (no expansion), before anything is constructed."""
-    sizes: dict[int, int] = {}
-    inside: set[int] = set()  # the collections the walk is in
-    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while pending:
-        node, finished = pending.pop()
-        if finished:
-            inside.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
-            continue
-        if id(node) in sizes:
-            continue
-        if id(node) in inside:
-            raise _TooManyAliases(f"line {node.start_mark.line + 1}: an alias names a collection it is inside of")
-        children = _children(node)
-        if not children:
-            sizes[id(node)] = 1
-            continue
-        inside.add(id(node))
-        pending.append((node, True))
-        pending.extend((child, False) for child in children)
-    repeated = sizes[id(root)] - len(sizes)
-    if repeated > MAX_ALIAS_NODES:
-        raise _TooManyAliases(f"aliases repeat {repeated:,} nodes; at most {MAX_ALIAS_NODES:,} are allowed")
-
-
-def _node_path(root: yaml.Node, target: yaml.Node) -> list[Any] | None:
-    """The keys and indexes that lead from ``root`` to ``target`` (only for an error message)."""
-    pending: list[tuple[yaml.Node, list[Any]]] = [(root, [])]
-    seen: set[int] = set()
-    while pending:
-        node, path = pending.pop()
-        if node is target:
-            return path
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            pending.extend((child, [*path, index]) for index, child in enumerate(node.value))
-        elif isinstance(node, yaml.MappingNode):
-            pending.extend((value, [*path, key.value if isinstance(key, yaml.ScalarNode) else "?"])
-                           for key, value in node.value)
-    return None
-
-
-def _load_yaml(text: str) -> Any:
-    loader = _SpecLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if "&" in text:  # (no anchor, no alias: an ordinary file costs nothing more)
-            _check_aliases(node)
-        try:
-            return loader.construct_document(node)
-        except _DuplicateKey as exc:
-            exc.root = node
-            raise
-    finally:
-        loader.dispose()
-
-
-def _duplicate_key_field(exc: _DuplicateKey) -> str:
-    parts = [*(_node_path(exc.root, exc.mapping) or []), str(exc.key)]
-    field = str(parts[0])
-    for part in parts[1:]:
-        field += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return _cut(field, 2 * QUOTE_LENGTH)
-
-
-def _read_yaml(text: str, path: Path | str) -> Any:
-    try:
-        return _load_yaml(text)
-    except _TooManyAliases as exc:
-        raise SpecError(path, [("YAML", f"refused: {exc}")]) from None
-    except _DuplicateKey as exc:
-        raise SpecError(path, [(_duplicate_key_field(exc), str(exc))]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problem = str(getattr(exc, "problem", None) or exc)
-        raise SpecError(path, [(where, f"not valid YAML: {problem[:200]}")]) from None
-    except (ValueError, OverflowError, RecursionError) as exc:
-        # Values YAML reads but Python cannot make: a 30th of February, an integer of 5,000 digits, ...
-        raise SpecError(path, [("YAML", f"a value cannot be read: {str(exc)[:200]}")]) from None
-
-
 def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     """Validate one spec's YAML text; raise :class:`SpecError` naming ``path`` and the fields."""
-    document = _read_yaml(text, path)
+    try:
+        document = read_yaml(text)
+    except FileProblem as problem:
+        raise SpecError(path, [(problem.where, problem.message)]) from None
     if document is None:
         raise SpecError(path, [("image", "the file is empty; "
                                          "expected a mapping with a top-level 'image:' key")])
@@ -1074,12 +917,12 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
         raise SpecError(path, [("image", f"expected a mapping with a top-level 'image:' key, "
                                          f"got {type(document).__name__}")])
     if "image" not in document:
-        found = ", ".join(_shown(str(key)) for key in list(document)[:5]) + (", ..." * (len(document) > 5))
+        found = ", ".join(shown(str(key)) for key in list(document)[:5]) + (", ..." * (len(document) > 5))
         message = "required top-level key is missing; the image's fields go under 'image:'"
         raise SpecError(path, [("image", message + (f" (found {found})" if found else ""))])
     extra = [key for key in document if key != "image"]
     if extra:
-        raise SpecError(path, [(_cut(str(key)), "unknown top-level key" + _suggest(str(key), {"image"}))
+        raise SpecError(path, [(cut(str(key)), "unknown top-level key" + _suggest(str(key), {"image"}))
                                for key in extra[:MAX_PROBLEMS]])
     body = document["image"]
     if not isinstance(body, dict):
@@ -1095,7 +938,7 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     for index, entry in enumerate(spec.rollout or []):
         if entry.channel not in moved:
             problems.append((f"image.rollout[{index}].channel",
-                             f"{_shown(entry.channel)} is not a channel of promote (it promotes "
+                             f"{shown(entry.channel)} is not a channel of promote (it promotes "
                              f"{', '.join(moved) or 'no channel'}): only a channel that moves is rolled out"))
     if len({entry.channel for entry in spec.rollout or []}) < len(spec.rollout or []):
         problems.append(("image.rollout", "a channel has two entries: give each channel one"))
@@ -1108,35 +951,10 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
 
 
 def read_spec_file(path: Path) -> bytes:
-    """The bytes of a spec file; SpecError when ``path`` is a folder, a link to nothing, a pipe or a device, is
-    unreadable, or is larger than MAX_SPEC_BYTES. (A pipe is never opened for reading: that would wait.)"""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise SpecError(path, [("image", f"a symbolic link to {os.readlink(path)}, which does not "
-                                             "exist")]) from None
-        raise SpecError(path, [("image", "no such file")]) from None
-    except OSError as exc:
-        raise SpecError(path, [("image", f"cannot read the file: {exc.strerror or exc}")]) from None
-    try:
-        mode = os.fstat(descriptor).st_mode
-        if stat.S_ISDIR(mode):
-            raise SpecError(path, [("image", "a folder, not a spec file")])
-        if not stat.S_ISREG(mode):
-            raise SpecError(path, [("image", "not a regular file (a pipe, a socket or a device)")])
-        chunks, size = [], 0
-        while size <= MAX_SPEC_BYTES and (chunk := os.read(descriptor, MAX_SPEC_BYTES + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-        raw = b"".join(chunks)
-    except OSError as exc:
-        raise SpecError(path, [("image", f"cannot read the file: {exc.strerror or exc}")]) from None
-    finally:
-        os.close(descriptor)
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(path, [("image", f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB")])
-    return raw
+        return read_bytes(path)
+    except FileProblem as problem:
+        raise SpecError(path, [(problem.where, problem.message)]) from None
 
 
 def _loaded(path: Path, raw: bytes) -> LoadedSpec:
@@ -1171,7 +989,7 @@ def load_specs(folder: Path, only: str | None = None) -> tuple[list[LoadedSpec],
             errors.append(exc)
         except Exception as exc:  # (reported as the file's error)
             errors.append(SpecError(path, [("image", f"could not be loaded: {type(exc).__name__}: "
-                                                     f"{_cut(str(exc), 200)}")]))
+                                                     f"{cut(str(exc), 200)}")]))
     by_name: dict[str, list[LoadedSpec]] = {}
     for spec in specs:
         by_name.setdefault(spec.name, []).append(spec)
