@@ -52,6 +52,10 @@ SHARED_SETTINGS = {
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
     # One scheduler loop may queue as many task instances as there are worker slots (default 16).
     "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "0",
+    # A worker's supervisor notices its task's process has ended within 1 s, not 5: a deferring task's exit
+    # then reaches the scheduler before a quick trigger resumes it. Airflow 3.3.2 fails a resumed task that is
+    # running when that stale "success" arrives (apache/airflow#72716; seen: test_image failed four tries).
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
 }
 #: Health entries of /api/v2/monitor/health that must read "healthy".
 HEALTH_KEYS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
