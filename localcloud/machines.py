@@ -211,10 +211,10 @@ def host_network_down(plan: Plan, pid_namespaces: tuple[int, ...] = ()) -> None:
         if name.startswith(plan.veth_prefix) or name == plan.bridge:
             run("ip", "link", "del", name, check=False)
     others = [slot for slot in range(SLOTS) if slot != plan.slot and owner_file(slot).exists()]
-    if not others and BLACKHOLE_MARK.exists():
-        run("ip", "route", "del", "blackhole", str(RESERVED), check=False)
-        BLACKHOLE_MARK.unlink(missing_ok=True)
     if not others:
+        if BLACKHOLE_MARK.exists():
+            run("ip", "route", "del", "blackhole", str(RESERVED), check=False)
+            BLACKHOLE_MARK.unlink(missing_ok=True)
         restore_inotify_instances()
 
 

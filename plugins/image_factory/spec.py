@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -906,10 +907,8 @@ def validation_problems(error: ValidationError, quote: bool = True) -> list[tupl
 
 def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     """Validate one spec's YAML text; raise :class:`SpecError` naming ``path`` and the fields."""
-    try:
+    with _as_spec_error(path):
         document = read_yaml(text)
-    except FileProblem as problem:
-        raise SpecError(path, [(problem.where, problem.message)]) from None
     if document is None:
         raise SpecError(path, [("image", "the file is empty; "
                                          "expected a mapping with a top-level 'image:' key")])
@@ -950,11 +949,18 @@ def parse_spec(text: str, path: Path | str = "<spec>") -> ImageSpec:
     return spec
 
 
-def read_spec_file(path: Path) -> bytes:
+@contextmanager
+def _as_spec_error(path: Path | str):
+    """A problem :mod:`image_factory.spec_file` found, as the file's SpecError."""
     try:
-        return read_bytes(path)
+        yield
     except FileProblem as problem:
         raise SpecError(path, [(problem.where, problem.message)]) from None
+
+
+def read_spec_file(path: Path) -> bytes:
+    with _as_spec_error(path):
+        return read_bytes(path)
 
 
 def _loaded(path: Path, raw: bytes) -> LoadedSpec:

@@ -191,8 +191,7 @@ def read_bytes(path: Path) -> bytes:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         if path.is_symlink():
-            raise FileProblem("image", f"a symbolic link to {os.readlink(path)}, which does not "
-                                             "exist") from None
+            raise FileProblem("image", f"a symbolic link to {os.readlink(path)}, which does not exist") from None
         raise FileProblem("image", "no such file") from None
     except OSError as exc:
         raise FileProblem("image", f"cannot read the file: {exc.strerror or exc}") from None
