@@ -61,7 +61,14 @@ class Plan:
         """The bridge's own MAC: locally administered, its address's four bytes. Set, it stays; else Linux gives
         a bridge the lowest MAC of its ports, which changes as machines come and go, and every host on the
         bridge then sends to a MAC that is gone until its ARP entry times out (tens of seconds)."""
-        return "02:00:" + ":".join(f"{byte:02x}" for byte in self.bridge_address.packed)
+        return mac_of(self.bridge_address)
+
+    @staticmethod
+    def machine_mac(address: str) -> str:
+        """A machine's MAC, its address's: the same over a stop and start (as an ENI keeps its MAC) and for a new
+        machine given an address again, so that the host's ARP entry for the address stays true. A new MAC
+        per boot left the host sending to the old one for seconds (its entry going stale, then failed)."""
+        return mac_of(ipaddress.ip_address(address))
 
     @property
     def probe_network(self) -> ipaddress.IPv4Network:
@@ -108,3 +115,8 @@ def builder_vpc_cidr(default_vpc: str) -> str:
     """The builder VPC's range of the region whose default VPC is ``default_vpc``: the same-sized one after it."""
     network = ipaddress.ip_network(default_vpc)
     return f"{network.network_address + network.num_addresses}/{network.prefixlen}"
+
+
+def mac_of(address: ipaddress.IPv4Address) -> str:
+    """A locally administered MAC made of an address's four bytes: one per address, never another's."""
+    return "02:00:" + ":".join(f"{byte:02x}" for byte in address.packed)

@@ -230,19 +230,10 @@ class Deployment:
 
     def _plug(self, worker: WorkerHost) -> None:
         """The worker's host: a network namespace with its address on a veth onto the bridge."""
-        from localcloud.addresses import RESERVED
-        from localcloud.machines import run
+        from localcloud.machines import plug_host
 
         self._unplug(worker)
-        run("ip", "netns", "add", worker.netns)
-        run("ip", "link", "add", worker.veth, "type", "veth", "peer", "name", "eth0", "netns", worker.netns)
-        run("ip", "link", "set", worker.veth, "master", self.cloud.plan.bridge, "up")
-        run("ip", "netns", "exec", worker.netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
-        run("ip", "-n", worker.netns, "link", "set", "lo", "up")
-        run("ip", "-n", worker.netns, "addr", "add", f"{worker.address}/32", "dev", "eth0")
-        run("ip", "-n", worker.netns, "link", "set", "eth0", "up")
-        # The reserved range only, on the link: the bridge's host and the machines; no default route.
-        run("ip", "-n", worker.netns, "route", "add", str(RESERVED), "dev", "eth0", "src", worker.address)
+        plug_host(self.cloud.plan, worker.netns, worker.veth, [worker.address])
 
     def _unplug(self, worker: WorkerHost) -> None:
         """Every process of the worker's host (by PID), its namespace and its veth (each if there)."""

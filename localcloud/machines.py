@@ -188,6 +188,22 @@ def host_network_up(plan: Plan) -> bool:
     return made
 
 
+def plug_host(plan: Plan, netns: str, veth: str, addresses: list[str]) -> None:
+    """A host on the slot's bridge (a machine, a deployment's worker): a network namespace whose eth0, the end of
+    a veth, has ``addresses`` and the first one's MAC (Plan.machine_mac); a route to the reserved range only, on
+    the link (the bridge, the other hosts), no default route."""
+    run("ip", "netns", "add", netns)
+    run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", plan.machine_mac(addresses[0]),
+        "netns", netns)
+    run("ip", "link", "set", veth, "master", plan.bridge, "up")
+    run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
+    run("ip", "-n", netns, "link", "set", "lo", "up")
+    for address in addresses:
+        run("ip", "-n", netns, "addr", "add", f"{address}/32", "dev", "eth0")
+    run("ip", "-n", netns, "link", "set", "eth0", "up")
+    run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", addresses[0])
+
+
 def route_vpc(plan: Plan, cidr: str) -> None:
     network = ipaddress.ip_network(cidr)
     if not network.subnet_of(plan.private):
@@ -829,19 +845,10 @@ class Machines:
     def _plug(self, instance_id: str, ip: str, public: str) -> str:
         """The machine's network namespace: its addresses on a veth onto the bridge, the reserved range only,
         its security groups; returns the namespace's name."""
-        netns, veth = self.plan.netns(instance_id), self.plan.veth(instance_id)
+        netns = self.plan.netns(instance_id)
         self._unplug(instance_id)
-        run("ip", "netns", "add", netns)
-        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        run("ip", "link", "set", veth, "master", self.plan.bridge, "up")
-        run("ip", "netns", "exec", netns, "sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6")
-        run("ip", "-n", netns, "link", "set", "lo", "up")
-        run("ip", "-n", netns, "addr", "add", f"{ip}/32", "dev", "eth0")
-        if public:  # as AWS's NAT would: the public address reaches the machine
-            run("ip", "-n", netns, "addr", "add", f"{public}/32", "dev", "eth0")
-        run("ip", "-n", netns, "link", "set", "eth0", "up")
-        # The reserved range only, on the link: the bridge, the other machines; no default route.
-        run("ip", "-n", netns, "route", "add", str(RESERVED), "dev", "eth0", "src", ip)
+        # the public address too, as AWS's NAT would: it reaches the machine
+        plug_host(self.plan, netns, self.plan.veth(instance_id), [ip, *([public] if public else [])])
         self._firewall(instance_id)
         return netns
 
