@@ -9,6 +9,7 @@ import random
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter, deque
 from urllib.parse import parse_qs
 
@@ -242,7 +243,8 @@ class Latency(Hook):
         elif call.action in LATENCY_DESCRIBES:
             live = self.machines is not None and call.action != "DescribeImages"
             answer.body = self.delayed(answer.body, self.machines.not_ready() if live else set(),
-                                       self.machines.stopping() if live else set())
+                                       self.machines.stopping() if live else set(),
+                                       self.machines.failures() if live else {})
         return answer
 
     def configure(self, settings: dict):
@@ -283,22 +285,30 @@ class Latency(Hook):
             while len(self.changes) > MAX_REMEMBERED:
                 del self.changes[next(iter(self.changes))]
 
-    def delayed(self, body: bytes, booting: set[str] = frozenset(), stopping: set[str] = frozenset()) -> bytes:
+    def delayed(self, body: bytes, booting: set[str] = frozenset(), stopping: set[str] = frozenset(),
+                failed: dict[str, str] | None = None) -> bytes:
         """A describe answer with the states whose emulated change time has not yet passed put back; the
         instances in ``booting`` (machines whose sshd does not answer yet) show pending too, those in
-        ``stopping`` (machines still shutting down) stopping."""
+        ``stopping`` (machines still shutting down) stopping, those in ``failed`` (machine -> why it did not
+        boot) the state reason EC2 gives a launch that failed: Server.InternalError."""
         now = time.monotonic()
         with self.lock:
             pending = {resource_id: kind for resource_id, (kind, at, _) in self.changes.items()
                        if now - at < self.latency[kind]}
         pending.update(dict.fromkeys(booting, "instance_running"))
         pending.update(dict.fromkeys(stopping, "instance_stopped"))
-        parsed = parse_xml_naming(body, pending)
+        failed = failed or {}
+        parsed = parse_xml_naming(body, [*pending, *failed])
         if parsed is None:
             return body
         root, namespace = parsed
         changed = False
         for item in root.iter():
+            resource_id = item.findtext(namespace + "instanceId")
+            if resource_id in failed and item.find(namespace + "instanceState") is not None:
+                set_state_reason(item, namespace, "Server.InternalError",
+                                 f"Server.InternalError: the machine did not boot: {failed[resource_id]}")
+                changed = True
             for id_tag, state_tag in (("instanceId", "instanceState"), ("imageId", "imageState")):
                 resource_id = item.findtext(namespace + id_tag)
                 state = item.find(namespace + state_tag)
@@ -314,6 +324,18 @@ class Latency(Hook):
                         state.find(namespace + "code").text = str(code)
                     changed = True
         return xml_bytes(root, namespace) if changed else body
+
+
+def set_state_reason(item: ET.Element, namespace: str, code: str, message: str) -> None:
+    """An instance item's <stateReason> (made if moto gave none) set to ``code`` and ``message``."""
+    reason = item.find(namespace + "stateReason")
+    if reason is None:
+        reason = ET.SubElement(item, namespace + "stateReason")
+    for tag, text in (("code", code), ("message", message)):
+        element = reason.find(namespace + tag)
+        if element is None:
+            element = ET.SubElement(reason, namespace + tag)
+        element.text = text
 
 
 def _unchanged(response: bytes, final: str) -> set[str]:

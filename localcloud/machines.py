@@ -60,6 +60,8 @@ HOST_BINARIES = ("ip", "nft", "unshare", "mount", "chroot", "ssh-keygen")
 INITS = ("systemd", "sshd")
 INIT_BINARIES = {"systemd": ("systemd-nspawn",), "sshd": ()}
 BOOT_TIMEOUT = 120
+#: In the state folder: each boot that failed, and why (the end of its console among it).
+FAILED_BOOTS = "failed-boots.log"
 #: A clean stop (systemd's poweroff) that has not ended the machine by then is cut short, as EC2 forces a stop.
 STOP_TIMEOUT = 60
 NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
@@ -326,8 +328,19 @@ class Moto:
                 chunks.append(chunk)
         head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
         if head.split(b" ")[1:2] != [b"200"]:
-            raise MachinesError(f"{action} in {region}: moto answered {payload[:300].decode(errors='replace')}")
+            raise MachinesError(f"{action} in {region}: {_moto_error(payload)}")
         return strip_namespace(ET.fromstring(payload))  # noqa: S314 moto's own answer, on loopback
+
+
+def _moto_error(payload: bytes) -> str:
+    """An EC2 error answer as ``Code: Message`` (what it is, on one line); its first 300 bytes if not one."""
+    try:
+        error = strip_namespace(ET.fromstring(payload)).find("Errors/Error")  # noqa: S314 moto's, on loopback
+    except ET.ParseError:
+        error = None
+    if error is None or not error.findtext("Code"):
+        return f"moto answered {payload[:300].decode(errors='replace')}"
+    return f"{error.findtext('Code')}: {error.findtext('Message') or ''}".strip()
 
 
 def strip_namespace(root: ET.Element) -> ET.Element:
@@ -523,6 +536,7 @@ class Machines:
         self.base = base
         self.moto = moto
         self.registry_file = state_dir / "machines.json"
+        self.failed_boots = state_dir / FAILED_BOOTS
         self.layers_dir = state_dir / "layers"
         self.disks_dir = state_dir / "machines"
         self.lock = threading.RLock()
@@ -564,9 +578,15 @@ class Machines:
             return None
 
     def not_ready(self) -> set[str]:
-        """Instances moto shows running whose machine does not answer SSH yet (or failed to boot)."""
+        """Instances moto shows running whose machine does not answer SSH yet."""
         with self.lock:
-            return {iid for iid, m in self.registry["machines"].items() if m["state"] in ("booting", "failed")}
+            return {iid for iid, m in self.registry["machines"].items() if m["state"] == "booting"}
+
+    def failures(self) -> dict[str, str]:
+        """Why each machine that failed to boot did (its instance terminated, as EC2 ends a failed launch)."""
+        with self.lock:
+            return {iid: m["error"].splitlines()[0][:300] for iid, m in self.registry["machines"].items()
+                    if m["state"] == "failed"}
 
     def stopping(self) -> set[str]:
         """Instances moto shows stopped whose machine is still shutting down (systemd's poweroff)."""
@@ -756,11 +776,7 @@ class Machines:
                         self.log(f"localcloud machines: {instance_id} ended while it booted")
                         return
                 self.log(f"localcloud machines: {instance_id} failed to boot: {exc}")
-                with self.lock:
-                    machine = self.registry["machines"].get(instance_id)
-                    if machine is not None and machine["state"] == "booting":
-                        machine["state"], machine["error"] = "failed", str(exc)
-                        self._save()
+                self._fail(instance_id, str(exc))
                 return
             seconds = time.monotonic() - started
             with self.lock:
@@ -772,6 +788,24 @@ class Machines:
                     self._save()
             self.log(f"localcloud machines: {instance_id} answers SSH on {machine and machine['ip']}:22 "
                      f"{seconds:.2f} s after its boot began")
+
+    def _fail(self, instance_id: str, error: str) -> None:
+        """A boot that failed ends as EC2 ends a launch that failed: the instance terminated, its state reason
+        Server.InternalError with the cause (hooks.Latency shows it), not pending for ever. The console stays."""
+        with self.lock:
+            machine = self.registry["machines"].get(instance_id)
+            if machine is None or machine["state"] != "booting":
+                return
+            machine["state"], machine["error"] = "failed", error or "unknown"
+            self._save()
+            with self.failed_boots.open("a") as record:  # outlives the instance (its disk, its console)
+                record.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {instance_id} {machine['ip']}: {error}\n")
+        try:
+            with self.machine_lock(instance_id):
+                self._halt(instance_id)
+            self.moto.query(machine["region"], "TerminateInstances", {"InstanceId.1": instance_id})
+        except Exception as exc:
+            self.log(f"localcloud machines: ending {instance_id}, which failed to boot: {exc}")
 
     def _boot_machine(self, instance_id: str) -> tuple[subprocess.Popen, str, str, Path]:
         with self.lock:

@@ -4,6 +4,7 @@ localcloud/machines.py) and one Airflow home per test session."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +24,11 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 from image_factory import host_keys, remote  # noqa: E402
 from image_factory.steps.infrastructure import _new_key  # noqa: E402
 from localcloud.cloud import LocalCloud  # noqa: E402
+from localcloud.machines import FAILED_BOOTS  # noqa: E402
 from localcloud.runner import airflow_env, migrate  # noqa: E402
 
 REGION = "eu-west-1"
+_BOOTS_SEEN = pytest.StashKey[int]()
 
 
 #: Files of minutes each (many builds), about longest first, those running several builds at once (lifecycle,
@@ -41,6 +44,37 @@ LONG_FILES = ("test_lifecycle.py", "test_browser.py", "test_faults.py", "test_pr
 def pytest_collection_modifyitems(items):
     rank = {name: number for number, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests stay together
+
+
+def _failed_boots() -> Path:
+    return _HOME / "local-cloud" / FAILED_BOOTS
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_BOOTS_SEEN] = _failed_boots().stat().st_size if _failed_boots().exists() else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report shows the boots of this process's local cloud that failed since its setup began,
+    each with the end of its console (localcloud/machines.py writes them): a CI run's output is all there is."""
+    report = yield
+    if report.failed and _failed_boots().exists():
+        with _failed_boots().open("rb") as file:
+            file.seek(item.stash.get(_BOOTS_SEEN, 0))
+            if failed := file.read().decode(errors="replace"):
+                report.sections.append(("machines that failed to boot", failed))
+    return report
+
+
+def pytest_sessionfinish(session):
+    """This process's home (the local cloud's state and logs, the Airflow homes) goes once its tests passed (after
+    the session's fixtures, the local cloud's down); kept, and named, when one failed: what to read."""
+    if session.testsfailed:
+        print(f"\nthe failed session's local cloud and Airflow homes are kept in {_HOME}")
+    else:
+        shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

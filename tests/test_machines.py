@@ -20,6 +20,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from image_factory.waits.polls import reached
+from image_factory.waits.protocol import WaitFailed
 from localcloud import base, machines
 from localcloud.addresses import RESERVED, Plan
 from localcloud.cloud import LocalCloud, LocalCloudError
@@ -481,7 +483,7 @@ def test_the_appserver_role_leaves_its_files_in_the_image(local_cloud, ec2m, fle
 
 
 def test_running_shows_only_once_sshd_answers_and_the_latency_has_passed(local_cloud, ec2m, fleet, base_ami,
-                                                                        ssh_group):
+                                                                        ssh_group, plan):
     try:
         local_cloud.configure(latency={"instance_running": 12})
         instance_id, _, seconds = fleet.launch(base_ami, ssh_group)
@@ -489,16 +491,28 @@ def test_running_shows_only_once_sshd_answers_and_the_latency_has_passed(local_c
         local_cloud.configure(latency={"instance_running": 0})
     assert seconds >= 12
     assert registry(local_cloud)["machines"][instance_id]["boot_seconds"] < 12
-    # A machine that cannot boot (its key pair is not there) never shows running; the registry says why.
+    # A machine that cannot boot (its key pair is not there) never shows running: its instance ends as EC2 ends
+    # a launch that failed, terminated with the state reason Server.InternalError, which says why; a wait for it
+    # to run fails at once with that reason (it waited for ever, pending, before).
     broken = ec2m.run_instances(ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=f"missing-{uuid.uuid4().hex[:6]}",
                                 SecurityGroupIds=[ssh_group])["Instances"][0]["InstanceId"]
     fleet.ids.append(broken)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        assert fleet.state(broken) == "pending"
+    deadline = time.monotonic() + 60
+    while fleet.state(broken) in ("pending", "shutting-down"):
+        assert time.monotonic() < deadline, "the instance of a machine that failed to boot is not terminated"
         time.sleep(0.2)
+    instance = ec2m.describe_instances(InstanceIds=[broken])["Reservations"][0]["Instances"][0]
+    assert instance["State"]["Name"] == "terminated"
+    assert instance["StateReason"]["Code"] == "Server.InternalError"
+    assert instance["StateReason"]["Message"].startswith("Server.InternalError: the machine did not boot: "
+                                                         "DescribeKeyPairs in eu-west-1: InvalidKeyPair.NotFound: ")
+    with pytest.raises(WaitFailed, match="the machine did not boot: DescribeKeyPairs in eu-west-1: InvalidKeyPair"):
+        reached(ec2m, "instance_running", {"InstanceIds": [broken]})
     machine = registry(local_cloud)["machines"][broken]
     assert machine["state"] == "failed" and "InvalidKeyPair.NotFound" in machine["error"]
+    assert not Path(f"/run/netns/{plan.netns(broken)}").exists()  # its processes and network are gone
+    record = (local_cloud.state_dir / machines.FAILED_BOOTS).read_text()  # what a failed test's report shows
+    assert f" {broken} " in record and "InvalidKeyPair.NotFound" in record
 
 
 def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vpc(local_cloud, ec2m, fleet, base_ami):

@@ -69,7 +69,14 @@ def judged(config, state: str, resources: dict, answer: dict) -> dict | None:
     for acceptor in config.acceptors:
         if acceptor.matcher_func(answer):
             if acceptor.state == "failure":
+                reasons = "".join(f"; {reason}" for reason in state_reasons(answer))
                 raise WaitFailed(f"{state} {resources}: the waiter reached a terminal failure state "
-                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected})")
+                                 f"({acceptor.matcher} {acceptor.argument or ''} {acceptor.expected}){reasons}")
             return answer if acceptor.state == "success" else None
     return None
+
+
+def state_reasons(answer: dict) -> list[str]:
+    """What EC2 says of why each instance or image is in its state (a failed launch, a failed image)."""
+    found = [*(i for r in answer.get("Reservations", []) for i in r.get("Instances", [])), *answer.get("Images", [])]
+    return [item["StateReason"]["Message"] for item in found if item.get("StateReason", {}).get("Message")]
