@@ -275,6 +275,7 @@ def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict]
             print(f"  {build}", flush=True)
     finally:
         cloud.down()
+    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     return ours, version, peer
 
 

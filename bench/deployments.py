@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -82,6 +83,7 @@ def prepared(prefix: str, builds: int, ref: str | None, settings: dict[str, str]
         yield work, cloud, source, names, environment(work, source, code_env, settings), code_text
     finally:
         cloud.down()
+    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
 
 
 def celery_deployment(folder: Path, cloud: LocalCloud, workers: int, parallelism: int, extra_env: dict[str, str]):

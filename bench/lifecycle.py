@@ -11,6 +11,7 @@ included), one after the other: the later ones poll on what the earlier ones saw
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -82,6 +83,7 @@ def measure(builds: int = BUILDS) -> tuple[list[dict], float]:
             idle = _idle_cpu(stack.component("scheduler").process.pid)
     finally:
         cloud.down()
+    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     for number, build in enumerate(measured, 1):
         print(f"  build {number}: {build}", flush=True)
     print(f"  idle scheduler: {idle:.1%} of a CPU", flush=True)

@@ -10,6 +10,7 @@ column is the 100-image run's describe calls over the 1,000-image run's (1.00: n
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
             real = _run(cloud, specs, dry_run=False)
         finally:
             cloud.down()
+        shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
         if dry["verdicts"] != made["images"] or real["actions"] != made["images"] * 3 // 5:
             raise RuntimeError(f"retention bench: {made['images']} images, {dry['verdicts']} verdicts, "
                                f"{real['actions']} actions (3 of 5 images of each spec are old and unprotected)")

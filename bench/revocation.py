@@ -12,6 +12,7 @@ Calls are counted by the local cloud's front (every page is a call).
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
             measured[others] = _revoke(cloud, _make(cloud, others))
         finally:
             cloud.down()
+        shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
         print(f"  {others} other images per region: {measured[others]}", flush=True)
     alone, crowded = measured[0], measured[OTHER_IMAGES]
     rows = [Row("revocation", "revoke with descendants (6 images, 3 channels, 2 regions): API calls",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
               flush=True)
     finally:
         cloud.down()
+    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     everything = sum(made["with_nginx"].values())
     below = made["with_nginx"].get("1.22.1-9", 0)  # (1:1.0~rc1 has an epoch: above; the +deb12u1 is not below)
     first, again, second = measured.values()
