@@ -17,7 +17,7 @@ lint: setup
 
 # Two worker processes (pytest-xdist), a test file each at a time (the longest first: tests/conftest.py), each
 # with a local cloud of its own in one of the host's two slots: a build mostly waits (boots, SSH, the emulated
-# AWS), so two share the two cores well. Then the tests that need both slots (marked whole_host), alone.
+# AWS), so two share the two cores well. Then the tests that need the whole host (marked whole_host), alone.
 test: lint
 	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not whole_host"
 	$(BIN)/pytest -m whole_host

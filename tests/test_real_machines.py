@@ -159,6 +159,7 @@ def test_user_data_runs_on_the_first_boot_only_and_a_stop_runs_the_units_stop_ac
 MANY = 20
 
 
+@pytest.mark.whole_host  # twenty boots on two cores: not beside the other worker's builds (nor they beside it)
 def test_twenty_machines_booting_at_once_all_finish_their_boot(local_cloud, ec2m, fleet, base_ami, ssh_group):
     """Every machine's systemd takes inotify instances from the host's one per-user count (root's, 128 by
     Debian's default, about eight a machine): at 16 machines the next ones' systemd stopped with every job
@@ -168,10 +169,18 @@ def test_twenty_machines_booting_at_once_all_finish_their_boot(local_cloud, ec2m
     fleet.ids.extend(instance["InstanceId"] for instance in instances)
     for instance in instances:
         fleet.wait_running(instance["InstanceId"], timeout=120)
-    states = {instance["InstanceId"]: fleet.ssh(
-        instance["PrivateIpAddress"], "timeout 90 systemctl is-system-running --wait").stdout.strip()
-        for instance in instances}
+    states = {instance["InstanceId"]: system_state(fleet, instance["PrivateIpAddress"]) for instance in instances}
     assert set(states.values()) <= {"running", "degraded"}, states
+
+
+def system_state(fleet: Fleet, ip: str) -> str:
+    """systemd's state once its boot has ended (90 s at most); an SSH connection that failed (exit 255: a 3 s
+    connect timeout while twenty machines boot on two cores) is tried again, twice."""
+    for _ in range(3):
+        answer = fleet.ssh(ip, "timeout 90 systemctl is-system-running --wait")
+        if answer.returncode != 255:
+            break
+    return answer.stdout.strip() or f"exit {answer.returncode}: {answer.stderr.strip()}"
 
 
 def shlex_quote(text: str) -> str:

@@ -19,6 +19,8 @@ from localcloud.cloud import LOOPBACK, free_port
 
 AL2023 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 REGION = "eu-west-1"
+#: The emulated time an instance takes to show running, in the test of a wait's polls.
+CHANGE = 8
 OFF = {"instance_running": 0, "instance_stopped": 0, "image_available": 0, "instance_terminated": 0}
 
 
@@ -45,7 +47,9 @@ def launch(ec2, ssm) -> str:
 
 
 def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(local_cloud, ec2, ssm, aws_connection):
-    local_cloud.configure(latency={"instance_running": 2})
+    # The emulated change (8 s) outlasts the machine's real boot (2 to 5 s under the other test worker's load):
+    # with 2 s, a 3.5 s boot was the change, and the count of polls measured the boot.
+    local_cloud.configure(latency={"instance_running": CHANGE})
     try:
         instance_id = launch(ec2, ssm)
         local_cloud.reset_stats()
@@ -59,9 +63,9 @@ def test_an_instance_wait_ends_the_task_soon_after_the_change_with_few_polls(loc
         ec2.terminate_instances(InstanceIds=[instance_id])
     # Ends the task itself (no return to a worker), with the step's duration for the build summary.
     assert isinstance(event, TaskSuccessEvent)
-    assert 2 <= event.xcoms["step_seconds"] <= waited + 0.1
-    assert waited < 2 + 0.5 + 1.5  # at most one interval (and a slow poll) after the change
-    assert polls <= 2 / 0.5 + 2  # one poll per interval; none at once, when the state cannot have changed yet
+    assert CHANGE <= event.xcoms["step_seconds"] <= waited + 0.1
+    assert waited < CHANGE + 0.5 + 1.5  # at most one interval (and a slow poll) after the change
+    assert polls <= CHANGE / 0.5 + 2  # one poll per interval; none at once, when the state cannot have changed yet
 
 
 def test_a_wait_that_cannot_succeed_goes_back_to_the_task_with_the_reason(ec2, ssm, aws_connection):
