@@ -286,6 +286,7 @@ def test_ssh_wait_ends_at_once_when_its_instance_stops_or_goes_away(gone_by, ec2
     # (A real machine's stop is systemd's poweroff: the wait ends while the instance is still stopping.)
     gone = ("stopping", "stopped") if gone_by == "stop_instances" else ("terminated",)
     assert any(f"instance {instance_id} is {state}" in event.payload["message"] for state in gone)
+    assert "(Client.UserInitiatedShutdown: User initiated shutdown)" in event.payload["message"]  # EC2's reason
     assert time.monotonic() - started < 10
 
 

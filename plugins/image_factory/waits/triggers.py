@@ -35,7 +35,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from image_factory.waits.coalescing import coalescer
-from image_factory.waits.polls import judged, service_of, waiter_config
+from image_factory.waits.polls import judged, service_of, state_reasons, waiter_config
 from image_factory.waits.protocol import Wait, WaitFailed, WaitOutcome
 from image_factory.waits.schedule import recorded, window
 
@@ -233,7 +233,7 @@ class SshReadyTrigger(BaseTrigger):
         found = [item for reservation in answer.get("Reservations", []) for item in reservation["Instances"]]
         if not found or found[0]["State"]["Name"] in ("pending", "running"):
             return None  # (not found: not known yet, as AWS may say just after a launch; the timeout decides)
-        reason = found[0].get("StateReason", {}).get("Message")
+        reason = "; ".join(state_reasons(answer))
         return (f"instance {instance_id} is {found[0]['State']['Name']}{f' ({reason})' if reason else ''}: SSH on "
                 f"{self.host}:{self.port} will not answer")
 
