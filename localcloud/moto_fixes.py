@@ -9,7 +9,8 @@ Two kinds. Patches into moto's server process (:func:`install`, called by localc
   cloud's slot (localcloud/addresses.py): its default VPC is the block's first half, with a default subnet of a
   sixteenth of the block per zone; the second half is left for the builder VPC that ``LocalCloud.up`` makes. An
   instance launched without a subnet goes into its zone's default subnet, as on AWS. Public addresses (an
-  instance's public IP, Elastic IPs) come from the slot's public range, one after the other;
+  instance's public IP, Elastic IPs) come from the slot's public range, one after the other. A new instance's
+  private address is one no other live instance has, in any VPC: every machine is on the one bridge;
 * terminating a terminated instance changes nothing; image deprecation and DeregisterImage's
   DeleteAssociatedSnapshots (:func:`install_image_lifecycle`); lookups made once (:func:`install_lookup_caches`),
   a resource's tags read by its id (:func:`install_tag_lookup`); one request at a time
@@ -89,7 +90,7 @@ def install(plan: Plan, regions: list[str]) -> None:
         region_block(region)
     from moto.ec2.exceptions import DefaultVpcAlreadyExists
     from moto.ec2.models.instances import Instance, InstanceBackend
-    from moto.ec2.models.subnets import SubnetBackend
+    from moto.ec2.models.subnets import Subnet, SubnetBackend
     from moto.ec2.models.vpcs import VPCBackend
 
     def create_default_vpc(self):
@@ -131,6 +132,23 @@ def install(plan: Plan, regions: list[str]) -> None:
                     kwargs["subnet_id"] = subnet.id
         return original_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
 
+    original_subnet_ip = Subnet.get_available_subnet_ip
+
+    def get_available_subnet_ip(self, instance):
+        # Every machine of the local cloud is on one bridge, so an address can be one machine's only. Builds that
+        # make their own VPC make it of one range, and may pick the same subnet in it: moto gives each subnet's
+        # first instance its first address. AWS gives any free address of the subnet: here, one that no live
+        # instance of another VPC (or region) has. The skipped ones are moto's to give again afterwards.
+        taken = _live_addresses(instance)
+        skipped = []
+        try:
+            while (address := original_subnet_ip(self, instance)) in taken:
+                skipped.append(address)
+            return address
+        finally:
+            for address in skipped:
+                self.del_subnet_ip(address)
+
     original_terminate = Instance.terminate
 
     def terminate(self):
@@ -150,10 +168,21 @@ def install(plan: Plan, regions: list[str]) -> None:
     elastic_ip_addresses.random_ip = public_ip
     VPCBackend.create_default_vpc = create_default_vpc
     SubnetBackend.create_default_subnet = create_default_subnet
+    Subnet.get_available_subnet_ip = get_available_subnet_ip
     InstanceBackend.run_instances = run_instances
     Instance.terminate = terminate
     install_image_lifecycle()  # (after: it wraps run_instances as patched above)
     install_launch_template_source_version()
+
+
+def _live_addresses(launching) -> set[str]:
+    """The private addresses of every instance not terminated, in every account and region, but ``launching``."""
+    from moto.ec2.models import ec2_backends
+
+    return {instance.nics[0].private_ip_address
+            for account in ec2_backends.values() for backend in account.values()
+            for instance in backend.all_instances()
+            if instance is not launching and 0 in instance.nics and instance.state != "terminated"}
 
 
 def install_lookup_caches() -> None:

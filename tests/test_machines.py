@@ -542,6 +542,40 @@ def test_an_instance_launched_as_builds_launch_it_is_reachable_in_the_builder_vp
         ec2m.delete_subnet(SubnetId=subnet)
 
 
+def test_builds_in_vpcs_of_one_range_each_get_a_machine_of_their_own(local_cloud, ec2m, fleet, base_ami):
+    """Builds that make their own VPC all make it of the builder range, and may pick the same /28 in it: on
+    AWS their instances may have one address. Here every machine is on one bridge, so the second instance gets
+    another address of its subnet, and both boot and answer (it failed to boot: the address was taken)."""
+    cidr = local_cloud.env()["AIRFLOW__IMAGE_FACTORY__BUILDER_VPC_CIDR"]
+    block = str(next(ipaddress.ip_network(cidr).subnets(new_prefix=28)))
+    made: list[tuple[str, str, str]] = []  # (vpc, subnet, group) of each
+    try:
+        addresses = []
+        for _ in range(2):
+            vpc = ec2m.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+            subnet = ec2m.create_subnet(VpcId=vpc, CidrBlock=block)["Subnet"]["SubnetId"]
+            group = ec2m.create_security_group(GroupName="ssh", Description="ssh", VpcId=vpc)["GroupId"]
+            made.append((vpc, subnet, group))
+            ec2m.authorize_security_group_ingress(GroupId=group, IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": provisioner()}]}])
+            instance = ec2m.run_instances(
+                ImageId=base_ami, MinCount=1, MaxCount=1, KeyName=fleet.key_name,
+                NetworkInterfaces=[{"DeviceIndex": 0, "Groups": [group], "SubnetId": subnet}])["Instances"][0]
+            fleet.ids.append(instance["InstanceId"])
+            addresses.append(instance["PrivateIpAddress"])
+        assert addresses[0] != addresses[1]
+        assert all(ipaddress.ip_address(a) in ipaddress.ip_network(block) for a in addresses)
+        for instance_id, address in zip(fleet.ids, addresses, strict=True):
+            fleet.wait_running(instance_id)
+            assert ok(fleet.ssh(address, "hostname")).strip() == f"ip-{address.replace('.', '-')}"
+    finally:
+        fleet.terminate()
+        for vpc, subnet, group in made:
+            ec2m.delete_security_group(GroupId=group)
+            ec2m.delete_subnet(SubnetId=subnet)
+            ec2m.delete_vpc(VpcId=vpc)
+
+
 def test_a_second_local_cloud_runs_beside_in_a_slot_of_its_own(local_cloud, ec2m, fleet, base_ami, ssh_group,
                                                                tmp_path):
     instance_id, ip, _ = fleet.launch(base_ami, ssh_group)
