@@ -114,9 +114,16 @@ def alive(pid: int) -> bool:
 def whole_deployment(deployment):
     """Each test starts with every component running: a fault an earlier test left behind fails that test
     alone, not each one after it."""
-    for component in deployment.stack.exited():
-        deployment.stack.restart(component.name)
+    restart_exited(deployment)
     deployment.stack.wait_until_healthy(timeout=180)
+
+
+def restart_exited(deployment: Deployment) -> list[str]:
+    """Every component that has exited started again, as systemd or Compose would; their names."""
+    exited = [component.name for component in deployment.stack.exited()]
+    for name in exited:
+        deployment.stack.restart(name)
+    return exited
 
 
 @pytest.fixture
@@ -141,13 +148,12 @@ def run_state(deployment: Deployment, dag_id: str, run_id: str) -> str:
 def wait_run(deployment: Deployment, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT,
              supervised: list[str] | None = None) -> str:
     """The run's end state. With ``supervised`` (a list), a component that exits meanwhile is started again at
-    once, as systemd or Compose would, and named in the list (a lost database ends the triggerer 10 s later, or
-    more under load: one look after a fixed sleep missed it, and the build then waited for ever)."""
+    once and named in the list (a lost database ends the triggerer 10 s later, or more under load: one look
+    after a fixed sleep missed it, and the build then waited for ever)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for component in deployment.stack.exited() if supervised is not None else ():
-            deployment.stack.restart(component.name)
-            supervised.append(component.name)
+        if supervised is not None:
+            supervised += restart_exited(deployment)
         try:
             state = run_state(deployment, dag_id, run_id)
         except AirflowStackError:  # the api-server restarting
