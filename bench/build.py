@@ -24,13 +24,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 from bench import Result, Row
-from bench.cloud import BUILD_TAG, LATENCY, MINIMUM, POLL, REGION, available_after, client, warm_up
+from bench.cloud import BUILD_TAG, LATENCY, MINIMUM, POLL, REGION, available_after, client, fresh_cloud, warm_up
 from bench.report import ratio, run_and_publish, secs
 from localcloud.cloud import LocalCloud, free_port
 from localcloud.postgres import install_debian_package
@@ -254,11 +253,7 @@ def _ec2(calls: dict[str, int]) -> int:
 def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict], str, list[dict]]:
     """Image Factory's builds, Packer's version and its builds, all on one fresh local cloud, both sides at
     ``poll`` (None: each at its defaults)."""
-    work = Path(tempfile.mkdtemp(prefix="bench-build-"))
-    cloud = LocalCloud(work / "local-cloud")
-    # Only the region built in: the local sshd's key lookup asks every region of the local cloud at each login.
-    cloud.up(regions=REGION)
-    try:
+    with fresh_cloud("bench-build-") as (work, cloud):
         cloud.configure(latency=LATENCY)
         print(f"local cloud {cloud.endpoint}, latency {LATENCY}; work in {work}", flush=True)
         source_ami = warm_up(cloud)
@@ -273,9 +268,6 @@ def measure(builds: int = BUILDS, poll: float | None = POLL) -> tuple[list[dict]
             version, peer = "", [{"error": f"{type(exc).__name__}: {exc}"}]
         for build in peer:
             print(f"  {build}", flush=True)
-    finally:
-        cloud.down()
-    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     return ours, version, peer
 
 

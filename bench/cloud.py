@@ -5,6 +5,11 @@ reads, not counted by the front), the emulator warmed up before anything is time
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import boto3
 
 from localcloud.cloud import LocalCloud
@@ -21,6 +26,22 @@ BUILD_TAG = "image-factory:build-id"
 COMPLETE_TAG = "image-factory:complete"
 #: The channels (SSM parameters) of promoted images live under it: outputs of a build, not leftovers.
 CHANNEL_PREFIX = "/image-factory"
+
+
+@contextmanager
+def fresh_cloud(prefix: str, regions: str = REGION, keep_work: bool = False, **options):
+    """A work folder and a local cloud in it (``options`` for LocalCloud), up in ``regions`` only (the local
+    sshd's key lookup asks every region at each login): yields (work, cloud). The cloud goes down after; the
+    folder goes too once the run succeeded (unless ``keep_work``), and is kept with its logs when it failed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    cloud = LocalCloud(work / "local-cloud", **options)
+    cloud.up(regions=regions)
+    try:
+        yield work, cloud
+    finally:
+        cloud.down()
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def client(cloud: LocalCloud, service: str, region: str = REGION, counted: bool = False):

@@ -50,7 +50,7 @@ from bench.batches import (
     steps_table,
 )
 from bench.cloud import LATENCY, MINIMUM, POLL, inventory, leftovers, products
-from bench.deployments import SPEC, celery_deployment, prepared
+from bench.deployments import MACHINES, NEEDS_INIT, SPEC, celery_deployment, prepared
 from bench.floor import floor_row, run_floor
 from bench.report import cpus, ms, ratio, run_and_publish, secs
 from bench.sampler import SAMPLE_EVERY
@@ -190,7 +190,8 @@ def result(m: dict) -> Result:
         f"from {TRIGGER_THREADS} threads (took {many['triggered']:.1f} s); times run from the first request. "
         "Time to the images: when the local cloud's front shows each build's image available (its CreateImage "
         "answer plus the emulated image time, as in build-latency: whatever the build's polling); time to the "
-        "end: the latest `dag_run.end_date`. Code measured: "
+        f"end: the latest `dag_run.end_date`. Machines: {MACHINES}; the image tests are the spec's but those of "
+        f"a running service ({', '.join(NEEDS_INIT)}). Code measured: "
         f"{m['code']}. {tuned(m.get('settings'))}",
         f"Worker slots during the image wait: every {SAMPLE_EVERY} s ({many['samples']} samples for the {n} "
         "builds) the benchmark reads the front's record of the images (`/_localcloud/stats`, no call to moto but one "

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from bench.cloud import POLL, REGION
+import yaml
+
+from bench.cloud import POLL, fresh_cloud
 from localcloud.cloud import LocalCloud, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -56,10 +56,42 @@ def write_specs(folder: Path, builds: int, source: Path = PROJECT) -> list[str]:
     return names
 
 
+#: The machines these benchmarks boot, for the results: sshd as PID 1, no init (localcloud/machines.py).
+MACHINES = ("the light machines (sshd as PID 1, no init: 50 to 100 builders and test instances at once, each "
+            "booting systemd and cloud-init, are more than this 2-core machine has)")
+#: The spec's image tests that need a running service: on a machine without init the role's service is installed
+#: and enabled, but nothing starts it. The builds run the spec's other tests.
+NEEDS_INIT = ("test_the_application_server_runs_after_boot", "test_it_answers_with_the_page_the_role_wrote",
+              "test_nginx_runs_the_workers_the_configuration_asks_for")
+LIGHT_TESTS = """\"\"\"The tests of {shipped} but those of a running service (bench/deployments.py: NEEDS_INIT).\"\"\"
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("shipped_tests", {shipped!r})
+_shipped = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shipped)
+globals().update({{name: test for name, test in vars(_shipped).items()
+                  if name.startswith("test_") and name not in {skipped!r}}})
+"""
+
+
+def write_light_tests(folder: Path, source: Path) -> None:
+    """The spec's tests as a machine without init can pass them, in ``folder`` (the builds' tests folder): the
+    shipped test modules imported (not copied), less :data:`NEEDS_INIT`."""
+    tests = yaml.safe_load((source / "include/specs" / f"{SPEC}.yaml").read_text())["image"]["test"]["tests"]
+    shipped = sorted((source / "include/tests" / tests).glob("test_*.py"))
+    texts = "".join(path.read_text() for path in shipped)
+    if gone := [name for name in NEEDS_INIT if f"def {name}(" not in texts]:
+        raise RuntimeError(f"bench/deployments.py NEEDS_INIT names tests include/tests/{tests}/ no longer has: {gone}")
+    (folder / tests).mkdir(parents=True)
+    for path in shipped:
+        (folder / tests / path.name).write_text(LIGHT_TESTS.format(shipped=str(path), skipped=NEEDS_INIT))
+
+
 def environment(work: Path, source: Path, code_env: dict[str, str], settings: dict[str, str]) -> dict[str, str]:
     """What the benchmark adds to the environment of every Airflow process it starts; ``settings`` last."""
     return {"AIRFLOW__IMAGE_FACTORY__POLL_INTERVAL": str(POLL),
             "AIRFLOW__IMAGE_FACTORY__SPECS_FOLDER": str(work / "specs"),
+            "AIRFLOW__IMAGE_FACTORY__TESTS_FOLDER": str(work / "tests"),
             "AIRFLOW__IMAGE_FACTORY__ROLES_FOLDER": str(source / "include/roles"),
             # One DAG file makes all N DAGs: give its parse room on a loaded machine.
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
@@ -71,19 +103,13 @@ def prepared(prefix: str, builds: int, ref: str | None, settings: dict[str, str]
     """A work folder, the code measured, the local cloud up (the region built in only: the local sshd's key lookup
     asks every region at each login) and ``builds`` specs: yields (work, cloud, source, names, the environment of
     the Airflow processes, the code's description); the cloud goes down after."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
-    # The light machines (sshd alone as PID 1, localcloud/machines.py): 50 to 100 builders and test instances at
-    # once, each booting systemd and cloud-init, are more than this 2-core machine has.
-    cloud = LocalCloud(work / "local-cloud", init="sshd")
-    source, code_env, code_text = code(work, ref)
-    print(f"work in {work}; code: {code_text}", flush=True)
-    cloud.up(regions=REGION)
-    try:
+    # The work folder stays: the samples and the task logs, for a second look (bench/README.md).
+    with fresh_cloud(prefix, init="sshd", keep_work=True) as (work, cloud):  # MACHINES
+        source, code_env, code_text = code(work, ref)
+        print(f"work in {work}; code: {code_text}", flush=True)
         names = write_specs(work / "specs", builds, source)
+        write_light_tests(work / "tests", source)
         yield work, cloud, source, names, environment(work, source, code_env, settings), code_text
-    finally:
-        cloud.down()
-    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
 
 
 def celery_deployment(folder: Path, cloud: LocalCloud, workers: int, parallelism: int, extra_env: dict[str, str]):

@@ -11,16 +11,13 @@ included), one after the other: the later ones poll on what the earlier ones saw
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 
 from bench import Result, Row, process_cpu_seconds
 from bench.build import DAG_ID, scheduler_stack
-from bench.cloud import LATENCY, REGION, available_after, client, warm_up
+from bench.cloud import LATENCY, available_after, client, fresh_cloud, warm_up
 from localcloud.airflow_stack import SHARED_SETTINGS
 from localcloud.cloud import LocalCloud
 
@@ -72,18 +69,12 @@ def _at(stamp: str) -> float:
 
 
 def measure(builds: int = BUILDS) -> tuple[list[dict], float]:
-    work = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
-    cloud = LocalCloud(work / "local-cloud")
-    cloud.up(regions=REGION)
-    try:
+    with fresh_cloud("bench-lifecycle-") as (work, cloud):
         cloud.configure(latency=LATENCY)
         warm_up(cloud)
         with scheduler_stack(cloud, work, poll=None, lifecycle=True) as stack:
             measured = [_one(stack, cloud) for _ in range(builds)]
             idle = _idle_cpu(stack.component("scheduler").process.pid)
-    finally:
-        cloud.down()
-    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     for number, build in enumerate(measured, 1):
         print(f"  build {number}: {build}", flush=True)
     print(f"  idle scheduler: {idle:.1%} of a CPU", flush=True)

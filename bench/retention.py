@@ -10,16 +10,14 @@ column is the 100-image run's describe calls over the 1,000-image run's (1.00: n
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import boto3
 
 from bench import Result, Row
+from bench.cloud import fresh_cloud
 from localcloud.cloud import LocalCloud
 
 REGIONS = ("eu-west-1", "us-east-1")
@@ -87,16 +85,10 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
     rows, details = [], []
     measured = {}
     for specs in SIZES:
-        work = Path(tempfile.mkdtemp(prefix="bench-retention-"))
-        cloud = LocalCloud(work / "local-cloud", machines=False)
-        cloud.up(regions=",".join(REGIONS))
-        try:
+        with fresh_cloud("bench-retention-", ",".join(REGIONS), machines=False) as (_, cloud):
             made = _make_images(cloud, specs)
             dry = _run(cloud, specs, dry_run=True)
             real = _run(cloud, specs, dry_run=False)
-        finally:
-            cloud.down()
-        shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
         if dry["verdicts"] != made["images"] or real["actions"] != made["images"] * 3 // 5:
             raise RuntimeError(f"retention bench: {made['images']} images, {dry['verdicts']} verdicts, "
                                f"{real['actions']} actions (3 of 5 images of each spec are old and unprotected)")

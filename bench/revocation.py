@@ -12,16 +12,14 @@ Calls are counted by the local cloud's front (every page is a call).
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import boto3
 
 from bench import Result, Row
+from bench.cloud import fresh_cloud
 from localcloud.cloud import LocalCloud
 
 REGIONS = ("eu-west-1", "us-east-1")
@@ -94,14 +92,8 @@ def _revoke(cloud: LocalCloud, image_id: str) -> dict:
 def run(args: argparse.Namespace) -> Result:  # the bench.run signature
     measured = {}
     for others in (0, OTHER_IMAGES):
-        work = Path(tempfile.mkdtemp(prefix="bench-revocation-"))
-        cloud = LocalCloud(work / "local-cloud", machines=False)
-        cloud.up(regions=",".join(REGIONS))
-        try:
+        with fresh_cloud("bench-revocation-", ",".join(REGIONS), machines=False) as (_, cloud):
             measured[others] = _revoke(cloud, _make(cloud, others))
-        finally:
-            cloud.down()
-        shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
         print(f"  {others} other images per region: {measured[others]}", flush=True)
     alone, crowded = measured[0], measured[OTHER_IMAGES]
     rows = [Row("revocation", "revoke with descendants (6 images, 3 channels, 2 regions): API calls",

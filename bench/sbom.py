@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
 from bench import Result, Row
+from bench.cloud import fresh_cloud
 from localcloud.cloud import SBOM_BUCKET, LocalCloud
 
 REGION = "eu-west-1"
@@ -99,10 +97,7 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
     from image_factory import sbom
 
     count = getattr(args, "sbom_images", 1000)
-    work = Path(tempfile.mkdtemp(prefix="bench-sbom-"))
-    cloud = LocalCloud(work / "local-cloud", machines=False)
-    cloud.up(regions=REGION)
-    try:
+    with fresh_cloud("bench-sbom-", machines=False) as (work, cloud):
         made = _make_images(cloud, count)
         ec2, s3, ssm = _client(cloud, "ec2"), _client(cloud, "s3"), _client(cloud, "ssm")
         measured = {}
@@ -121,9 +116,6 @@ def run(args: argparse.Namespace) -> Result:  # the bench.run signature
         peer_seconds = time.monotonic() - started
         print(f"  peer (every document read in turn and parsed): {peer_seconds:.2f} s, {peer_hits} images",
               flush=True)
-    finally:
-        cloud.down()
-    shutil.rmtree(work, ignore_errors=True)  # kept when the run failed: its logs
     everything = sum(made["with_nginx"].values())
     below = made["with_nginx"].get("1.22.1-9", 0)  # (1:1.0~rc1 has an epoch: above; the +deb12u1 is not below)
     first, again, second = measured.values()
